@@ -1,0 +1,3 @@
+from pedcrowd.cli import main
+
+main()

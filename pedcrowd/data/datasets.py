@@ -1,0 +1,404 @@
+"""Training datasets over the parsed annotations of each format.
+
+Each dataset wraps the :class:`~pedcrowd.formats.records.ImageRecord` list
+its format's parser returns (the same one the evaluator reads) and turns a
+record into a training target:
+
+* the training-GT filter (:class:`GtFilter`) decides which annotations are
+  objects; everything else that has an area becomes an ignore box, a region
+  whose anchors/RoIs are neither positive nor negative;
+* the background policy (:func:`select_images`) keeps, drops or subsamples
+  the images left without objects;
+* a paired transform (:mod:`pedcrowd.data.transforms`) augments image and
+  boxes together, with randomness derived from ``(seed, epoch, index)``.
+
+``dataset[i]`` is ``(image, target)``: image float32 [3, H, W] RGB in [0, 1];
+target ``boxes`` [K, 4] float32 xyxy full body, ``vis_boxes`` [K, 4],
+``labels`` [K] int64 (1 = pedestrian), ``ignore_boxes`` [M, 4] float32 xyxy,
+``image_id`` int, ``file_name`` str.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pedcrowd.boxes import xywh_to_xyxy
+from pedcrowd.data.transforms import Target, sample_rng
+from pedcrowd.errors import PedcrowdError
+from pedcrowd.formats.records import CATEGORIES, PEDESTRIAN, ImageRecord
+
+Transform = Callable[[torch.Tensor, Target, np.random.Generator], tuple[torch.Tensor, Target]]
+
+BACKGROUND_POLICIES = ("keep", "drop", "ratio")
+
+
+@dataclass(frozen=True)
+class GtFilter:
+    """Which annotations are training objects.
+
+    An annotation is an object when it is a pedestrian the format does not
+    flag as ignored, or its category is in ``promote`` (e.g. ``("rider",)``),
+    and its height >= ``min_height`` and visible ratio >= ``min_visibility``.
+    An unknown visible ratio (no visible box in the format) counts as fully visible.
+
+    Attributes:
+        min_height: pixels, on the format's height (CityPersons ``height``).
+        min_visibility: visible fraction of the full box, 0..1.
+        promote: categories (see :data:`~pedcrowd.formats.records.CATEGORIES`)
+            trained as pedestrians instead of being ignored.
+    """
+
+    min_height: float = 0.0
+    min_visibility: float = 0.0
+    promote: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.promote) - set(CATEGORIES))
+        if unknown:
+            raise PedcrowdError(
+                f"data.gt_filter.promote: unknown categories {unknown}; choose from {list(CATEGORIES)}"
+            )
+
+
+def split_objects(record: ImageRecord, gt_filter: GtFilter) -> dict[str, np.ndarray]:
+    """Apply the training-GT filter to one record.
+
+    Returns:
+        ``boxes`` [K, 4], ``vis_boxes`` [K, 4] (the full box where the format
+        has no usable visible box) and ``ignore_boxes`` [M, 4], float32 xyxy.
+        Boxes with zero width or height are dropped from both sets.
+    """
+    boxes = xywh_to_xyxy(record.boxes)  # [N, 4]
+    vis = xywh_to_xyxy(record.vis_boxes)  # [N, 4], NaN rows where unknown
+    cats = np.asarray(record.categories, dtype=object)
+    nonempty = (record.boxes[:, 2] > 0) & (record.boxes[:, 3] > 0)
+    candidate = ((cats == PEDESTRIAN) & ~record.ignore) | np.isin(cats, list(gt_filter.promote))
+    heights = np.where(np.isfinite(record.heights), record.heights, record.boxes[:, 3])
+    # Caltech writes inf for "no occlusion box" and other formats NaN for "no
+    # visible box": both mean the annotator saw the whole person.
+    ratios = np.where(np.isfinite(record.vis_ratios), record.vis_ratios, 1.0)
+    is_object = (
+        candidate
+        & nonempty
+        & (heights >= gt_filter.min_height)
+        & (ratios >= gt_filter.min_visibility)
+    )
+    vis_ok = (
+        np.isfinite(vis).all(axis=1) & (record.vis_boxes[:, 2] > 0) & (record.vis_boxes[:, 3] > 0)
+    )
+    vis = np.where(vis_ok[:, None], vis, boxes)
+    return {
+        "boxes": boxes[is_object].astype(np.float32),
+        "vis_boxes": vis[is_object].astype(np.float32),
+        "ignore_boxes": boxes[~is_object & nonempty].astype(np.float32),
+    }
+
+
+def select_images(
+    has_objects: Sequence[bool], policy: str = "keep", ratio: float = 1.0, seed: int = 0
+) -> list[int]:
+    """Indices of the images to train on under a background-image policy.
+
+    Args:
+        has_objects: [N] whether image i has at least one object after the
+            GT filter (ignore-only images are background).
+        policy: ``keep`` all, ``drop`` every background image, or ``ratio``:
+            keep ``round(ratio * n_background)`` background images, chosen by
+            a permutation seeded with ``seed``.
+        ratio: fraction of background images kept under ``ratio``, 0..1.
+
+    Returns:
+        sorted indices into ``has_objects``.
+    """
+    if policy not in BACKGROUND_POLICIES:
+        raise PedcrowdError(
+            f"data.background.policy: {policy!r} is not one of {BACKGROUND_POLICIES}"
+        )
+    if not 0.0 <= ratio <= 1.0:
+        raise PedcrowdError(f"data.background.ratio: {ratio} is not in [0, 1]")
+    flags = np.asarray(has_objects, dtype=bool)
+    positives = np.flatnonzero(flags)
+    background = np.flatnonzero(~flags)
+    if policy == "keep":
+        return list(range(len(flags)))
+    if policy == "drop":
+        return positives.tolist()
+    n_keep = round(ratio * len(background))
+    chosen = np.random.default_rng(seed).permutation(background)[:n_keep]
+    return sorted(positives.tolist() + chosen.tolist())
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """An image file as float32 [3, H, W] RGB in [0, 1]; PedcrowdError if missing or unreadable."""
+    import cv2
+
+    if not path.is_file():
+        raise PedcrowdError(f"{path}: image not found")
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise PedcrowdError(f"{path}: cannot read the image (corrupt or unsupported format)")
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
+
+
+def collate_fn(batch: list[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
+    """Images of different sizes stay a list, as torchvision's detectors expect."""
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)
+
+
+class DetectionDataset(Dataset):
+    """Images and training targets for a list of records.
+
+    Args:
+        records: every record of the split, as the parser returned them.
+        image_root: directory the records' ``file_name`` is relative to.
+        gt_filter: which annotations are objects.
+        background: ``keep`` / ``drop`` / ``ratio`` (see :func:`select_images`).
+        background_ratio: fraction of background images kept under ``ratio``.
+        transform: paired augmentation called as ``transform(image, target, rng)``.
+        seed: seeds the background choice and the augmentation.
+
+    ``records`` are the records served (after the background policy), in
+    order; ``all_records`` everything the annotation file lists.
+    """
+
+    collate_fn = staticmethod(collate_fn)
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        image_root: str | Path,
+        *,
+        gt_filter: GtFilter | None = None,
+        background: str = "keep",
+        background_ratio: float = 1.0,
+        transform: Transform | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.image_root = Path(image_root)
+        self.gt_filter = gt_filter = gt_filter or GtFilter()
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+        self.all_records = list(records)
+        self._objects = [split_objects(r, gt_filter) for r in self.all_records]
+        has_objects = [len(o["boxes"]) > 0 for o in self._objects]
+        self._indices = select_images(has_objects, background, background_ratio, seed)
+        self.records = [self.all_records[i] for i in self._indices]
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation draws; call before iterating each epoch."""
+        self.epoch = epoch
+
+    def image_candidates(self, record: ImageRecord) -> list[Path]:
+        """Where the image of ``record`` may be; the first that exists is read."""
+        return [self.image_root / record.file_name]
+
+    def image_path(self, index: int) -> Path:
+        candidates = self.image_candidates(self.records[index])
+        return next((p for p in candidates if p.is_file()), candidates[0])
+
+    def target(self, index: int) -> Target:
+        """The filtered, untransformed target of item ``index`` (reads no image)."""
+        record = self.records[index]
+        objects = self._objects[self._indices[index]]
+        return {
+            "boxes": torch.from_numpy(objects["boxes"].copy()),
+            "vis_boxes": torch.from_numpy(objects["vis_boxes"].copy()),
+            "labels": torch.ones(len(objects["boxes"]), dtype=torch.int64),
+            "ignore_boxes": torch.from_numpy(objects["ignore_boxes"].copy()),
+            "image_id": int(record.id),
+            "file_name": record.file_name,
+        }
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
+        image = read_image(self.image_path(index))
+        target = self.target(index)
+        if self.transform is not None:
+            # Keyed on the position in the annotation file, so that the
+            # background policy does not shift other images' augmentations.
+            rng = sample_rng(self.seed, self.epoch, self._indices[index])
+            image, target = self.transform(image, target, rng)
+        return image.contiguous(), target
+
+
+def _first_existing(candidates: list[Path], what: str) -> Path:
+    for path in candidates:
+        if path.exists():
+            return path
+    raise PedcrowdError(f"no {what} found; looked for {', '.join(str(p) for p in candidates)}")
+
+
+class CityPersonsDataset(DetectionDataset):
+    """CityPersons in its official layout.
+
+    ``root/leftImg8bit/{split}/CITY/*_leftImg8bit.png`` with annotations
+    ``anno_{split}.mat`` (or the evaluation JSON ``{split}_gt.json``) in
+    ``root/annotations/`` or ``root/``.
+
+    Args:
+        root: the data set directory.
+        split: ``train``, ``val``, ...
+        annotations: an explicit ``.mat`` or ``.json`` file instead of the search.
+        images: an explicit image directory (holding the CITY folders).
+        **kwargs: see :class:`DetectionDataset`.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        annotations: str | Path | None = None,
+        images: str | Path | None = None,
+        **kwargs,
+    ) -> None:
+        from pedcrowd.formats.citypersons import read_citypersons_json, read_citypersons_mat
+
+        root = Path(root)
+        if annotations is None:
+            names = (f"anno_{split}.mat", f"{split}_gt.json")
+            annotations = _first_existing(
+                [d / n for n in names for d in (root / "annotations", root)],
+                f"CityPersons '{split}' annotations",
+            )
+        annotations = Path(annotations)
+        reader = read_citypersons_json if annotations.suffix == ".json" else read_citypersons_mat
+        self.annotations = annotations
+        images = Path(images) if images is not None else root / "leftImg8bit" / split
+        super().__init__(reader(annotations), images, **kwargs)
+
+
+# Caltech's standard split: set00-set05 train, set06-set10 test.
+CALTECH_SETS = {
+    "train": tuple(f"set{i:02d}" for i in range(6)),
+    "test": tuple(f"set{i:02d}" for i in range(6, 11)),
+}
+CALTECH_SETS["val"] = CALTECH_SETS["test"]
+_CALTECH_NAME = re.compile(r"^(set\d\d)[/_](V\d\d\d)[/_](I\d+\.\w+)$")
+
+
+class CaltechDataset(DetectionDataset):
+    """Caltech Pedestrian frames with the toolbox's per-frame text annotations.
+
+    Annotations ``root/annotations/setXX/VYYY/I#####.txt`` (``% bbGt version=3``);
+    images ``root/images/setXX/VYYY/I#####.jpg`` or ``root/images/setXX_VYYY_I#####.jpg``.
+
+    Args:
+        root: the data set directory.
+        split: ``train`` (set00-05), ``test``/``val`` (set06-10) or ``all``.
+        annotations, images: explicit directories instead of those under ``root``.
+        **kwargs: see :class:`DetectionDataset`.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        annotations: str | Path | None = None,
+        images: str | Path | None = None,
+        **kwargs,
+    ) -> None:
+        from pedcrowd.formats.caltech import read_caltech_text
+
+        root = Path(root)
+        if split not in (*CALTECH_SETS, "all"):
+            raise PedcrowdError(f"Caltech split {split!r}: use train, test, val or all")
+        annotations = Path(annotations) if annotations is not None else root / "annotations"
+        records = read_caltech_text(annotations)
+        if split != "all":
+            records = [r for r in records if r.file_name.split("/")[0][:5] in CALTECH_SETS[split]]
+        self.annotations = annotations
+        super().__init__(records, Path(images) if images is not None else root / "images", **kwargs)
+
+    def image_candidates(self, record: ImageRecord) -> list[Path]:
+        nested = self.image_root / record.file_name
+        m = _CALTECH_NAME.match(record.file_name)
+        flat = self.image_root / "_".join(m.groups()) if m else nested
+        stems = [nested, flat]
+        return stems + [p.with_suffix(".png") for p in stems]
+
+
+class CrowdHumanDataset(DetectionDataset):
+    """CrowdHuman: ``root/annotation_{split}.odgt`` and ``root/Images/{ID}.jpg``.
+
+    Args:
+        root: the data set directory.
+        split: ``train`` or ``val``.
+        annotations: an explicit ``.odgt`` file; images: an explicit image directory.
+        **kwargs: see :class:`DetectionDataset`.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        annotations: str | Path | None = None,
+        images: str | Path | None = None,
+        **kwargs,
+    ) -> None:
+        from pedcrowd.formats.crowdhuman import read_odgt
+
+        root = Path(root)
+        annotations = (
+            Path(annotations) if annotations is not None else root / f"annotation_{split}.odgt"
+        )
+        self.annotations = annotations
+        super().__init__(
+            read_odgt(annotations), Path(images) if images else root / "Images", **kwargs
+        )
+
+
+class CocoDataset(DetectionDataset):
+    """A COCO-style JSON (one category selected as pedestrians; ``iscrowd`` ignored).
+
+    Annotations ``root/annotations/instances_{split}.json``; images in the
+    first of ``root/images/{split}``, ``root/{split}``, ``root/images``, ``root``
+    that exists.
+
+    Args:
+        root: the data set directory.
+        split: the split name in the file names.
+        annotations, images: explicit file / directory instead of the defaults.
+        category: name of the category trained as pedestrians.
+        **kwargs: see :class:`DetectionDataset`.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        annotations: str | Path | None = None,
+        images: str | Path | None = None,
+        category: str = "person",
+        **kwargs,
+    ) -> None:
+        from pedcrowd.formats.coco import read_coco_json
+
+        root = Path(root)
+        if annotations is None:
+            annotations = root / "annotations" / f"instances_{split}.json"
+        if images is None:
+            candidates = [root / "images" / split, root / split, root / "images", root]
+            images = next((d for d in candidates if d.is_dir()), root)
+        self.annotations = Path(annotations)
+        records = read_coco_json(annotations, category=category)
+        # Every object kept is of the chosen category, which is by definition
+        # what we train as "pedestrian", whatever its name (e.g. "person").
+        for record in records:
+            record.categories = np.full(len(record), PEDESTRIAN, dtype=object)
+        super().__init__(records, images, **kwargs)

@@ -1,0 +1,33 @@
+"""MR^-2 (CityPersons / Caltech protocols) and COCO AP evaluation, pure numpy."""
+
+from pedcrowd.eval.evaluate import (
+    EvalReport,
+    GroundTruth,
+    SetupResult,
+    evaluate,
+    load_ground_truth,
+    match_setup,
+    report_to_json,
+)
+from pedcrowd.eval.mr import SetupMatches
+
+
+def coco_ap(gt_records, dets) -> dict:
+    """COCO AP, AP50, AP75 (pycocotools, ignore regions as crowd); see :func:`pedcrowd.eval.ap.coco_ap`."""
+    # pycocotools is imported only when AP is asked for.
+    from pedcrowd.eval.ap import coco_ap as _coco_ap
+
+    return _coco_ap(gt_records, dets)
+
+
+__all__ = [
+    "EvalReport",
+    "GroundTruth",
+    "SetupMatches",
+    "SetupResult",
+    "coco_ap",
+    "evaluate",
+    "load_ground_truth",
+    "match_setup",
+    "report_to_json",
+]

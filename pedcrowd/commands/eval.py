@@ -1,0 +1,120 @@
+"""``pedcrowd eval``: MR^-2 (CityPersons / Caltech protocols) and COCO AP of a detection file."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+METRICS = ("MR-2", "AP", "all")
+
+
+def eval_command(
+    gt: Annotated[
+        Path,
+        typer.Option(
+            "--gt",
+            help="Ground truth: CityPersons val_gt.json or anno_*.mat, COCO-style JSON, a Caltech "
+            "gt-<Setup>.mat cache or a folder of them, or bbGt v3 text annotations (file or folder).",
+        ),
+    ],
+    dets: Annotated[
+        Path,
+        typer.Option(
+            "--dets",
+            help="Detections: results JSON list (image_id or file_name, bbox xywh, score) or a Caltech "
+            "result tree (setXX/VYYY.txt or setXX/VYYY/I#####.txt).",
+        ),
+    ],
+    protocol: Annotated[
+        str, typer.Option(help="citypersons (official eval_MR_multisetup.py) or caltech (dbEval.m v3.2.1).")
+    ] = "citypersons",
+    metric: Annotated[str, typer.Option(help="MR-2, AP (COCO AP through pycocotools) or all.")] = "MR-2",
+    setup: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--setup",
+            help="Setup to evaluate (repeatable): an official name such as Reasonable, or "
+            "NAME:HMIN-HMAX:VMIN-VMAX. Default: all setups of the protocol.",
+        ),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help='{"images": [{"id", "file_name"}]} naming the frames of Caltech gt caches, in order.'),
+    ] = None,
+    resize_dets: Annotated[
+        bool,
+        typer.Option(
+            "--resize-dets/--no-resize-dets",
+            help="Caltech: resize detections to aspect 0.41 (toolbox v3.2.1); --no-resize-dets gives "
+            "the Pedestron/CSP numbers.",
+        ),
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Also write the JSON results to this file.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Draw miss rate vs FPPI curves to this PNG.")] = None,
+) -> None:
+    """Evaluate detections: log-average miss rate (MR^-2) per setup, optionally COCO AP."""
+    from pedcrowd.errors import PedcrowdError
+    from pedcrowd.eval import coco_ap, evaluate, load_ground_truth, report_to_json
+    from pedcrowd.formats.detections import read_detections
+
+    log = Console(stderr=True)
+    if metric not in METRICS:
+        raise PedcrowdError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
+    start = time.perf_counter()
+    truth = load_ground_truth(gt, protocol, images)
+    detections = read_detections(dets, truth.records)
+    report = None
+    if metric in ("MR-2", "all"):
+        report = evaluate(truth, detections, protocol=protocol, setups=setup or None, resize_dets=resize_dets)
+    ap = coco_ap(truth.records, detections) if metric in ("AP", "all") else None
+    doc = report_to_json(report, metric, ap) if report else {"protocol": protocol, "metric": metric, "results": {}, "ap": ap}
+    text = json.dumps(doc, indent=1)
+    if out is not None:
+        try:
+            out.write_text(text + "\n")
+        except OSError as e:
+            raise PedcrowdError(f"{out}: cannot write ({e.strerror})") from None
+    if plot is not None and report is not None:
+        from pedcrowd.eval.plot import plot_mr_fppi
+
+        curves = {name: (r.fppi, r.miss_rate, r.mr) for name, r in report.results.items()}
+        try:
+            plot_mr_fppi(curves, plot, title=f"{Path(dets).name} ({protocol})")
+        except OSError as e:
+            raise PedcrowdError(f"{plot}: cannot write the plot ({e})") from None
+    if as_json:
+        typer.echo(text)
+    else:
+        _render(report, ap, protocol)
+    log.print(f"[dim]evaluated {len(truth.records)} images in {time.perf_counter() - start:.2f} s[/dim]")
+
+
+def _render(report, ap: dict | None, protocol: str) -> None:
+    console = Console()
+    if report is not None:
+        table = Table(title=f"MR^-2 ({protocol} protocol)")
+        table.add_column("setup")
+        table.add_column("MR^-2 %", justify="right")
+        table.add_column("#GT", justify="right")
+        table.add_column("#images", justify="right")
+        for name, r in report.results.items():
+            mr = "n/a" if r.mr is None else f"{100 * r.mr:.2f}"
+            table.add_row(name, mr, str(r.n_gt), str(r.n_images))
+        console.print(table)
+    if ap is not None:
+        table = Table(title="COCO AP (ignore regions as crowd)")
+        for key in ap:
+            table.add_column(key, justify="right")
+        table.add_row(*(f"{100 * v:.2f}" if v >= 0 else "n/a" for v in ap.values()))
+        console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval", no_args_is_help=True)(eval_command)

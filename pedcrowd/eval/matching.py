@@ -1,0 +1,160 @@
+"""Greedy detection-to-GT matching of the official evaluators, vectorised over all images.
+
+The official code (CityPersons ``evaluateImg``, Caltech ``bbGt evalRes``) walks
+the detections of each image in score order; each takes the unmatched regular
+GT with the highest IoU >= 0.5 (ties: the later GT), else is absorbed by an
+ignored GT with IoA >= 0.5 (then it is itself ignored), else is a false
+positive. Only the first step is order dependent, and only among detections
+that share a candidate GT, so it is done in rounds: a detection's current best
+candidate is final as soon as no earlier unresolved detection of the image can
+still take that GT. The earliest unresolved detection of every image is always
+final, so the rounds terminate; in practice there are a handful.
+
+Shapes: N detections (all images, image-major, score-sorted within an image),
+M GT boxes (all images), P (detection, GT) pairs of the same image that overlap
+enough to matter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+THRESHOLD = 0.5  # the official min(0.5, 1 - 1e-10)
+
+
+@dataclass
+class OverlapPairs:
+    """Overlaps of every same-image (detection, GT) pair that reaches the threshold.
+
+    Attributes:
+        det: [P] detection index; gt: [P] GT index.
+        iou: [P] IoU (regular GT); ioa: [P] intersection / detection area (ignored GT).
+    """
+
+    det: np.ndarray
+    gt: np.ndarray
+    iou: np.ndarray
+    ioa: np.ndarray
+
+
+def same_image_pairs(det_img: np.ndarray, gt_img: np.ndarray, n_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """All (det, gt) index pairs of the same image.
+
+    Args:
+        det_img: [N] image index of each detection, non-decreasing.
+        gt_img: [M] image index of each GT, non-decreasing.
+    """
+    ng = np.bincount(gt_img, minlength=n_images)
+    gt_start = np.concatenate([[0], np.cumsum(ng)[:-1]]).astype(np.int64)
+    return _expand(gt_start[det_img], ng[det_img], np.arange(len(gt_img)))
+
+
+def _expand(lo: np.ndarray, count: np.ndarray, gt_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (d, gt_index[lo[d] + k]) for k < count[d]."""
+    total = int(count.sum())
+    pd = np.repeat(np.arange(len(lo)), count)
+    first = np.cumsum(count) - count
+    return pd, gt_index[lo[pd] + (np.arange(total) - first[pd])]
+
+
+_KEY_SCALE = 1e6  # image index * scale + x: a sortable key while |x| < scale / 4
+
+
+def x_overlap_pairs(
+    det_boxes: np.ndarray, det_img: np.ndarray, gt_boxes: np.ndarray, gt_img: np.ndarray, n_images: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Same-image (det, gt) pairs that may overlap in x; a superset of the overlapping pairs.
+
+    GT are sorted by (image, x1); a GT can only overlap a detection if
+    ``det.x1 - max_w(image) < gt.x1 < det.x2``, a contiguous range found by
+    binary search. Falls back to all same-image pairs for huge coordinates.
+    """
+    coords = np.concatenate([det_boxes[:, [0, 2]].ravel(), gt_boxes[:, [0, 2]].ravel()])
+    if len(coords) == 0 or not np.isfinite(coords).all() or np.abs(coords).max() > _KEY_SCALE / 8:
+        return same_image_pairs(det_img, gt_img, n_images)
+    order = np.lexsort((gt_boxes[:, 0], gt_img))
+    key = gt_img[order] * _KEY_SCALE + gt_boxes[order, 0]
+    max_w = np.zeros(n_images)
+    np.maximum.at(max_w, gt_img, gt_boxes[:, 2])
+    base = det_img * _KEY_SCALE
+    # One pixel of margin on both sides keeps the range conservative under rounding.
+    lo = np.searchsorted(key, base + det_boxes[:, 0] - max_w[det_img] - 1.0, side="left")
+    hi = np.searchsorted(key, base + det_boxes[:, 0] + det_boxes[:, 2] + 1.0, side="right")
+    return _expand(lo, np.maximum(hi - lo, 0), order)
+
+
+def overlap_pairs(
+    det_boxes: np.ndarray, det_img: np.ndarray, gt_boxes: np.ndarray, gt_img: np.ndarray, n_images: int
+) -> OverlapPairs:
+    """IoU and IoA, with the official arithmetic (xywh, no +1), of pairs where either is >= 0.5.
+
+    Args:
+        det_boxes: [N, 4] xywh; gt_boxes: [M, 4] xywh; det_img, gt_img as in :func:`same_image_pairs`.
+    """
+    pd, pg = x_overlap_pairs(det_boxes, det_img, gt_boxes, gt_img, n_images)
+    dx1, dy1, dw, dh = (np.ascontiguousarray(det_boxes[:, k]) for k in range(4))
+    gx1, gy1, gw, gh = (np.ascontiguousarray(gt_boxes[:, k]) for k in range(4))
+    # Same operations, in the same order, as the official double loop, so
+    # that equal overlaps compare equal (tie rules) and values match bit for bit.
+    # Widths first: most pairs are disjoint in x, and dropping them early
+    # saves most of the work.
+    iw = np.minimum((dx1 + dw)[pd], (gx1 + gw)[pg]) - np.maximum(dx1[pd], gx1[pg])
+    hit = iw > 0
+    pd, pg, iw = pd[hit], pg[hit], iw[hit]
+    ih = np.minimum((dy1 + dh)[pd], (gy1 + gh)[pg]) - np.maximum(dy1[pd], gy1[pg])
+    hit = ih > 0
+    pd, pg, inter = pd[hit], pg[hit], iw[hit] * ih[hit]
+    d_area = (dw * dh)[pd]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / (d_area + (gw * gh)[pg] - inter)
+        ioa = inter / d_area
+    keep = (iou >= THRESHOLD) | (ioa >= THRESHOLD)
+    return OverlapPairs(pd[keep], pg[keep], iou[keep], ioa[keep])
+
+
+def greedy_match(pairs: OverlapPairs, det_valid: np.ndarray, gt_ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Match detections to GT as the official evaluators do.
+
+    Args:
+        pairs: overlaps from :func:`overlap_pairs`.
+        det_valid: [N] bool, detections that take part (cap and height filter passed).
+        gt_ignore: [M] bool, ignored GT for this setup.
+
+    Returns:
+        tp [N] bool (matched to a regular GT), ignored [N] bool (matched to an
+        ignored GT); valid detections with neither are false positives.
+    """
+    n = len(det_valid)
+    ok = det_valid[pairs.det]
+    ign = gt_ignore[pairs.gt]
+    ignored_hit = np.zeros(n, dtype=bool)
+    ignored_hit[pairs.det[ok & ign & (pairs.ioa >= THRESHOLD)]] = True
+
+    reg = ok & ~ign & (pairs.iou >= THRESHOLD)
+    pd, pg, ov = pairs.det[reg], pairs.gt[reg], pairs.iou[reg]
+    # Within a detection, its pairs sorted by (IoU, GT order): the last active
+    # pair is its choice (ties go to the later GT, as `ov < best: continue` does).
+    order = np.lexsort((pg, ov, pd))
+    pd, pg = pd[order], pg[order]
+    tp = np.zeros(n, dtype=bool)
+    det_done = np.zeros(n, dtype=bool)
+    gt_used = np.zeros(len(gt_ignore), dtype=bool)
+    active = np.ones(len(pd), dtype=bool)
+    while active.any():
+        idx = np.flatnonzero(active)
+        d, g = pd[idx], pg[idx]
+        last = np.r_[d[1:] != d[:-1], True]
+        choice_det, choice_gt = d[last], g[last]
+        # idx is ordered by detection, so the first occurrence of a GT is the
+        # earliest unresolved detection that can still take it.
+        ug, first = np.unique(g, return_index=True)
+        earliest = np.empty(len(gt_ignore), dtype=np.int64)
+        earliest[ug] = d[first]
+        final = earliest[choice_gt] == choice_det
+        tp[choice_det[final]] = True
+        det_done[choice_det[final]] = True
+        gt_used[choice_gt[final]] = True
+        active[idx] = ~(det_done[d] | gt_used[g])
+    return tp, ignored_hit & ~tp

@@ -1,0 +1,163 @@
+"""Detection results: the standard results JSON list and Caltech result trees.
+
+The JSON list is ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``
+(``file_name`` may replace ``image_id``). As in the official ``loadRes`` +
+evaluator, entries whose ``category_id`` is not 1 are skipped, and the file
+order is kept within each image (it breaks score ties).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from pedcrowd.errors import PedcrowdError
+from pedcrowd.formats._io import existing_path, load_json
+from pedcrowd.formats.records import ImageRecord
+
+Detections = dict[int, tuple[np.ndarray, np.ndarray]]
+
+
+def _name_index(images: list[ImageRecord]) -> dict[str, int]:
+    """File name -> image id, by full relative name and by basename (without and with extension)."""
+    index: dict[str, int] = {}
+    for im in images:
+        base = im.file_name.replace("\\", "/").rsplit("/", 1)[-1]
+        for key in (base, base.rsplit(".", 1)[0]):
+            index.setdefault(key, im.id)
+    for im in images:  # full names win over basenames
+        index[im.file_name] = im.id
+    return index
+
+
+def _check_rows(path: Path, boxes: np.ndarray, scores: np.ndarray, where: str) -> None:
+    if np.isnan(scores).any() or np.isnan(boxes).any():
+        raise PedcrowdError(f"{path}: {where}: NaN score or coordinate")
+    if (boxes[:, 2:] < 0).any():
+        raise PedcrowdError(f"{path}: {where}: negative box size")
+
+
+def _read_fast(path: Path, data: list, images: list[ImageRecord]) -> Detections | None:
+    """Column-wise read of a well-formed list keyed by ``image_id``; None if anything is unusual."""
+    try:
+        image_ids = np.array([d["image_id"] for d in data], dtype=np.int64)
+        cats = np.array([d.get("category_id", 1) for d in data], dtype=np.int64)
+        boxes = np.array([d["bbox"] for d in data], dtype=np.float64).reshape(-1, 4)
+        scores = np.array([d["score"] for d in data], dtype=np.float64)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if len(boxes) != len(data) or np.isnan(scores).any() or np.isnan(boxes).any() or (boxes[:, 2:] < 0).any():
+        return None
+    known = np.array(sorted(im.id for im in images), dtype=np.int64)
+    keep = cats == 1
+    image_ids, boxes, scores = image_ids[keep], boxes[keep], scores[keep]
+    if not np.isin(image_ids, known).all():
+        return None
+    if not len(image_ids):
+        return {}
+    order = np.argsort(image_ids, kind="stable")  # stable: keeps file order inside an image
+    image_ids, boxes, scores = image_ids[order], boxes[order], scores[order]
+    starts = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1]])
+    ends = list(starts[1:]) + [len(image_ids)]
+    return {int(image_ids[a]): (boxes[a:b], scores[a:b]) for a, b in zip(starts, ends, strict=True)}
+
+
+def read_detections_json(path: str | Path, images: list[ImageRecord]) -> Detections:
+    """Read a results JSON list; see :func:`read_detections`."""
+    path = Path(path)
+    data = load_json(path)
+    if not isinstance(data, list):
+        raise PedcrowdError(f"{path}: expected a JSON list of detections")
+    fast = _read_fast(path, data, images)
+    if fast is not None:
+        return fast
+    # Slow path: one entry at a time, to name the first bad entry precisely.
+    known = {im.id for im in images}
+    names: dict[str, int] | None = None
+    per_image: dict[int, list[tuple[list, float]]] = {}
+    for i, d in enumerate(data):
+        where = f"detection {i}"
+        if not isinstance(d, dict):
+            raise PedcrowdError(f"{path}: {where} is not an object")
+        if int(d.get("category_id", 1)) != 1:
+            continue
+        if "image_id" in d:
+            image_id = d["image_id"]
+            if image_id not in known:
+                raise PedcrowdError(f"{path}: {where} is for unknown image id {image_id}")
+        elif "file_name" in d:
+            names = names if names is not None else _name_index(images)
+            name = str(d["file_name"]).replace("\\", "/")
+            image_id = names.get(name, names.get(name.rsplit("/", 1)[-1]))
+            if image_id is None:
+                raise PedcrowdError(f"{path}: {where} is for unknown image {name!r}")
+        else:
+            raise PedcrowdError(f"{path}: {where} has no 'image_id' (or 'file_name') field")
+        for key in ("bbox", "score"):
+            if key not in d:
+                raise PedcrowdError(f"{path}: {where} has no '{key}' field")
+        bbox, score = d["bbox"], d["score"]
+        if not (isinstance(bbox, list) and len(bbox) == 4):
+            raise PedcrowdError(f"{path}: {where}: 'bbox' must be [x, y, w, h]")
+        if score is None or (isinstance(score, float) and math.isnan(score)):
+            raise PedcrowdError(f"{path}: {where}: NaN score")
+        per_image.setdefault(int(image_id), []).append((bbox, score))
+    out: Detections = {}
+    for image_id, rows in per_image.items():
+        try:
+            boxes = np.array([r[0] for r in rows], dtype=np.float64).reshape(-1, 4)
+            scores = np.array([r[1] for r in rows], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise PedcrowdError(f"{path}: non-numeric bbox or score for image {image_id}") from None
+        _check_rows(path, boxes, scores, f"image {image_id}")
+        out[image_id] = (boxes, scores)
+    return out
+
+
+def read_detections(path: str | Path, images: list[ImageRecord]) -> Detections:
+    """Read detections for the given images.
+
+    Args:
+        path: a results JSON list, or a Caltech result tree / file
+            (per-video ``setXX/VYYY.txt``, per-frame ``setXX/VYYY/I#####.txt``).
+        images: the evaluation's images (ids and file names to match).
+
+    Returns:
+        image id -> (boxes [D, 4] float64 xywh, scores [D] float64), file order;
+        images without detections are absent. Caltech frames not in ``images``
+        are skipped, as the official code only loads the test frames.
+
+    Raises:
+        PedcrowdError: missing file, invalid JSON, missing field, unknown
+            image, NaN score or negative size, naming the file.
+    """
+    p = existing_path(path, "file or folder")
+    if p.is_dir() or p.suffix.lower() == ".txt":
+        return read_caltech_detections(p, images)
+    return read_detections_json(p, images)
+
+
+def read_caltech_detections(path: str | Path, images: list[ImageRecord]) -> Detections:
+    """Read a Caltech result tree for ``images`` (matched by set, video and frame index)."""
+    from pedcrowd.formats.caltech import frame_key, read_caltech_results
+
+    path = Path(path)
+    results = read_caltech_results(path)
+    keys = {}
+    for im in images:
+        key = frame_key(im.file_name)
+        if key is not None:
+            keys[key] = im.id
+    if results and not keys:
+        raise PedcrowdError(f"{path}: Caltech results, but the image names are not setXX_VYYY_I##### frames")
+    out: Detections = {}
+    for key, rows in results.items():
+        image_id = keys.get(key)
+        if image_id is None or len(rows) == 0:
+            continue
+        boxes, scores = rows[:, :4].copy(), rows[:, 4].copy()
+        _check_rows(path, boxes, scores, f"set{key[0]:02d}/V{key[1]:03d} frame {key[2] + 1}")
+        out[image_id] = (boxes, scores)
+    return out

@@ -1,0 +1,182 @@
+"""The numbers a user checks first on a CityPersons-layout data set, and sample drawings.
+
+Works on any set in the CityPersons layout (the real one or a synthetic one):
+``ROOT/annotations/anno_<split>.mat`` and ``ROOT/leftImg8bit/<split>/CITY/*.png``.
+
+Shapes: K = number of annotated objects of one image; boxes are ``xywh`` as in
+the files, converted to ``xyxy`` for the overlap arithmetic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pedcrowd.boxes import xywh_to_xyxy
+from pedcrowd.errors import PedcrowdError
+from pedcrowd.eval.setups import CITYPERSONS_SETUPS
+from pedcrowd.formats.records import GROUP, IGNORE_REGION, PEDESTRIAN, ImageRecord
+
+# BGR colours of the sample drawings (full box, visible box, ignore region, group).
+FULL_COLOR = (60, 220, 60)
+VISIBLE_COLOR = (255, 170, 0)
+IGNORE_COLOR = (230, 40, 230)  # magenta: grey vanished on light posters
+GROUP_COLOR = (40, 40, 230)
+
+
+def load_split(root: str | Path, split: str) -> list[ImageRecord]:
+    """Records of ``ROOT/annotations/anno_<split>.mat`` (the official reader)."""
+    from pedcrowd.formats.citypersons import read_citypersons_mat
+
+    path = Path(root) / "annotations" / f"anno_{split}.mat"
+    if not path.is_file():
+        raise PedcrowdError(f"{path}: not found (is {root} a CityPersons-layout data set?)")
+    return read_citypersons_mat(path)
+
+
+def pairwise_iou(boxes: np.ndarray) -> np.ndarray:
+    """IoU of every pair of ``xyxy`` boxes, no +1 pixel (as the CityPersons evaluator).
+
+    Args:
+        boxes: [K, 4] ``xyxy``.
+
+    Returns:
+        [K, K] float64.
+    """
+    lt = np.maximum(boxes[:, None, :2], boxes[None, :, :2])  # [K,K,2]
+    rb = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])  # [K,K,2]
+    inter = np.clip(rb - lt, 0, None).prod(-1)  # [K,K]
+    area = (boxes[:, 2:] - boxes[:, :2]).prod(-1)  # [K]
+    union = area[:, None] + area[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def in_setup(heights: np.ndarray, vis: np.ndarray, setup) -> np.ndarray:
+    """[K] bool: inside the setup's height and visibility ranges, both ends inclusive (CP l.101)."""
+    (h0, h1), (v0, v1) = setup.height, setup.visibility
+    return (heights >= h0) & (heights <= h1) & (vis >= v0) & (vis <= v1)
+
+
+def dataset_stats(root: str | Path, split: str = "val") -> dict:
+    """Counts of one split.
+
+    Returns:
+        a flat dict: ``images``, ``pedestrians``, ``empty_images`` (no
+        annotation at all), ``images_without_pedestrians``, ``ignore_regions``,
+        ``groups``, ``other_ignored`` (riders, sitting, ...), ``setups``
+        (CityPersons setup name -> pedestrians inside it), ``heavy_to_reasonable``
+        (``Reasonable_occ=heavy`` / ``Reasonable``), ``boxes_per_image`` (mean
+        pedestrians), ``max_boxes_per_image``, ``overlap_pairs`` (pedestrian pairs
+        in one image with IoU > 0.5), ``height`` (min / median / max of pedestrians),
+        ``mean_visibility``.
+    """
+    records = load_split(root, split)
+    setups = {name: 0 for name in CITYPERSONS_SETUPS}
+    n_ped, pairs, per_image, heights, vis = 0, 0, [], [], []
+    counts = {"ignore_regions": 0, "groups": 0, "other_ignored": 0}
+    empty = no_ped = 0
+    for rec in records:
+        ped = rec.categories == PEDESTRIAN
+        counts["ignore_regions"] += int((rec.categories == IGNORE_REGION).sum())
+        counts["groups"] += int((rec.categories == GROUP).sum())
+        counts["other_ignored"] += int(
+            (~ped & ~np.isin(rec.categories, [IGNORE_REGION, GROUP])).sum()
+        )
+        empty += len(rec) == 0
+        no_ped += not ped.any()
+        n_ped += int(ped.sum())
+        per_image.append(int(ped.sum()))
+        h, v = rec.heights[ped], rec.vis_ratios[ped]
+        heights.append(h)
+        vis.append(v)
+        for name, setup in CITYPERSONS_SETUPS.items():
+            setups[name] += int(in_setup(h, v, setup).sum())
+        if ped.sum() > 1:
+            iou = pairwise_iou(xywh_to_xyxy(rec.boxes[ped]))
+            pairs += int(np.triu(iou > 0.5, k=1).sum())
+    h = np.concatenate(heights) if heights else np.zeros(0)
+    v = np.concatenate(vis) if vis else np.zeros(0)
+    reasonable = setups.get("Reasonable", 0)
+    return {
+        "split": split,
+        "images": len(records),
+        "pedestrians": n_ped,
+        "empty_images": int(empty),
+        "images_without_pedestrians": int(no_ped),
+        **counts,
+        "setups": setups,
+        "heavy_to_reasonable": setups.get("Reasonable_occ=heavy", 0) / reasonable
+        if reasonable
+        else 0.0,
+        "boxes_per_image": float(np.mean(per_image)) if per_image else 0.0,
+        "max_boxes_per_image": int(max(per_image, default=0)),
+        "overlap_pairs": pairs,
+        "height": {
+            "min": float(h.min()) if h.size else 0.0,
+            "median": float(np.median(h)) if h.size else 0.0,
+            "max": float(h.max()) if h.size else 0.0,
+        },
+        "mean_visibility": float(np.mean(v)) if v.size else 0.0,
+    }
+
+
+def draw_annotations(image: np.ndarray, rec: ImageRecord) -> np.ndarray:
+    """A copy of ``image`` with full boxes (green), visible boxes (orange-blue),
+    ignore regions (magenta) and groups (red) drawn.
+
+    Args:
+        image: [H, W, 3] uint8 BGR.
+        rec: its annotations.
+    """
+    import cv2
+
+    out = image.copy()
+    thick = max(1, round(max(out.shape[:2]) / 700))
+    for box, vbox, cat in zip(
+        xywh_to_xyxy(rec.boxes),
+        xywh_to_xyxy(np.nan_to_num(rec.vis_boxes)),
+        rec.categories,
+        strict=True,
+    ):
+        x0, y0, x1, y1 = (int(round(c)) for c in box)
+        if cat == PEDESTRIAN:
+            vx0, vy0, vx1, vy1 = (int(round(c)) for c in vbox)
+            cv2.rectangle(out, (vx0, vy0), (vx1, vy1), VISIBLE_COLOR, thick)
+            cv2.rectangle(out, (x0, y0), (x1, y1), FULL_COLOR, thick)
+        else:
+            color = GROUP_COLOR if cat == GROUP else IGNORE_COLOR
+            cv2.rectangle(out, (x0, y0), (x1, y1), color, thick)
+    return out
+
+
+def write_samples(root: str | Path, split: str, out_dir: str | Path, n: int = 6) -> list[Path]:
+    """Draw the annotations on ``n`` images spread evenly over the split and save them.
+
+    Prefers images with pedestrians so the samples show something.
+
+    Returns:
+        the written PNG paths.
+    """
+    import cv2
+
+    records = load_split(root, split)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with_people = [r for r in records if (r.categories == PEDESTRIAN).any()] or records
+    if not with_people or n <= 0:
+        return []
+    picks = np.unique(
+        np.linspace(0, len(with_people) - 1, min(n, len(with_people))).round().astype(int)
+    )
+    written = []
+    for i in picks:
+        rec = with_people[int(i)]
+        path = Path(root) / "leftImg8bit" / split / rec.file_name
+        image = cv2.imread(str(path))
+        if image is None:
+            raise PedcrowdError(f"{path}: missing or unreadable image")
+        target = out_dir / f"{split}_{Path(rec.file_name).stem}.png"
+        cv2.imwrite(str(target), draw_annotations(image, rec))
+        written.append(target)
+    return written

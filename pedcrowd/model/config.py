@@ -1,0 +1,61 @@
+"""The ``model:`` section of the training config.
+
+The defaults are the CPU demo detector (``tiny_fpn`` on ~192 x 384 inputs);
+the paper-sized configs override ``backbone``, ``weights``, the input sizes and
+``anchor_sizes`` (one size per feature level of the chosen backbone, see
+:data:`pedcrowd.model.backbones.NUM_LEVELS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BACKBONES = ("resnet50_fpn", "resnet18_fpn", "mobilenet_v3_fpn", "tiny_fpn")
+
+
+@dataclass
+class ModelConfig:
+    """Detector architecture and its training/inference thresholds."""
+
+    # resnet50_fpn | resnet18_fpn | mobilenet_v3_fpn | tiny_fpn (CPU demo, no pretrained weights)
+    backbone: str = "tiny_fpn"
+    # none (random init) | imagenet (torchvision backbone weights from the local torch hub cache)
+    # | PATH (a pedcrowd checkpoint or a torchvision detector state dict)
+    weights: str = "none"
+    # backbone stages left trainable when starting from imagenet or a checkpoint (resnet 0-5,
+    # mobilenet 0-6; BatchNorm is then frozen); with weights none every stage trains
+    # (random frozen layers learn nothing); tiny_fpn always trains everything
+    trainable_layers: int = 3
+    # torchvision's transform resizes each image so its short side is min_size, capped by max_size
+    min_size: int = 192
+    max_size: int = 384
+    # anchor size (sqrt of its area, input pixels; its height is 1.56x that) per feature
+    # level, finest first: tiny_fpn has 3 levels, resnet*_fpn 5, mobilenet_v3_fpn 3
+    anchor_sizes: tuple[int, ...] = (20, 40, 80)
+    # torchvision aspect ratios are h / w: 2.44 is the pedestrian w / h = 0.41
+    aspect_ratios: tuple[float, ...] = (2.44,)
+    # RPN: proposals kept per level before NMS and in total after NMS, in training and at test
+    rpn_pre_nms_top_n_train: int = 1000
+    rpn_post_nms_top_n_train: int = 500
+    rpn_pre_nms_top_n_test: int = 500
+    rpn_post_nms_top_n_test: int = 300
+    rpn_nms_thresh: float = 0.7
+    # anchors with IoU >= fg are positives, < bg negatives (ignore regions aside)
+    rpn_fg_iou_thresh: float = 0.7
+    rpn_bg_iou_thresh: float = 0.3
+    # anchors sampled per image for the RPN losses and the positive share of them
+    rpn_batch_size_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    # second stage: proposals with IoU >= fg are positives, < bg negatives
+    box_fg_iou_thresh: float = 0.5
+    box_bg_iou_thresh: float = 0.5
+    # (256, not torchvision's 512: RoIAlign's backward dominates a CPU step; still 64 positives max)
+    box_batch_size_per_image: int = 256
+    box_positive_fraction: float = 0.25
+    # inference: detections below this score are dropped before NMS
+    box_score_thresh: float = 0.05
+    # the test NMS IoU threshold; NMS-Loss simulates NMS with the same value
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+    # width of the two-layer MLP box head
+    representation_size: int = 256

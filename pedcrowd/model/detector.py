@@ -1,0 +1,197 @@
+"""``build_model``: the one-class (pedestrian) torchvision Faster R-CNN of pedcrowd.
+
+torchvision's ``FasterRCNN`` with three parts swapped for pedcrowd's: the input
+transform (scales ignore boxes too), the RPN and the RoI heads (ignore-aware
+sampling and the crowd-loss seam). Parameter names are torchvision's, so its
+detector state dicts load directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, RPNHead, TwoMLPHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from pedcrowd.errors import PedcrowdError
+from pedcrowd.model.backbones import NUM_LEVELS, ROI_FEATURE_NAMES, build_backbone
+from pedcrowd.model.config import ModelConfig
+from pedcrowd.model.roi_heads import PedRoIHeads
+from pedcrowd.model.rpn import PedRegionProposalNetwork
+from pedcrowd.model.transform import PedTransform
+
+log = logging.getLogger(__name__)
+
+NUM_CLASSES = 2  # background + pedestrian
+IMAGE_MEAN = [0.485, 0.456, 0.406]  # torchvision's ImageNet statistics, for every backbone
+IMAGE_STD = [0.229, 0.224, 0.225]
+ROI_OUTPUT_SIZE = 7
+
+
+def build_model(cfg: ModelConfig) -> FasterRCNN:
+    """The detector described by ``cfg``, with ``cfg.weights`` loaded.
+
+    Returns a torchvision ``FasterRCNN`` (2 classes) whose ``rpn`` is a
+    :class:`PedRegionProposalNetwork`, ``roi_heads`` a :class:`PedRoIHeads` and
+    ``transform`` a :class:`PedTransform`. Training targets: ``boxes`` [K, 4]
+    xyxy, ``labels`` [K] (all 1), optional ``ignore_boxes`` [M, 4] xyxy.
+
+    Raises:
+        PedcrowdError: unknown backbone, anchor sizes that do not fit its levels,
+            missing or unreadable weights.
+    """
+    levels = NUM_LEVELS.get(cfg.backbone)
+    if levels is None:
+        raise PedcrowdError(
+            f"model.backbone: unknown backbone {cfg.backbone!r}; choose one of {', '.join(NUM_LEVELS)}"
+        )
+    if len(cfg.anchor_sizes) != levels:
+        raise PedcrowdError(
+            f"model.anchor_sizes: {cfg.backbone} has {levels} feature levels, got {len(cfg.anchor_sizes)} sizes "
+            f"{list(cfg.anchor_sizes)}; give one size per level, finest first"
+        )
+    weights = str(cfg.weights)
+    backbone = build_backbone(cfg.backbone, weights, cfg.trainable_layers)
+
+    anchor_generator = AnchorGenerator(
+        sizes=tuple((int(s),) for s in cfg.anchor_sizes),
+        aspect_ratios=(tuple(float(r) for r in cfg.aspect_ratios),) * levels,
+    )
+    rpn_head = RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0])
+    box_roi_pool = MultiScaleRoIAlign(
+        ROI_FEATURE_NAMES[cfg.backbone], output_size=ROI_OUTPUT_SIZE, sampling_ratio=2
+    )
+    box_head = TwoMLPHead(backbone.out_channels * ROI_OUTPUT_SIZE**2, cfg.representation_size)
+    box_predictor = FastRCNNPredictor(cfg.representation_size, NUM_CLASSES)
+
+    # FasterRCNN wires the backbone; the three parts it builds from these modules are then
+    # replaced by pedcrowd's subclasses around the very same head modules.
+    model = FasterRCNN(
+        backbone,
+        num_classes=None,
+        rpn_anchor_generator=anchor_generator,
+        rpn_head=rpn_head,
+        box_roi_pool=box_roi_pool,
+        box_head=box_head,
+        box_predictor=box_predictor,
+    )
+    model.transform = PedTransform(cfg.min_size, cfg.max_size, IMAGE_MEAN, IMAGE_STD)
+    model.rpn = PedRegionProposalNetwork(
+        anchor_generator,
+        rpn_head,
+        fg_iou_thresh=cfg.rpn_fg_iou_thresh,
+        bg_iou_thresh=cfg.rpn_bg_iou_thresh,
+        batch_size_per_image=cfg.rpn_batch_size_per_image,
+        positive_fraction=cfg.rpn_positive_fraction,
+        pre_nms_top_n={
+            "training": cfg.rpn_pre_nms_top_n_train,
+            "testing": cfg.rpn_pre_nms_top_n_test,
+        },
+        post_nms_top_n={
+            "training": cfg.rpn_post_nms_top_n_train,
+            "testing": cfg.rpn_post_nms_top_n_test,
+        },
+        nms_thresh=cfg.rpn_nms_thresh,
+    )
+    model.roi_heads = PedRoIHeads(
+        box_roi_pool,
+        box_head,
+        box_predictor,
+        fg_iou_thresh=cfg.box_fg_iou_thresh,
+        bg_iou_thresh=cfg.box_bg_iou_thresh,
+        batch_size_per_image=cfg.box_batch_size_per_image,
+        positive_fraction=cfg.box_positive_fraction,
+        bbox_reg_weights=None,
+        score_thresh=cfg.box_score_thresh,
+        nms_thresh=cfg.box_nms_thresh,
+        detections_per_img=cfg.box_detections_per_img,
+    )
+    if weights not in ("none", "imagenet"):
+        report = load_weights(model, weights)
+        log.info("loaded %s: %d tensors", weights, len(report.loaded))
+    return model
+
+
+@dataclass
+class WeightsReport:
+    """What :func:`load_weights` did with each key of the file."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # in the model, not in the file
+    unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
+    mismatched: list[str] = field(default_factory=list)  # in both, different shapes (left as built)
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> WeightsReport:
+    """Load a pedcrowd checkpoint (a dict with a ``model`` state dict) or a torchvision state dict.
+
+    Tensors whose shapes differ (e.g. a COCO detector's 91-class predictor or its
+    3-anchor RPN head) are skipped and reported, so a torchvision detector can
+    seed a pedcrowd one; every backbone tensor must be present.
+
+    Raises:
+        PedcrowdError: the file is missing or unreadable, is not a state dict,
+            loads nothing, or lacks backbone tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PedcrowdError(
+            f"model.weights: {path} is not a file (expected none, imagenet or a checkpoint path)"
+        )
+    try:
+        # Checkpoints are files the user names; pedcrowd's carry optimizer and RNG state
+        # (not only tensors), which weights_only=True refuses.
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise PedcrowdError(f"model.weights: cannot read {path}: {exc}") from exc
+    state = obj["model"] if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PedcrowdError(
+            f"model.weights: {path} holds neither a state dict nor a checkpoint with a 'model' entry"
+        )
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from a DDP wrapper
+
+    own = model.state_dict()
+    report = WeightsReport()
+    compatible = {}
+    for key, value in state.items():
+        if key not in own:
+            if not key.endswith("num_batches_tracked"):  # BN counter vs FrozenBatchNorm2d
+                report.unexpected.append(key)
+        elif own[key].shape != value.shape:
+            report.mismatched.append(
+                f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}"
+            )
+        else:
+            compatible[key] = value
+            report.loaded.append(key)
+    # BatchNorm's step counter is not a weight (FrozenBatchNorm2d has none)
+    report.missing = [
+        k for k in own if k not in compatible and not k.endswith("num_batches_tracked")
+    ]
+    missing_backbone = [k for k in report.missing if k.startswith("backbone.")]
+    if not compatible or missing_backbone:
+        shown = ", ".join((missing_backbone or report.missing)[:5])
+        raise PedcrowdError(
+            f"model.weights: {path} does not fit this model ({len(report.loaded)} tensors match, "
+            f"{len(report.missing)} missing, e.g. {shown}; {len(report.unexpected)} unexpected"
+            f"{', e.g. ' + ', '.join(report.unexpected[:3]) if report.unexpected else ''}); "
+            "check model.backbone"
+        )
+    model.load_state_dict(compatible, strict=False)
+    for kind in ("missing", "unexpected", "mismatched"):
+        keys = getattr(report, kind)
+        if keys:
+            log.warning(
+                "model.weights %s: %d %s tensors left as built: %s",
+                path,
+                len(keys),
+                kind,
+                ", ".join(keys[:5]),
+            )
+    return report

@@ -1,0 +1,130 @@
+"""``pedcrowd compare``: runs side by side with bootstrap intervals and curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+FORMATS = ("table", "markdown", "csv", "json")
+
+
+def compare_command(
+    runs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Run directories (their val_dets.json) or detection files, optionally named "
+            "NAME=PATH. The first is the baseline of every difference.",
+            metavar="RUN_OR_DETS",
+            show_default=False,
+        ),
+    ],
+    gt: Annotated[
+        Path, typer.Option("--gt", help="Ground-truth file (as for pedcrowd eval).", show_default=False)
+    ],
+    protocol: Annotated[
+        str, typer.Option(help="citypersons (official eval_MR_multisetup.py) or caltech (dbEval.m).")
+    ] = "citypersons",
+    setups: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--setups", "--setup",
+            help="Setups to compare (repeatable or comma-separated): official names or "
+            "NAME:HMIN-HMAX:VMIN-VMAX. Default: all of the protocol.",
+            show_default=False,
+        ),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Image list for Caltech GT caches (as pedcrowd eval --images).",
+                     show_default=False),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Write MR vs FPPI curves here (PNG, one panel per setup).",
+                     show_default=False),
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="table, markdown, csv or json (JSON only on stdout).")
+    ] = "table",
+    bootstrap: Annotated[
+        int,
+        typer.Option(help="Bootstrap resamples over images for the 95 % intervals (0: none)."),
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="Resampling seed: same seed, same intervals.")] = 0,
+    ap: Annotated[bool, typer.Option("--ap/--no-ap", help="Also compute COCO AP.")] = True,
+) -> None:
+    """Compare runs: MR^-2 per setup (lower is better) and AP, each run's difference to the
+    first, with 95 % bootstrap intervals (paired for the differences).
+
+    Example: pedcrowd compare base=runs/baseline nms=runs/nmsloss --gt val_gt.json --plot cmp.png
+    """
+    from pedcrowd.compare import compare, dumps_json, plot_comparison, to_csv, to_markdown
+    from pedcrowd.errors import PedcrowdError
+
+    if fmt not in FORMATS:
+        raise PedcrowdError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    if bootstrap < 0:
+        raise PedcrowdError(f"--bootstrap {bootstrap}: must be 0 or more")
+    if setups:
+        setups = [name for item in setups for name in item.split(",") if name]
+    console = Console(stderr=True)
+    with console.status(f"evaluating {len(runs)} runs, {bootstrap} bootstrap resamples"):
+        result = compare(
+            runs, gt, protocol=protocol, setups=setups, images=images, bootstrap=bootstrap,
+            seed=seed, with_ap=ap,
+        )
+    if plot is not None:
+        console.print(f"plot: {plot_comparison(result, plot)}")
+    if fmt == "json":
+        typer.echo(dumps_json(result))
+    elif fmt == "markdown":
+        typer.echo(to_markdown(result), nl=False)
+    elif fmt == "csv":
+        typer.echo(to_csv(result), nl=False)
+    else:
+        Console().print(_rich_table(result))
+
+
+def _rich_table(result):
+    from rich.table import Table
+
+    from pedcrowd.compare import best_per_setup, format_cell
+
+    best = best_per_setup(result)
+    caption = (
+        f"MR⁻² %, lower is better, best in bold green; [95 % bootstrap interval over "
+        f"{result.n_images} images, {result.bootstrap} resamples, seed {result.seed}]; "
+        f"Δ vs {result.runs[0].name}, paired interval; red/green: interval excludes 0."
+        if result.bootstrap
+        else "MR⁻² %, lower is better, best in bold green; Δ vs the first run."
+    )
+    table = Table(title=f"pedcrowd compare ({result.protocol})", caption=caption)
+    table.add_column("run", style="bold")
+    for s in result.setups:
+        table.add_column(s, justify="right")
+    table.add_column("AP %", justify="right")
+    for i, r in enumerate(result.runs):
+        cells = []
+        for s in result.setups:
+            mr, diff = format_cell(r, s, i == 0, ci_digits=1)
+            if r.mr[s] is not None and r.mr[s] == best[s] and len(result.runs) > 1:
+                mr = f"[bold green]{mr}[/]"
+            if diff:
+                ci = r.delta_ci.get(s)
+                # Colour a difference only when its interval excludes 0.
+                style = "" if ci is None or ci[0] <= 0 <= ci[1] else ("red" if ci[0] > 0 else "green")
+                diff = f"[{style}]Δ {diff}[/]" if style else f"Δ {diff}"
+                mr = f"{mr}\n{diff}"
+            cells.append(mr)
+        ap = "-" if r.ap is None else f"{100 * r.ap:.2f}"
+        if i > 0 and r.ap is not None and result.runs[0].ap is not None:
+            ap += f"\nΔ {100 * (r.ap - result.runs[0].ap):+.2f}"
+        table.add_row(r.name, *cells, ap)
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare_command)

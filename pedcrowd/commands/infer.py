@@ -1,0 +1,148 @@
+"""``pedcrowd infer``: run a checkpoint on images, folders, globs and videos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+
+def infer_command(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, folders (searched recursively for png/jpg/jpeg/bmp), "
+            "glob patterns ('data/**/*.png', quoted) and videos (mp4/avi).",
+            metavar="INPUT",
+            show_default=False,
+        ),
+    ],
+    weights: Annotated[
+        Path,
+        typer.Option(
+            "--weights", "-w",
+            help="A training run directory (uses its best.pt and config.yaml) or a checkpoint file.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o",
+            help="Output folder: detections.json (standard results format with file_name; "
+            "'pedcrowd eval --dets' reads it) and, with --vis, annotated images in vis/.",
+        ),
+    ] = Path("infer_out"),
+    vis: Annotated[
+        bool,
+        typer.Option(
+            "--vis",
+            help="Also write images (and an annotated VIDEO_vis.mp4 per video) with boxes "
+            "coloured by score.",
+        ),
+    ] = False,
+    gt: Annotated[
+        Path | None,
+        typer.Option(
+            "--gt",
+            help="Ground truth to overlay in green on the --vis images (ignore regions grey); "
+            "its image ids are used in detections.json for the images it names.",
+        ),
+    ] = None,
+    protocol: Annotated[
+        str, typer.Option(help="How to read --gt: citypersons or caltech.")
+    ] = "citypersons",
+    score_thr: Annotated[
+        float | None,
+        typer.Option(
+            "--score-thr",
+            help="Keep boxes scoring at least this. Default: the checkpoint's own setting, "
+            "as used by the evaluation during training.",
+            show_default=False,
+        ),
+    ] = None,
+    nms_thr: Annotated[
+        float | None,
+        typer.Option(
+            "--nms-thr",
+            help="IoU threshold of the final NMS. Default: the checkpoint's own setting.",
+            show_default=False,
+        ),
+    ] = None,
+    vis_score_thr: Annotated[
+        float, typer.Option("--vis-score-thr", help="Lowest score drawn with --vis.")
+    ] = 0.3,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", help="Images per forward pass.")
+    ] = 4,
+    device: Annotated[
+        str, typer.Option(help="auto (cuda when available), cpu or cuda.")
+    ] = "auto",
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Background threads decoding images while the model runs "
+                     "(default: one per CPU core, at most 8).", show_default=False),
+    ] = None,
+) -> None:
+    """Detect pedestrians in images and videos; write detections.json (and --vis images).
+
+    Example: pedcrowd infer data/val/ clip.mp4 --weights runs/exp1 --vis --out preds
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from pedcrowd.infer import infer
+
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("[bold]infer"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    task = progress.add_task("infer", total=None)
+    with progress:
+        result = infer(
+            inputs,
+            weights=weights,
+            out_file=out / "detections.json",
+            vis_dir=out / "vis" if vis else None,
+            gt=gt,
+            protocol=protocol,
+            score_thr=score_thr,
+            nms_thr=nms_thr,
+            vis_score_thr=vis_score_thr,
+            batch_size=batch_size,
+            device=device,
+            workers=workers,
+            on_start=lambda total: progress.update(task, total=total or None),
+            on_progress=lambda done: progress.update(task, completed=done),
+            on_skip=lambda name, why: console.print(f"[yellow]skipped[/] {name}: {why}"),
+        )
+        # Video frame counts from the header can be off by a few; end the bar at 100 %.
+        progress.update(task, total=result.n_images, completed=result.n_images)
+
+    skipped = f", [yellow]{len(result.skipped)} unreadable skipped[/]" if result.skipped else ""
+    videos = f" ({result.n_videos} videos)" if result.n_videos else ""
+    console.print(
+        f"{result.n_images} images{videos}, {len(result.detections)} detections in "
+        f"{result.seconds:.1f} s: [bold]{result.images_per_s:.2f} images/s[/]{skipped}"
+    )
+    console.print(f"detections: {result.out_file}")
+    if result.vis_dir is not None:
+        console.print(f"annotated: {result.vis_dir}/")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("infer")(infer_command)

@@ -189,6 +189,13 @@ def test_detections_by_id_and_by_file_name(tmp_path):
     d = read_detections(path, IMAGES)
     assert list(d[2][1]) == [0.5] and list(d[1][1]) == [0.25]
     assert read_detections(write_json(tmp_path / "e.json", []), IMAGES) == {}
+    # pedcrowd infer numbers its images 1..N: a file name beats a disagreeing image_id.
+    path = write_json(tmp_path / "both.json", [
+        {"image_id": 1, "file_name": "city/b_leftImg8bit.png", "bbox": [1, 2, 3, 4], "score": 0.5},
+        {"image_id": 2, "file_name": "a_leftImg8bit.png", "bbox": [1, 2, 3, 4], "score": 0.25},
+    ])
+    d = read_detections(path, IMAGES)
+    assert list(d[2][1]) == [0.5] and list(d[1][1]) == [0.25]
 
 
 @pytest.mark.parametrize(

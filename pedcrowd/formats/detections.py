@@ -64,12 +64,34 @@ def _read_fast(path: Path, data: list, images: list[ImageRecord]) -> Detections 
     return {int(image_ids[a]): (boxes[a:b], scores[a:b]) for a, b in zip(starts, ends, strict=True)}
 
 
+def _ids_from_file_names(path: Path, data: list, images: list[ImageRecord]) -> list:
+    """Re-key entries that carry ``file_name`` by the GT's id for that name.
+
+    A file name is the identity two tools share (``pedcrowd infer`` numbers the
+    images it reads 1..N, which need not be the GT's ids), so it wins over
+    ``image_id`` whenever an entry has one.
+    """
+    names = _name_index(images)
+    out = []
+    for i, d in enumerate(data):
+        if isinstance(d, dict) and "file_name" in d:
+            name = str(d["file_name"]).replace("\\", "/")
+            image_id = names.get(name, names.get(name.rsplit("/", 1)[-1]))
+            if image_id is None:
+                raise PedcrowdError(f"{path}: detection {i} is for unknown image {name!r}")
+            d = {**d, "image_id": image_id}
+        out.append(d)
+    return out
+
+
 def read_detections_json(path: str | Path, images: list[ImageRecord]) -> Detections:
     """Read a results JSON list; see :func:`read_detections`."""
     path = Path(path)
     data = load_json(path)
     if not isinstance(data, list):
         raise PedcrowdError(f"{path}: expected a JSON list of detections")
+    if data and isinstance(data[0], dict) and "file_name" in data[0]:
+        data = _ids_from_file_names(path, data, images)
     fast = _read_fast(path, data, images)
     if fast is not None:
         return fast

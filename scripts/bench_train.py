@@ -1,0 +1,196 @@
+"""Time a pedcrowd training step against a plain torchvision Faster R-CNN step.
+
+Both detectors share the backbone architecture, the heads, the initial weights,
+the images and the batch; they differ only in what pedcrowd adds (the
+ignore-aware RPN and RoI sampling, the crowd-loss seam, the input transform
+that scales ignore boxes, and the engine's step: per-term loss logging, the
+non-finite check, gradient clipping, the per-iteration schedule). Steps
+alternate between the two (pedcrowd, torchvision, pedcrowd, ...) after a
+warm-up, so that machine load hits both alike; the medians are compared.
+The learning rate is 0 so that the weights, and so the work per step, stay the
+same throughout.
+
+A second phase runs the engine on the real DataLoader (the config's workers)
+and reports how long each step waits for its batch.
+
+    python scripts/bench_train.py                      # the CPU demo config
+    python scripts/bench_train.py --steps 30 --set train.batch_size=4
+    python scripts/bench_train.py --config configs/nms_ped_citypersons.yaml --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+
+
+def build_plain_torchvision(ped_model: torch.nn.Module, cfg) -> torch.nn.Module:
+    """A stock torchvision ``FasterRCNN`` with the same modules and weights as ``ped_model``."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign
+
+    m = cfg.model
+    pool = ped_model.roi_heads.box_roi_pool
+    plain = FasterRCNN(
+        copy.deepcopy(ped_model.backbone),
+        num_classes=None,
+        min_size=m.min_size, max_size=m.max_size,
+        image_mean=ped_model.transform.image_mean, image_std=ped_model.transform.image_std,
+        rpn_anchor_generator=AnchorGenerator(
+            ped_model.rpn.anchor_generator.sizes, ped_model.rpn.anchor_generator.aspect_ratios
+        ),
+        rpn_head=copy.deepcopy(ped_model.rpn.head),
+        rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train,
+        rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
+        rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
+        rpn_nms_thresh=m.rpn_nms_thresh,
+        rpn_fg_iou_thresh=m.rpn_fg_iou_thresh, rpn_bg_iou_thresh=m.rpn_bg_iou_thresh,
+        rpn_batch_size_per_image=m.rpn_batch_size_per_image,
+        rpn_positive_fraction=m.rpn_positive_fraction,
+        box_roi_pool=MultiScaleRoIAlign(pool.featmap_names, pool.output_size, pool.sampling_ratio),
+        box_head=copy.deepcopy(ped_model.roi_heads.box_head),
+        box_predictor=copy.deepcopy(ped_model.roi_heads.box_predictor),
+        box_score_thresh=m.box_score_thresh, box_nms_thresh=m.box_nms_thresh,
+        box_detections_per_img=m.box_detections_per_img,
+        box_fg_iou_thresh=m.box_fg_iou_thresh, box_bg_iou_thresh=m.box_bg_iou_thresh,
+        box_batch_size_per_image=m.box_batch_size_per_image,
+        box_positive_fraction=m.box_positive_fraction,
+    )
+    plain.load_state_dict(ped_model.state_dict())  # same names: same weights
+    return plain
+
+
+def plain_step(model, optimizer, scheduler, images, targets) -> None:
+    """torchvision's reference training step (references/detection/engine.py)."""
+    loss_dict = model(images, targets)
+    losses = sum(loss for loss in loss_dict.values())
+    losses.item()
+    optimizer.zero_grad()
+    losses.backward()
+    optimizer.step()
+    scheduler.step()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=None, help="YAML config (default: the CPU demo)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="config override KEY=VALUE (repeatable)")
+    parser.add_argument("--loss", default=None, help="crowd-loss preset for the pedcrowd model")
+    parser.add_argument("--steps", type=int, default=15, help="timed steps per detector")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per detector first")
+    parser.add_argument("--loader-steps", type=int, default=20,
+                        help="engine steps on the real DataLoader for the data-wait figure")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    args = parser.parse_args()
+
+    import dataclasses
+
+    from pedcrowd.data.config import build_dataset
+    from pedcrowd.data.synth import ensure_synth
+    from pedcrowd.engine.config import load_config
+    from pedcrowd.engine.distributed import DistInfo
+    from pedcrowd.engine.train import _install_crowd_losses, make_loader, train_one_epoch
+    from pedcrowd.model import build_model
+
+    cfg = load_config(args.config, args.overrides)
+    if args.loss is not None:
+        from pedcrowd.losses import apply_loss_preset
+
+        cfg = dataclasses.replace(cfg, loss=apply_loss_preset(cfg.loss, args.loss))
+    if cfg.synth is not None:
+        ensure_synth(cfg.data.root, cfg.synth)
+    device = torch.device(args.device)
+    bs = cfg.train.batch_size
+    dataset = build_dataset(cfg.data, "train", train=True)
+    batch = [dataset[i] for i in range(bs)]
+    images = [img.to(device) for img, _ in batch]
+    targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()}
+               for _, t in batch]
+
+    torch.manual_seed(cfg.train.seed)
+    ped = build_model(cfg.model)
+    _install_crowd_losses(ped, cfg)
+    plain = build_plain_torchvision(ped, cfg)
+    ped.to(device).train()
+    plain.to(device).train()
+
+    def sgd(model):
+        opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=cfg.optim.momentum,
+                              weight_decay=cfg.optim.weight_decay)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
+
+    ped_opt, ped_sched = sgd(ped)
+    plain_opt, plain_sched = sgd(plain)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def time_ped(i: int) -> float:
+        torch.manual_seed(i)  # the samplers draw the same numbers in both detectors' step i
+        sync()
+        t = time.perf_counter()
+        # pedcrowd's engine step exactly as `pedcrowd train` runs it
+        train_one_epoch(ped, ped_opt, ped_sched, scaler, [(images, targets)], device, 0,
+                        amp=cfg.train.amp, grad_clip=cfg.optim.grad_clip)
+        sync()
+        return time.perf_counter() - t
+
+    def time_plain(i: int) -> float:
+        torch.manual_seed(i)
+        sync()
+        t = time.perf_counter()
+        plain_step(plain, plain_opt, plain_sched, images,
+                   [{k: v for k, v in tt.items() if k in ("boxes", "labels")} for tt in targets])
+        sync()
+        return time.perf_counter() - t
+
+    print(f"config: {args.config or 'CPU demo'}, backbone {cfg.model.backbone}, batch {bs}, "
+          f"input {cfg.model.min_size}x{cfg.model.max_size}, device {device}, "
+          f"torch threads {torch.get_num_threads()}")
+    for i in range(args.warmup):
+        time_ped(i)
+        time_plain(i)
+    ped_times, plain_times = [], []
+    for i in range(args.steps):
+        # alternate which one goes first, so that neither always follows the other
+        if i % 2 == 0:
+            ped_times.append(time_ped(1000 + i))
+            plain_times.append(time_plain(1000 + i))
+        else:
+            plain_times.append(time_plain(1000 + i))
+            ped_times.append(time_ped(1000 + i))
+    ped_med, plain_med = statistics.median(ped_times), statistics.median(plain_times)
+    print(f"pedcrowd step    median {ped_med * 1000:8.1f} ms  (min {min(ped_times) * 1000:.1f})")
+    print(f"torchvision step median {plain_med * 1000:8.1f} ms  (min {min(plain_times) * 1000:.1f})")
+    print(f"ratio pedcrowd / torchvision: {ped_med / plain_med:.3f} "
+          f"(overhead {100 * (ped_med / plain_med - 1):+.1f} %, target <= +5 %)")
+
+    if args.loader_steps > 0:
+        waits, steps = [], []
+
+        def on_step(rec):
+            waits.append(rec["data_wait_s"])
+            steps.append(rec["step_s"])
+
+        loader = make_loader(dataset, bs, cfg.data.num_workers, cfg.train.seed, 0, DistInfo())
+        limited = (b for _, b in zip(range(args.loader_steps), loader, strict=False))
+        train_one_epoch(ped, ped_opt, ped_sched, scaler, limited, device, 0, on_step=on_step,
+                        grad_clip=cfg.optim.grad_clip)
+        steady = waits[1:] or waits  # the first batch includes the workers' start-up
+        print(f"data wait per step ({cfg.data.num_workers} workers, {len(waits)} steps): "
+              f"median {statistics.median(steady) * 1000:.1f} ms, mean {statistics.mean(steady) * 1000:.1f} ms, "
+              f"first {waits[0] * 1000:.0f} ms; {100 * sum(steady) / sum(steps[1:] or steps):.1f} % "
+              f"of the step time")
+
+
+if __name__ == "__main__":
+    main()

@@ -36,11 +36,11 @@ from typing import Any
 import numpy as np
 
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.eval.mr import FPPI_REFS_CALTECH, FPPI_REFS_CITYPERSONS
 
-# CityPersons eval_MR_multisetup.py: the FPPI reference points rounded to 4 decimals.
-CITYPERSONS_REFS = np.array([0.0100, 0.0178, 0.0316, 0.0562, 0.1000, 0.1778, 0.3162, 0.5623, 1.0000])
-# Caltech dbEval.m: the exact 10.^(-2:.25:0).
-CALTECH_REFS = np.logspace(-2, 0, 9)
+# The protocols' FPPI reference points, shared with the evaluator.
+CITYPERSONS_REFS = FPPI_REFS_CITYPERSONS
+CALTECH_REFS = FPPI_REFS_CALTECH
 
 
 @dataclass(frozen=True)

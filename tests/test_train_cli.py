@@ -84,6 +84,23 @@ def test_table_output_and_resume_from_the_run_directory(tiny_yaml, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["iterations"] == 4 and [h["epoch"] for h in summary["history"]] == [1, 2]
 
+    # an explicit --out that holds a run is never overwritten without --resume
+    result = runner.invoke(app, ["train", "-c", str(tiny_yaml), "-o", str(run)])
+    assert result.exit_code == 2
+    assert f"{run}: already holds a run" in result.stderr
+
+
+def test_default_run_dir_moves_on_instead_of_overwriting(tmp_path):
+    from pedcrowd.commands.train import next_free_run_dir
+
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "last.pt").touch()
+    assert next_free_run_dir(tmp_path / "demo") == tmp_path / "demo-2"
+    (tmp_path / "demo-2").mkdir()
+    (tmp_path / "demo-2" / "last.pt").touch()
+    (tmp_path / "demo-3").mkdir()  # an empty folder (e.g. a crashed start) is reused
+    assert next_free_run_dir(tmp_path / "demo") == tmp_path / "demo-3"
+
 
 @pytest.mark.parametrize(
     ("args", "message"),

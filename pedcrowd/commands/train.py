@@ -83,6 +83,13 @@ def train_command(
         cfg = dataclasses.replace(cfg, loss=apply_loss_preset(cfg.loss, loss))
     cfg = apply_overrides(cfg, sets)
     run_dir = out if out is not None else Path(cfg.train.out_dir)
+    if not resume and (run_dir / "last.pt").exists():
+        if out is not None:
+            raise PedcrowdError(
+                f"{run_dir}: already holds a run (last.pt); pass --resume to continue it "
+                "or choose another --out"
+            )
+        run_dir = next_free_run_dir(run_dir)  # never overwrite an earlier default run
 
     err = Console(stderr=True)
     err.log(f"training into {run_dir} ({cfg.model.backbone}, {cfg.train.epochs} epochs)")
@@ -93,6 +100,14 @@ def train_command(
         typer.echo(json.dumps(summary))
         return
     Console().print(mr_table(summary))
+
+
+def next_free_run_dir(run_dir: Path) -> Path:
+    """``runs/demo`` -> the first of ``runs/demo-2``, ``runs/demo-3``, ... without a run in it."""
+    n = 2
+    while (candidate := run_dir.with_name(f"{run_dir.name}-{n}")).joinpath("last.pt").exists():
+        n += 1
+    return candidate
 
 
 def mr_table(summary: dict) -> Table:

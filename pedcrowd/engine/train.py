@@ -253,6 +253,29 @@ def _write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def _ensure_synth_data(root: Path, synth_cfg, console: Console) -> None:
+    """Generate the synthetic data set on first use (with a progress bar), else reuse it."""
+    from pedcrowd.data.synth import ensure_synth
+
+    with Progress(
+        TextColumn(f"generating synthetic crowds in {root}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("synth", total=synth_cfg.train_images + synth_cfg.val_images)
+        summary = ensure_synth(
+            root, synth_cfg, progress=lambda done, total: bar.update(task, completed=done)
+        )
+    if not summary.reused:
+        console.log(
+            f"generated {sum(summary.images.values())} synthetic images in {root} "
+            f"({summary.seconds:.0f} s, reused by later runs)"
+        )
+
+
 def fit(
     cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
     console: Console | None = None,
@@ -282,9 +305,7 @@ def fit(
 
     if cfg.synth is not None:
         if main:
-            from pedcrowd.data.synth import ensure_synth
-
-            ensure_synth(Path(cfg.data.root), cfg.synth)
+            _ensure_synth_data(Path(cfg.data.root), cfg.synth, console)
         ddp.barrier(info)
 
     seed_everything(tcfg.seed)

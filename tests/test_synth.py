@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import scipy.io
 
-from pedcrowd.data.synth import SynthConfig, ensure_synth, generate, read_synth_meta
+from pedcrowd.data.synth import (
+    SynthConfig,
+    ensure_synth,
+    generate,
+    generator_digest,
+    read_synth_meta,
+)
 from pedcrowd.data.synth_draw import Sprite
 from pedcrowd.data.synth_scene import Placed, compose, layout_scene, render_scene
 from pedcrowd.formats.citypersons import read_citypersons_json, read_citypersons_mat
@@ -249,6 +255,12 @@ def test_ensure_synth_reuses_only_a_matching_set(tiny_set, tmp_path):
     assert not first.reused and first.images == {"train": 1, "val": 1}
     assert ensure_synth(tmp_path / "s", cfg).reused
     changed = SynthConfig(**{**cfg.params(), "seed": 1})
+    assert not ensure_synth(tmp_path / "s", changed).reused
+    # a set written by another generator (same version string) is not reused
+    meta_path = tmp_path / "s" / "synth.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["code"] == generator_digest()
+    meta_path.write_text(json.dumps({**meta, "code": "0" * 16}))
     assert not ensure_synth(tmp_path / "s", changed).reused
     # A smaller set over a larger one leaves no stale images behind.
     generate(tmp_path / "s", SynthConfig(**{**cfg.params(), "train_images": 3}))

@@ -23,6 +23,7 @@ Boxes are ``xywh`` integer pixels here because that is what the files store.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -36,8 +37,18 @@ from pedcrowd.errors import PedcrowdError
 from pedcrowd.formats.records import GROUP, IGNORE_REGION, PEDESTRIAN, ImageRecord
 
 # Bump when the drawn pixels or annotations change for the same parameters:
-# ensure_synth() then regenerates cached sets.
+# ensure_synth() then regenerates cached sets. A cached set also records a
+# digest of the generator's source, so a forgotten bump cannot reuse stale data.
 VERSION = "1"
+_GENERATOR_MODULES = ("synth.py", "synth_scene.py", "synth_draw.py")
+
+
+def generator_digest() -> str:
+    """sha256 (16 hex digits) of the generator's source files."""
+    h = hashlib.sha256()
+    for name in _GENERATOR_MODULES:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()[:16]
 
 # Named presets of the CLI: mean labelled pedestrians per image / occlusion level.
 DENSITY_PRESETS = {"low": 4.0, "medium": 8.0, "high": 14.0}
@@ -207,6 +218,7 @@ def generate(
     meta = {
         "generator": "pedcrowd.data.synth",
         "version": VERSION,
+        "code": generator_digest(),
         "params": cfg.params(),
         "images": summary.images,
         "pedestrians": summary.pedestrians,
@@ -227,13 +239,16 @@ def read_synth_meta(out: str | Path) -> dict | None:
 def ensure_synth(
     out: str | Path, cfg: SynthConfig, progress: Callable[[int, int], None] | None = None
 ) -> SynthSummary:
-    """Generate the set once; reuse it when its ``synth.json`` matches version and parameters."""
+    """Generate the set once; reuse it when its ``synth.json`` matches version, generator code and parameters."""
     out = Path(out)
     meta = read_synth_meta(out)
     complete = all(
         (out / "annotations" / f"anno_{split}.mat").is_file() for split in ("train", "val")
     )
-    if complete and meta and meta.get("version") == VERSION and meta.get("params") == cfg.params():
+    same = meta and (meta.get("version"), meta.get("code"), meta.get("params")) == (
+        VERSION, generator_digest(), cfg.params()
+    )
+    if complete and same:
         return SynthSummary(
             out=out,
             images=meta.get("images", {}),

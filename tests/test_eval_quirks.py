@@ -217,3 +217,18 @@ def test_citypersons_json_drops_categories_other_than_1(tmp_path):
     m = match_setup(gt, dets_of((1, [200, 0, 41, 100], 0.9), (1, [0, 0, 41, 100], 0.8)), REASONABLE)
     assert int(m.gt_per_image.sum()) == 1
     assert list(m.is_tp) == [False, True]  # the detection on the rider is an FP
+
+
+def test_annotation_id_zero_counts_its_match_as_a_false_positive():
+    # The official code stores a match as the GT id and reads 0 as "unmatched":
+    # the detection on a GT with id 0 is an FP, and the GT (taken) is missed.
+    # 1 image, 1 GT, 1 detection on it: MR 1 with id 0, 0 with id 1.
+    records = [rec(1, [PED])]
+    dets = dets_of((1, PED, 0.9))
+    records[0].ann_ids = np.array([0])
+    zero = mr(records, dets)
+    assert zero.mr == 1.0 and zero.n_gt == 1
+    # Its detection is an FP: it is not absorbed like an ignored match would be.
+    assert match_setup(records, dets, Setup("R", (50, 1e10), (0.65, 1e10))).is_tp.tolist() == [False]
+    records[0].ann_ids = np.array([1])
+    assert mr(records, dets).mr == 0.0

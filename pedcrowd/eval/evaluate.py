@@ -233,6 +233,10 @@ class _Prepared:
         self.gt_heights = _concat(records, "heights", ())
         self.gt_vis_ratios = _concat(records, "vis_ratios", ())
         self.gt_flag = _concat(records, "ignore", (), bool)
+        # Annotation id 0 (possible in COCO-style files): see greedy_match.
+        self.gt_id_zero = np.concatenate(
+            [np.asarray(r.ann_ids) == 0 if len(r.ann_ids) == len(r) else np.zeros(len(r), bool) for r in records]
+        ) if records else np.zeros(0, dtype=bool)
         self._pairs = {}
 
     def pairs(self, gt_boxes: np.ndarray, key: object):
@@ -294,7 +298,8 @@ def _match_prepared(prep: _Prepared, gt: GroundTruth, setup: Setup, protocol: st
     valid = (prep.det_h >= h0 / EXPAND) & (prep.det_h < h1 * EXPAND)
     if protocol == "citypersons":
         valid &= prep.det_rank < MAX_DETS  # the cap comes before the height filter
-    tp, ignored = greedy_match(pairs, valid, gt_ignore)
+    id_zero = prep.gt_id_zero if protocol == "citypersons" and gt.kind != "caltech-cache" else None
+    tp, ignored = greedy_match(pairs, valid, gt_ignore, id_zero)
     keep = (valid & ~ignored)[prep.global_order]
     order = prep.global_order[keep]
     gt_per_image = np.bincount(prep.gt_img[~gt_ignore], minlength=prep.n_images)

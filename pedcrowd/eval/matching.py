@@ -114,13 +114,22 @@ def overlap_pairs(
     return OverlapPairs(pd[keep], pg[keep], iou[keep], ioa[keep])
 
 
-def greedy_match(pairs: OverlapPairs, det_valid: np.ndarray, gt_ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def greedy_match(
+    pairs: OverlapPairs,
+    det_valid: np.ndarray,
+    gt_ignore: np.ndarray,
+    gt_id_zero: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Match detections to GT as the official evaluators do.
 
     Args:
         pairs: overlaps from :func:`overlap_pairs`.
         det_valid: [N] bool, detections that take part (cap and height filter passed).
         gt_ignore: [M] bool, ignored GT for this setup.
+        gt_id_zero: [M] bool, regular GT whose annotation id is 0. The official
+            CityPersons code records a match as the GT's id and reads 0 as
+            "unmatched", so such a GT takes its detection but the detection
+            counts as a false positive (EVAL_PROTOCOL.md section 2).
 
     Returns:
         tp [N] bool (matched to a regular GT), ignored [N] bool (matched to an
@@ -139,6 +148,7 @@ def greedy_match(pairs: OverlapPairs, det_valid: np.ndarray, gt_ignore: np.ndarr
     order = np.lexsort((pg, ov, pd))
     pd, pg = pd[order], pg[order]
     tp = np.zeros(n, dtype=bool)
+    taken = np.full(n, -1, dtype=np.int64)  # the GT each true positive took
     det_done = np.zeros(n, dtype=bool)
     gt_used = np.zeros(len(gt_ignore), dtype=bool)
     active = np.ones(len(pd), dtype=bool)
@@ -154,7 +164,11 @@ def greedy_match(pairs: OverlapPairs, det_valid: np.ndarray, gt_ignore: np.ndarr
         earliest[ug] = d[first]
         final = earliest[choice_gt] == choice_det
         tp[choice_det[final]] = True
+        taken[choice_det[final]] = choice_gt[final]
         det_done[choice_det[final]] = True
         gt_used[choice_gt[final]] = True
         active[idx] = ~(det_done[d] | gt_used[g])
-    return tp, ignored_hit & ~tp
+    ignored = ignored_hit & ~tp
+    if gt_id_zero is not None and gt_id_zero.any():
+        tp[tp] = ~gt_id_zero[taken[tp]]
+    return tp, ignored

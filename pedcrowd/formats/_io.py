@@ -35,3 +35,21 @@ def field(entry: dict, key: str, path: Path, where: str) -> Any:
         return entry[key]
     except (KeyError, TypeError):
         raise PedcrowdError(f"{path}: {where} has no '{key}' field") from None
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename.
+
+    A crash mid-write leaves the previous file (or none), never a torn one.
+    Raises PedcrowdError naming the file when it cannot be written.
+    """
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        tmp.replace(p)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise PedcrowdError(f"{p}: cannot write ({e.strerror or e})") from None
+    return p

@@ -263,6 +263,7 @@ def compare(
     bootstrap: int = 1000,
     seed: int = 0,
     with_ap: bool = True,
+    resize_dets: bool = True,
 ) -> Comparison:
     """Evaluate runs on one ground truth, with bootstrap intervals.
 
@@ -277,6 +278,8 @@ def compare(
         bootstrap: resamples (0: no intervals).
         seed: resampling seed; the same seed gives the same intervals.
         with_ap: also compute COCO AP.
+        resize_dets: Caltech: resize detections to aspect 0.41 (toolbox v3.2.1);
+            False gives the Pedestron/CSP numbers (as ``pedcrowd eval --no-resize-dets``).
 
     Returns:
         A :class:`Comparison`.
@@ -306,7 +309,7 @@ def compare(
         for s in setup_objs:
             # match_setup(...).mr() is evaluate()'s MR exactly, and its per-image
             # outcome is what the bootstrap resamples.
-            sm = match_setup(gt_data, dets, s, protocol=protocol)
+            sm = match_setup(gt_data, dets, s, protocol=protocol, resize_dets=resize_dets)
             run.mr[s.name] = sm.mr()
             run.curves[s.name] = sm.curve()
             run.ci[s.name] = None
@@ -361,9 +364,14 @@ def to_json(c: Comparison) -> dict[str, Any]:
     """The ``--format json`` document: MR and deltas as fractions, null where undefined."""
     return {
         "protocol": c.protocol,
+        "setups": list(c.setups),
+        "n_images": c.n_images,
+        "bootstrap": c.bootstrap,
+        "seed": c.seed,
         "runs": [
             {
                 "name": r.name,
+                "ap": r.ap,
                 "results": {s: {"mr": r.mr[s], "ci": _ci_list(r.ci[s])} for s in c.setups},
                 "diff_vs_first": {
                     s: {"delta": r.delta[s], "ci": _ci_list(r.delta_ci[s])} for s in c.setups

@@ -310,6 +310,15 @@ def test_compare_formats_run_dir_and_plot(cp):
         assert float(row["mr"]) == run["results"][row["setup"]]["mr"]
         assert float(row["delta_lo"]) == run["diff_vs_first"][row["setup"]]["ci"][0]
     assert plot.stat().st_size > 20_000
+    # --json is --format json; the document also says what was compared.
+    alias = json.loads(runner.invoke(app, ["compare", *args, "--json"]).stdout)
+    assert alias == as_json
+    assert as_json["setups"] == ["Reasonable", "Bare"] and as_json["n_images"] == 500
+    assert (as_json["bootstrap"], as_json["seed"]) == (200, 0)
+    assert [r["ap"] for r in as_json["runs"]] == [None, None]  # --no-ap
+    # An unwritable plot is one line and exit 2, not a traceback.
+    bad = runner.invoke(app, ["compare", *args, "--plot", str(cp["dets"] / "x.png")])
+    assert bad.exit_code == 2 and "cannot write the plot" in bad.stderr
 
 
 def test_compare_ap_column(cp):
@@ -345,3 +354,19 @@ def test_compare_bad_input(cp, tmp_path: Path):
     assert result.exit_code == 2 and "has no val_dets.json" in result.output
     result = runner.invoke(app, ["compare", str(cp["dets"]), "--gt", str(cp["gt"]), "-f", "xml"])
     assert result.exit_code == 2 and "--format xml" in result.output
+
+
+def test_compare_caltech_resize_switch_matches_eval(shared_data: Path):
+    from pedcrowd.compare import compare
+
+    # the Pedestron cache of the new annotations: the two variants differ there
+    expected = json.loads((shared_data / "caltech" / "EXPECTED.json").read_text())["mr"]["new-pedestron"]
+    kwargs = dict(protocol="caltech", images=shared_data / "caltech" / "test_images.json",
+                  bootstrap=0, with_ap=False)
+    runs = [("nmsped", shared_data / "caltech" / "nmsped")]
+    gt = shared_data / "caltech" / "gt" / "new-pedestron" / "gt-Reasonable.mat"
+    resized = compare(runs, gt, **kwargs)
+    plain = compare(runs, gt, resize_dets=False, **kwargs)
+    assert abs(resized.runs[0].mr["Reasonable"] - expected["dt_resize"]["Reasonable"]) < 1e-9
+    assert abs(plain.runs[0].mr["Reasonable"] - expected["no_dt_resize"]["Reasonable"]) < 1e-9
+    assert expected["dt_resize"]["Reasonable"] != expected["no_dt_resize"]["Reasonable"]

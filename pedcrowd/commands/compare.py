@@ -49,6 +49,17 @@ def compare_command(
     fmt: Annotated[
         str, typer.Option("--format", "-f", help="table, markdown, csv or json (JSON only on stdout).")
     ] = "table",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Same as --format json (as in pedcrowd eval).")
+    ] = False,
+    resize_dets: Annotated[
+        bool,
+        typer.Option(
+            "--resize-dets/--no-resize-dets",
+            help="Caltech: resize detections to aspect 0.41 (toolbox v3.2.1); "
+            "--no-resize-dets gives the Pedestron/CSP numbers.",
+        ),
+    ] = True,
     bootstrap: Annotated[
         int,
         typer.Option(help="Bootstrap resamples over images for the 95 % intervals (0: none)."),
@@ -64,6 +75,8 @@ def compare_command(
     from pedcrowd.compare import compare, dumps_json, plot_comparison, to_csv, to_markdown
     from pedcrowd.errors import PedcrowdError
 
+    if as_json:
+        fmt = "json"
     if fmt not in FORMATS:
         raise PedcrowdError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     if bootstrap < 0:
@@ -74,10 +87,13 @@ def compare_command(
     with console.status(f"evaluating {len(runs)} runs, {bootstrap} bootstrap resamples"):
         result = compare(
             runs, gt, protocol=protocol, setups=setups, images=images, bootstrap=bootstrap,
-            seed=seed, with_ap=ap,
+            seed=seed, with_ap=ap, resize_dets=resize_dets,
         )
     if plot is not None:
-        console.print(f"plot: {plot_comparison(result, plot)}")
+        try:
+            console.print(f"plot: {plot_comparison(result, plot)}")
+        except OSError as e:
+            raise PedcrowdError(f"{plot}: cannot write the plot ({e.strerror or e})") from None
     if fmt == "json":
         typer.echo(dumps_json(result))
     elif fmt == "markdown":

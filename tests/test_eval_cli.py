@@ -114,6 +114,10 @@ def test_bad_ground_truth_and_options(tmp_path):
         (["--gt", str(small_gt(tmp_path)), "--setup", "Nope"], "--setup 'Nope'"),
         (["--gt", str(small_gt(tmp_path)), "--protocol", "voc"], "--protocol 'voc'"),
         (["--gt", str(small_gt(tmp_path)), "--metric", "F1"], "--metric 'F1'"),
+        (["--gt", str(small_gt(tmp_path)), "--metric", "AP", "--plot", str(tmp_path / "p.png")],
+         "use it with --metric MR-2 or all"),
+        (["--gt", str(small_gt(tmp_path)), "--out", str(tmp_path / "bad_gt.json" / "o.json")],
+         "o.json: cannot write"),
     ]
     for args, message in cases:
         result = runner.invoke(app, ["eval", "--dets", dets, *args])

@@ -67,6 +67,8 @@ def eval_command(
     log = Console(stderr=True)
     if metric not in METRICS:
         raise PedcrowdError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
+    if plot is not None and metric == "AP":
+        raise PedcrowdError("--plot draws MR-FPPI curves: use it with --metric MR-2 or all")
     start = time.perf_counter()
     truth = load_ground_truth(gt, protocol, images)
     detections = read_detections(dets, truth.records)
@@ -77,11 +79,10 @@ def eval_command(
     doc = report_to_json(report, metric, ap) if report else {"protocol": protocol, "metric": metric, "results": {}, "ap": ap}
     text = json.dumps(doc, indent=1)
     if out is not None:
-        try:
-            out.write_text(text + "\n")
-        except OSError as e:
-            raise PedcrowdError(f"{out}: cannot write ({e.strerror})") from None
-    if plot is not None and report is not None:
+        from pedcrowd.formats._io import write_text_atomic
+
+        write_text_atomic(out, text + "\n")
+    if plot is not None:
         from pedcrowd.eval.plot import plot_mr_fppi
 
         curves = {name: (r.fppi, r.miss_rate, r.mr) for name, r in report.results.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
         tmp.write_text(text)
         tmp.replace(p)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise PedcrowdError(f"{p}: cannot write ({e.strerror or e})") from None
     return p

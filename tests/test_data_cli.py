@@ -121,6 +121,11 @@ def test_stats_json_and_table_and_samples(tiny, tmp_path):
     assert table.exit_code == 0, table.output
     assert "Reasonable_occ=heavy" in table.stdout and "pairs with IoU > 0.5" in table.stdout
     assert len(list((tmp_path / "samples").glob("train_*.png"))) == 2
+    # a samples folder that cannot be made is one line and exit 2
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    bad = runner.invoke(app, ["data", "stats", str(out), "--samples-out", str(blocked / "s")])
+    assert bad.exit_code == 2 and "cannot create the samples folder" in bad.stderr
 
 
 def test_stats_on_a_missing_set_is_a_clean_error(tmp_path):

@@ -162,7 +162,10 @@ def write_samples(root: str | Path, split: str, out_dir: str | Path, n: int = 6)
 
     records = load_split(root, split)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PedcrowdError(f"{out_dir}: cannot create the samples folder ({e.strerror or e})") from None
     with_people = [r for r in records if (r.categories == PEDESTRIAN).any()] or records
     if not with_people or n <= 0:
         return []
@@ -177,6 +180,7 @@ def write_samples(root: str | Path, split: str, out_dir: str | Path, n: int = 6)
         if image is None:
             raise PedcrowdError(f"{path}: missing or unreadable image")
         target = out_dir / f"{split}_{Path(rec.file_name).stem}.png"
-        cv2.imwrite(str(target), draw_annotations(image, rec))
+        if not cv2.imwrite(str(target), draw_annotations(image, rec)):
+            raise PedcrowdError(f"{target}: cannot write the sample image")
         written.append(target)
     return written

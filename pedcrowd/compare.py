@@ -456,52 +456,22 @@ def dumps_json(c: Comparison) -> str:
     return json.dumps(to_json(c), indent=2)
 
 
-def _lowest_miss(c: Comparison, setup: str) -> float:
-    """A y-axis floor that shows every curve up to FPPI 10 (at least 0.01)."""
-    low = 0.05
-    for r in c.runs:
-        fppi, miss = r.curves[setup]
-        seen = miss[(fppi <= 10) & (miss > 0)]
-        if len(seen):
-            low = min(low, float(seen.min()))
-    return max(0.01, low * 0.8)
-
-
 def plot_comparison(c: Comparison, path: str | Path) -> Path:
     """Miss rate vs FPPI of every run, one panel per setup, log axes, MR in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
+
+    from pedcrowd.eval.plot import plot_mr_fppi
 
     n = len(c.setups)
     cols = min(n, 4)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
-    colors = plt.get_cmap("tab10").colors
     for ax, s in zip(axes.ravel(), c.setups, strict=False):
-        for i, r in enumerate(c.runs):
-            fppi, miss = r.curves[s]
-            label = f"{_pct(r.mr[s])} % {r.name}"
-            if len(fppi):
-                ax.step(fppi, miss, where="post", color=colors[i % 10], lw=1.6, label=label)
-            else:
-                ax.plot([], [], color=colors[i % 10], label=label)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(1e-3, 1e1)
-        ax.set_ylim(_lowest_miss(c, s), 1.0)
-        # The MR^-2 window: miss rates averaged at 9 FPPI points in [1e-2, 1].
-        ax.axvspan(1e-2, 1.0, color="0.95", zorder=0)
-        ax.set_yticks([0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0])
-        ax.set_yticklabels([".01", ".02", ".05", ".10", ".20", ".30", ".50", ".80", "1"])
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_title(s)
-        ax.set_xlabel("false positives per image")
-        ax.set_ylabel("miss rate")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="lower left", fontsize=8, title="MR⁻²", title_fontsize=8)
+        curves = {r.name: (*r.curves[s], r.mr[s]) for r in c.runs}
+        plot_mr_fppi(curves, ax=ax, title=s, sort_by_mr=False)  # run order = colour order
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     fig.tight_layout()

@@ -180,7 +180,14 @@ def test_zero_weight_skips_the_term_and_stage_moves_nms_to_the_rpn():
     cfg.nms.stage = "both"
     roi_fn, rpn_fn = build_crowd_losses(cfg)
     assert set(roi_fn(_samples())) == {"loss_nms_pull", "loss_rep_gt"}
-    assert rpn_fn is not None
+    # on both stages the RPN hook computes NMS-Loss alone (RepLoss stays on the RoI head)
+    samples = _samples()
+    rpn_losses = rpn_fn(samples)
+    assert set(rpn_losses) == {"loss_nms_pull"}
+    assert all(torch.isfinite(v).all() for v in rpn_losses.values())
+    pull, _ = _expected(samples, nms_loss)
+    torch.testing.assert_close(rpn_losses["loss_nms_pull"], 0.1 * pull)
+    assert rpn_losses["loss_nms_pull"].item() > 0
 
     cfg.rep.alpha = 0.0
     cfg.nms.stage = "rpn"

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pedcrowd.data.synth import SynthConfig, ensure_synth
+from pedcrowd.engine import distributed as ddp
 from pedcrowd.engine.checkpoint import (
     load_checkpoint,
     load_for_inference,
@@ -293,6 +294,52 @@ def test_resume_equals_uninterrupted_training(tiny_cfg, tmp_path):
     assert "roi_heads.box_predictor.cls_score.weight" in changed
 
 
-def test_resume_without_a_checkpoint_is_an_error(tiny_cfg, tmp_path):
+def test_resume_without_a_checkpoint_is_an_error(tiny_cfg, tmp_path, monkeypatch):
+    # checked before any process group is created
+    monkeypatch.setattr(ddp, "init_distributed", lambda device: pytest.fail("group created"))
     with pytest.raises(PedcrowdError, match="no last.pt to resume from"):
         fit(tiny_cfg, tmp_path / "nothing", resume=True)
+
+
+@pytest.mark.parametrize("error", [PedcrowdError, KeyboardInterrupt])
+def test_a_run_failing_mid_training_closes_the_log_and_keeps_last_pt(
+    tiny_cfg, tmp_path, monkeypatch, error
+):
+    """A divergence or Ctrl-C in epoch 2: the log is closed with every line so far and
+    epoch 1's last.pt is left as it was."""
+    import pedcrowd.engine.train as train_mod
+    from pedcrowd.engine.metrics import MetricsLog
+
+    real_epoch, real_close = train_mod.train_one_epoch, MetricsLog.close
+    epochs_run, closed = [], []
+
+    def failing_epoch(*args, on_step, **kwargs):
+        epochs_run.append(len(epochs_run) + 1)
+        if len(epochs_run) == 1:
+            return real_epoch(*args, on_step=on_step, **kwargs)
+
+        def step_then_fail(record):
+            on_step(record)
+            raise error("loss is nan")
+
+        return real_epoch(*args, on_step=step_then_fail, **kwargs)
+
+    def spy_close(self):
+        closed.append(self.path)
+        real_close(self)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", failing_epoch)
+    monkeypatch.setattr(MetricsLog, "close", spy_close)
+    cfg = apply_overrides(tiny_cfg, ["train.epochs=2", "train.eval_every=0"])
+    run = tmp_path / "run"
+    with pytest.raises(error, match="loss is nan"):
+        fit(cfg, run)
+
+    assert epochs_run == [1, 2]
+    assert closed == [run / "metrics.jsonl"]
+    train_lines = [(m["epoch"], m["iter"]) for m in read_metrics(run) if m["kind"] == "train"]
+    assert train_lines == [(1, 1), (1, 2), (2, 3)]
+    assert not list(run.glob(".*.tmp*"))  # no half-written file left behind
+    ckpt = load_checkpoint(run / "last.pt")
+    assert (ckpt["epoch"], ckpt["iteration"]) == (1, 2)
+    assert [h["epoch"] for h in ckpt["history"]] == [1]

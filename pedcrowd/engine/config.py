@@ -29,6 +29,7 @@ import yaml
 from pedcrowd.data.config import DataConfig
 from pedcrowd.data.synth import SynthConfig
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.formats._io import write_text_atomic
 from pedcrowd.losses.config import LossConfig
 from pedcrowd.model.config import ModelConfig
 
@@ -71,9 +72,9 @@ class TrainConfig:
 
 
 # The CPU demo's departures from the model section's defaults. 64 sampled RoIs
-# per image instead of 512: on the CPU the RoIAlign backward pass dominates the
-# step and scales with them (512 -> 64 halves the step); 16 positives per image
-# suffice for one class.
+# per image instead of ModelConfig's 256 (itself half of torchvision's 512): on
+# the CPU the RoIAlign backward pass dominates the step and scales with them;
+# 16 positives per image (64 x 0.25) suffice for one class.
 DEMO_MODEL: dict[str, Any] = {"backbone": "tiny_fpn", "weights": "none", "box_batch_size_per_image": 64}
 
 
@@ -328,5 +329,8 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (loadable by :func:`load_config`)."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    """Write the resolved config as YAML (loadable by :func:`load_config`).
+
+    Atomically: ``--resume`` reads this file, so a crash mid-write must not tear it.
+    """
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

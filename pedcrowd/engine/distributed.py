@@ -74,15 +74,6 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def broadcast_object(obj, info: DistInfo):
-    """Rank 0's ``obj`` on every rank."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def all_mean(values: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:
     """Scalar logs averaged over ranks (for the progress bar and the metrics log)."""
     if not info.enabled or not values:

@@ -56,6 +56,7 @@ from pedcrowd.engine.config import Config, config_to_dict, save_config
 from pedcrowd.engine.metrics import MetricsLog, to_jsonable
 from pedcrowd.engine.schedule import build_optimizer, build_scheduler
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.formats._io import write_text_atomic
 
 PRIMARY_SETUP = "Reasonable"
 
@@ -100,14 +101,10 @@ def make_loader(
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-        collate_fn=getattr(dataset, "collate_fn", None) or _collate, generator=generator,
+        collate_fn=dataset.collate_fn, generator=generator,
         drop_last=True, pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
     )
-
-
-def _collate(batch):
-    return tuple(zip(*batch, strict=True))
 
 
 def train_one_epoch(
@@ -248,9 +245,7 @@ def _report_mrs(report) -> dict[str, float | None]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(to_jsonable(data)))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(to_jsonable(data)))
 
 
 def _ensure_synth_data(root: Path, synth_cfg, console: Console) -> None:
@@ -296,146 +291,150 @@ def fit(
     # the saved config names the directory it was really written to
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(tcfg, out_dir=str(run_dir)))
     device = ddp.resolve_device(tcfg.device, ddp.local_rank_from_env())
+    if resume and not (run_dir / "last.pt").is_file():
+        raise PedcrowdError(f"{run_dir}: --resume given but there is no last.pt to resume from")
     owns_group = not torch.distributed.is_initialized()
     info = ddp.init_distributed(device)
     owns_group = owns_group and info.enabled  # destroy at the end what this call created
-    main = info.is_main
-    if resume and not (run_dir / "last.pt").is_file():
-        raise PedcrowdError(f"{run_dir}: --resume given but there is no last.pt to resume from")
+    log: MetricsLog | None = None
+    try:  # on any failure too: flush the metrics log, destroy the group this call created
+        main = info.is_main
 
-    if cfg.synth is not None:
-        if main:
-            _ensure_synth_data(Path(cfg.data.root), cfg.synth, console)
-        ddp.barrier(info)
-
-    seed_everything(tcfg.seed)
-    train_set = build_dataset(cfg.data, "train", train=True)
-    val_set = build_dataset(cfg.data, "val", train=False) if main else None
-    if len(train_set) < tcfg.batch_size * info.world_size:
-        raise PedcrowdError(
-            f"data: {len(train_set)} training images, fewer than one batch "
-            f"({tcfg.batch_size} x {info.world_size} processes)"
-        )
-    model = build_model(cfg.model)
-    _install_crowd_losses(model, cfg)
-    model.to(device)
-    if info.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-        )
-    iters_per_epoch = len(train_set) // (tcfg.batch_size * info.world_size)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.schedule, iters_per_epoch, tcfg.epochs)
-    scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp and device.type == "cuda")
-
-    start_epoch, iteration, best_mr, history = 0, 0, math.inf, []
-    if resume:
-        ckpt = load_checkpoint(run_dir / "last.pt", map_location=device)
-        unwrap(model).load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, iteration = ckpt["epoch"], ckpt["iteration"]
-        best_mr = ckpt.get("best_mr", math.inf)
-        history = ckpt.get("history", [])
-        rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
-        if info.rank < len(rngs):  # a resume on more processes starts the new ranks fresh
-            set_rng_state(rngs[info.rank])
-
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    log = MetricsLog(run_dir, enabled=main)
-    cfg_dict = config_to_dict(cfg)
-    protocol = "caltech" if cfg.data.format == "caltech" else "citypersons"
-    t0 = time.perf_counter()
-
-    progress = Progress(
-        TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-        TextColumn("{task.fields[speed]}"), TextColumn("{task.fields[losses]}"),
-        console=console, disable=not main, refresh_per_second=4,
-    )
-    with progress:
-        task = progress.add_task(
-            "train", total=iters_per_epoch * tcfg.epochs, completed=iteration,
-            epoch=f"{start_epoch + 1}/{tcfg.epochs}", speed="", losses="",
-        )
-
-        def on_step(record: dict[str, Any]) -> None:
-            losses = " ".join(
-                f"{k.removeprefix('loss_')}={v:.3f}" for k, v in record.items()
-                if k.startswith("loss") or k.startswith("crowd")
-            )
-            progress.update(
-                task, advance=1, speed=f"{record['images_per_s']:.1f} img/s",
-                losses=f"lr={record['lr']:.2e} {losses}",
-            )
-            if record.pop("log"):
-                log.write({"kind": "train", **record})
-                if main and not console.is_terminal:  # no live bar in a log file: one line
-                    console.log(
-                        f"epoch {record['epoch']} iter {record['iter']}/{progress.tasks[0].total} "
-                        f"{record['images_per_s']:.1f} img/s data wait {record['data_wait_s']:.3f}s "
-                        f"lr={record['lr']:.2e} {losses}"
-                    )
-
-        for epoch in range(start_epoch, tcfg.epochs):
-            progress.update(task, epoch=f"{epoch + 1}/{tcfg.epochs}")
-            loader = make_loader(
-                train_set, tcfg.batch_size, cfg.data.num_workers, tcfg.seed, epoch, info
-            )
-            iteration, means = train_one_epoch(
-                model, optimizer, scheduler, scaler, loader, device, epoch,
-                iteration=iteration, amp=tcfg.amp, grad_clip=cfg.optim.grad_clip,
-                log_every=tcfg.log_every, on_step=on_step, world_size=info.world_size,
-            )
-            means = ddp.all_mean(means, info, device)
-            entry: dict[str, Any] = {"epoch": epoch + 1, "iter": iteration, "train": means}
-            last = epoch + 1 == tcfg.epochs
-            is_best = False
-            if main and (last or (tcfg.eval_every > 0 and (epoch + 1) % tcfg.eval_every == 0)):
-                progress.update(task, losses="evaluating on val ...")
-                dets, report = evaluate_model(model, val_set, device, protocol=protocol)
-                mrs = _report_mrs(report)
-                entry["mr"] = mrs
-                log.write({"kind": "eval", "epoch": epoch + 1, "iter": iteration, "mr": mrs})
-                _write_eval_files(run_dir, epoch + 1, dets, report, val_set.records)
-                primary = mrs.get(PRIMARY_SETUP)
-                if primary is not None and primary < best_mr:
-                    best_mr, is_best = primary, True
-                console.log(
-                    f"epoch {epoch + 1}: MR^-2 " + ", ".join(
-                        f"{k} {100 * v:.2f}%" if v is not None else f"{k} n/a"
-                        for k, v in mrs.items()
-                    )
-                )
-            history.append(entry)
-            # Every rank's RNG state, so that a DDP run resumes exactly too.
-            rngs = _gather_rng(info)
+        if cfg.synth is not None:
             if main:
-                save_checkpoint(
-                    run_dir / "last.pt", model=unwrap(model).state_dict(),
-                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    scaler=scaler.state_dict(), epoch=epoch + 1, iteration=iteration,
-                    best_mr=best_mr, history=history, rng=rngs, config=cfg_dict,
-                )
-                if is_best:
-                    shutil.copyfile(run_dir / "last.pt", run_dir / ".best.pt.tmp")
-                    (run_dir / ".best.pt.tmp").replace(run_dir / "best.pt")
+                _ensure_synth_data(Path(cfg.data.root), cfg.synth, console)
             ddp.barrier(info)
-    log.close()
 
-    summary = {
-        "run_dir": str(run_dir), "epochs": tcfg.epochs, "iterations": iteration,
-        "wall_s": time.perf_counter() - t0, "best_mr": None if math.isinf(best_mr) else best_mr,
-        "final_mr": next((h["mr"] for h in reversed(history) if "mr" in h), None),
-        "history": history, "weights_digest": weights_digest(model),
-        "rank": info.rank, "world_size": info.world_size,
-    }
-    if owns_group:
-        ddp.cleanup(info)
-    return unwrap(model), summary
+        seed_everything(tcfg.seed)
+        train_set = build_dataset(cfg.data, "train", train=True)
+        val_set = build_dataset(cfg.data, "val", train=False) if main else None
+        if len(train_set) < tcfg.batch_size * info.world_size:
+            raise PedcrowdError(
+                f"data: {len(train_set)} training images, fewer than one batch "
+                f"({tcfg.batch_size} x {info.world_size} processes)"
+            )
+        model = build_model(cfg.model)
+        _install_crowd_losses(model, cfg)
+        model.to(device)
+        if info.enabled:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None,
+            )
+        iters_per_epoch = len(train_set) // (tcfg.batch_size * info.world_size)
+        optimizer = build_optimizer(model, cfg.optim)
+        scheduler = build_scheduler(optimizer, cfg.schedule, iters_per_epoch, tcfg.epochs)
+        scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp and device.type == "cuda")
+
+        start_epoch, iteration, best_mr, history = 0, 0, math.inf, []
+        if resume:
+            ckpt = load_checkpoint(run_dir / "last.pt", map_location=device)
+            unwrap(model).load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            start_epoch, iteration = ckpt["epoch"], ckpt["iteration"]
+            best_mr = ckpt.get("best_mr", math.inf)
+            history = ckpt.get("history", [])
+            rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
+            if info.rank < len(rngs):  # a resume on more processes starts the new ranks fresh
+                set_rng_state(rngs[info.rank])
+
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+        log = MetricsLog(run_dir, enabled=main)
+        cfg_dict = config_to_dict(cfg)
+        protocol = "caltech" if cfg.data.format == "caltech" else "citypersons"
+        t0 = time.perf_counter()
+
+        progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("{task.fields[speed]}"), TextColumn("{task.fields[losses]}"),
+            console=console, disable=not main, refresh_per_second=4,
+        )
+        with progress:
+            task = progress.add_task(
+                "train", total=iters_per_epoch * tcfg.epochs, completed=iteration,
+                epoch=f"{start_epoch + 1}/{tcfg.epochs}", speed="", losses="",
+            )
+
+            def on_step(record: dict[str, Any]) -> None:
+                losses = " ".join(
+                    f"{k.removeprefix('loss_')}={v:.3f}" for k, v in record.items()
+                    if k.startswith("loss") or k.startswith("crowd")
+                )
+                progress.update(
+                    task, advance=1, speed=f"{record['images_per_s']:.1f} img/s",
+                    losses=f"lr={record['lr']:.2e} {losses}",
+                )
+                if record.pop("log"):
+                    log.write({"kind": "train", **record})
+                    if main and not console.is_terminal:  # no live bar in a log file: one line
+                        console.log(
+                            f"epoch {record['epoch']} iter {record['iter']}/{progress.tasks[0].total} "
+                            f"{record['images_per_s']:.1f} img/s data wait {record['data_wait_s']:.3f}s "
+                            f"lr={record['lr']:.2e} {losses}"
+                        )
+
+            for epoch in range(start_epoch, tcfg.epochs):
+                progress.update(task, epoch=f"{epoch + 1}/{tcfg.epochs}")
+                loader = make_loader(
+                    train_set, tcfg.batch_size, cfg.data.num_workers, tcfg.seed, epoch, info
+                )
+                iteration, means = train_one_epoch(
+                    model, optimizer, scheduler, scaler, loader, device, epoch,
+                    iteration=iteration, amp=tcfg.amp, grad_clip=cfg.optim.grad_clip,
+                    log_every=tcfg.log_every, on_step=on_step, world_size=info.world_size,
+                )
+                means = ddp.all_mean(means, info, device)
+                entry: dict[str, Any] = {"epoch": epoch + 1, "iter": iteration, "train": means}
+                last = epoch + 1 == tcfg.epochs
+                is_best = False
+                if main and (last or (tcfg.eval_every > 0 and (epoch + 1) % tcfg.eval_every == 0)):
+                    progress.update(task, losses="evaluating on val ...")
+                    dets, report = evaluate_model(model, val_set, device, protocol=protocol)
+                    mrs = _report_mrs(report)
+                    entry["mr"] = mrs
+                    log.write({"kind": "eval", "epoch": epoch + 1, "iter": iteration, "mr": mrs})
+                    _write_eval_files(run_dir, epoch + 1, dets, report, val_set.records)
+                    primary = mrs.get(PRIMARY_SETUP)
+                    if primary is not None and primary < best_mr:
+                        best_mr, is_best = primary, True
+                    console.log(
+                        f"epoch {epoch + 1}: MR^-2 " + ", ".join(
+                            f"{k} {100 * v:.2f}%" if v is not None else f"{k} n/a"
+                            for k, v in mrs.items()
+                        )
+                    )
+                history.append(entry)
+                # Every rank's RNG state, so that a DDP run resumes exactly too.
+                rngs = _gather_rng(info)
+                if main:
+                    save_checkpoint(
+                        run_dir / "last.pt", model=unwrap(model).state_dict(),
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                        scaler=scaler.state_dict(), epoch=epoch + 1, iteration=iteration,
+                        best_mr=best_mr, history=history, rng=rngs, config=cfg_dict,
+                    )
+                    if is_best:
+                        shutil.copyfile(run_dir / "last.pt", run_dir / ".best.pt.tmp")
+                        (run_dir / ".best.pt.tmp").replace(run_dir / "best.pt")
+                ddp.barrier(info)
+
+        summary = {
+            "run_dir": str(run_dir), "epochs": tcfg.epochs, "iterations": iteration,
+            "wall_s": time.perf_counter() - t0, "best_mr": None if math.isinf(best_mr) else best_mr,
+            "final_mr": next((h["mr"] for h in reversed(history) if "mr" in h), None),
+            "history": history, "weights_digest": weights_digest(model),
+            "rank": info.rank, "world_size": info.world_size,
+        }
+        return unwrap(model), summary
+    finally:
+        if log is not None:
+            log.close()
+        if owns_group:
+            ddp.cleanup(info)
 
 
 def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,

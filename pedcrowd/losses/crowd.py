@@ -20,10 +20,8 @@ from torch import Tensor
 from pedcrowd.losses.config import LossConfig
 from pedcrowd.losses.nms_loss import batched_nms_loss
 from pedcrowd.losses.repulsion import batched_repulsion_loss
+from pedcrowd.model.rpn import CrowdLossFn
 from pedcrowd.model.samples import RoiSamples
-
-CrowdLossFn = Callable[[list[RoiSamples]], dict[str, Tensor]]
-
 
 # Images are batched into one call of the loss core (a few dozen tensor ops for the
 # whole batch instead of per image) up to this many positives; the IoU matrices of a

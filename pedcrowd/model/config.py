@@ -1,7 +1,9 @@
 """The ``model:`` section of the training config.
 
-The defaults are the CPU demo detector (``tiny_fpn`` on ~192 x 384 inputs);
-the paper-sized configs override ``backbone``, ``weights``, the input sizes and
+The defaults are the CPU demo detector (``tiny_fpn`` on ~192 x 384 inputs)
+except ``box_batch_size_per_image``: 256 here, 64 in the demo (its override is
+``DEMO_MODEL`` in :mod:`pedcrowd.engine.config`). The paper-sized configs
+override ``backbone``, ``weights``, the input sizes and
 ``anchor_sizes`` (one size per feature level of the chosen backbone, see
 :data:`pedcrowd.model.backbones.NUM_LEVELS`).
 """
@@ -49,7 +51,9 @@ class ModelConfig:
     # second stage: proposals with IoU >= fg are positives, < bg negatives
     box_fg_iou_thresh: float = 0.5
     box_bg_iou_thresh: float = 0.5
-    # (256, not torchvision's 512: RoIAlign's backward dominates a CPU step; still 64 positives max)
+    # RoIs sampled per image for the second-stage losses and the positive share of them
+    # (256, not torchvision's 512: RoIAlign's backward dominates a CPU step; still 64 positives
+    # max; the CPU demo lowers it further to 64, see DEMO_MODEL in pedcrowd.engine.config)
     box_batch_size_per_image: int = 256
     box_positive_fraction: float = 0.25
     # inference: detections below this score are dropped before NMS

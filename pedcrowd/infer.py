@@ -7,9 +7,10 @@ standard results format (``image_id``, ``category_id``, ``bbox`` xywh,
 ``score``) plus ``file_name`` (and ``video``/``frame`` for video frames), which
 ``pedcrowd eval`` reads directly.
 
-Images are read exactly as the training datasets read them: ``cv2.imread``,
-BGR -> RGB, float32 / 255, so a checkpoint gives the same boxes here as in the
-evaluation run during training.
+Images are read exactly as the training datasets read them (``cv2.imread``,
+then :func:`pedcrowd.data.datasets.bgr_to_tensor`: BGR -> RGB, float32 / 255),
+and the boxes go through the same :func:`pedcrowd.formats.detections.results_entries`,
+so a checkpoint gives the same boxes here as in the evaluation run during training.
 
 Output file names: a file given directly keeps its base name; files found in a
 folder or by a glob are named relative to that folder (or the glob's fixed
@@ -35,7 +36,16 @@ import cv2
 import numpy as np
 import torch
 
+from pedcrowd.data.datasets import bgr_to_tensor
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.formats._io import write_text_atomic
+from pedcrowd.formats.detections import (
+    AmbiguousFileName,
+    FileNameIndex,
+    file_name_index,
+    output_to_xywh,
+    results_entries,
+)
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
 VIDEO_EXTS = frozenset({".mp4", ".avi"})
@@ -171,12 +181,9 @@ def count_frames(sources: Sequence[Source]) -> int:
     return total
 
 
-def to_tensor(image_bgr: np.ndarray) -> torch.Tensor:
-    """[H, W, 3] uint8 BGR -> [3, H, W] float32 RGB in [0, 1], as the datasets do."""
-    rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
-    # Contiguous [3, H, W] as DetectionDataset serves it (the same values and layout, so
-    # the same conv arithmetic); made contiguous while still uint8, a quarter of the bytes.
-    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous().float().div_(255.0)
+# The datasets' own conversion (the same values and layout, so the same conv arithmetic);
+# the name is kept for scripts/bench_infer.py.
+to_tensor = bgr_to_tensor
 
 
 @dataclass
@@ -199,7 +206,7 @@ def _decode_image(source: Source, keep_image: bool) -> _Item:
     image = cv2.imread(str(source.path), cv2.IMREAD_COLOR)
     if image is None:
         return _Item(source.name, None, error="cannot decode image")
-    return _Item(source.name, to_tensor(image), image if keep_image else None)
+    return _Item(source.name, bgr_to_tensor(image), image if keep_image else None)
 
 
 def _produce(
@@ -229,7 +236,7 @@ def _produce(
                     break
                 out.put(
                     _Item(
-                        f"{source.name}#{index:06d}", to_tensor(frame),
+                        f"{source.name}#{index:06d}", bgr_to_tensor(frame),
                         frame if keep_image else None, video=source.name, frame=index, fps=fps,
                     )
                 )
@@ -276,18 +283,26 @@ def _iter_items(
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error.
+
+    ``auto``, ``cpu`` and ``cuda`` are training's own parsing
+    (:func:`pedcrowd.engine.distributed.resolve_device`); ``cuda:N`` (one GPU of
+    several), which training does not take, is handled here.
+    """
+    from pedcrowd.engine.distributed import resolve_device as resolve_train_device
+
+    if not device.startswith("cuda:"):
+        return resolve_train_device(device)
+    if not torch.cuda.is_available():
         raise PedcrowdError(f"--device {device}: no CUDA device available")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise PedcrowdError(f"--device {device}: expected auto, cpu or cuda")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise PedcrowdError(f"--device {device}: expected auto, cpu, cuda or cuda:N") from None
 
 
 def load_model(weights: str | Path, device: torch.device) -> torch.nn.Module:
-    """A FasterRCNN in eval mode from a run directory (its best checkpoint) or a checkpoint."""
+    """A FasterRCNN in eval mode from a run directory (its best.pt, else last.pt) or a checkpoint."""
     from pedcrowd.engine.checkpoint import load_for_inference
 
     model, _cfg = load_for_inference(weights, device=str(device))
@@ -313,47 +328,29 @@ def detections_to_records(
         output: torchvision detection output with ``boxes`` [D, 4] xyxy,
             ``scores`` [D], ``labels`` [D]; background never appears.
     """
-    boxes = output["boxes"].detach().cpu().double().numpy()
-    scores = output["scores"].detach().cpu().double().numpy()
-    xywh = boxes.copy()
-    xywh[:, 2:] -= xywh[:, :2]
-    return [
-        {
-            "image_id": image_id,
-            "category_id": PERSON_CATEGORY,
-            "bbox": [float(v) for v in b],
-            "score": float(s),
-            "file_name": file_name,
-        }
-        for b, s in zip(xywh, scores, strict=True)
-    ]
+    boxes_xywh, scores = output_to_xywh(output)
+    return results_entries(image_id, file_name, boxes_xywh, scores)
 
 
-def _gt_lookup(gt: str | Path, protocol: str) -> dict[str, Any]:
-    """file name (and unique base name) -> ImageRecord of the GT file."""
+def _gt_lookup(gt: str | Path, protocol: str) -> FileNameIndex:
+    """The GT file's images by file name (and unique base name), as ``pedcrowd eval`` matches them."""
     from pedcrowd.eval import load_ground_truth
 
-    records = load_ground_truth(gt, protocol).records
-    by_name: dict[str, Any] = {}
-    base_count: dict[str, int] = {}
-    for r in records:
-        base_count[Path(r.file_name).name] = base_count.get(Path(r.file_name).name, 0) + 1
-    for r in records:
-        by_name[r.file_name] = r
-        base = Path(r.file_name).name
-        if base_count[base] == 1:
-            by_name.setdefault(base, r)
-    return by_name
+    return file_name_index(load_ground_truth(gt, protocol).records)
 
 
-def _find_gt(lookup: dict[str, Any], name: str) -> Any | None:
-    return lookup.get(name) or lookup.get(Path(name).name)
+def _find_gt(lookup: FileNameIndex, name: str) -> Any | None:
+    """The GT record of image ``name``; None if the GT does not name it unambiguously."""
+    try:
+        return lookup.find(name)
+    except AmbiguousFileName:
+        return None
 
 
 class _VisWriter:
     """Writes annotated images, and one annotated video per input video."""
 
-    def __init__(self, root: Path, gt: dict[str, Any] | None, score_thr: float):
+    def __init__(self, root: Path, gt: FileNameIndex | None, score_thr: float):
         self.root, self.gt, self.score_thr = root, gt, score_thr
         self.video_name: str | None = None
         self.writer: cv2.VideoWriter | None = None
@@ -420,7 +417,8 @@ def infer(
 
     Args:
         inputs: image files, folders (recursive), glob patterns, videos (mp4/avi).
-        weights: a run directory (its best checkpoint and config) or a checkpoint;
+        weights: a run directory (its best.pt, else last.pt, with the config stored
+            in it) or a checkpoint;
             or pass ``model`` instead (a torchvision FasterRCNN).
         out_file: write the detection JSON here.
         vis_dir: write annotated images (and ``VIDEO_vis.mp4`` per video) here.
@@ -431,7 +429,7 @@ def infer(
             model's own (those of the evaluation during training).
         vis_score_thr: the lowest score drawn on ``vis`` images.
         batch_size: images per forward pass.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         workers: image decoding threads (default: one per CPU core, at most 8).
         on_start: called once with the expected number of images + frames.
         on_progress: called with the number of images done after each batch.
@@ -459,7 +457,8 @@ def infer(
 
     vis = _VisWriter(Path(vis_dir), lookup, vis_score_thr) if vis_dir is not None else None
     result = InferResult(detections=[], n_images=0, n_videos=sum(s.is_video for s in sources))
-    next_id = 1
+    # Images the GT does not name are numbered after its largest id, never clashing with it.
+    next_id = 1 if lookup is None else max((int(r.id) for r in lookup.names.values()), default=0) + 1
     start = time.perf_counter()
 
     def run_batch(batch: list[_Item]) -> None:
@@ -468,8 +467,10 @@ def infer(
             outputs = model([it.tensor.to(dev, non_blocking=True) for it in batch])
         for it, output in zip(batch, outputs, strict=True):
             rec = _find_gt(lookup, it.name) if lookup is not None else None
-            image_id = int(rec.id) if rec is not None else next_id
-            next_id += 1
+            if rec is not None:
+                image_id = int(rec.id)
+            else:
+                image_id, next_id = next_id, next_id + 1
             records = detections_to_records(output, image_id, it.name)
             if it.video is not None:
                 for r in records:
@@ -504,9 +505,6 @@ def infer(
         torch.cuda.synchronize(dev)
     result.seconds = time.perf_counter() - start
     if out_file is not None:
-        out_file = Path(out_file)
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        out_file.write_text(json.dumps(result.detections))
-        result.out_file = out_file
+        result.out_file = write_text_atomic(out_file, json.dumps(result.detections))
     result.vis_dir = Path(vis_dir) if vis_dir is not None else None
     return result

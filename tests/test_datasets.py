@@ -447,3 +447,19 @@ def test_collate_fn_keeps_lists():
     images, targets = collate_fn([a, b])
     assert [im.shape[-1] for im in images] == [5, 2]
     assert [t["image_id"] for t in targets] == [1, 2]
+
+
+def test_bgr_to_tensor_is_the_one_image_conversion(tmp_path):
+    from pedcrowd.data.datasets import bgr_to_tensor, read_image
+
+    bgr = np.array([[[0, 128, 255], [10, 20, 30]]], dtype=np.uint8)  # [1, 2, 3]
+    t = bgr_to_tensor(bgr)
+    assert t.dtype == torch.float32 and t.shape == (3, 1, 2) and t.is_contiguous()
+    expected = torch.tensor([[[255.0, 30.0]], [[128.0, 20.0]], [[0.0, 10.0]]]) / 255.0
+    assert torch.equal(t, expected)
+    # read_image decodes the file and converts it with the same function, bit for bit.
+    _write_image(tmp_path / "im.png", bgr=(10, 20, 200))
+    image = read_image(tmp_path / "im.png")
+    assert torch.equal(image, bgr_to_tensor(cv2.imread(str(tmp_path / "im.png"))))
+    assert image.is_contiguous() and image.shape == (3, 24, 32)
+    assert torch.equal(image[:, 0, 1], torch.tensor([200.0, 20.0, 10.0]) / 255.0)  # RGB

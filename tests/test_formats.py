@@ -232,3 +232,80 @@ def test_annotation_errors_name_the_file(tmp_path):
         read_citypersons_mat(tmp_path / "x.mat")
     with pytest.raises(PedcrowdError, match="expected"):
         read_image_list(write_json(tmp_path / "l.json", [1, 2]))
+
+
+# Caltech: every video has an I00029.jpg; only the full relative name says which.
+CALTECH_IMAGES = [
+    ImageRecord(id=1, file_name="set06/V000/I00029.jpg"),
+    ImageRecord(id=2, file_name="set06/V001/I00029.jpg"),
+    ImageRecord(id=3, file_name="set07/V000/I00030.jpg"),
+    ImageRecord(id=4, file_name="a.png"),
+    ImageRecord(id=5, file_name="x/a.png"),
+]
+
+
+def test_file_name_index_leaves_out_shared_base_names():
+    from pedcrowd.formats.detections import AmbiguousFileName, file_name_index
+
+    index = file_name_index(CALTECH_IMAGES)
+    find = lambda name: index.find(name).id  # noqa: E731
+    assert find("set06/V001/I00029.jpg") == 2 and find("set06/V000/I00029.jpg") == 1
+    assert find("I00030.jpg") == 3 and find("I00030") == 3 and find("other/I00030.jpg") == 3
+    # A full name wins over another image's identical base name.
+    assert find("a.png") == 4 and find("x/a.png") == 5
+    assert index.find("nothere.png") is None
+    assert "I00029.jpg" not in index.names and "I00029" not in index.names
+    assert index.ambiguous["I00029.jpg"] == ["set06/V000/I00029.jpg", "set06/V001/I00029.jpg"]
+    for name in ("I00029.jpg", "I00029", "set09/V000/I00029.jpg"):
+        with pytest.raises(AmbiguousFileName, match="ambiguous"):
+            index.find(name)
+
+
+@pytest.mark.parametrize("first_by_id", [False, True])  # the fast and the entry-by-entry path
+def test_detections_by_ambiguous_base_name_are_an_error(tmp_path, first_by_id):
+    entries = [
+        {"file_name": "set06/V001/I00029.jpg", "bbox": [1, 2, 3, 4], "score": 0.5},
+        {"file_name": "I00030.jpg", "bbox": [1, 2, 3, 4], "score": 0.25},
+    ]
+    if first_by_id:
+        entries.insert(0, {"image_id": 1, "bbox": [0, 0, 1, 1], "score": 0.75})
+    d = read_detections(write_json(tmp_path / "ok.json", entries), CALTECH_IMAGES)
+    assert list(d[2][1]) == [0.5] and list(d[3][1]) == [0.25]
+    assert (list(d[1][1]) == [0.75]) if first_by_id else (1 not in d)
+    bad = entries + [{"file_name": "I00029.jpg", "bbox": [1, 2, 3, 4], "score": 0.5}]
+    path = write_json(tmp_path / "bad.json", bad)
+    with pytest.raises(PedcrowdError) as err:
+        read_detections(path, CALTECH_IMAGES)
+    assert str(err.value) == (
+        f"{path}: detection {len(bad) - 1}: file name 'I00029.jpg' is ambiguous (2 images are named "
+        "'I00029.jpg': 'set06/V000/I00029.jpg', 'set06/V001/I00029.jpg'); "
+        "use the path relative to the image root"
+    )
+
+
+def test_results_entries_from_model_output_exact_values():
+    import torch
+
+    from pedcrowd.formats.detections import output_to_xywh, results_entries
+
+    output = {
+        "boxes": torch.tensor([[0.1, 0.2, 10.7, 21.3], [5.5, 6.25, 7.0, 8.125]]),
+        "scores": torch.tensor([0.9, 0.3]),
+        "labels": torch.tensor([1, 1]),
+    }
+    xywh, scores = output_to_xywh(output)
+    b = output["boxes"].double().numpy()
+    assert xywh.dtype == np.float64 and scores.dtype == np.float64
+    np.testing.assert_array_equal(xywh, np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1))
+    entries = results_entries(7, "city/a.png", xywh, scores)
+    x1, y1, x2, y2 = (float(v) for v in output["boxes"][0].double())
+    assert entries[0] == {
+        "image_id": 7, "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
+        "score": float(torch.tensor(0.9).double()), "file_name": "city/a.png",
+    }
+    assert entries[1]["bbox"] == [5.5, 6.25, 1.5, 1.875] and entries[1]["score"] == float(np.float32(0.3))
+    assert all(type(v) is float for e in entries for v in [*e["bbox"], e["score"]])
+    assert list(entries[0]) == ["image_id", "category_id", "bbox", "score", "file_name"]
+    assert results_entries(1, "x.png", np.zeros((0, 4)), np.zeros(0)) == []
+    empty = {"boxes": torch.zeros((0, 4)), "scores": torch.zeros(0)}
+    assert output_to_xywh(empty)[0].shape == (0, 4)

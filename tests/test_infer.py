@@ -367,3 +367,86 @@ def test_infer_then_eval_matches_training_evaluation(synth_run, tmp_path: Path):
             float(x) for x in report.results[setup].recall_at_fppi
         ]
     assert len(list((out / "vis").rglob("*.png"))) == 6
+
+
+# --- GT ids, device parsing, output file, help text ------------------------------------------
+
+
+def test_gt_ids_empty_gt_images_and_made_up_ids_after_the_largest(
+    folder: Path, model: FasterRCNN, tmp_path: Path
+):
+    # a/img0.png has no boxes (an ImageRecord of length 0, falsy) and shares its base
+    # name with b/img0.png, so only its full name finds it; b/img2.png and b/img3.jpg
+    # are not in the GT and get ids after its largest (9), not 1, 2, ... (which clash).
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({
+        "images": [
+            {"id": 7, "file_name": "a/img0.png"},
+            {"id": 9, "file_name": "b/img0.png"},
+            {"id": 1, "file_name": "a/img1.png"},
+        ],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [30, 10, 15, 50]}],
+        "categories": [{"id": 1, "name": "person"}],
+    }))
+    res = infer([folder], model=model, gt=gt, device="cpu", batch_size=3)
+    ids = {name: {d["image_id"] for d in g} for name, g in by_name(res.detections).items()}
+    assert ids == {"a/img0.png": {7}, "a/img1.png": {1}, "b/img2.png": {10}, "b/img3.jpg": {11}}
+    lookup = infer_mod._gt_lookup(gt, "citypersons")
+    rec = infer_mod._find_gt(lookup, "a/img0.png")
+    assert rec is not None and rec.id == 7 and len(rec) == 0
+    assert infer_mod._find_gt(lookup, "img0.png") is None  # ambiguous: no GT, no error
+    # Without --gt the images are numbered 1..N as before.
+    res = infer([folder], model=model, device="cpu")
+    assert sorted({d["image_id"] for d in res.detections}) == [1, 2, 3, 4]
+
+
+def test_resolve_device(monkeypatch):
+    from pedcrowd.errors import PedcrowdError
+
+    resolve = infer_mod.resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve("cpu") == torch.device("cpu") and resolve("auto") == torch.device("cpu")
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(PedcrowdError, match=f"--device {name}.*no CUDA device"):
+            resolve(name)
+    with pytest.raises(PedcrowdError, match="expected auto, cpu or cuda"):
+        resolve("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no GPU is touched
+    assert resolve("auto") == torch.device("cuda", 0) == resolve("cuda")
+    assert resolve("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(PedcrowdError, match="expected auto, cpu, cuda or cuda:N"):
+        resolve("cuda:x")
+
+
+def test_detections_json_written_atomically(folder: Path, model: FasterRCNN, tmp_path: Path):
+    from pedcrowd.errors import PedcrowdError
+
+    out = tmp_path / "o" / "detections.json"
+    out.parent.mkdir()
+    out.write_text("old")
+    res = infer([folder / "a"], model=model, device="cpu", out_file=out)
+    assert res.out_file == out
+    assert json.loads(out.read_text()) == res.detections and len(res.detections) > 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["detections.json"]  # no temp file left
+    # An unwritable place is a PedcrowdError naming the file, not an OSError traceback.
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    bad = tmp_path / "blocker" / "detections.json"
+    with pytest.raises(PedcrowdError, match=f"{bad}: cannot write"):
+        infer([folder / "a"], model=model, device="cpu", out_file=bad)
+
+
+def test_decoding_is_the_training_datasets_own(folder: Path):
+    from pedcrowd.data.datasets import read_image
+
+    path = folder / "b" / "img3.jpg"
+    item = infer_mod._decode_image(infer_mod.Source(path, "img3.jpg", False), keep_image=False)
+    expected = read_image(path)
+    assert torch.equal(item.tensor, expected) and item.tensor.stride() == expected.stride()
+
+
+def test_infer_help_names_the_checkpoint_used():
+    result = runner.invoke(app, ["infer", "--help"], env={"COLUMNS": "400", "NO_COLOR": "1"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "uses its best.pt, else last.pt, and the config stored in it" in text
+    assert "config.yaml" not in text

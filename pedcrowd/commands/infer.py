@@ -23,7 +23,8 @@ def infer_command(
         Path,
         typer.Option(
             "--weights", "-w",
-            help="A training run directory (uses its best.pt and config.yaml) or a checkpoint file.",
+            help="A training run directory (uses its best.pt, else last.pt, and the config "
+            "stored in it) or a checkpoint file.",
             show_default=False,
         ),
     ],
@@ -78,7 +79,7 @@ def infer_command(
         int, typer.Option("--batch-size", "-b", help="Images per forward pass.")
     ] = 4,
     device: Annotated[
-        str, typer.Option(help="auto (cuda when available), cpu or cuda.")
+        str, typer.Option(help="auto (cuda when available), cpu, cuda or cuda:N.")
     ] = "auto",
     workers: Annotated[
         int | None,

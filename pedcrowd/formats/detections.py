@@ -9,10 +9,12 @@ order is kept within each image (it breaks score ties).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pedcrowd.boxes import xyxy_to_xywh
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.formats._io import existing_path, load_json
 from pedcrowd.formats.records import ImageRecord
@@ -20,16 +22,119 @@ from pedcrowd.formats.records import ImageRecord
 Detections = dict[int, tuple[np.ndarray, np.ndarray]]
 
 
-def _name_index(images: list[ImageRecord]) -> dict[str, int]:
-    """File name -> image id, by full relative name and by basename (without and with extension)."""
-    index: dict[str, int] = {}
+class AmbiguousFileName(PedcrowdError):
+    """A file name that only matches through a base name (or stem) several images share."""
+
+    def __init__(self, name: str, key: str, candidates: list[str]):
+        self.name, self.key, self.candidates = name, key, candidates
+        shown = ", ".join(repr(c) for c in candidates[:3]) + (", ..." if len(candidates) > 3 else "")
+        super().__init__(
+            f"file name {name!r} is ambiguous ({len(candidates)} images are named {key!r}: {shown})"
+        )
+
+
+@dataclass(frozen=True)
+class FileNameIndex:
+    """Ground-truth images by file name; build it with :func:`file_name_index`.
+
+    Attributes:
+        names: full relative name, and each base name / stem that only one
+            image has -> that image's record.
+        ambiguous: base name / stem shared by several images (e.g. Caltech's
+            ``I00029.jpg`` in every video) -> their full names; never in ``names``.
+    """
+
+    names: dict[str, ImageRecord]
+    ambiguous: dict[str, list[str]]
+
+    def find(self, name: str) -> ImageRecord | None:
+        """The image ``name`` refers to: its full relative name, else its base name
+        (or stem) if only one image has it; None if no image matches.
+
+        Raises:
+            AmbiguousFileName: ``name`` only matches through a base name or stem
+                that several images share.
+        """
+        name = name.replace("\\", "/")
+        base = name.rsplit("/", 1)[-1]
+        for key in (name, base):
+            record = self.names.get(key)
+            if record is not None:
+                return record
+        for key in (name, base):
+            if key in self.ambiguous:
+                raise AmbiguousFileName(name, key, self.ambiguous[key])
+        return None
+
+
+def file_name_index(images: list[ImageRecord]) -> FileNameIndex:
+    """Index ``images`` by full relative name and by unique base name (with and without extension).
+
+    Full names always stay (they win over another image's base name); a base
+    name or stem that several images share maps to none of them, so a detection
+    named only by it is an error instead of landing on the first image.
+    """
+    by_key: dict[str, dict[str, None]] = {}  # base name / stem -> full names (ordered set)
     for im in images:
         base = im.file_name.replace("\\", "/").rsplit("/", 1)[-1]
         for key in (base, base.rsplit(".", 1)[0]):
-            index.setdefault(key, im.id)
-    for im in images:  # full names win over basenames
-        index[im.file_name] = im.id
-    return index
+            by_key.setdefault(key, {})[im.file_name] = None
+    full = {im.file_name: im for im in images}
+    names: dict[str, ImageRecord] = {}
+    ambiguous: dict[str, list[str]] = {}
+    for key, owners in by_key.items():
+        if len(owners) == 1:
+            names[key] = full[next(iter(owners))]
+        elif key not in full:
+            ambiguous[key] = list(owners)
+    names.update(full)  # full names win over base names
+    return FileNameIndex(names, ambiguous)
+
+
+def _image_id_by_name(path: Path, index: FileNameIndex, i: int, name: str) -> int:
+    try:
+        record = index.find(name)
+    except AmbiguousFileName as e:
+        raise PedcrowdError(
+            f"{path}: detection {i}: {e}; use the path relative to the image root"
+        ) from None
+    if record is None:
+        raise PedcrowdError(f"{path}: detection {i} is for unknown image {name!r}")
+    return record.id
+
+
+def results_entries(
+    image_id: int, file_name: str, boxes_xywh: np.ndarray, scores: np.ndarray
+) -> list[dict]:
+    """One image's detections as results-format entries, one per box.
+
+    ``{"image_id", "category_id": 1, "bbox": [x, y, w, h], "score", "file_name"}``
+    with the values unrounded (Python floats of the float64 inputs), so that
+    evaluating the entries reproduces an evaluation of the arrays exactly.
+
+    Args:
+        boxes_xywh: [D, 4] ``x, y, w, h`` (see :func:`output_to_xywh` for model output).
+        scores: [D].
+    """
+    boxes = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4).tolist()
+    return [
+        {
+            "image_id": image_id,
+            "category_id": 1,
+            "bbox": box,
+            "score": score,
+            "file_name": file_name,
+        }
+        for box, score in zip(boxes, np.asarray(scores, dtype=np.float64).tolist(), strict=True)
+    ]
+
+
+def output_to_xywh(output: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A torchvision detection output (``boxes`` [D, 4] xyxy and ``scores`` [D]
+    tensors) -> (boxes [D, 4] float64 ``x, y, w, h``, scores [D] float64)."""
+    boxes = output["boxes"].detach().cpu().double().numpy()
+    scores = output["scores"].detach().cpu().double().numpy()
+    return xyxy_to_xywh(boxes), scores
 
 
 def _check_rows(path: Path, boxes: np.ndarray, scores: np.ndarray, where: str) -> None:
@@ -71,15 +176,12 @@ def _ids_from_file_names(path: Path, data: list, images: list[ImageRecord]) -> l
     images it reads 1..N, which need not be the GT's ids), so it wins over
     ``image_id`` whenever an entry has one.
     """
-    names = _name_index(images)
+    index = file_name_index(images)
     out = []
     for i, d in enumerate(data):
         if isinstance(d, dict) and "file_name" in d:
             name = str(d["file_name"]).replace("\\", "/")
-            image_id = names.get(name, names.get(name.rsplit("/", 1)[-1]))
-            if image_id is None:
-                raise PedcrowdError(f"{path}: detection {i} is for unknown image {name!r}")
-            d = {**d, "image_id": image_id}
+            d = {**d, "image_id": _image_id_by_name(path, index, i, name)}
         out.append(d)
     return out
 
@@ -97,7 +199,7 @@ def read_detections_json(path: str | Path, images: list[ImageRecord]) -> Detecti
         return fast
     # Slow path: one entry at a time, to name the first bad entry precisely.
     known = {im.id for im in images}
-    names: dict[str, int] | None = None
+    index: FileNameIndex | None = None
     per_image: dict[int, list[tuple[list, float]]] = {}
     for i, d in enumerate(data):
         where = f"detection {i}"
@@ -110,11 +212,9 @@ def read_detections_json(path: str | Path, images: list[ImageRecord]) -> Detecti
             if image_id not in known:
                 raise PedcrowdError(f"{path}: {where} is for unknown image id {image_id}")
         elif "file_name" in d:
-            names = names if names is not None else _name_index(images)
+            index = index if index is not None else file_name_index(images)
             name = str(d["file_name"]).replace("\\", "/")
-            image_id = names.get(name, names.get(name.rsplit("/", 1)[-1]))
-            if image_id is None:
-                raise PedcrowdError(f"{path}: {where} is for unknown image {name!r}")
+            image_id = _image_id_by_name(path, index, i, name)
         else:
             raise PedcrowdError(f"{path}: {where} has no 'image_id' (or 'file_name') field")
         for key in ("bbox", "score"):

@@ -57,6 +57,7 @@ from pedcrowd.engine.metrics import MetricsLog, to_jsonable
 from pedcrowd.engine.schedule import build_optimizer, build_scheduler
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.formats._io import write_text_atomic
+from pedcrowd.formats.detections import output_to_xywh, results_entries
 
 PRIMARY_SETUP = "Reasonable"
 
@@ -198,9 +199,7 @@ def predict(
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         outputs = model([img.to(device) for img, _ in items])
         for (_, target), out in zip(items, outputs, strict=True):
-            boxes = out["boxes"].detach().cpu().double().numpy()
-            xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-            dets[int(target["image_id"])] = (xywh, out["scores"].detach().cpu().double().numpy())
+            dets[int(target["image_id"])] = output_to_xywh(out)
     return dets
 
 
@@ -209,13 +208,8 @@ def detections_to_json(dets: dict[int, tuple[np.ndarray, np.ndarray]], records) 
     names = {int(r.id): r.file_name for r in records}
     out = []
     for image_id in sorted(dets):
-        boxes, scores = dets[image_id]
-        for (x, y, w, h), s in zip(boxes.tolist(), scores.tolist(), strict=True):
-            out.append({
-                "image_id": image_id, "file_name": names.get(image_id, ""), "category_id": 1,
-                # unrounded, so that evaluating this file reproduces val_eval.json exactly
-                "bbox": [x, y, w, h], "score": s,
-            })
+        # unrounded, so that evaluating this file reproduces val_eval.json exactly
+        out.extend(results_entries(image_id, names.get(image_id, ""), *dets[image_id]))
     return out
 
 

@@ -77,9 +77,11 @@ def _register() -> None:
 
     import pedcrowd.commands as commands
 
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
-        module = importlib.import_module(f"pedcrowd.commands.{info.name}")
-        module.register(app)
+    # The workflow's order in --help; any other command module comes after.
+    order = ["train", "eval", "infer", "compare", "data"]
+    names = [info.name for info in pkgutil.iter_modules(commands.__path__)]
+    for name in sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n)):
+        importlib.import_module(f"pedcrowd.commands.{name}").register(app)
 
 
 _register()

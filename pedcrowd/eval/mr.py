@@ -26,7 +26,8 @@ class SetupMatches:
 
     Attributes:
         name: setup name.
-        protocol: ``citypersons`` (Python sentinel quirk, 4-decimal refs) or ``caltech``.
+        protocol: ``citypersons`` (Python sentinel quirk, 4-decimal refs), ``caltech``
+            or ``crowdhuman`` (CrowdDet: first point with FPPI >= ref, 4-decimal refs).
         scores: [T] scores of the non-ignored detections, official global order.
         is_tp: [T] bool, true positive (else false positive).
         det_image: [T] index (0..n_images-1) of each detection's image.
@@ -75,6 +76,11 @@ class SetupMatches:
         fppi, recall = self._fppi_recall(image_counts)
         if len(fppi) == 0:  # no non-ignored detection: every recall stays 0
             return np.zeros(9)
+        if self.protocol == "crowdhuman":
+            # CrowdDet eval_MR: the FIRST point with fppi >= ref, the last point
+            # if none; differs from CityPersons where ref * n_images is an integer.
+            idx = np.minimum(np.searchsorted(fppi, FPPI_REFS_CITYPERSONS, side="left"), len(fppi) - 1)
+            return recall[idx]
         if self.protocol == "citypersons":
             # eval_MR_multisetup.py: the last point with fppi <= ref; if there is
             # none the index is -1 and Python returns the FINAL recall (quirk).

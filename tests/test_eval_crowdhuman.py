@@ -72,6 +72,14 @@ def test_fppi_lookup_first_point_at_or_past_reference(tmp_path):
     r = evaluate_case(tmp_path, images, dets)
     # refs 0.01 .. 0.1 -> index 1 (miss .9); 0.1778 -> index 3 (.8); 0.3162 .. 1 -> not reached, last (.8).
     assert r.mr == pytest.approx(math.exp((5 * math.log(0.9) + 4 * math.log(0.8)) / 9), abs=1e-15)
+    # The bootstrap path (compare) gives the same lookup: all images once, and image 0 twice
+    # (11 images, 11 GT: TP, TP, FP at 1/11, TP, FP at 2/11; refs up to 0.0562 -> miss 9/11, 0.1 on -> 8/11).
+    from pedcrowd.eval.crowdhuman import prepare, setup_matches
+
+    sm = setup_matches(prepare(*load_crowdhuman(*write_case(tmp_path, images, dets))))
+    assert sm.mr(np.ones(10, dtype=np.int64)) == pytest.approx(r.mr, abs=1e-15)
+    twice = np.r_[2, np.ones(9, dtype=np.int64)]
+    assert sm.mr(twice) == pytest.approx(math.exp((4 * math.log(9 / 11) + 5 * math.log(8 / 11)) / 9), abs=1e-15)
     # CityPersons' lookup (last point with fppi <= ref) takes index 2 at ref 0.1 = 1 / 10 images.
     cp = SetupMatches("All", "citypersons", np.array([0.9, 0.8, 0.7, 0.6]), np.array([True, False, True, False]),
                       np.array([0, 1, 2, 3]), np.ones(10, dtype=np.int64))

@@ -115,7 +115,7 @@ def eval_command(
 
 def _write(text: str, out: Path | None) -> None:
     if out is not None:
-        from pedcrowd.formats._io import write_text_atomic
+        from pedcrowd.fileio import write_text_atomic
 
         write_text_atomic(out, text + "\n")
 

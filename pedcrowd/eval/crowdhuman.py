@@ -467,7 +467,7 @@ def load_crowdhuman(
     file (matched by file name), the image file ``image_root/{ID}.jpg|.png``
     (default ``Images/`` beside the ``.odgt``).
     """
-    from pedcrowd.formats._io import existing_path
+    from pedcrowd.fileio import existing_path
     from pedcrowd.formats.crowdhuman import read_crowddet_detections, read_odgt
 
     gt_path = existing_path(gt_path)

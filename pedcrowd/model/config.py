@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BACKBONES = ("resnet50_fpn", "resnet18_fpn", "mobilenet_v3_fpn", "tiny_fpn")
-
 
 @dataclass
 class ModelConfig:

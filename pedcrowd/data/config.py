@@ -48,9 +48,6 @@ class SynthConfig:
         return asdict(self)
 
 
-FORMATS = ("citypersons", "caltech", "crowdhuman", "coco")
-
-
 @dataclass
 class GtFilterConfig:
     """Which annotations are training objects; the rest become ignore boxes."""
@@ -90,7 +87,7 @@ class AugmentConfig:
 class DataConfig:
     """Where the data is and how it becomes training targets."""
 
-    format: str = "citypersons"  # citypersons | caltech | crowdhuman | coco
+    format: str = "citypersons"  # citypersons | caltech | crowdhuman | coco (pedcrowd.formats.registry)
     root: str = "data/synth"  # data set directory (pedcrowd data synth writes this layout)
     train_split: str = "train"  # split names as in the layout (Caltech: train | test | all)
     val_split: str = "val"
@@ -124,10 +121,9 @@ def build_dataset(
     """
     from pedcrowd.data import datasets
     from pedcrowd.data.transforms import TrainTransform
-    from pedcrowd.errors import PedcrowdError
+    from pedcrowd.formats.registry import dataset_format
 
-    if cfg.format not in FORMATS:
-        raise PedcrowdError(f"data.format: {cfg.format!r} is not one of {FORMATS}")
+    fmt = dataset_format(cfg.format)
     if split == "train":
         name, annotations, images = cfg.train_split, cfg.train_annotations, cfg.train_images
     elif split == "val":
@@ -160,18 +156,7 @@ def build_dataset(
         transform=transform,
         seed=cfg.seed if seed is None else seed,
     )
-    if cfg.format == "citypersons":
-        return datasets.CityPersonsDataset(
-            cfg.root, name, annotations=annotations, images=images, **common
-        )
-    if cfg.format == "caltech":
-        return datasets.CaltechDataset(
-            cfg.root, name, annotations=annotations, images=images, **common
-        )
-    if cfg.format == "crowdhuman":
-        return datasets.CrowdHumanDataset(
-            cfg.root, name, annotations=annotations, images=images, **common
-        )
-    return datasets.CocoDataset(
-        cfg.root, name, annotations=annotations, images=images, category=cfg.coco_category, **common
+    options = {key: getattr(cfg, attr) for key, attr in fmt.options.items()}
+    return datasets.FormatDataset(
+        cfg.root, name, format=cfg.format, annotations=annotations, images=images, **options, **common
     )

@@ -1,4 +1,4 @@
-"""The pedestrian detector: config, builder, ignore-aware RPN and RoI heads, the crowd-loss seam.
+"""The pedestrian detector: config, builder, ignore-aware RPN and RoI heads, the training-loss seam.
 
 The torch parts load on first use (PEP 562 ``__getattr__``), so that
 ``pedcrowd.model.config`` (part of the torch-free config tree) stays torch-free.
@@ -12,17 +12,18 @@ from typing import TYPE_CHECKING
 from pedcrowd.model.config import ModelConfig
 
 if TYPE_CHECKING:
-    from pedcrowd.model.detector import WeightsReport, build_model, load_weights
+    from pedcrowd.model.detector import WeightsReport, build_model, install_criteria, load_weights
     from pedcrowd.model.roi_heads import PedRoIHeads
     from pedcrowd.model.rpn import PedRegionProposalNetwork
-    from pedcrowd.model.samples import RoiSamples
+    from pedcrowd.model.samples import StageSamples
 
 _LAZY = {
     "PedRegionProposalNetwork": "pedcrowd.model.rpn",
     "PedRoIHeads": "pedcrowd.model.roi_heads",
-    "RoiSamples": "pedcrowd.model.samples",
+    "StageSamples": "pedcrowd.model.samples",
     "WeightsReport": "pedcrowd.model.detector",
     "build_model": "pedcrowd.model.detector",
+    "install_criteria": "pedcrowd.model.detector",
     "load_weights": "pedcrowd.model.detector",
 }
 
@@ -37,8 +38,9 @@ __all__ = [
     "ModelConfig",
     "PedRegionProposalNetwork",
     "PedRoIHeads",
-    "RoiSamples",
+    "StageSamples",
     "WeightsReport",
     "build_model",
+    "install_criteria",
     "load_weights",
 ]

@@ -463,5 +463,12 @@ def _install_crowd_losses(model: torch.nn.Module, cfg: Config) -> None:
     from pedcrowd.losses import build_crowd_losses
 
     roi_fn, rpn_fn = build_crowd_losses(cfg.loss)
+    if not hasattr(model, "roi_heads"):  # model.arch fcos: no RPN or RoI stage to hook into
+        if roi_fn is not None or rpn_fn is not None:
+            raise PedcrowdError(
+                f"loss: NMS-Loss and RepLoss act on Faster R-CNN's stages; model.arch "
+                f"{cfg.model.arch} has none (set their weights to 0)"
+            )
+        return
     model.roi_heads.crowd_loss_fn = roi_fn
     model.rpn.crowd_loss_fn = rpn_fn

@@ -1,5 +1,7 @@
 """``build_model``: the one-class (pedestrian) torchvision Faster R-CNN of pedcrowd.
 
+``model.arch: fcos`` builds the one-stage FCOS of :mod:`pedcrowd.model.fcos` instead.
+
 torchvision's ``FasterRCNN`` with three parts swapped for pedcrowd's: the input
 transform (scales ignore boxes too), the RPN and the RoI heads (ignore-aware
 sampling and the crowd-loss seam). Parameter names are torchvision's, so its
@@ -33,8 +35,10 @@ IMAGE_STD = [0.229, 0.224, 0.225]
 ROI_OUTPUT_SIZE = 7
 
 
-def build_model(cfg: ModelConfig) -> FasterRCNN:
+def build_model(cfg: ModelConfig) -> torch.nn.Module:
     """The detector described by ``cfg``, with ``cfg.weights`` loaded.
+
+    ``cfg.arch == "fcos"``: :func:`pedcrowd.model.fcos.build_fcos`; otherwise:
 
     Returns a torchvision ``FasterRCNN`` (2 classes) whose ``rpn`` is a
     :class:`PedRegionProposalNetwork`, ``roi_heads`` a :class:`PedRoIHeads` and
@@ -45,6 +49,15 @@ def build_model(cfg: ModelConfig) -> FasterRCNN:
         PedcrowdError: unknown backbone, anchor sizes that do not fit its levels,
             missing or unreadable weights.
     """
+    if cfg.arch == "fcos":
+        from pedcrowd.model.fcos import build_fcos
+
+        return build_fcos(cfg)
+    if cfg.assigner != "fcos":
+        raise PedcrowdError(
+            f"model.assigner: {cfg.assigner!r} is for model.arch fcos (Faster R-CNN has its own "
+            "RPN and RoI matchers); set model.arch: fcos or model.assigner: fcos"
+        )
     levels = NUM_LEVELS.get(cfg.backbone)
     if levels is None:
         raise PedcrowdError(

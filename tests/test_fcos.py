@@ -210,7 +210,7 @@ def test_fcos_resume_equals_uninterrupted_training(synth_root, tmp_path, extra):
 
 def test_fcos_rejects_crowd_losses(synth_root, tmp_path):
     cfg = apply_overrides(Config(), [*tiny_overrides(synth_root), *FCOS_SET, "loss.rep.alpha=0.5"])
-    with pytest.raises(PedcrowdError, match="NMS-Loss and RepLoss act on Faster R-CNN"):
+    with pytest.raises(PedcrowdError, match=r"loss: loss.rep act on Faster R-CNN's RPN and RoI head"):
         fit(cfg, tmp_path / "run")
 
 

@@ -459,16 +459,7 @@ def _write_eval_files(run_dir: Path, epoch: int, dets, report, records) -> None:
 
 
 def _install_crowd_losses(model: torch.nn.Module, cfg: Config) -> None:
-    """Attach the configured crowd losses to the RoI-head and RPN hooks (None = off)."""
-    from pedcrowd.losses import build_crowd_losses
+    """Give the RPN and the RoI head the training criteria of ``cfg.loss``."""
+    from pedcrowd.model.detector import install_criteria
 
-    roi_fn, rpn_fn = build_crowd_losses(cfg.loss)
-    if not hasattr(model, "roi_heads"):  # model.arch fcos: no RPN or RoI stage to hook into
-        if roi_fn is not None or rpn_fn is not None:
-            raise PedcrowdError(
-                f"loss: NMS-Loss and RepLoss act on Faster R-CNN's stages; model.arch "
-                f"{cfg.model.arch} has none (set their weights to 0)"
-            )
-        return
-    model.roi_heads.crowd_loss_fn = roi_fn
-    model.rpn.crowd_loss_fn = rpn_fn
+    install_criteria(model, cfg.model, cfg.loss)

@@ -94,7 +94,9 @@ def build_model(cfg: ModelConfig) -> torch.nn.Module:
         box_head=box_head,
         box_predictor=box_predictor,
     )
-    model.transform = PedTransform(cfg.min_size, cfg.max_size, IMAGE_MEAN, IMAGE_STD)
+    model.transform = PedTransform(
+        cfg.min_size, cfg.max_size, IMAGE_MEAN, IMAGE_STD, train_scale=cfg.train_scale
+    )
     model.rpn = PedRegionProposalNetwork(
         anchor_generator,
         rpn_head,
@@ -111,6 +113,7 @@ def build_model(cfg: ModelConfig) -> torch.nn.Module:
             "testing": cfg.rpn_post_nms_top_n_test,
         },
         nms_thresh=cfg.rpn_nms_thresh,
+        drop_ignored_positives=cfg.ignore_positives == "drop",
     )
     model.roi_heads = PedRoIHeads(
         box_roi_pool,
@@ -124,11 +127,45 @@ def build_model(cfg: ModelConfig) -> torch.nn.Module:
         score_thresh=cfg.box_score_thresh,
         nms_thresh=cfg.box_nms_thresh,
         detections_per_img=cfg.box_detections_per_img,
+        drop_ignored_positives=cfg.ignore_positives == "drop",
     )
+    install_criteria(model, cfg)
     if weights not in ("none", "imagenet"):
         report = load_weights(model, weights)
         log.info("loaded %s: %d tensors", weights, len(report.loaded))
     return model
+
+
+def install_criteria(model: torch.nn.Module, cfg: ModelConfig, loss: object | None = None) -> None:
+    """Give the RPN and the RoI head the training criteria of the ``loss:`` section
+    ``loss`` (None: torchvision's own losses, no crowd loss)."""
+    from pedcrowd.losses.criterion import build_criteria
+
+    rpn, roi = build_criteria(loss, {"box_nms_thresh": cfg.box_nms_thresh})
+    if not hasattr(model, "roi_heads"):  # model.arch fcos: its loss is model.assigner's
+        _check_no_two_stage_losses(loss, rpn, roi, cfg.arch)
+        return
+    model.rpn.criterion, model.roi_heads.criterion = rpn, roi
+
+
+def _check_no_two_stage_losses(loss: object | None, rpn, roi, arch: str) -> None:
+    """Refuse a ``loss:`` section that changes anything of Faster R-CNN's losses (FCOS has none)."""
+    from pedcrowd.losses.config import LossConfig
+
+    if loss is None:
+        return
+    default = LossConfig()
+    changed = [
+        f"loss.{key}={getattr(loss, key)}"
+        for key in ("cls", "box", "sampler", "rpn_cls", "rpn_box")
+        if getattr(loss, key) != getattr(default, key)
+    ]
+    changed += [f"loss.{name}" for name in {**rpn.extras, **roi.extras}]
+    if changed:
+        raise PedcrowdError(
+            f"loss: {', '.join(changed)} act on Faster R-CNN's RPN and RoI head; model.arch "
+            f"{arch} trains with model.assigner (leave the loss section at its defaults)"
+        )
 
 
 @dataclass

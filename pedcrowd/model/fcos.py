@@ -18,7 +18,8 @@ positive nor negative (it takes no classification loss). The point rule, not
 the IoA >= 0.5 rule of the two-stage detector (:mod:`pedcrowd.model.ignore`):
 a background location has no box of its own to measure an IoA with, and the
 point is what FCOS itself tests against GT boxes. Locations assigned to a GT
-stay positive even inside an ignore box, as in the two-stage detector.
+stay positive even inside an ignore box (``model.ignore_positives`` is the
+two-stage detector's option; FCOS keeps them).
 
 One class logit (no background class); the detections carry label 1 like
 Faster R-CNN's. A location's anchor is a square of one stride centred on its
@@ -94,7 +95,9 @@ def build_fcos(cfg: ModelConfig) -> PedFCOS:
         detections_per_img=cfg.box_detections_per_img,
         topk_candidates=cfg.fcos_topk_candidates,
     )
-    model.transform = PedTransform(cfg.min_size, cfg.max_size, IMAGE_MEAN, IMAGE_STD)
+    model.transform = PedTransform(
+        cfg.min_size, cfg.max_size, IMAGE_MEAN, IMAGE_STD, train_scale=cfg.train_scale
+    )
     model.assigner = cfg.assigner
     model.dw_prior_sigma = cfg.dw_prior_sigma
     model.dw_neg_overlap = cfg.dw_neg_overlap

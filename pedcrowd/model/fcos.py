@@ -60,9 +60,10 @@ def build_fcos(cfg: ModelConfig) -> PedFCOS:
     Raises:
         PedcrowdError: a backbone FCOS cannot use, bad head settings, unreadable weights.
     """
-    from pedcrowd.model.backbones import build_backbone
+    from pedcrowd.model.backbones import backbone_levels, build_backbone
     from pedcrowd.model.detector import IMAGE_MEAN, IMAGE_STD, load_weights
 
+    backbone_levels(cfg.backbone)  # an unknown name: the one error of every architecture
     strides = FCOS_STRIDES.get(cfg.backbone)
     if strides is None:
         raise PedcrowdError(

@@ -17,8 +17,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pedcrowd.errors import PedcrowdError
-
 
 def train_command(
     config: Annotated[

@@ -67,7 +67,7 @@ from pedcrowd.engine.reporter import Reporter
 from pedcrowd.engine.schedule import build_optimizer, build_scheduler
 from pedcrowd.engine.signals import Interrupted, StopOnSignal
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.formats._io import write_text_atomic
+from pedcrowd.fileio import write_text_atomic
 from pedcrowd.formats.detections import output_to_xywh, results_entries
 
 PRIMARY_SETUP = "Reasonable"

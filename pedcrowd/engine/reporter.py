@@ -9,9 +9,7 @@ iterations in a log file.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +50,11 @@ class Reporter:
     def warning(self, message: str) -> None:
         log.warning("%s", message)
 
-    @contextlib.contextmanager
-    def generating(self, root: Path, total: int) -> Iterator[Callable[[int, int], None]]:
-        """Around the synthetic-data generation; yields its ``progress(done, total)``."""
-        yield lambda done, total: None
+    def synthesize(self, root: Path, synth_cfg: Any):
+        """Generate (or reuse) the synthetic data set; returns its ``SynthSummary``."""
+        from pedcrowd.data.synth import ensure_synth
+
+        return ensure_synth(root, synth_cfg)
 
     def close(self) -> None:
         """The run ended (normally or not)."""
@@ -130,22 +129,12 @@ class RichReporter(Reporter):
         if self.enabled:
             self.console.log(f"[yellow]warning:[/yellow] {message}")
 
-    @contextlib.contextmanager
-    def generating(self, root, total):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+    def synthesize(self, root, synth_cfg):
+        from pedcrowd.progress import synth_with_progress
 
-        with Progress(
-            TextColumn(f"generating synthetic crowds in {root}"), BarColumn(), MofNCompleteColumn(),
-            TimeRemainingColumn(), console=self.console, transient=True, disable=not self.enabled,
-        ) as bar:
-            task = bar.add_task("synth", total=total)
-            yield lambda done, total: bar.update(task, completed=done)
+        if not self.enabled:
+            return super().synthesize(root, synth_cfg)
+        return synth_with_progress(root, synth_cfg, self.console, f"generating synthetic crowds in {root}")
 
     def close(self):
         if self._progress is not None:

@@ -325,10 +325,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 def _ensure_synth_data(root: Path, synth_cfg, reporter: Reporter) -> None:
     """Generate the synthetic data set on first use, else reuse it."""
-    from pedcrowd.data.synth import ensure_synth
-
-    with reporter.generating(root, synth_cfg.train_images + synth_cfg.val_images) as progress:
-        summary = ensure_synth(root, synth_cfg, progress=progress)
+    summary = reporter.synthesize(root, synth_cfg)
     if not summary.reused:
         reporter.info(
             f"generated {sum(summary.images.values())} synthetic images in {root} "
@@ -588,9 +585,7 @@ def _write_eval_files(run_dir: Path, epoch: int, dets, report, records) -> None:
 
 
 def _install_crowd_losses(model: torch.nn.Module, cfg: Config) -> None:
-    """Attach the configured crowd losses to the RoI-head and RPN hooks (None = off)."""
-    from pedcrowd.losses import build_crowd_losses
+    """Give the RPN and the RoI head the training criteria of ``cfg.loss``."""
+    from pedcrowd.model.detector import install_criteria
 
-    roi_fn, rpn_fn = build_crowd_losses(cfg.loss)
-    model.roi_heads.crowd_loss_fn = roi_fn
-    model.rpn.crowd_loss_fn = rpn_fn
+    install_criteria(model, cfg.model, cfg.loss)

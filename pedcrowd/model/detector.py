@@ -19,7 +19,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, RPNHead,
 from torchvision.ops import MultiScaleRoIAlign
 
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.model.backbones import NUM_LEVELS, ROI_FEATURE_NAMES, build_backbone
+from pedcrowd.model.backbones import ROI_FEATURE_NAMES, backbone_levels, build_backbone
 from pedcrowd.model.config import ModelConfig
 from pedcrowd.model.roi_heads import PedRoIHeads
 from pedcrowd.model.rpn import PedRegionProposalNetwork
@@ -46,11 +46,7 @@ def build_model(cfg: ModelConfig) -> FasterRCNN:
         PedcrowdError: unknown backbone, anchor sizes that do not fit its levels,
             missing or unreadable weights.
     """
-    levels = NUM_LEVELS.get(cfg.backbone)
-    if levels is None:
-        raise PedcrowdError(
-            f"model.backbone: unknown backbone {cfg.backbone!r}; choose one of {', '.join(NUM_LEVELS)}"
-        )
+    levels = backbone_levels(cfg.backbone)
     if len(cfg.anchor_sizes) != levels:
         raise PedcrowdError(
             f"model.anchor_sizes: {cfg.backbone} has {levels} feature levels, got {len(cfg.anchor_sizes)} sizes "
@@ -81,7 +77,9 @@ def build_model(cfg: ModelConfig) -> FasterRCNN:
         box_head=box_head,
         box_predictor=box_predictor,
     )
-    model.transform = PedTransform(cfg.min_size, cfg.max_size, IMAGE_MEAN, IMAGE_STD)
+    model.transform = PedTransform(
+        cfg.min_size, cfg.max_size, IMAGE_MEAN, IMAGE_STD, train_scale=cfg.train_scale
+    )
     model.rpn = PedRegionProposalNetwork(
         anchor_generator,
         rpn_head,
@@ -98,6 +96,7 @@ def build_model(cfg: ModelConfig) -> FasterRCNN:
             "testing": cfg.rpn_post_nms_top_n_test,
         },
         nms_thresh=cfg.rpn_nms_thresh,
+        drop_ignored_positives=cfg.ignore_positives == "drop",
     )
     model.roi_heads = PedRoIHeads(
         box_roi_pool,
@@ -111,11 +110,23 @@ def build_model(cfg: ModelConfig) -> FasterRCNN:
         score_thresh=cfg.box_score_thresh,
         nms_thresh=cfg.box_nms_thresh,
         detections_per_img=cfg.box_detections_per_img,
+        drop_ignored_positives=cfg.ignore_positives == "drop",
     )
+    install_criteria(model, cfg)
     if weights not in ("none", "imagenet"):
         report = load_weights(model, weights)
         log.info("loaded %s: %d tensors", weights, len(report.loaded))
     return model
+
+
+def install_criteria(model: FasterRCNN, cfg: ModelConfig, loss: object | None = None) -> None:
+    """Give the RPN and the RoI head the training criteria of the ``loss:`` section
+    ``loss`` (None: torchvision's own losses, no crowd loss)."""
+    from pedcrowd.losses.criterion import build_criteria
+
+    model.rpn.criterion, model.roi_heads.criterion = build_criteria(
+        loss, {"box_nms_thresh": cfg.box_nms_thresh}
+    )
 
 
 @dataclass

@@ -26,8 +26,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pedcrowd.data.config import DataConfig
-from pedcrowd.data.synth import SynthConfig
+from pedcrowd.data.config import DataConfig, SynthConfig
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import write_text_atomic
 from pedcrowd.losses.config import LossConfig

@@ -244,20 +244,9 @@ def _write_json(path: Path, data: Any) -> None:
 
 def _ensure_synth_data(root: Path, synth_cfg, console: Console) -> None:
     """Generate the synthetic data set on first use (with a progress bar), else reuse it."""
-    from pedcrowd.data.synth import ensure_synth
+    from pedcrowd.progress import synth_with_progress
 
-    with Progress(
-        TextColumn(f"generating synthetic crowds in {root}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("synth", total=synth_cfg.train_images + synth_cfg.val_images)
-        summary = ensure_synth(
-            root, synth_cfg, progress=lambda done, total: bar.update(task, completed=done)
-        )
+    summary = synth_with_progress(root, synth_cfg, console, f"generating synthetic crowds in {root}")
     if not summary.reused:
         console.log(
             f"generated {sum(summary.images.values())} synthetic images in {root} "

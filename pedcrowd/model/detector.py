@@ -19,7 +19,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, RPNHead,
 from torchvision.ops import MultiScaleRoIAlign
 
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.model.backbones import NUM_LEVELS, ROI_FEATURE_NAMES, build_backbone
+from pedcrowd.model.backbones import ROI_FEATURE_NAMES, backbone_levels, build_backbone
 from pedcrowd.model.config import ModelConfig
 from pedcrowd.model.roi_heads import PedRoIHeads
 from pedcrowd.model.rpn import PedRegionProposalNetwork
@@ -46,11 +46,7 @@ def build_model(cfg: ModelConfig) -> FasterRCNN:
         PedcrowdError: unknown backbone, anchor sizes that do not fit its levels,
             missing or unreadable weights.
     """
-    levels = NUM_LEVELS.get(cfg.backbone)
-    if levels is None:
-        raise PedcrowdError(
-            f"model.backbone: unknown backbone {cfg.backbone!r}; choose one of {', '.join(NUM_LEVELS)}"
-        )
+    levels = backbone_levels(cfg.backbone)
     if len(cfg.anchor_sizes) != levels:
         raise PedcrowdError(
             f"model.anchor_sizes: {cfg.backbone} has {levels} feature levels, got {len(cfg.anchor_sizes)} sizes "

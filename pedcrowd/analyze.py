@@ -276,8 +276,8 @@ def _analyze_point(name, s_star, pre, replay, md_pre, md_post, match, nms_thresh
             image_id, src = int(ids_pre[b]), int(md_pre.det_src[b])
             sup = int(replay.suppressor[image_id][src])
             if sup >= 0:
-                pos = int(np.flatnonzero(replay.kept[image_id] == sup)[0])
-                s = post_table[post_off[image_id] + pos]
+                pos = np.flatnonzero(replay.kept[image_id] == sup)  # empty: the cap removed the suppressor
+                s = post_table[post_off[image_id] + int(pos[0])] if len(pos) else -1
                 cat = "nms_other_person" if s >= 0 and tp[s] and md_post.taken[s] != g else "nms_false_positive"
                 misses[cat] += 1
                 restore[cat].append((image_id, src))

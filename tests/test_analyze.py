@@ -186,3 +186,27 @@ def test_model_path_restores_nms_and_replay_equals_normal_output(tmp_path):
         got_boxes, got_scores = replay.post[image_id]
         np.testing.assert_allclose(got_scores, scores, rtol=0, atol=1e-6)
         np.testing.assert_allclose(got_boxes, boxes, rtol=0, atol=1e-4)
+
+
+def test_compare_analysis_side_by_side(tmp_path):
+    base, nms1 = tmp_path / "base.json", tmp_path / "nms1.json"
+    for path, thresh in ((base, "0.5"), (nms1, "1.0")):
+        dets = tmp_path / "pre.json"
+        dets.write_text(json.dumps([{"image_id": 1, "bbox": b, "score": s} for b, s in PRE]))
+        gt = tmp_path / "gt.json"
+        gt.write_text(json.dumps({
+            "images": [{"id": 1, "file_name": "a.png", "width": 1200, "height": 300}],
+            "annotations": [{"id": k + 1, "image_id": 1, "category_id": 1, "bbox": b, "iscrowd": 0}
+                            for k, b in enumerate(PEOPLE)],
+            "categories": [{"id": 1, "name": "person"}]}))
+        r = runner.invoke(app, ["analyze", str(dets), "--gt", str(gt), "--nms-thresh", thresh, "--at", "score=0.5",
+                                "--out", str(path), "--json"])
+        assert r.exit_code == 0, r.output
+    result = runner.invoke(app, ["compare", "--analysis", f"base={base}", f"nms1={nms1}"])
+    assert result.exit_code == 0, result.output
+    row = next(ln for ln in result.stdout.splitlines() if "nms_other_person" in ln)
+    assert [c.strip() for c in row.split("│")][2:4] == ["1 (33 %)", "0 (0 %)"]
+    doc = json.loads(runner.invoke(app, ["compare", "--analysis", str(base), str(nms1), "--json"]).stdout)
+    assert [r["name"] for r in doc["runs"]] == ["base", "nms1"]
+    bad = runner.invoke(app, ["compare", "--analysis", str(tmp_path / "pre.json")])
+    assert bad.exit_code == 2 and "not a pedcrowd analyze --out file" in bad.output

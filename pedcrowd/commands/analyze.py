@@ -150,7 +150,10 @@ def _pre_nms_from_model(path, gt, protocol, images, image_root, device, log):
             raise PedcrowdError("--gt with a model needs --image-root (the images to run the model on)")
         truth, sizes, root = _load_gt(gt, protocol, images, image_root)
         dataset = DetectionDataset(truth if isinstance(truth, list) else truth.records, image_root)
-    heads = model.roi_heads
+    # Faster R-CNN keeps its final NMS in roi_heads; FCOS (model.arch fcos) on the model itself.
+    heads = getattr(model, "roi_heads", model)
+    if not (hasattr(heads, "nms_thresh") and hasattr(heads, "detections_per_img")):
+        raise PedcrowdError(f"{path}: the model has no final NMS setting (nms_thresh) to turn off")
     saved = (heads.nms_thresh, heads.detections_per_img)
     log.print(f"[dim]running the model on {len(dataset)} images with the final NMS off[/dim]")
     try:
@@ -216,6 +219,44 @@ def render(report) -> None:
             cells.append(f"{m} / {a}")
         oracle.add_row(fix, *cells)
     console.print(oracle)
+
+
+def side_by_side(runs: list[str], as_json: bool = False) -> None:
+    """Several ``pedcrowd analyze --out`` files (``name=path`` or ``path``), one column per run
+    and operating point: the error counts and the oracle MR^-2."""
+    from pedcrowd.compare import parse_run
+    from pedcrowd.errors import PedcrowdError
+    from pedcrowd.fileio import load_json
+
+    docs = []
+    for text in runs:
+        name, path = parse_run(text)
+        doc = load_json(path)
+        if not isinstance(doc, dict) or not isinstance(doc.get("points"), list):
+            raise PedcrowdError(f"{path}: not a pedcrowd analyze --out file (no 'points')")
+        docs.append((name, doc))
+    if as_json:
+        typer.echo(json.dumps({"runs": [{"name": n, **d} for n, d in docs]}, indent=1))
+        return
+    table = Table(title="pedcrowd analyze, side by side")
+    table.add_column("")
+    columns = []
+    for name, doc in docs:
+        for p in doc["points"]:
+            score = "-" if p["score"] is None else f"{p['score']:.3f}"
+            table.add_column(f"{name}\n{p['name']} ({score})", justify="right")
+            columns.append((doc, p))
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    table.add_row("MR^-2 % (all points)", *[pct(d["mr"]) for d, _ in columns])
+    table.add_row("missed people", *[str(p["n_missed"]) for _, p in columns])
+    for key in ("nms_other_person", "nms_false_positive", "low_score", "never_proposed", "other"):
+        table.add_row(f"  {key}", *[_share(p["misses"][key], p["n_missed"]) for _, p in columns])
+    table.add_row("false positives", *[str(p["n_fp"]) for _, p in columns])
+    for key in ("duplicate", "localisation", "background"):
+        table.add_row(f"  {key}", *[_share(p["false_positives"][key], p["n_fp"]) for _, p in columns])
+    for fix in ("nms_all", "duplicate", "low_score", "never_proposed"):
+        table.add_row(f"MR^-2 % if {fix} fixed", *[pct(p["oracle"][fix]["mr"]) for _, p in columns])
+    Console().print(table)
 
 
 def _share(count: int, total: int) -> str:

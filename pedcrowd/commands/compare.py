@@ -22,11 +22,20 @@ def compare_command(
         ),
     ],
     gt: Annotated[
-        Path, typer.Option("--gt", help="Ground-truth file (as for pedcrowd eval).", show_default=False)
-    ],
+        Path | None,
+        typer.Option("--gt", help="Ground-truth file (as for pedcrowd eval); not with --analysis.",
+                     show_default=False),
+    ] = None,
     protocol: Annotated[
-        str, typer.Option(help="citypersons (official eval_MR_multisetup.py) or caltech (dbEval.m).")
+        str,
+        typer.Option(help="citypersons (official eval_MR_multisetup.py), caltech (dbEval.m) or crowdhuman "
+                     "(CrowdDet: MR^-2, AP and JI)."),
     ] = "citypersons",
+    analysis: Annotated[
+        bool,
+        typer.Option("--analysis", help="The runs are `pedcrowd analyze --out` files: show their error "
+                     "analyses side by side (NMS-caused misses, duplicates, oracle MR^-2)."),
+    ] = False,
     setups: Annotated[
         list[str] | None,
         typer.Option(
@@ -78,6 +87,13 @@ def compare_command(
 
     if as_json:
         fmt = "json"
+    if analysis:
+        from pedcrowd.commands.analyze import side_by_side
+
+        side_by_side(runs, as_json=fmt == "json")
+        return
+    if gt is None:
+        raise PedcrowdError("compare: --gt is required (except with --analysis)")
     if fmt not in FORMATS:
         raise PedcrowdError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     if bootstrap < 0:
@@ -123,6 +139,9 @@ def _rich_table(result):
     for s in result.setups:
         table.add_column(s, justify="right")
     table.add_column("AP %", justify="right")
+    with_ji = result.protocol == "crowdhuman"
+    if with_ji:
+        table.add_column("JI %", justify="right")
     for i, r in enumerate(result.runs):
         cells = []
         for s in result.setups:
@@ -139,7 +158,8 @@ def _rich_table(result):
         ap = "-" if r.ap is None else f"{100 * r.ap:.2f}"
         if i > 0 and r.ap is not None and result.runs[0].ap is not None:
             ap += f"\nΔ {100 * (r.ap - result.runs[0].ap):+.2f}"
-        table.add_row(r.name, *cells, ap)
+        ji = ["-" if r.ji is None else f"{100 * r.ji:.2f}"] if with_ji else []
+        table.add_row(r.name, *cells, ap, *ji)
     return table
 
 

@@ -493,21 +493,27 @@ def load_crowdhuman(
     (default ``Images/`` beside the ``.odgt``).
     """
     from pedcrowd.fileio import existing_path
-    from pedcrowd.formats.crowdhuman import read_crowddet_detections, read_odgt
+    from pedcrowd.formats.crowdhuman import read_odgt
 
     gt_path = existing_path(gt_path)
     records = read_odgt(gt_path)
+    dets, det_sizes = load_detections(dets_path, records)
+    return records, dets, load_sizes(records, gt_path, det_sizes, images, image_root)
+
+
+def load_detections(dets_path: str | Path, records: list[ImageRecord]) -> tuple[Detections, dict[int, tuple[int, int]]]:
+    """A results JSON list or a CrowdDet dump (sniffed from the first character) -> (dets, sizes it gives)."""
+    from pedcrowd.fileio import existing_path
+    from pedcrowd.formats.crowdhuman import read_crowddet_detections
+
     dets_path = existing_path(dets_path)
     with open(dets_path, "rb") as f:
         head = f.read(4096).lstrip()
-    det_sizes: dict[int, tuple[int, int]] = {}
     if head[:1] == b"{":
-        dets, det_sizes = read_crowddet_detections(dets_path, records)
-    else:
-        from pedcrowd.formats.detections import read_detections_json
+        return read_crowddet_detections(dets_path, records)
+    from pedcrowd.formats.detections import read_detections_json
 
-        dets = read_detections_json(dets_path, records)
-    return records, dets, load_sizes(records, gt_path, det_sizes, images, image_root)
+    return read_detections_json(dets_path, records), {}
 
 
 def load_sizes(

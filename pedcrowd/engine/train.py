@@ -53,6 +53,7 @@ from pedcrowd.engine.checkpoint import (
     unwrap,
 )
 from pedcrowd.engine.config import Config, config_to_dict, save_config
+from pedcrowd.engine.curves import write_run_curves
 from pedcrowd.engine.metrics import MetricsLog, to_jsonable
 from pedcrowd.engine.schedule import build_optimizer, build_scheduler
 from pedcrowd.errors import PedcrowdError
@@ -403,6 +404,7 @@ def fit(
                     if is_best:
                         shutil.copyfile(run_dir / "last.pt", run_dir / ".best.pt.tmp")
                         (run_dir / ".best.pt.tmp").replace(run_dir / "best.pt")
+                    write_run_curves(run_dir)  # curves.png follows the run, epoch by epoch
                 ddp.barrier(info)
 
         summary = {

@@ -66,6 +66,8 @@ class TrainConfig:
     seed: int = 0  # model init, data order, RPN/RoI sampling (augmentations: data.seed)
     eval_every: int = 2  # evaluate on the val split every N epochs (and after the last)
     log_every: int = 20  # iterations between metrics.jsonl lines
+    checkpoint_every: int = 0  # also write last.pt every N iterations (0: at epoch ends only)
+    max_nonfinite_steps: int = 5  # stop after this many steps in a row with a non-finite loss
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out_dir: str = "runs/demo"
 

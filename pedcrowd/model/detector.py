@@ -24,6 +24,7 @@ from pedcrowd.model.config import ModelConfig
 from pedcrowd.model.roi_heads import PedRoIHeads
 from pedcrowd.model.rpn import PedRegionProposalNetwork
 from pedcrowd.model.transform import PedTransform
+from pedcrowd.safeload import load_tensor_file
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,9 @@ def build_model(cfg: ModelConfig) -> FasterRCNN:
         box_head=box_head,
         box_predictor=box_predictor,
     )
-    model.transform = PedTransform(cfg.min_size, cfg.max_size, IMAGE_MEAN, IMAGE_STD)
+    model.transform = PedTransform(
+        cfg.min_size, cfg.max_size, IMAGE_MEAN, IMAGE_STD, train_scale=cfg.train_scale
+    )
     model.rpn = PedRegionProposalNetwork(
         anchor_generator,
         rpn_head,
@@ -97,6 +100,7 @@ def build_model(cfg: ModelConfig) -> FasterRCNN:
             "testing": cfg.rpn_post_nms_top_n_test,
         },
         nms_thresh=cfg.rpn_nms_thresh,
+        drop_ignored_positives=cfg.ignore_positives == "drop",
     )
     model.roi_heads = PedRoIHeads(
         box_roi_pool,
@@ -110,11 +114,23 @@ def build_model(cfg: ModelConfig) -> FasterRCNN:
         score_thresh=cfg.box_score_thresh,
         nms_thresh=cfg.box_nms_thresh,
         detections_per_img=cfg.box_detections_per_img,
+        drop_ignored_positives=cfg.ignore_positives == "drop",
     )
+    install_criteria(model, cfg)
     if weights not in ("none", "imagenet"):
         report = load_weights(model, weights)
         log.info("loaded %s: %d tensors", weights, len(report.loaded))
     return model
+
+
+def install_criteria(model: FasterRCNN, cfg: ModelConfig, loss: object | None = None) -> None:
+    """Give the RPN and the RoI head the training criteria of the ``loss:`` section
+    ``loss`` (None: torchvision's own losses, no crowd loss)."""
+    from pedcrowd.losses.criterion import build_criteria
+
+    model.rpn.criterion, model.roi_heads.criterion = build_criteria(
+        loss, {"box_nms_thresh": cfg.box_nms_thresh}
+    )
 
 
 @dataclass
@@ -135,20 +151,18 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> WeightsReport:
     seed a pedcrowd one; every backbone tensor must be present.
 
     Raises:
-        PedcrowdError: the file is missing or unreadable, is not a state dict,
-            loads nothing, or lacks backbone tensors.
+        PedcrowdError: the file is missing or unreadable, holds objects other
+            than tensors and plain containers (refused, not run), is not a state
+            dict, loads nothing, or lacks backbone tensors.
     """
     path = Path(path)
     if not path.is_file():
         raise PedcrowdError(
             f"model.weights: {path} is not a file (expected none, imagenet or a checkpoint path)"
         )
-    try:
-        # Checkpoints are files the user names; pedcrowd's carry optimizer and RNG state
-        # (not only tensors), which weights_only=True refuses.
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise PedcrowdError(f"model.weights: cannot read {path}: {exc}") from exc
+    # weights_only=True: a file holding anything but tensors, containers and numbers
+    # is refused, never executed (pedcrowd's own checkpoints hold only those).
+    obj = load_tensor_file(path, "model.weights")
     state = obj["model"] if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PedcrowdError(

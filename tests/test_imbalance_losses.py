@@ -326,9 +326,9 @@ def test_ohem_row_loss_by_hand():
 
 
 def brute_force_ohem(loss, boxes, labels, num, thr):
-    from pedcrowd.losses.nms_loss import box_iou_matrix
+    from pedcrowd.box_ops import box_iou
 
-    iou = box_iou_matrix(boxes, boxes).tolist()
+    iou = box_iou(boxes, boxes).tolist()
     order = sorted((i for i in range(len(loss)) if labels[i] >= 0), key=lambda i: -loss[i])
     kept = []
     for i in order:

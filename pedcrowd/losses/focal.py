@@ -21,11 +21,18 @@ number of sampled rows or of positives) is the caller's.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.losses.standard import sampled_rows, zero_loss
+
+if TYPE_CHECKING:
+    from pedcrowd.losses.config import FocalConfig
+    from pedcrowd.model.samples import StageSamples
 
 
 def focal_loss(
@@ -53,3 +60,86 @@ def prior_bias(pi: float) -> float:
     if not 0.0 < pi < 1.0:
         raise PedcrowdError(f"loss.focal.prior: must lie in (0, 1), got {pi}")
     return -math.log((1.0 - pi) / pi)
+
+
+# ----------------------------------------------------------------------------- the registered term
+
+
+def term_rows(s: StageSamples, rows: str) -> Tensor:
+    """[S] the rows a classification term reads: the sampler's (``sampled``), or every
+    row that may be trained on (``all``: label >= 0, RetinaNet's dense form); ``auto`` is
+    ``sampled`` at the RoI head and ``all`` at the RPN."""
+    if rows == "auto":
+        rows = "all" if s.stage == "rpn" else "sampled"
+    if rows == "all":
+        return torch.where(s.labels >= 0)[0]
+    return sampled_rows(s)
+
+
+def normaliser(s: StageSamples, rows: Tensor, normalize: str) -> float:
+    """What a classification term divides its sum by: the number of ``rows`` (``sampled``,
+    the mean torchvision's cross-entropy takes and mmdetection's two-stage heads use) or of
+    positives among them (``positives``, RetinaNet / GFL); ``auto``: RoI head ``sampled``,
+    RPN ``positives``. Never below 1 (an all-background batch)."""
+    if normalize == "auto":
+        normalize = "positives" if s.stage == "rpn" else "sampled"
+    count = int(s.positive[rows].sum().item()) if normalize == "positives" else rows.numel()
+    return float(max(count, 1))
+
+
+def focal_term(s: StageSamples, options: FocalConfig, state: dict) -> Tensor:
+    """Classification term ``focal``: focal loss of ``s.ped_logit()`` over the term's rows."""
+    rows = term_rows(s, options.rows)
+    if rows.numel() == 0:
+        return zero_loss(s)
+    loss = focal_loss(
+        s.ped_logit()[rows], s.positive[rows], gamma=options.gamma, alpha=options.alpha
+    )  # [S]
+    if s.weights is not None:
+        loss = loss * s.weights[rows]
+    return loss.sum() / normaliser(s, rows, options.normalize)
+
+
+def init_prior_bias(model: torch.nn.Module, stage: str, pi: float) -> None:
+    """Sets a stage's classifier bias so that every sample starts at probability ``pi``.
+
+    RoI head (2-class softmax): ``b_bg = 0``, ``b_ped = prior_bias(pi)``, so
+    ``softmax = sigmoid(b_ped - b_bg) = pi``; RPN: the objectness conv's bias.
+
+    Args:
+        model: a pedcrowd detector (``rpn.head.cls_logits``, ``roi_heads.box_predictor.cls_score``).
+        stage: ``"rpn"`` or ``"roi"``.
+    """
+    bias = prior_bias(pi)
+    with torch.no_grad():
+        if stage == "rpn":
+            model.rpn.head.cls_logits.bias.fill_(bias)
+        else:
+            b = model.roi_heads.box_predictor.cls_score.bias  # [K] (background, pedestrian)
+            b.zero_()
+            b[1] = bias
+
+
+def init_classifier_priors(model: torch.nn.Module, weights: str, loss: Any) -> list[str]:
+    """Applies the ``prior`` option of each stage's classification term (focal, QFL).
+
+    Only for a model built from scratch or from ImageNet weights (``model.weights``
+    none / imagenet): a weights file brings trained classifiers of its own.
+
+    Args:
+        model: the detector, before training starts.
+        weights: ``model.weights`` of the config.
+        loss: the ``loss:`` section.
+
+    Returns:
+        the stages whose bias was set.
+    """
+    if weights not in ("none", "imagenet"):
+        return []
+    done = []
+    for stage, key in (("roi", "cls"), ("rpn", "rpn_cls")):
+        prior = getattr(getattr(loss, getattr(loss, key), None), "prior", None)
+        if prior is not None:
+            init_prior_bias(model, stage, prior)
+            done.append(stage)
+    return done

@@ -31,10 +31,18 @@ coordinates, as the official per-coordinate weights do). Per-sample losses [N].
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from pedcrowd.losses.focal import term_rows
+from pedcrowd.losses.standard import sampled_rows, zero_loss
+
+if TYPE_CHECKING:
+    from pedcrowd.losses.config import GhmConfig
+    from pedcrowd.model.samples import StageSamples
 
 
 @dataclass
@@ -163,3 +171,46 @@ def ghmr_loss(
     )
     loss = asl1(diff, mu) * w.reshape(diff.shape)
     return loss.sum(dim=1), tot
+
+
+# ----------------------------------------------------------------------------- the registered terms
+
+
+def ghmc_term(s: StageSamples, options: GhmConfig, state: dict) -> Tensor:
+    """Classification term ``ghm``: GHM-C of ``s.ped_logit()`` over the sampled rows
+    (RPN: every anchor with label >= 0), ``sum / tot``. ``state`` keeps the moving average."""
+    rows = term_rows(s, "auto")
+    if rows.numel() == 0:
+        return zero_loss(s)
+    ghm = state.setdefault("ghmc", GHMState(bins=options.bins))
+    per, tot = ghmc_loss(
+        s.ped_logit()[rows],
+        s.positive[rows],
+        torch.ones(rows.numel(), dtype=torch.bool, device=rows.device),
+        bins=options.bins,
+        momentum=options.momentum,
+        state=ghm,
+    )
+    if s.weights is not None:
+        per = per * s.weights[rows]
+    return per.sum() / tot
+
+
+def ghmr_term(s: StageSamples, options: GhmConfig, state: dict) -> Tensor:
+    """Box term ``ghm``: GHM-R of the sampled positives' deltas, ``sum / tot``
+    (tot = 4 x positives, official), 0 when the batch has no positive."""
+    rows = sampled_rows(s)
+    if rows.numel() == 0:
+        return zero_loss(s)
+    pos = rows[s.positive[rows]]  # [P]
+    ghm = state.setdefault("ghmr", GHMState(bins=options.box_bins))
+    per, tot = ghmr_loss(
+        s.deltas[pos],
+        s.target_deltas[pos],
+        torch.ones(pos.numel(), dtype=torch.bool, device=pos.device),
+        mu=options.mu,
+        bins=options.box_bins,
+        momentum=options.box_momentum,
+        state=ghm,
+    )
+    return per.sum() / tot + zero_loss(s)

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import nms
 
+from pedcrowd.losses.standard import RandomSampler, SamplerContext
+
 SMOOTH_L1_BETA = 1.0 / 9.0  # torchvision's fastrcnn_loss
 
 
@@ -75,3 +77,46 @@ def ohem_select(
         keep = torch.sort(scores, descending=True, stable=True).indices
     mask[eligible[keep[:num]]] = True
     return mask
+
+
+# ----------------------------------------------------------------------------- the registered sampler
+
+
+class OhemSampler(RandomSampler):
+    """Sampler ``ohem``: per image, the ``num`` hardest RoIs of the pool after NMS.
+
+    The pool is every proposal that may be trained on (``pool`` 0, the paper) or a
+    uniform random ``pool`` of them; ``num`` null takes the model's
+    ``box_batch_size_per_image``, so that the box head trains on as many rows as
+    with the random sampler.
+    """
+
+    def select(self, ctx: SamplerContext) -> list[Tensor]:
+        opts = self.options
+        num = opts.num if opts.num is not None else ctx.fg_bg_sampler.batch_size_per_image
+        pools = []
+        for labels in ctx.labels:
+            eligible = torch.where(labels >= 0)[0]
+            if 0 < opts.pool < eligible.numel():
+                perm = torch.randperm(eligible.numel(), device=eligible.device)[: opts.pool]
+                eligible = eligible[perm.sort().values]
+            pools.append(eligible)
+        scored = ctx.score(pools)  # the box head on the pools, without gradient
+        loss = ohem_row_loss(
+            scored.class_logits,
+            scored.deltas,
+            scored.labels,
+            scored.target_deltas,
+            with_box=opts.with_box,
+        )  # [sum of pool sizes]
+        chosen = []
+        for pool, image_loss, boxes, labels in zip(
+            pools,
+            loss.split([p.numel() for p in pools]),
+            scored.boxes.split([p.numel() for p in pools]),
+            scored.labels.split([p.numel() for p in pools]),
+            strict=True,
+        ):
+            mask = ohem_select(image_loss, boxes, labels, num=num, nms_thresh=opts.nms_thresh)
+            chosen.append(pool[mask])
+        return chosen

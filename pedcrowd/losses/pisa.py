@@ -35,9 +35,18 @@ Shapes: P positives, Q negatives, num selected negatives; boxes xyxy.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou, nms
+from torchvision.ops import nms
+
+from pedcrowd.box_ops import box_iou, paired_iou
+from pedcrowd.losses.standard import BOX_BETA, RandomSampler, SamplerContext, zero_loss
+
+if TYPE_CHECKING:
+    from pedcrowd.losses.config import PisaConfig
+    from pedcrowd.model.samples import StageSamples
 
 
 def hlr_rank(values: Tensor, groups: Tensor) -> Tensor:
@@ -192,3 +201,86 @@ def carl_loss(
     w = (bias + (1.0 - bias) * scores).pow(k)
     w = w * (scores.shape[0] / w.sum())
     return (w * box_loss).sum() / max(avg_factor, 1.0)
+
+
+# ----------------------------------------------------------------------------- the registered sampler
+
+
+class PisaSampler(RandomSampler):
+    """Sampler ``pisa``: torchvision's random positives; negatives by ISR-N (Score-HLR,
+    the box head run without gradient on every negative) or random; after the box
+    head, ISR-P and ISR-N weights on the classification rows (``s.weights``) and the
+    CARL term.
+    """
+
+    def __init__(self, options: PisaConfig) -> None:
+        super().__init__(options)
+        self._neg_weights: list[Tensor] = []
+
+    def select(self, ctx: SamplerContext) -> list[Tensor]:
+        opts = self.options
+        sampled_pos, sampled_neg = ctx.fg_bg_sampler(ctx.labels)
+        pos = [torch.where(p)[0] for p in sampled_pos]
+        if not opts.isr_n:
+            self._neg_weights = []
+            return [torch.where(p | n)[0] for p, n in zip(sampled_pos, sampled_neg, strict=True)]
+        negs = [torch.where(labels == 0)[0] for labels in ctx.labels]
+        scored = ctx.score(negs)
+        scores = scored.scores()
+        boxes = scored.pred_boxes
+        neg_loss = -torch.log1p(-scores.clamp(max=1.0 - 1e-7))  # cross-entropy with label 0
+        chosen, self._neg_weights = [], []
+        sizes = [n.numel() for n in negs]
+        per_image = zip(
+            pos,
+            negs,
+            scores.split(sizes),
+            boxes.split(sizes),
+            neg_loss.split(sizes),
+            strict=True,
+        )
+        batch = ctx.fg_bg_sampler.batch_size_per_image
+        for p, n, sc, bx, nl in per_image:
+            pick, w = isr_n_select(
+                sc,
+                bx,
+                nl,
+                num=batch - p.numel(),
+                k=opts.neg_k,
+                bias=opts.neg_bias,
+                score_thr=opts.score_thr,
+                iou_thr=opts.iou_thr,
+            )
+            rows = torch.cat([p, n[pick]])
+            weights = torch.cat([torch.ones(p.numel(), dtype=w.dtype, device=w.device), w])
+            order = torch.argsort(rows)
+            chosen.append(rows[order])
+            self._neg_weights.append(weights[order])
+        return chosen
+
+    def reweight(self, s: StageSamples) -> dict[str, Tensor]:
+        opts = self.options
+        weights = torch.ones(s.labels.shape[0], dtype=s.class_logits.dtype, device=s.labels.device)
+        if self._neg_weights:  # the sampled rows come first in each image, in select's order
+            weights[s.sampled] = torch.cat(self._neg_weights).to(weights.dtype)
+            self._neg_weights = []
+        pos = torch.where(s.sampled & s.positive)[0]  # [P]
+        if opts.isr_p and pos.numel() > 0:
+            with torch.no_grad():
+                gt = s.gt_boxes[s.matched_gt[pos]].to(s.deltas.dtype)
+                ious = paired_iou(s.pred_boxes[pos].detach(), gt)
+                pos_loss = -torch.nn.functional.logsigmoid(s.ped_logit()[pos].detach())
+                weights[pos] = isr_p_weights(
+                    ious, s.matched_gt[pos], pos_loss, k=opts.k, bias=opts.bias
+                ).to(weights.dtype)
+        s.weights = weights  # classification only; the box loss stays unweighted (official)
+        if opts.carl_weight == 0.0:
+            return {}
+        sampled = int(s.sampled.sum().item())
+        box = torch.nn.functional.smooth_l1_loss(
+            s.deltas[pos], s.target_deltas[pos], beta=BOX_BETA, reduction="none"
+        ).sum(dim=1)
+        carl = carl_loss(
+            s.scores()[pos], box, k=opts.carl_k, bias=opts.carl_bias, avg_factor=float(sampled)
+        )
+        return {"carl": opts.carl_weight * carl + zero_loss(s)}

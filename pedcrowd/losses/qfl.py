@@ -18,11 +18,19 @@ Shapes: N samples; ``logits``, ``quality`` [N]; boxes [N, 4] xyxy.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pedcrowd.losses.nms_loss import paired_iou
+from pedcrowd.box_ops import paired_iou
+from pedcrowd.losses.focal import normaliser
+from pedcrowd.losses.standard import sampled_rows, zero_loss
+
+if TYPE_CHECKING:
+    from pedcrowd.losses.config import QflConfig
+    from pedcrowd.model.samples import StageSamples
 
 
 def quality_focal_loss(logits: Tensor, quality: Tensor, *, beta: float = 2.0) -> Tensor:
@@ -48,3 +56,27 @@ def quality_targets(pred_boxes: Tensor, matched_gt_boxes: Tensor, positive: Tens
     """
     iou = paired_iou(pred_boxes.detach(), matched_gt_boxes.to(pred_boxes.dtype))
     return torch.where(positive, iou.clamp(0.0, 1.0), torch.zeros_like(iou))
+
+
+# ----------------------------------------------------------------------------- the registered term
+
+
+def matched_gt_boxes(s: StageSamples, rows: Tensor) -> Tensor:
+    """[S, 4] the matched GT box of each of ``rows`` (a zero box where there is none)."""
+    if s.gt_boxes.shape[0] == 0:
+        return s.boxes.new_zeros((rows.numel(), 4)).to(s.deltas.dtype)
+    return s.gt_boxes[s.matched_gt[rows].clamp(min=0)].to(s.deltas.dtype)
+
+
+def qfl_term(s: StageSamples, options: QflConfig, state: dict) -> Tensor:
+    """Classification term ``qfl``: QFL of ``s.ped_logit()`` against the IoU of each
+    sampled positive's decoded box with its GT (0 for negatives), over the sampled rows."""
+    rows = sampled_rows(s)
+    if rows.numel() == 0:
+        return zero_loss(s)
+    positive = s.positive[rows]
+    quality = quality_targets(s.pred_boxes[rows], matched_gt_boxes(s, rows), positive)
+    loss = quality_focal_loss(s.ped_logit()[rows], quality, beta=options.beta)  # [S]
+    if s.weights is not None:
+        loss = loss * s.weights[rows]
+    return loss.sum() / normaliser(s, rows, options.normalize)

@@ -91,7 +91,9 @@ OPTIONS: dict[str, tuple[dict[str, object], float]] = {
     "qfl": ({"cls": "qfl"}, 1.05),
     "rpn-focal": ({"rpn_cls": "focal"}, 1.05),
     "pisa": ({"sampler": "pisa"}, 1.05),
+    "pisa-no-isr-n": ({"sampler": "pisa", "pisa.isr_n": False}, 1.05),  # random negatives
     "ohem": ({"sampler": "ohem"}, 1.3),
+    "ohem-all": ({"sampler": "ohem", "ohem.pool": 0}, 1.3),  # every proposal scored (paper)
 }
 
 

@@ -160,7 +160,7 @@ def test_focal_term_is_the_mean_over_the_sampled_rows():
 
 
 def test_ohem_trains_on_the_hardest_deduplicated_rois():
-    model = model_with({"sampler": "ohem"})
+    model = model_with({"sampler": "ohem", "ohem.pool": 0})  # every proposal scored
     sampler = model.roi_heads.criterion.sampler
     seen = {}
     original = sampler.select
@@ -186,6 +186,30 @@ def test_ohem_trains_on_the_hardest_deduplicated_rois():
         assert (ctx.labels[i][chosen[i]] >= 0).all()  # ignored rows never chosen
         assert len(chosen[i]) <= 64
 
+    # a random pool of 20 per image: 5 chosen from it, the hardest of the pool's losses
+    model = model_with({"sampler": "ohem", "ohem.pool": 20, "ohem.num": 5})
+    sampler = model.roi_heads.criterion.sampler
+    scored_pools = []
+    original_select = sampler.select
+
+    def spy_pool(ctx):
+        inner = ctx.score
+
+        def score(rows):
+            scored_pools.append([r.clone() for r in rows])
+            return inner(rows)
+
+        ctx.score = score
+        seen["chosen"] = original_select(ctx)
+        return seen["chosen"]
+
+    sampler.select = spy_pool
+    model(images, targets)
+    (pools,) = scored_pools
+    for pool, chosen_i in zip(pools, seen["chosen"], strict=True):
+        assert len(pool) == 20 and len(chosen_i) <= 5 and len(chosen_i) > 0
+        assert set(chosen_i.tolist()) <= set(pool.tolist())
+
 
 def test_pisa_weights_keep_the_positive_loss_and_leave_the_box_loss_alone():
     model = model_with({"sampler": "pisa"})
@@ -206,6 +230,11 @@ def test_pisa_weights_keep_the_positive_loss_and_leave_the_box_loss_alone():
     ce = F.cross_entropy(s.class_logits[pos].detach(), s.labels[pos], reduction="none")
     assert (ce * s.weights[pos]).sum().item() == pytest.approx(ce.sum().item(), rel=1e-5)
     assert not torch.all(s.weights[pos] == 1.0)
+    # ISR-N: the sampled negatives' weights keep their loss sum too (scored by the same head)
+    neg = torch.where(s.sampled & (s.labels == 0))[0]
+    ce = F.cross_entropy(s.class_logits[neg].detach(), s.labels[neg], reduction="none")
+    assert (ce * s.weights[neg]).sum().item() == pytest.approx(ce.sum().item(), rel=1e-4)
+    assert not torch.all(s.weights[neg] == 1.0)
 
 
 @pytest.fixture(scope="module")

@@ -110,6 +110,7 @@ def build_model(cfg: ModelConfig) -> FasterRCNN:
         score_thresh=cfg.box_score_thresh,
         nms_thresh=cfg.box_nms_thresh,
         detections_per_img=cfg.box_detections_per_img,
+        box_std_head=cfg.box_std_head,
     )
     if weights not in ("none", "imagenet"):
         report = load_weights(model, weights)

@@ -12,8 +12,12 @@ absolute pixels.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
+
+from pedcrowd.errors import PedcrowdError
 
 GT_COLOR = (60, 220, 60)  # BGR green: no colormap value is this green
 IGNORE_COLOR = (160, 160, 160)  # BGR grey
@@ -99,3 +103,54 @@ def draw_detections(
                 cv2.LINE_AA,
             )
     return out
+
+
+class VisWriter:
+    """Writes annotated images under ``root`` (keeping their relative names), and one
+    ``STEM_vis.mp4`` per input video, whose frames must arrive consecutively."""
+
+    def __init__(self, root: Path, score_thr: float):
+        self.root, self.score_thr = Path(root), score_thr
+        self.video_name: str | None = None
+        self.writer: cv2.VideoWriter | None = None
+
+    def write(
+        self,
+        image: np.ndarray,
+        name: str,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        *,
+        gt_boxes: np.ndarray | None = None,
+        gt_ignore: np.ndarray | None = None,
+        video: str | None = None,
+        fps: float = 25.0,
+    ) -> None:
+        """Draw one image or frame (arguments as :func:`draw_detections`) and write it.
+
+        Args:
+            name: the image's output name (a relative path); ignored for video frames.
+            video: the name of the video the frame belongs to, None for an image.
+        """
+        drawn = draw_detections(
+            image, boxes, scores, score_thr=self.score_thr, gt_boxes=gt_boxes, gt_ignore=gt_ignore
+        )
+        if video is None:
+            path = self.root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(path), drawn):
+                raise PedcrowdError(f"{path}: cannot write image")
+            return
+        if video != self.video_name:
+            self.close()
+            path = self.root / (Path(video).stem + "_vis.mp4")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            h, w = drawn.shape[:2]
+            self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            self.video_name = video
+        self.writer.write(drawn)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+        self.writer, self.video_name = None, None

@@ -95,7 +95,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from pedcrowd.infer import infer, load_model, resolve_device, to_tensor
+    from pedcrowd.data.datasets import bgr_to_tensor
+    from pedcrowd.infer import infer, load_model, resolve_device
 
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,7 +105,7 @@ def main() -> None:
         weights = args.weights or make_run(tmp, args.height // 2, args.width // 2)
         model = load_model(weights, device)
         files = sorted(folder.rglob("*.png"))
-        tensors = [to_tensor(cv2.imread(str(p))) for p in files]
+        tensors = [bgr_to_tensor(cv2.imread(str(p))) for p in files]
         print(f"device {device}, {len(files)} images {args.height}x{args.width}, "
               f"batch {args.batch_size}, torch threads {torch.get_num_threads()}")
 

@@ -10,14 +10,17 @@ import pytest
 from typer.testing import CliRunner
 
 from pedcrowd.cli import app
-from pedcrowd.compare import (
-    CALTECH_REFS,
-    CITYPERSONS_REFS,
-    MatchedDets,
-    bootstrap_mr,
-    percentile_ci,
-    resample_counts,
-)
+from pedcrowd.eval.bootstrap import bootstrap_mr, percentile_ci, resample_counts
+from pedcrowd.eval.mr import FPPI_REFS_CALTECH as CALTECH_REFS
+from pedcrowd.eval.mr import FPPI_REFS_CITYPERSONS as CITYPERSONS_REFS
+from pedcrowd.eval.mr import SetupMatches
+
+
+def matches(image, tp, n_gt, refs) -> SetupMatches:
+    """The matching outcome with these arrays; the references name the protocol."""
+    protocol = "citypersons" if refs is CITYPERSONS_REFS else "caltech"
+    image, tp = np.asarray(image, dtype=np.int64), np.asarray(tp, dtype=bool)
+    return SetupMatches("test", protocol, -np.arange(len(image), dtype=float), tp, image, np.asarray(n_gt))
 
 runner = CliRunner()
 
@@ -72,20 +75,16 @@ def official_mr(images: list[dict], refs: np.ndarray, sentinel_final: bool) -> f
         return float(np.exp(np.mean(np.log(1 - np.array(got)))))
 
 
-def to_matched(images: list[dict], refs: np.ndarray, sentinel_final: bool) -> MatchedDets:
+def to_matched(images: list[dict], refs: np.ndarray, sentinel_final: bool) -> SetupMatches:
     img = np.concatenate([np.full(len(im["scores"]), i) for i, im in enumerate(images)])
     scores = np.concatenate([im["scores"] for im in images])
     labels = np.concatenate([im["labels"] for im in images])
     order = np.argsort(-scores, kind="mergesort")
     img, labels = img[order], labels[order]
     keep = labels != "ign"
-    return MatchedDets(
-        image=img[keep].astype(np.int64),
-        tp=labels[keep] == "tp",
-        n_gt=np.array([im["n_gt"] for im in images]),
-        refs=refs,
-        sentinel_final=sentinel_final,
-    )
+    m = matches(img[keep], labels[keep] == "tp", [im["n_gt"] for im in images], refs)
+    assert m.sentinel_final == sentinel_final and m.refs is refs
+    return m
 
 
 @pytest.mark.parametrize(
@@ -125,16 +124,12 @@ def test_bootstrap_kernel_sentinel_example():
 
 
 def test_bootstrap_kernel_edge_cases():
-    empty = MatchedDets(
-        np.zeros(0, np.int64), np.zeros(0, bool), np.array([1, 0]), CITYPERSONS_REFS
-    )
+    empty = matches(np.zeros(0, np.int64), np.zeros(0, bool), np.array([1, 0]), CITYPERSONS_REFS)
     # No detections: MR 1; a resample without GT: NaN (excluded from intervals).
     got = bootstrap_mr(empty, np.array([[2, 0], [1, 1], [0, 2]], np.int32))
     assert got[0] == 1.0 and got[1] == 1.0 and np.isnan(got[2])
     # All GT found before any FP: miss 0 at every ref, MR exactly 0 (no clamp).
-    perfect = MatchedDets(
-        np.array([0, 1]), np.array([True, False]), np.array([1, 0]), CITYPERSONS_REFS
-    )
+    perfect = matches(np.array([0, 1]), np.array([True, False]), np.array([1, 0]), CITYPERSONS_REFS)
     assert bootstrap_mr(perfect, np.ones((1, 2), np.int32))[0] == 0.0
 
 
@@ -176,7 +171,6 @@ def cp(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
 
 
 def test_bootstrap_of_all_ones_is_the_official_mr(cp):
-    from pedcrowd.compare import from_setup_matches
     from pedcrowd.eval import load_ground_truth, match_setup
     from pedcrowd.formats.detections import read_detections
 
@@ -184,7 +178,7 @@ def test_bootstrap_of_all_ones_is_the_official_mr(cp):
     gt = load_ground_truth(cp["gt"])
     dets = read_detections(cp["dets"], gt.records)
     for name, want in expected.items():
-        m = from_setup_matches(match_setup(gt, dets, name))
+        m = match_setup(gt, dets, name)
         got = bootstrap_mr(m, np.ones((1, len(gt.records)), np.int32))[0]
         assert got == pytest.approx(want, abs=1e-12), name
 
@@ -322,7 +316,8 @@ def test_compare_formats_run_dir_and_plot(cp):
 
 
 def test_compare_ap_column(cp):
-    from pedcrowd.compare import compare, to_markdown
+    from pedcrowd.compare import compare
+    from pedcrowd.compare_render import to_markdown
     from pedcrowd.eval import coco_ap, load_ground_truth
     from pedcrowd.formats.detections import read_detections
 

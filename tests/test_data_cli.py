@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from pedcrowd.boxes import box_iou
 from pedcrowd.cli import app
-from pedcrowd.data.stats import dataset_stats, pairwise_iou
+from pedcrowd.data.stats import dataset_stats
 from pedcrowd.formats.citypersons import read_citypersons_mat
 from pedcrowd.formats.citypersons_write import write_citypersons_mat
 from pedcrowd.formats.records import GROUP, IGNORE_REGION, PEDESTRIAN, ImageRecord
@@ -212,5 +213,20 @@ def test_sample_drawing_colours():
 
 def test_pairwise_iou_values():
     boxes = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], float)
-    iou = pairwise_iou(boxes)
+    iou = box_iou(boxes, boxes)
     np.testing.assert_allclose(iou, [[1, 1 / 3, 0], [1 / 3, 1, 0], [0, 0, 1]])
+
+
+def test_box_iou_agrees_with_torchvision():
+    import torch
+    from torchvision.ops import box_iou as tv_box_iou
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 50, (2, 30, 2))
+    wh = rng.uniform(0, 20, (2, 30, 2))
+    wh[0, :3] = 0  # degenerate boxes: union may be 0 against each other
+    a, b = np.concatenate([xy, xy + wh], axis=2)
+    want = tv_box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    got = box_iou(a, b)
+    np.testing.assert_allclose(got, np.nan_to_num(want), rtol=1e-12, atol=0)
+    assert got.shape == (30, 30)

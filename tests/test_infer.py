@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 
 import pedcrowd.infer as infer_mod
 from pedcrowd.cli import app
-from pedcrowd.infer import collect_sources, infer
+from pedcrowd.infer import infer
+from pedcrowd.media.sources import Source, collect_sources
 
 runner = CliRunner()
 H, W = 72, 96
@@ -391,10 +392,10 @@ def test_gt_ids_empty_gt_images_and_made_up_ids_after_the_largest(
     res = infer([folder], model=model, gt=gt, device="cpu", batch_size=3)
     ids = {name: {d["image_id"] for d in g} for name, g in by_name(res.detections).items()}
     assert ids == {"a/img0.png": {7}, "a/img1.png": {1}, "b/img2.png": {10}, "b/img3.jpg": {11}}
-    lookup = infer_mod._gt_lookup(gt, "citypersons")
-    rec = infer_mod._find_gt(lookup, "a/img0.png")
+    lookup = infer_mod.gt_image_ids(gt, "citypersons")
+    rec = lookup.record("a/img0.png")
     assert rec is not None and rec.id == 7 and len(rec) == 0
-    assert infer_mod._find_gt(lookup, "img0.png") is None  # ambiguous: no GT, no error
+    assert lookup.record("img0.png") is None  # ambiguous: no GT, no error
     # Without --gt the images are numbered 1..N as before.
     res = infer([folder], model=model, device="cpu")
     assert sorted({d["image_id"] for d in res.detections}) == [1, 2, 3, 4]
@@ -439,7 +440,9 @@ def test_decoding_is_the_training_datasets_own(folder: Path):
     from pedcrowd.data.datasets import read_image
 
     path = folder / "b" / "img3.jpg"
-    item = infer_mod._decode_image(infer_mod.Source(path, "img3.jpg", False), keep_image=False)
+    from pedcrowd.media.decode import decode_image
+
+    item = decode_image(Source(path, "img3.jpg", False), keep_image=False)
     expected = read_image(path)
     assert torch.equal(item.tensor, expected) and item.tensor.stride() == expected.stride()
 

@@ -295,7 +295,7 @@ def test_load_wrong_architecture_or_file_is_a_clear_error(tmp_path):
         build_model(dataclasses.replace(SMALL, weights=str(tmp_path / "missing.pt")))
     garbage = tmp_path / "garbage.pt"
     garbage.write_text("not a checkpoint")
-    with pytest.raises(PedcrowdError, match="cannot read"):
+    with pytest.raises(PedcrowdError, match=r"model.weights .*garbage\.pt: not a readable checkpoint"):
         build_model(dataclasses.replace(SMALL, weights=str(garbage)))
 
 

@@ -72,7 +72,8 @@ def compare_command(
 
     Example: pedcrowd compare base=runs/baseline nms=runs/nmsloss --gt val_gt.json --plot cmp.png
     """
-    from pedcrowd.compare import compare, dumps_json, plot_comparison, to_csv, to_markdown
+    from pedcrowd.compare import compare
+    from pedcrowd.compare_render import dumps_json, plot_comparison, to_csv, to_markdown
     from pedcrowd.errors import PedcrowdError
 
     if as_json:
@@ -107,7 +108,7 @@ def compare_command(
 def _rich_table(result):
     from rich.table import Table
 
-    from pedcrowd.compare import best_per_setup, format_cell
+    from pedcrowd.compare_render import best_per_setup, format_cell
 
     best = best_per_setup(result)
     caption = (

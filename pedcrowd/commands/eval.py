@@ -79,7 +79,7 @@ def eval_command(
     doc = report_to_json(report, metric, ap) if report else {"protocol": protocol, "metric": metric, "results": {}, "ap": ap}
     text = json.dumps(doc, indent=1)
     if out is not None:
-        from pedcrowd.formats._io import write_text_atomic
+        from pedcrowd.fileio import write_text_atomic
 
         write_text_atomic(out, text + "\n")
     if plot is not None:

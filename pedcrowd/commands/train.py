@@ -66,8 +66,9 @@ def train_command(
 
     sets = list(overrides or [])
     if device is not None:
-        if device not in ("auto", "cpu", "cuda"):
-            raise PedcrowdError(f"--device {device!r}: expected auto, cpu or cuda")
+        from pedcrowd.engine.device import parse_device
+
+        parse_device(device)  # fail before loading anything
         sets.append(f"train.device={device}")
     if config is None and resume:  # continue a run as it was configured
         from pedcrowd.engine.config import Config

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pedcrowd.boxes import xywh_to_xyxy
+from pedcrowd.boxes import box_iou, xywh_to_xyxy
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.eval.setups import CITYPERSONS_SETUPS
 from pedcrowd.formats.records import GROUP, IGNORE_REGION, PEDESTRIAN, ImageRecord
@@ -33,29 +33,6 @@ def load_split(root: str | Path, split: str) -> list[ImageRecord]:
     if not path.is_file():
         raise PedcrowdError(f"{path}: not found (is {root} a CityPersons-layout data set?)")
     return read_citypersons_mat(path)
-
-
-def pairwise_iou(boxes: np.ndarray) -> np.ndarray:
-    """IoU of every pair of ``xyxy`` boxes, no +1 pixel (as the CityPersons evaluator).
-
-    Args:
-        boxes: [K, 4] ``xyxy``.
-
-    Returns:
-        [K, K] float64.
-    """
-    lt = np.maximum(boxes[:, None, :2], boxes[None, :, :2])  # [K,K,2]
-    rb = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])  # [K,K,2]
-    inter = np.clip(rb - lt, 0, None).prod(-1)  # [K,K]
-    area = (boxes[:, 2:] - boxes[:, :2]).prod(-1)  # [K]
-    union = area[:, None] + area[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
-def in_setup(heights: np.ndarray, vis: np.ndarray, setup) -> np.ndarray:
-    """[K] bool: inside the setup's height and visibility ranges, both ends inclusive (CP l.101)."""
-    (h0, h1), (v0, v1) = setup.height, setup.visibility
-    return (heights >= h0) & (heights <= h1) & (vis >= v0) & (vis <= v1)
 
 
 def dataset_stats(root: str | Path, split: str = "val") -> dict:
@@ -91,9 +68,10 @@ def dataset_stats(root: str | Path, split: str = "val") -> dict:
         heights.append(h)
         vis.append(v)
         for name, setup in CITYPERSONS_SETUPS.items():
-            setups[name] += int(in_setup(h, v, setup).sum())
+            setups[name] += int(setup.contains(h, v).sum())
         if ped.sum() > 1:
-            iou = pairwise_iou(xywh_to_xyxy(rec.boxes[ped]))
+            boxes = xywh_to_xyxy(rec.boxes[ped])
+            iou = box_iou(boxes, boxes)
             pairs += int(np.triu(iou > 0.5, k=1).sum())
     h = np.concatenate(heights) if heights else np.zeros(0)
     v = np.concatenate(vis) if vis else np.zeros(0)

@@ -6,10 +6,16 @@ the best MR^-2 so far, the RNG states of torch (CPU and CUDA), numpy and
 Python, and the resolved config as a plain dict (so that a checkpoint alone is
 enough for inference). Writing goes to a temporary file in the same folder and
 then ``os.replace``, so a run killed mid-write never leaves a torn ``last.pt``.
+
+It holds only tensors, plain containers, numbers and strings (the numpy RNG
+key as an int64 tensor, Python's state as a tuple of ints), so it loads with
+``torch.load(..., weights_only=True)``: :func:`load_checkpoint` refuses any
+file holding other objects instead of running them (see :mod:`pedcrowd.safeload`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from pathlib import Path
@@ -19,13 +25,16 @@ import numpy as np
 import torch
 
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.safeload import load_tensor_file
 
 
 def rng_state() -> dict[str, Any]:
     """The RNG states of torch (CPU, CUDA), numpy and Python."""
+    kind, key, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 - legacy global RNG
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),  # noqa: NPY002 - user code may use the legacy global RNG
+        # tensors and tuples of plain numbers only, so that weights_only=True loads them
+        "numpy": (str(kind), torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -36,7 +45,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` returned."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
+    kind, key, pos, has_gauss, cached = state["numpy"]
+    key = key.numpy() if torch.is_tensor(key) else np.asarray(key)
+    np.random.set_state((kind, key.astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -57,18 +68,19 @@ def save_checkpoint(path: str | Path, **state: Any) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The dict written by :func:`save_checkpoint`.
+    """The dict written by :func:`save_checkpoint`, loaded with ``weights_only=True``.
 
-    The file is ours (it stores RNG states and numpy arrays), so it is loaded
-    with ``weights_only=False``: do not load checkpoints from untrusted sources.
+    Raises:
+        PedcrowdError: missing, torn, not a dict, or holding objects other than
+            tensors, containers and numbers (refused; nothing in it runs).
     """
     path = Path(path)
     if not path.is_file():
         raise PedcrowdError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # a torn or foreign file: say which
-        raise PedcrowdError(f"{path}: not a readable checkpoint ({e})") from None
+    ckpt = load_tensor_file(path, "checkpoint", map_location=map_location)
+    if not isinstance(ckpt, dict):
+        raise PedcrowdError(f"checkpoint {path}: holds a {type(ckpt).__name__}, not a checkpoint dict")
+    return ckpt
 
 
 def resolve_checkpoint(path_or_run_dir: str | Path) -> Path:
@@ -103,12 +115,30 @@ def load_for_inference(
     cfg = config_from_dict(ckpt["config"], source=str(path))
     # The trained weights replace whatever build_model initialises, so never
     # load pretrained backbone weights here (they may not exist on this machine).
-    model_cfg = cfg.model
-    if hasattr(model_cfg, "weights"):
-        import dataclasses
-
-        model_cfg = dataclasses.replace(model_cfg, weights="none")
-    model = build_model(model_cfg)
-    model.load_state_dict(ckpt["model"])
+    model = build_model(dataclasses.replace(cfg.model, weights="none"))
+    load_matching_state(model, ckpt["model"], path)
     model.to(device).eval()
     return model, cfg
+
+
+def load_matching_state(model: torch.nn.Module, state: Any, path: str | Path) -> None:
+    """``model.load_state_dict(state)``, or one line naming the file when they do not fit."""
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise PedcrowdError(f"checkpoint {path}: its 'model' entry is not a state dict")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items() if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:2])})")
+        raise PedcrowdError(
+            f"checkpoint {path}: its weights do not match the model its config describes: "
+            + "; ".join(parts)
+        )
+    model.load_state_dict(state)

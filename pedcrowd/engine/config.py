@@ -29,7 +29,7 @@ import yaml
 from pedcrowd.data.config import DataConfig
 from pedcrowd.data.synth import SynthConfig
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.formats._io import write_text_atomic
+from pedcrowd.fileio import write_text_atomic
 from pedcrowd.losses.config import LossConfig
 from pedcrowd.model.config import ModelConfig
 

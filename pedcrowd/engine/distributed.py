@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from pedcrowd.errors import PedcrowdError
+from pedcrowd.engine.device import resolve_device  # noqa: F401  (ddp.resolve_device in engine/train.py)
 
 
 @dataclass(frozen=True)
@@ -32,19 +32,6 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; under DDP, the local rank's GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise PedcrowdError("--device cuda: no CUDA device is available (use cpu or auto)")
-        return torch.device("cuda", local_rank)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise PedcrowdError(f"--device {name!r}: expected auto, cpu or cuda")
 
 
 def init_distributed(device: torch.device) -> DistInfo:

@@ -7,6 +7,7 @@ from pedcrowd.eval.evaluate import (
     evaluate,
     load_ground_truth,
     match_setup,
+    match_setups,
     report_to_json,
 )
 from pedcrowd.eval.mr import SetupMatches
@@ -29,5 +30,6 @@ __all__ = [
     "evaluate",
     "load_ground_truth",
     "match_setup",
+    "match_setups",
     "report_to_json",
 ]

@@ -103,7 +103,7 @@ def load_ground_truth(path: str | Path, protocol: str = "citypersons", images: s
         protocol: ``citypersons`` or ``caltech`` (only checked here).
         images: the ``{"images": [...]}`` list naming the frames of Caltech caches.
     """
-    from pedcrowd.formats._io import existing_path, load_json
+    from pedcrowd.fileio import existing_path, load_json
 
     _check_protocol(protocol)
     path = existing_path(path, "file or folder")
@@ -164,7 +164,11 @@ def _as_ground_truth(gt: GroundTruth | list[ImageRecord]) -> GroundTruth:
     return gt if isinstance(gt, GroundTruth) else GroundTruth(list(gt))
 
 
-def _resolve_setups(gt: GroundTruth, protocol: str, setups) -> list[Setup]:
+def resolve_setups(gt: GroundTruth, protocol: str, setups) -> list[Setup]:
+    """The setups to evaluate: names (official or ``NAME:HMIN-HMAX:VMIN-VMAX``) or
+    :class:`Setup` objects; None = the protocol's table (Caltech caches: the setups
+    that have a cache). Raises PedcrowdError for an unknown setup or a missing cache."""
+    _check_protocol(protocol)
     known = CITYPERSONS_SETUPS if protocol == "citypersons" else CALTECH_SETUPS
     if setups is None:
         if gt.kind == "caltech-cache":
@@ -252,10 +256,8 @@ def _concat(records: list[ImageRecord], attr: str, shape: tuple[int, ...], dtype
 
 def _citypersons_gt(prep: _Prepared, setup: Setup) -> np.ndarray:
     """[M] ignore flags: the record's flag, or height / visibility outside the (inclusive) range."""
-    h = prep.gt_heights
     v = np.where(np.isnan(prep.gt_vis_ratios), 1.0, prep.gt_vis_ratios)  # unknown: fully visible
-    (h0, h1), (v0, v1) = setup.height, setup.visibility
-    return prep.gt_flag | (h < h0) | (h > h1) | (v < v0) | (v > v1)
+    return prep.gt_flag | ~setup.contains(prep.gt_heights, v)
 
 
 def _caltech_gt(records: list[ImageRecord], setup: Setup) -> tuple[np.ndarray, np.ndarray]:
@@ -315,6 +317,26 @@ def _prepare(gt: GroundTruth, dets: Detections, protocol: str, resize_dets: bool
     return _Prepared(records, dets, protocol, resize_dets)
 
 
+def match_setups(
+    gt: GroundTruth | list[ImageRecord],
+    dets: Detections,
+    *,
+    protocol: str = "citypersons",
+    setups: list[Setup | str] | None = None,
+    resize_dets: bool = True,
+) -> dict[str, SetupMatches]:
+    """Match every setup and keep the per-image outcome (arguments as :func:`evaluate`).
+
+    Returns:
+        setup name -> :class:`SetupMatches`, in evaluation order; its ``mr()`` is
+        :func:`evaluate`'s MR^-2 and ``mr(image_counts)`` that of a bootstrap resample.
+    """
+    gt = _as_ground_truth(gt)
+    chosen = resolve_setups(gt, protocol, setups)
+    prep = _prepare(gt, dets, protocol, resize_dets)
+    return {setup.name: _match_prepared(prep, gt, setup, protocol) for setup in chosen}
+
+
 def match_setup(
     gt: GroundTruth | list[ImageRecord],
     dets: Detections,
@@ -323,14 +345,9 @@ def match_setup(
     protocol: str = "citypersons",
     resize_dets: bool = True,
 ) -> SetupMatches:
-    """Match one setup and keep the per-image outcome (for bootstrap MR^-2 in ``compare``).
-
-    ``match_setup(...).mr()`` equals ``evaluate(...)``'s MR for that setup exactly.
-    """
-    _check_protocol(protocol)
-    gt = _as_ground_truth(gt)
-    (setup,) = _resolve_setups(gt, protocol, [setup])
-    return _match_prepared(_prepare(gt, dets, protocol, resize_dets), gt, setup, protocol)
+    """:func:`match_setups` for one setup."""
+    (matches,) = match_setups(gt, dets, protocol=protocol, setups=[setup], resize_dets=resize_dets).values()
+    return matches
 
 
 def evaluate(
@@ -354,16 +371,12 @@ def evaluate(
         resize_dets: Caltech only: resize detections to aspect 0.41 (toolbox
             v3.2.1); False reproduces the Pedestron/CSP copies.
     """
-    _check_protocol(protocol)
-    gt = _as_ground_truth(gt)
-    chosen = _resolve_setups(gt, protocol, setups)
-    prep = _prepare(gt, dets, protocol, resize_dets)
+    matches = match_setups(gt, dets, protocol=protocol, setups=setups, resize_dets=resize_dets)
     results = {}
-    for setup in chosen:
-        m = _match_prepared(prep, gt, setup, protocol)
+    for name, m in matches.items():
         fppi, miss = m.curve()
-        results[setup.name] = SetupResult(
-            name=setup.name,
+        results[name] = SetupResult(
+            name=name,
             mr=m.mr(),
             n_gt=int(m.gt_per_image.sum()),
             n_images=m.n_images,

@@ -4,8 +4,8 @@
 official global order (score descending, stable: ties by image order, then
 file order) with its TP flag and image, plus the non-ignored GT count of every
 image. MR^-2 and the miss-rate/FPPI curve follow from it; with
-``image_counts`` they are recomputed for a bootstrap resample (image i drawn
-``image_counts[i]`` times) without matching again.
+``image_counts`` MR^-2 is recomputed for a bootstrap resample (image i drawn
+``image_counts[i]`` times) without matching again, by :mod:`pedcrowd.eval.bootstrap`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from pedcrowd.eval.bootstrap import bootstrap_mr
 
 # CityPersons eval_MR_multisetup.py hard-codes the references rounded to 4
 # decimals; dbEval.m uses the exact 10.^(-2:.25:0).
@@ -44,54 +46,62 @@ class SetupMatches:
     def n_images(self) -> int:
         return len(self.gt_per_image)
 
-    def _fppi_recall(self, image_counts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        is_tp = self.is_tp
+    @property
+    def refs(self) -> np.ndarray:
+        """[9] the protocol's FPPI references."""
+        return FPPI_REFS_CITYPERSONS if self.protocol == "citypersons" else FPPI_REFS_CALTECH
+
+    @property
+    def sentinel_final(self) -> bool:
+        """When no point has FPPI <= ref, CityPersons' Python reads the *final*
+        recall (quirk 1); Caltech's ROC starts at recall 0."""
+        return self.protocol == "citypersons"
+
+    def _fppi_recall(self) -> tuple[np.ndarray, np.ndarray]:
         n_gt, n_img = float(self.gt_per_image.sum()), float(self.n_images)
-        if image_counts is not None:
-            counts = np.asarray(image_counts)
-            if counts.shape != (self.n_images,):
-                raise ValueError(f"image_counts must have shape ({self.n_images},), got {counts.shape}")
-            counts = counts.astype(np.int64)
-            # A drawn image's copies are consecutive in the image order, so each
-            # detection repeats in place: the curve is exactly that of the
-            # resampled data set (for scores distinct across images).
-            is_tp = np.repeat(is_tp, counts[self.det_image])
-            n_gt, n_img = float(counts @ self.gt_per_image), float(counts.sum())
-        tp = np.cumsum(is_tp, dtype=np.float64)
-        fp = np.cumsum(~is_tp, dtype=np.float64)
+        tp = np.cumsum(self.is_tp, dtype=np.float64)
+        fp = np.cumsum(~self.is_tp, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             return fp / n_img, tp / n_gt
 
-    def curve(self, image_counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def curve(self) -> tuple[np.ndarray, np.ndarray]:
         """(fppi [T], miss_rate [T]) after each non-ignored detection in score order.
 
         Empty arrays when there are no detections; miss rate NaN when there is no GT.
         """
-        fppi, recall = self._fppi_recall(image_counts)
+        fppi, recall = self._fppi_recall()
         return fppi, 1.0 - recall
 
-    def recall_at_fppi(self, image_counts: np.ndarray | None = None) -> np.ndarray:
+    def recall_at_fppi(self) -> np.ndarray:
         """[9] recall at the protocol's FPPI references."""
-        fppi, recall = self._fppi_recall(image_counts)
+        fppi, recall = self._fppi_recall()
         if len(fppi) == 0:  # no non-ignored detection: every recall stays 0
             return np.zeros(9)
-        if self.protocol == "citypersons":
+        idx = np.searchsorted(fppi, self.refs, side="right") - 1
+        if self.sentinel_final:
             # eval_MR_multisetup.py: the last point with fppi <= ref; if there is
             # none the index is -1 and Python returns the FINAL recall (quirk).
-            idx = np.searchsorted(fppi, FPPI_REFS_CITYPERSONS, side="right") - 1
             return recall[idx]
         # bbGt.m compRoc: xs = [-inf; fppi], ys = [0; recall].
-        idx = np.searchsorted(fppi, FPPI_REFS_CALTECH, side="right") - 1
         return np.where(idx >= 0, recall[np.maximum(idx, 0)], 0.0)
 
     def mr(self, image_counts: np.ndarray | None = None) -> float | None:
         """Log-average miss rate over the 9 references; None when there is no non-ignored GT.
 
+        Args:
+            image_counts: [n_images] how often each image is drawn (a bootstrap
+                resample), or None for the data set itself.
+
         No clamp: a zero miss rate at any reference gives log 0 = -inf and MR 0,
         as in both official codes.
         """
-        counts = np.ones(self.n_images) if image_counts is None else np.asarray(image_counts)
-        if float(counts @ self.gt_per_image) == 0:
+        if image_counts is not None:
+            counts = np.asarray(image_counts)
+            if counts.shape != (self.n_images,):
+                raise ValueError(f"image_counts must have shape ({self.n_images},), got {counts.shape}")
+            value = float(bootstrap_mr(self, counts[None, :].astype(np.int64))[0])
+            return None if np.isnan(value) else value
+        if self.gt_per_image.sum() == 0:
             return None
         with np.errstate(divide="ignore"):
-            return float(np.exp(np.mean(np.log(1.0 - self.recall_at_fppi(image_counts)))))
+            return float(np.exp(np.mean(np.log(1.0 - self.recall_at_fppi()))))

@@ -32,6 +32,16 @@ class Setup:
     height: tuple[float, float]
     visibility: tuple[float, float]
 
+    def contains(self, heights, visibility):
+        """[K] bool: inside both ranges, every bound inclusive (CityPersons
+        ``eval_MR_multisetup.py``); NaN is outside.
+
+        Args:
+            heights: [K] pixel heights; visibility: [K] visible fractions (numpy arrays).
+        """
+        (h0, h1), (v0, v1) = self.height, self.visibility
+        return (heights >= h0) & (heights <= h1) & (visibility >= v0) & (visibility <= v1)
+
 
 # CityPersons official (eval_MR_multisetup.py) plus the extended rows of the
 # CSP copy; the official script uses 1e10 as "no upper bound".

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.formats._io import existing_path
+from pedcrowd.fileio import existing_path
 from pedcrowd.formats.records import GROUP, IGNORE_REGION, PEDESTRIAN, UNSURE, ImageRecord
 
 LABELS = {"person": PEDESTRIAN, "person?": UNSURE, "people": GROUP, "ignore": IGNORE_REGION}

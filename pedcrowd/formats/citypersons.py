@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.formats._io import existing_path, field, load_json
+from pedcrowd.fileio import existing_path, field, load_json
 from pedcrowd.formats.records import (
     GROUP,
     IGNORE_REGION,

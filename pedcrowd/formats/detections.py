@@ -16,7 +16,7 @@ import numpy as np
 
 from pedcrowd.boxes import xyxy_to_xywh
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.formats._io import existing_path, load_json
+from pedcrowd.fileio import existing_path, load_json
 from pedcrowd.formats.records import ImageRecord
 
 Detections = dict[int, tuple[np.ndarray, np.ndarray]]
@@ -89,6 +89,35 @@ def file_name_index(images: list[ImageRecord]) -> FileNameIndex:
             ambiguous[key] = list(owners)
     names.update(full)  # full names win over base names
     return FileNameIndex(names, ambiguous)
+
+
+class ImageIds:
+    """Image ids for named images (``pedcrowd infer``): the ground truth's id for
+    an image it names unambiguously, else made-up ids counting up from one past
+    the largest GT id (from 1 without GT), so they never clash with it.
+    """
+
+    def __init__(self, index: FileNameIndex | None = None):
+        self.index = index
+        ids = (int(r.id) for r in index.names.values()) if index is not None else ()
+        self._next = max(ids, default=0) + 1
+
+    def record(self, name: str) -> ImageRecord | None:
+        """The GT record of image ``name``; None without GT or if it does not name it unambiguously."""
+        if self.index is None:
+            return None
+        try:
+            return self.index.find(name)
+        except AmbiguousFileName:
+            return None
+
+    def assign(self, name: str) -> tuple[int, ImageRecord | None]:
+        """(image id, GT record or None) for the next image, called once per image in output order."""
+        record = self.record(name)
+        if record is not None:
+            return int(record.id), record
+        image_id, self._next = self._next, self._next + 1
+        return image_id, None
 
 
 def _image_id_by_name(path: Path, index: FileNameIndex, i: int, name: str) -> int:

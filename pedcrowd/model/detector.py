@@ -24,6 +24,7 @@ from pedcrowd.model.config import ModelConfig
 from pedcrowd.model.roi_heads import PedRoIHeads
 from pedcrowd.model.rpn import PedRegionProposalNetwork
 from pedcrowd.model.transform import PedTransform
+from pedcrowd.safeload import load_tensor_file
 
 log = logging.getLogger(__name__)
 
@@ -136,20 +137,18 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> WeightsReport:
     seed a pedcrowd one; every backbone tensor must be present.
 
     Raises:
-        PedcrowdError: the file is missing or unreadable, is not a state dict,
-            loads nothing, or lacks backbone tensors.
+        PedcrowdError: the file is missing or unreadable, holds objects other
+            than tensors and plain containers (refused, not run), is not a state
+            dict, loads nothing, or lacks backbone tensors.
     """
     path = Path(path)
     if not path.is_file():
         raise PedcrowdError(
             f"model.weights: {path} is not a file (expected none, imagenet or a checkpoint path)"
         )
-    try:
-        # Checkpoints are files the user names; pedcrowd's carry optimizer and RNG state
-        # (not only tensors), which weights_only=True refuses.
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise PedcrowdError(f"model.weights: cannot read {path}: {exc}") from exc
+    # weights_only=True: a file holding anything but tensors, containers and numbers
+    # is refused, never executed (pedcrowd's own checkpoints hold only those).
+    obj = load_tensor_file(path, "model.weights")
     state = obj["model"] if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PedcrowdError(

@@ -206,7 +206,7 @@ def infer(
     result.postprocess = {
         **dataclasses.asdict(post), "method": post.describe(),
         "score_thresh": model.roi_heads.score_thresh, "nms_thresh": model.roi_heads.nms_thresh,
-        "box_std": getattr(model.roi_heads, "box_std_predictor", None) is not None,
+        "box_std": bool(getattr(model.roi_heads, "has_box_std", False)),
     }
     start = time.perf_counter()
 

@@ -4,9 +4,11 @@
    (default 1,000): the vectorised ``pedcrowd.losses.nms_loss`` against the plain
    greedy loop of ``tests/greedy_nms_loss.py`` (target: >= 20x faster), after
    checking that both give the same values.
-2. A full training step (forward, backward, SGD step) of the demo detector with
-   ``--loss nms+rep`` against ``--loss none`` (target: <= 5 % slower): warm-up,
-   then alternating steps, medians.
+2. A full training step (forward, backward, SGD step) of the demo detector
+   (``configs/cpu_demo.yaml``'s model) with ``--loss nms`` at the RoI stage over
+   every positive proposal (``candidates: all``, the default; target <= +10 %),
+   over the sampled RoIs only, at the official RPN stage, and ``--loss nms+rep``,
+   each against ``--loss none``: warm-up, then steps in rotating order, medians.
 
 Usage: ``python scripts/bench_losses.py [--predictions 1000] [--steps 10] [--threads 1] [--device cpu]``
 """
@@ -14,7 +16,6 @@ Usage: ``python scripts/bench_losses.py [--predictions 1000] [--steps 10] [--thr
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import statistics
 import time
@@ -22,8 +23,10 @@ from pathlib import Path
 
 import torch
 
-from pedcrowd.losses import LossConfig, apply_loss_preset, build_crowd_losses, nms_loss
-from pedcrowd.model import ModelConfig, build_model
+from pedcrowd.engine.config import DEMO_MODEL
+from pedcrowd.losses import LossConfig, apply_loss_preset, nms_loss
+from pedcrowd.losses.config import set_loss_fields
+from pedcrowd.model import ModelConfig, build_model, install_criteria
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,20 +116,28 @@ def training_batch(batch_size: int, seed: int, device: str):
     return images, targets
 
 
+VARIANTS = {  # name -> (preset, extra loss fields)
+    "none": ("none", {}),
+    "nms roi all": ("nms", {"nms.stage": "roi", "nms.candidates": "all"}),
+    "nms roi sampled": ("nms", {"nms.stage": "roi", "nms.candidates": "sampled"}),
+    "nms rpn": ("nms", {"nms.stage": "rpn"}),
+    "nms+rep": ("nms+rep", {}),
+}
+
+
 def bench_training_step(steps: int, warmup: int, batch_size: int, device: str) -> None:
+    model_cfg = ModelConfig(**DEMO_MODEL)
     models = {}
-    for preset in ("none", "nms+rep"):
+    for name, (preset, fields) in VARIANTS.items():
         torch.manual_seed(0)
-        model = build_model(ModelConfig()).to(device).train()
-        model.roi_heads.crowd_loss_fn, model.rpn.crowd_loss_fn = build_crowd_losses(
-            apply_loss_preset(LossConfig(), preset)
-        )
+        model = build_model(model_cfg).to(device).train()
+        install_criteria(model, model_cfg, set_loss_fields(apply_loss_preset(LossConfig(), preset), fields))
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        models[preset] = (model, optimizer)
+        models[name] = (model, optimizer)
     images, targets = training_batch(batch_size, 0, device)
 
-    def step(preset: str) -> tuple[float, set[str]]:
-        model, optimizer = models[preset]
+    def step(name: str) -> tuple[float, set[str]]:
+        model, optimizer = models[name]
         _sync(device)
         start = time.perf_counter()
         losses = model(images, targets)
@@ -137,52 +148,28 @@ def bench_training_step(steps: int, warmup: int, batch_size: int, device: str) -
         return time.perf_counter() - start, set(losses)
 
     for _ in range(warmup):
-        for preset in models:
-            step(preset)
-    times: dict[str, list[float]] = {preset: [] for preset in models}
+        for name in models:
+            step(name)
+    times: dict[str, list[float]] = {name: [] for name in models}
     keys = {}
+    names = list(models)
     for i in range(steps):
-        order = list(models) if i % 2 == 0 else list(models)[::-1]  # alternate who goes first
-        for preset in order:
-            elapsed, keys[preset] = step(preset)
-            times[preset].append(elapsed)
+        order = names[i % len(names):] + names[: i % len(names)]  # rotate who goes first
+        for name in order:
+            elapsed, keys[name] = step(name)
+            times[name].append(elapsed)
     base = statistics.median(times["none"])
-    crowd = statistics.median(times["nms+rep"])
     print(
-        f"Training step, demo model ({ModelConfig().backbone}), batch {batch_size}, {device},"
-        f" {warmup} warm-up + {steps} alternating steps each:"
+        f"Training step, demo model ({model_cfg.backbone}, {model_cfg.box_batch_size_per_image}"
+        f" RoIs/image), batch {batch_size}, {device}, {warmup} warm-up + {steps} rotating steps each:"
     )
-    print(f"  extra loss keys: {sorted(keys['nms+rep'] - keys['none'])}")
-    print(
-        f"  --loss none {base * 1e3:.1f} ms | --loss nms+rep {crowd * 1e3:.1f} ms (medians)"
-        f" | {100 * (crowd / base - 1):+.1f} % (target <= +5 %)"
-    )
-
-    # The step difference is within the noise of a shared CPU, so also time the crowd
-    # terms alone (forward + backward on the last step's samples) against the step.
-    model = models["nms+rep"][0]
-    samples = [  # the step's backward freed their graph: fresh leaves with the same values
-        dataclasses.replace(
-            s,
-            pred_boxes=s.pred_boxes.detach().requires_grad_(),
-            scores=s.scores.detach().requires_grad_(),
+    for name in names:
+        med = statistics.median(times[name])
+        extra = sorted(keys[name] - keys["none"])
+        print(
+            f"  {name:16s} {med * 1e3:8.1f} ms (median)  {100 * (med / base - 1):+6.1f} %  {extra}"
         )
-        for s in model.roi_heads.last_samples
-    ]
-    hook_times = []
-    for _ in range(steps):
-        _sync(device)
-        start = time.perf_counter()
-        losses = model.roi_heads.crowd_loss_fn(samples)
-        sum(losses.values()).backward()
-        _sync(device)
-        hook_times.append(time.perf_counter() - start)
-    hook = statistics.median(hook_times)
-    positives = [int(s.positive.sum()) for s in samples]
-    print(
-        f"  crowd terms alone (fwd+bwd, positives per image {positives}): {hook * 1e3:.2f} ms"
-        f" = {100 * hook / base:.2f} % of the --loss none step"
-    )
+    print("  target: nms roi all <= +10 %")
 
 
 def main() -> None:
@@ -191,7 +178,7 @@ def main() -> None:
         "--predictions", type=int, default=1000, help="positives in the NMS-Loss image"
     )
     parser.add_argument("--people", type=int, default=100, help="GT people in that image")
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps per preset")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps per preset")
     parser.add_argument("--batch-size", type=int, default=8, help="images per training step")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -1,36 +1,58 @@
-"""The ``loss:`` config, its presets, the composed crowd-loss hooks on hand-made
-RoiSamples, and the hooks installed in the detector."""
+"""The ``loss:`` config, its presets, the registry, the criteria composed from it on
+hand-made StageSamples, and the criteria installed in the detector."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
+from torchvision.models.detection._utils import BoxCoder
 
-import pedcrowd.losses.crowd
-import pedcrowd.losses.nms_loss  # noqa: F401  (the submodule must not shadow the function)
+import pedcrowd.losses
+import pedcrowd.losses.positives
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.losses import (
     LOSS_PRESETS,
+    TERMS,
     LossConfig,
     apply_loss_preset,
-    build_crowd_losses,
+    build_criteria,
     nms_loss,
     repulsion_loss,
 )
-from pedcrowd.model import ModelConfig, build_model
-from pedcrowd.model.samples import RoiSamples
+from pedcrowd.losses.criterion import StageCriterion
+from pedcrowd.model import ModelConfig, build_model, install_criteria
+from pedcrowd.model.samples import StageSamples
 
 
 def test_package_exports_the_functions():
     assert callable(nms_loss) and callable(repulsion_loss)
-    assert pedcrowd.losses.nms_loss is nms_loss
+    assert pedcrowd.losses.nms_loss is pedcrowd.losses.nms.nms_loss
+
+
+def test_every_registry_entry_resolves():
+    for name, spec in TERMS.items():
+        assert callable(spec.load()), name
+        if spec.options is not None:
+            assert isinstance(getattr(LossConfig(), name), spec.options)
 
 
 def test_defaults_add_no_crowd_loss():
-    assert build_crowd_losses(LossConfig()) == (None, None)
-    assert build_crowd_losses(apply_loss_preset(LossConfig(), "none")) == (None, None)
+    for cfg in (LossConfig(), apply_loss_preset(LossConfig(), "none")):
+        rpn, roi = build_criteria(cfg)
+        assert rpn.extras == {} and roi.extras == {}
+        assert (roi.cls_term, roi.box_term, rpn.cls_term, rpn.box_term) == (
+            "ce", "smooth_l1", "bce", "smooth_l1",
+        )
+
+
+def test_unknown_term_choice_is_a_clear_error():
+    with pytest.raises(PedcrowdError, match="loss.cls: unknown cls term 'fokal'.*ce"):
+        dataclasses.replace(LossConfig(), cls="fokal")
+    with pytest.raises(PedcrowdError, match="loss.rpn_cls: unknown cls term 'ce'"):
+        dataclasses.replace(LossConfig(), rpn_cls="ce")  # the RoI head's softmax CE
 
 
 def test_presets_hold_the_papers_settings():
@@ -38,6 +60,7 @@ def test_presets_hold_the_papers_settings():
     base = LossConfig()
     base.nms.stage = "both"
     base.nms.nms_thresh = 0.6
+    assert LOSS_PRESETS["nms"]["nms.lambda_pull"] == 0.1  # a named dict of loss fields
     cfg = apply_loss_preset(base, "nms+rep")
     assert (cfg.nms.lambda_pull, cfg.nms.lambda_push) == (0.1, 0.001)
     assert cfg.nms.add_gt and cfg.nms.pull_relax and not cfg.nms.push_relax
@@ -63,10 +86,45 @@ def _t(rows):
     return torch.tensor(rows, dtype=torch.float64)
 
 
-def _samples() -> list[RoiSamples]:
+CODER = BoxCoder((10.0, 10.0, 5.0, 5.0))
+
+
+def _stage(images, stage="roi") -> StageSamples:
+    """A StageSamples from per-image dicts of proposals, matched_gt (-1 negative),
+    pred_boxes, scores, gt_boxes; the deltas (the leaf with gradient) decode to pred_boxes."""
+    rows = {k: [] for k in ("boxes", "img", "lab", "gt", "pred", "score")}
+    gts, gt_img, offset = [], [], 0
+    for i, im in enumerate(images):
+        n = len(im["proposals"])
+        rows["boxes"].append(im["proposals"])
+        rows["img"].append(torch.full((n,), i))
+        m = im["matched_gt"]
+        rows["lab"].append((m >= 0).long())
+        rows["gt"].append(torch.where(m >= 0, m + offset, m))
+        rows["pred"].append(im["pred_boxes"])
+        rows["score"].append(im["scores"])
+        gts.append(im["gt_boxes"])
+        gt_img.append(torch.full((len(im["gt_boxes"]),), i))
+        offset += len(im["gt_boxes"])
+    boxes = torch.cat(rows["boxes"])
+    deltas = CODER.encode_single(torch.cat(rows["pred"]), boxes).requires_grad_()
+    logit = torch.logit(torch.cat(rows["score"]))
+    logits = torch.stack([torch.zeros_like(logit), logit], 1) if stage == "roi" else logit[:, None]
+    return StageSamples(
+        stage=stage, boxes=boxes, image_index=torch.cat(rows["img"]),
+        labels=torch.cat(rows["lab"]), matched_gt=torch.cat(rows["gt"]),
+        class_logits=logits.requires_grad_(), deltas=deltas, target_deltas=torch.zeros_like(deltas),
+        gt_boxes=torch.cat(gts), gt_image_index=torch.cat(gt_img),
+        ignore_boxes=[torch.zeros((0, 4), dtype=torch.float64) for _ in images],
+        image_sizes=[(200, 400)] * len(images), sampled=torch.ones(len(boxes), dtype=torch.bool),
+        box_coder=CODER,
+    )  # fmt: skip
+
+
+def _images():
     """Two images; negatives (-1) mixed in, which must not take part."""
     gts0 = _t([[0, 0, 10, 20], [8, 0, 18, 20]])
-    image0 = RoiSamples(
+    image0 = dict(
         proposals=_t([[0, 0, 10, 20], [2, 0, 12, 20], [50, 50, 60, 60], [0, 0, 10, 8]]),
         matched_gt=torch.tensor([0, 1, -1, 0]),
         pred_boxes=_t([[0, 0, 10, 20], [2, 0, 12, 20], [50, 50, 60, 60], [0, 0, 10, 8]]),
@@ -74,37 +132,45 @@ def _samples() -> list[RoiSamples]:
         gt_boxes=gts0,
     )
     gts1 = _t([[0, 0, 10, 10], [5, 0, 15, 10]])
-    image1 = RoiSamples(
+    image1 = dict(
         proposals=_t([[0, 0, 10, 10], [30, 30, 40, 40]]),
         matched_gt=torch.tensor([0, -1]),
         pred_boxes=_t([[2, 0, 12, 10], [30, 30, 40, 40]]),
         scores=_t([0.8, 0.99]),
         gt_boxes=gts1,
     )
-    for s in (image0, image1):
-        s.pred_boxes.requires_grad_()
-        s.scores.requires_grad_()
     return [image0, image1]
 
 
-def _expected(samples, fn, **options):
+def _expected(s: StageSamples, fn, rows=None, **options):
+    """The per-image function on each image's positives (of ``rows``), averaged."""
+    rows = s.positive if rows is None else rows
     per_image = []
-    for s in samples:
-        pos = s.matched_gt >= 0
-        second = s.scores[pos] if fn is nms_loss else s.proposals[pos]
-        per_image.append(fn(s.pred_boxes[pos], second, s.matched_gt[pos], s.gt_boxes, **options))
-    return [sum(terms) / len(samples) for terms in zip(*per_image, strict=True)]
+    for i in range(s.num_images):
+        r = rows & (s.image_index == i)
+        second = s.scores()[r] if fn is nms_loss else s.boxes[r]
+        gt = s.gt_image_index == i
+        offset = int((s.gt_image_index < i).sum())
+        per_image.append(fn(s.pred_boxes[r], second, s.matched_gt[r] - offset, s.gt_boxes[gt], **options))
+    return [sum(terms) / s.num_images for terms in zip(*per_image, strict=True)]
 
 
-def test_composed_roi_hook_weights_and_averages_over_images():
+def _roi(cfg, **context):
+    return StageCriterion("roi", cfg, context or {"box_nms_thresh": 0.5})
+
+
+def test_composed_roi_criterion_weights_and_averages_over_images():
     cfg = apply_loss_preset(LossConfig(), "nms+rep")
-    roi_fn, rpn_fn = build_crowd_losses(cfg)
-    assert rpn_fn is None
-    samples = _samples()
-    losses = roi_fn(samples)
-    assert set(losses) == {"loss_nms_pull", "loss_nms_push", "loss_rep_gt", "loss_rep_box"}
-    pull, push = _expected(samples, nms_loss)
-    rep_gt, rep_box = _expected(samples, repulsion_loss)
+    cfg.rep.normalize = "positives"
+    rpn, roi = build_criteria(cfg, {"box_nms_thresh": 0.5})
+    assert rpn.extras == {}
+    s = _stage(_images())
+    losses = roi(s)
+    assert set(losses) == {
+        "loss_classifier", "loss_box_reg", "loss_nms_pull", "loss_nms_push", "loss_rep_gt", "loss_rep_box",
+    }  # fmt: skip
+    pull, push = _expected(s, nms_loss)
+    rep_gt, rep_box = _expected(s, repulsion_loss)
     torch.testing.assert_close(losses["loss_nms_pull"], 0.1 * pull)
     torch.testing.assert_close(losses["loss_nms_push"], 0.001 * push)
     torch.testing.assert_close(losses["loss_rep_gt"], 0.5 * rep_gt)
@@ -119,19 +185,26 @@ def test_composed_roi_hook_weights_and_averages_over_images():
     assert losses["loss_rep_gt"].item() == pytest.approx(0.5 * (image0 - math.log(0.3)) / 2)
     # RepBox, image 0: pairs (0, 1) IoU 2/3 and (3, 1) IoU 64/216, both overlapping.
     assert losses["loss_rep_box"].item() == pytest.approx(0.5 * (2 / 3 + 64 / 216) / 2 / 2)
-    assert all(v.item() > 0 for v in losses.values())
-    sum(losses.values()).backward()
+    crowd = {k: v for k, v in losses.items() if "nms" in k or "rep" in k}
+    assert all(v.item() > 0 for v in crowd.values())
+    sum(crowd.values()).backward()
     # Negatives take no part: their boxes and scores get no gradient.
-    assert samples[0].pred_boxes.grad[2].abs().sum() == 0
-    assert samples[1].pred_boxes.grad[1].abs().sum() == 0
+    assert s.deltas.grad[2].abs().sum() == 0 and s.deltas.grad[5].abs().sum() == 0
+    assert s.class_logits.grad[2].abs().sum() == 0
+
+    # the paper-exact normalisation scales RepLoss by sampled positives / sampled RoIs (4 / 6)
+    cfg.rep.normalize = "box_loss"
+    scaled = _roi(cfg)(_stage(_images()))
+    assert scaled["loss_rep_gt"].item() == pytest.approx(losses["loss_rep_gt"].item() * 4 / 6)
+    assert scaled["loss_rep_box"].item() == pytest.approx(losses["loss_rep_box"].item() * 4 / 6)
 
 
 @pytest.mark.parametrize("max_batched", [2048, 3])
 def test_batched_equals_per_image_on_random_crowds(monkeypatch, max_batched):
     # Batching the images (and splitting the batch into groups) changes nothing.
-    monkeypatch.setattr(pedcrowd.losses.crowd, "MAX_BATCHED_POSITIVES", max_batched)
+    monkeypatch.setattr(pedcrowd.losses.positives, "MAX_BATCHED_POSITIVES", max_batched)
     gen = torch.Generator().manual_seed(4)  # a scene where all four terms are non-zero
-    samples = []
+    images = []
     for num_pred, num_gt in [(12, 4), (0, 2), (1, 1), (9, 3), (7, 5)]:
         corner = torch.rand(num_gt, 2, generator=gen, dtype=torch.float64) * 25
         gts = torch.cat(
@@ -143,25 +216,31 @@ def test_batched_equals_per_image_on_random_crowds(monkeypatch, max_batched):
         proposals = gts[matched.clamp(min=0)] + 3 * torch.randn(
             num_pred, 4, generator=gen, dtype=torch.float64
         )
-        samples.append(RoiSamples(
+        images.append(dict(
             proposals=proposals,
             matched_gt=matched,
-            pred_boxes=(proposals + torch.randn(num_pred, 4, generator=gen, dtype=torch.float64)).requires_grad_(),
-            scores=torch.rand(num_pred, generator=gen, dtype=torch.float64).requires_grad_(),
+            pred_boxes=proposals + torch.randn(num_pred, 4, generator=gen, dtype=torch.float64),
+            scores=torch.rand(num_pred, generator=gen, dtype=torch.float64),
             gt_boxes=gts,
         ))  # fmt: skip
     cfg = apply_loss_preset(LossConfig(), "nms+rep")
-    losses = build_crowd_losses(cfg)[0](samples)
-    pull, push = _expected(samples, nms_loss)
-    rep_gt, rep_box = _expected(samples, repulsion_loss)
+    cfg.rep.normalize = "positives"
+    s = _stage(images)
+    original = pedcrowd.losses.positives.image_groups
+    monkeypatch.setattr(
+        pedcrowd.losses.positives, "image_groups", lambda p, m=max_batched: original(p, m)
+    )
+    losses = _roi(cfg)(s)
+    pull, push = _expected(s, nms_loss)
+    rep_gt, rep_box = _expected(s, repulsion_loss)
     assert pull.item() > 0 and push.item() > 0 and rep_gt.item() > 0 and rep_box.item() > 0
     for key, value, weight in [
         ("loss_nms_pull", pull, 0.1), ("loss_nms_push", push, 0.001),
         ("loss_rep_gt", rep_gt, 0.5), ("loss_rep_box", rep_box, 0.5),
     ]:  # fmt: skip
         torch.testing.assert_close(losses[key], weight * value)
-        (got,) = torch.autograd.grad(losses[key], samples[0].pred_boxes, retain_graph=True)
-        (ref,) = torch.autograd.grad(weight * value, samples[0].pred_boxes, retain_graph=True)
+        (got,) = torch.autograd.grad(losses[key], s.deltas, retain_graph=True)
+        (ref,) = torch.autograd.grad(weight * value, s.deltas, retain_graph=True)
         torch.testing.assert_close(got, ref)
 
 
@@ -169,38 +248,28 @@ def test_zero_weight_skips_the_term_and_stage_moves_nms_to_the_rpn():
     cfg = apply_loss_preset(LossConfig(), "nms+rep")
     cfg.rep.beta = 0.0
     cfg.nms.lambda_push = 0.0
-    roi_fn, _ = build_crowd_losses(cfg)
-    assert set(roi_fn(_samples())) == {"loss_nms_pull", "loss_rep_gt"}
+    rpn, roi = build_criteria(cfg)
+    assert set(roi.extras) == {"nms", "rep"} and rpn.extras == {}
+    assert {k for k in roi(_stage(_images())) if "nms" in k or "rep" in k} == {"loss_nms_pull", "loss_rep_gt"}
 
     cfg.nms.stage = "rpn"
-    roi_fn, rpn_fn = build_crowd_losses(cfg)
-    assert set(roi_fn(_samples())) == {"loss_rep_gt"}
-    assert set(rpn_fn(_samples())) == {"loss_nms_pull"}  # the RPN renames it loss_rpn_nms_pull
-
+    rpn, roi = build_criteria(cfg)
+    assert set(roi.extras) == {"rep"} and set(rpn.extras) == {"nms"}
     cfg.nms.stage = "both"
-    roi_fn, rpn_fn = build_crowd_losses(cfg)
-    assert set(roi_fn(_samples())) == {"loss_nms_pull", "loss_rep_gt"}
-    # on both stages the RPN hook computes NMS-Loss alone (RepLoss stays on the RoI head)
-    samples = _samples()
-    rpn_losses = rpn_fn(samples)
-    assert set(rpn_losses) == {"loss_nms_pull"}
-    assert all(torch.isfinite(v).all() for v in rpn_losses.values())
-    pull, _ = _expected(samples, nms_loss)
-    torch.testing.assert_close(rpn_losses["loss_nms_pull"], 0.1 * pull)
-    assert rpn_losses["loss_nms_pull"].item() > 0
-
+    rpn, roi = build_criteria(cfg)
+    assert set(roi.extras) == {"nms", "rep"} and set(rpn.extras) == {"nms"}  # RepLoss: RoI only
     cfg.rep.alpha = 0.0
     cfg.nms.stage = "rpn"
-    assert build_crowd_losses(cfg)[0] is None
+    assert build_criteria(cfg)[1].extras == {}
 
 
 def test_nms_options_reach_the_loss():
     cfg = apply_loss_preset(LossConfig(), "nms")
     cfg.nms.push_relax = True
     cfg.nms.nms_thresh = 0.6
-    samples = _samples()
-    losses = build_crowd_losses(cfg)[0](samples)
-    _, push = _expected(samples, nms_loss, push_relax=True, nms_thresh=0.6)
+    s = _stage(_images())
+    losses = _roi(cfg, box_nms_thresh=0.6)(s)
+    _, push = _expected(s, nms_loss, push_relax=True, nms_thresh=0.6)
     torch.testing.assert_close(losses["loss_nms_push"], 0.001 * push)
 
 
@@ -235,7 +304,7 @@ def test_eval_outputs_bit_identical_with_and_without_crowd_losses():
         plain = model(images)
     cfg = apply_loss_preset(LossConfig(), "nms+rep")
     cfg.nms.stage = "both"
-    model.roi_heads.crowd_loss_fn, model.rpn.crowd_loss_fn = build_crowd_losses(cfg)
+    install_criteria(model, SMALL, cfg)
     with torch.no_grad():
         hooked = model(images)
     for a, b in zip(plain, hooked, strict=True):
@@ -249,7 +318,8 @@ def test_train_forward_returns_crowd_terms_with_gradient_into_the_box_head():
     model = build_model(SMALL).train()
     cfg = apply_loss_preset(LossConfig(), "nms+rep")
     cfg.nms.stage = "both"
-    model.roi_heads.crowd_loss_fn, model.rpn.crowd_loss_fn = build_crowd_losses(cfg)
+    cfg.nms.rpn_min_height = 0.0  # the demo-sized people are under the official 50 px
+    install_criteria(model, SMALL, cfg)
     images, targets = _batch()
     losses = model(images, targets)
     crowd_keys = {

@@ -10,7 +10,8 @@ import torch
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
 
-from pedcrowd.model.ignore import exclude_ignored_negatives, intersection_over_area
+from pedcrowd.box_ops import box_ioa as intersection_over_area
+from pedcrowd.model.ignore import exclude_ignored_negatives
 from pedcrowd.model.roi_heads import PedRoIHeads
 from pedcrowd.model.rpn import PedRegionProposalNetwork
 
@@ -90,15 +91,21 @@ def test_rpn_ignore_rule_vs_torchvision():
     assert torch.where(tv_neg[0])[0].tolist() == [1, 2, 3, 4, 5]
 
 
-def test_rpn_positive_inside_ignore_stays_positive():
+def test_rpn_positive_inside_ignore_kept_or_dropped():
     gt = torch.tensor([[105.0, 5.0, 115.0, 25.0]])  # a real person inside a group region
     targets = [{"boxes": gt, "labels": torch.ones(1, dtype=torch.int64), "ignore_boxes": IGNORE}]
-    labels, _, matched_gt = _rpn(PedRegionProposalNetwork).assign_targets_with_ignore(
-        [BOXES], targets
-    )
+    rpn = _rpn(PedRegionProposalNetwork)
+    rpn.drop_ignored_positives = False  # ignore_positives: keep
+    labels, _, matched_gt = rpn.assign_targets_with_ignore([BOXES], targets)
     # anchor 1 is that person: positive; 2 and 3 are ignored, 0, 4 and 5 background
     assert labels[0].tolist() == [0, 1, -1, -1, 0, 0]
     assert matched_gt[0].tolist() == [-1, 0, -1, -1, -1, -1]
+    # the default, as the official assigner: a positive inside the ignore region is dropped
+    labels, _, matched_gt = _rpn(PedRegionProposalNetwork).assign_targets_with_ignore(
+        [BOXES], targets
+    )
+    assert labels[0].tolist() == [0, -1, -1, -1, 0, 0]
+    assert matched_gt[0].tolist() == [-1] * 6
 
 
 def test_rpn_ignore_only_and_empty_images():
@@ -130,10 +137,24 @@ def _roi_heads(cls):
     )
 
 
+def _ped_samples(heads, targets):
+    """PedRoIHeads' assignment and default sampler: per image the sampled proposals,
+    their matched GT index and labels (torchvision's select_training_samples' outputs)."""
+    from pedcrowd.losses.standard import SamplerContext
+
+    props, matched, labels = heads.assign_proposals([BOXES], targets)
+    rows = heads.criterion.sampler.select(SamplerContext(props, labels, heads.fg_bg_sampler, None))
+    return (
+        [p[r] for p, r in zip(props, rows, strict=True)],
+        [m[r] for m, r in zip(matched, rows, strict=True)],
+        [lab[r] for lab, r in zip(labels, rows, strict=True)],
+    )
+
+
 def test_second_stage_ignore_rule_vs_torchvision():
     targets = [{"boxes": GT, "labels": torch.ones(1, dtype=torch.int64), "ignore_boxes": IGNORE}]
     torch.manual_seed(0)
-    props, matched, labels, _ = _roi_heads(PedRoIHeads).select_training_samples([BOXES], targets)
+    props, matched, labels = _ped_samples(_roi_heads(PedRoIHeads), targets)
     torch.manual_seed(0)
     tv_props, _, tv_labels, _ = _roi_heads(RoIHeads).select_training_samples([BOXES], targets)
 
@@ -159,6 +180,6 @@ def test_second_stage_ignore_only_image():
             "ignore_boxes": IGNORE,
         }
     ]
-    props, _, labels, _ = _roi_heads(PedRoIHeads).select_training_samples([BOXES], targets)
+    props, _, labels = _ped_samples(_roi_heads(PedRoIHeads), targets)
     assert labels[0].tolist() == [0, 0, 0]
     assert sorted(p[0] for p in props[0].tolist()) == [0.0, 88.0, 200.0]

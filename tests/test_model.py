@@ -51,6 +51,28 @@ def _images(n: int, seed: int = 1) -> list[torch.Tensor]:
     return [torch.rand(3, 96, 192, generator=g) for _ in range(n)]
 
 
+class Recorder:
+    """Wraps a stage's criterion and keeps the last StageSamples it saw (test only)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.seen = None
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, s):
+        self.seen = s
+        return self.inner(s)
+
+
+def _record(model):
+    """Installs recorders on both stages; returns them as (rpn, roi)."""
+    model.rpn.criterion = Recorder(model.rpn.criterion)
+    model.roi_heads.criterion = Recorder(model.roi_heads.criterion)
+    return model.rpn.criterion, model.roi_heads.criterion
+
+
 PEOPLE = [[20.0, 20.0, 40.0, 70.0], [30.0, 22.0, 50.0, 72.0], [120.0, 10.0, 150.0, 85.0]]
 LOSS_KEYS = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
 
@@ -74,6 +96,7 @@ def test_default_model_structure():
 
 def test_train_forward_with_ignore_empty_and_ignore_only():
     model = _model().train()
+    rpn, roi = _record(model)
     targets = [
         _target(PEOPLE, ignore=[[60.0, 5.0, 110.0, 90.0]]),
         _target(),  # background image
@@ -86,11 +109,14 @@ def test_train_forward_with_ignore_empty_and_ignore_only():
     total.backward()
     grad = model.backbone.stem[0].weight.grad
     assert grad is not None and grad.abs().sum() > 0
-    # positives only where there are people; the seam has one entry per image
-    n_pos = [int(s.positive.sum()) for s in model.roi_heads.last_samples]
+    # positives only where there are people
+    s = roi.seen
+    n_pos = [int((s.positive & s.sampled & (s.image_index == i)).sum()) for i in range(3)]
     assert n_pos[0] >= 3 and n_pos[1] == 0 and n_pos[2] == 0
-    assert [len(s.gt_boxes) for s in model.roi_heads.last_samples] == [3, 0, 0]
-    assert [len(s.proposals) for s in model.rpn.last_samples][1:] == [0, 0]
+    assert s.gt_image_index.tolist() == [0, 0, 0] and s.num_images == 3
+    r = rpn.seen
+    assert [int((r.positive & (r.image_index == i)).sum()) for i in (1, 2)] == [0, 0]
+    assert int((r.positive & (r.image_index == 0)).sum()) > 0
 
 
 def test_everything_ignored_gives_zero_losses_not_nan():
@@ -129,11 +155,12 @@ def test_ignore_region_changes_second_stage_sampling_in_the_model():
     ignore = torch.tensor([[100.0, 0.0, 192.0, 96.0]])
     for with_ignore in (False, True):
         model = _model().train()
+        _, roi = _record(model)
         torch.manual_seed(5)
         target = _target(PEOPLE[:2], ignore=ignore.tolist() if with_ignore else None)
         model(_images(1), [target])
-        s = model.roi_heads.last_samples[0]
-        neg = s.proposals[~s.positive]
+        s = roi.seen
+        neg = s.boxes[s.sampled & ~s.positive]
         inter = (
             torch.minimum(neg[:, 2:], ignore[:, 2:]) - torch.maximum(neg[:, :2], ignore[:, :2])
         ).clamp(min=0)
@@ -146,68 +173,87 @@ def test_ignore_region_changes_second_stage_sampling_in_the_model():
 
 def test_roi_samples_match_torchvision_matcher_and_decode():
     model = _model().train()
+    _, roi = _record(model)
     captured = {}
     model.roi_heads.box_predictor.register_forward_hook(lambda m, i, o: captured.update(out=o))
     target = _target(PEOPLE)
     model(_images(1), [target])
-    s = model.roi_heads.last_samples[0]
+    s = roi.seen
     class_logits, box_regression = captured["out"]
+    assert s.sampled.all()  # no term asks for more rows than the sampled ones
 
     # matched GT index: torchvision's matcher (0.5 / 0.5) on the sampled proposals, -1 for background
     matcher = det_utils.Matcher(0.5, 0.5, allow_low_quality_matches=False)
-    expected = matcher(box_iou(s.gt_boxes, s.proposals))
+    expected = matcher(box_iou(s.gt_boxes, s.boxes))
     expected[expected < 0] = -1
     assert torch.equal(s.matched_gt, expected)
     assert int(s.positive.sum()) >= 3  # at least the appended GTs
     # 96 x 192 images at min_size 96 are not resized: GT in input pixels
     torch.testing.assert_close(s.gt_boxes, target["boxes"])
     # decoded pedestrian boxes and scores
-    decoded = model.roi_heads.box_coder.decode(box_regression.detach(), [s.proposals])[:, 1]
+    decoded = model.roi_heads.box_coder.decode(box_regression.detach(), [s.boxes])[:, 1]
     torch.testing.assert_close(s.pred_boxes.detach(), decoded)
-    torch.testing.assert_close(s.scores.detach(), class_logits.detach().softmax(-1)[:, 1])
+    torch.testing.assert_close(s.scores().detach(), class_logits.detach().softmax(-1)[:, 1])
+    torch.testing.assert_close(s.ped_logit().sigmoid().detach(), s.scores().detach())
+    # regression targets: the box coder's encoding of the matched GT on positives
+    pos = s.positive
+    enc = model.roi_heads.box_coder.encode_single(s.gt_boxes[s.matched_gt[pos]], s.boxes[pos])
+    torch.testing.assert_close(s.target_deltas[pos], enc)
     # gradient flows into the box and class branches
-    (s.pred_boxes.sum() + s.scores.sum()).backward()
+    (s.pred_boxes.sum() + s.scores().sum()).backward()
     assert model.roi_heads.box_predictor.bbox_pred.weight.grad.abs().sum() > 0
     assert model.roi_heads.box_predictor.cls_score.weight.grad.abs().sum() > 0
 
 
-def test_rpn_samples_are_decoded_positive_anchors():
+def test_rpn_samples_are_every_anchor_with_torchvision_labels():
     model = _model().train()
+    rpn, _ = _record(model)
     captured = {}
     model.rpn.head.register_forward_hook(lambda m, i, o: captured.update(head=o))
     model.rpn.anchor_generator.register_forward_hook(lambda m, i, o: captured.update(anchors=o))
     model.rpn.register_forward_pre_hook(lambda m, args: captured.update(targets=args[2]))
     model(_images(1), [_target(PEOPLE)])
-    s = model.rpn.last_samples[0]
+    s = rpn.seen
     anchors = captured["anchors"][0]
     objectness, deltas = concat_box_prediction_layers(*captured["head"])
 
-    # positives of torchvision's own anchor labelling (no ignore boxes here)
+    torch.testing.assert_close(s.boxes, anchors)  # every anchor
+    # labels of torchvision's own anchor labelling (no ignore boxes here)
     tv_labels, _ = model.rpn.assign_targets_to_anchors([anchors], captured["targets"])
-    pos = torch.where(tv_labels[0] == 1)[0]
+    assert torch.equal(s.labels, tv_labels[0].long())
+    pos = torch.where(s.positive)[0]
     assert len(pos) > 0
-    torch.testing.assert_close(s.proposals, anchors[pos])
-    iou = box_iou(s.gt_boxes, s.proposals)
-    assert torch.equal(s.matched_gt, iou.argmax(0))
+    iou = box_iou(s.gt_boxes, s.boxes[pos])
+    assert torch.equal(s.matched_gt[pos], iou.argmax(0))
+    assert (s.matched_gt[~s.positive] == -1).all()
     decoded = model.rpn.box_coder.decode(deltas.detach()[pos], [anchors[pos]])[:, 0]
-    torch.testing.assert_close(s.pred_boxes.detach(), decoded)
-    torch.testing.assert_close(s.scores.detach(), objectness.detach()[pos, 0].sigmoid())
-    (s.pred_boxes.sum() + s.scores.sum()).backward()
+    torch.testing.assert_close(s.pred_boxes[pos].detach(), decoded)
+    torch.testing.assert_close(s.scores().detach(), objectness.detach()[:, 0].sigmoid())
+    # torchvision's sampler: at most 256 anchors, half positives at most
+    assert 0 < int(s.sampled.sum()) <= 256 and int((s.sampled & s.positive).sum()) <= 128
+    (s.pred_boxes[pos].sum() + s.scores()[pos].sum()).backward()
     assert model.rpn.head.bbox_pred.weight.grad.abs().sum() > 0
     assert model.rpn.head.cls_logits.weight.grad.abs().sum() > 0
 
 
-def _dummy_crowd_loss(samples):
+def _dummy_terms(s, options, state):
     # a real function of the samples: mean positive score, and a box term
-    scores = torch.cat([s.scores[s.positive] for s in samples])
-    boxes = torch.cat([s.pred_boxes[s.positive] for s in samples])
-    return {"loss_dummy": scores.mean(), "loss_dummy_box": boxes.mean() * 0.01}
+    return {"dummy": s.scores()[s.positive].mean(), "dummy_box": s.pred_boxes[s.positive].mean() * 0.01}
 
 
-def test_crowd_loss_fn_terms_are_added():
+def _with_dummy_term(monkeypatch):
+    from pedcrowd.losses.config import TERMS, TermSpec
+
+    monkeypatch.setitem(TERMS, "dummy", TermSpec("extra", _dummy_terms, ("rpn", "roi")))
+
+
+def test_registered_extra_terms_are_added(monkeypatch):
+    _with_dummy_term(monkeypatch)
     model = _model().train()
-    model.rpn.crowd_loss_fn = _dummy_crowd_loss
-    model.roi_heads.crowd_loss_fn = _dummy_crowd_loss
+    from pedcrowd.model import install_criteria
+
+    install_criteria(model, SMALL)
+    rpn, roi = _record(model)
     losses = model(_images(2), [_target(PEOPLE), _target(PEOPLE[:1])])
     assert set(losses) == LOSS_KEYS | {
         "loss_dummy",
@@ -215,23 +261,23 @@ def test_crowd_loss_fn_terms_are_added():
         "loss_rpn_dummy",
         "loss_rpn_dummy_box",
     }
-    roi = model.roi_heads.last_samples
-    expected = torch.cat([s.scores[s.positive] for s in roi]).mean()
+    expected = roi.seen.scores()[roi.seen.positive].mean()
     torch.testing.assert_close(losses["loss_dummy"], expected)
-    rpn = model.rpn.last_samples
-    torch.testing.assert_close(losses["loss_rpn_dummy"], torch.cat([s.scores for s in rpn]).mean())
+    torch.testing.assert_close(losses["loss_rpn_dummy"], rpn.seen.scores()[rpn.seen.positive].mean())
     model.zero_grad()
     losses["loss_dummy"].backward()
     assert model.roi_heads.box_predictor.cls_score.weight.grad.abs().sum() > 0
 
 
-def test_eval_outputs_bit_identical_with_crowd_loss_fn():
+def test_eval_outputs_bit_identical_with_extra_terms(monkeypatch):
     model = _model(box_score_thresh=0.0).eval()
     images = _images(2)
     with torch.no_grad():
         plain = model(images)
-        model.rpn.crowd_loss_fn = _dummy_crowd_loss
-        model.roi_heads.crowd_loss_fn = _dummy_crowd_loss
+        _with_dummy_term(monkeypatch)
+        from pedcrowd.model import install_criteria
+
+        install_criteria(model, SMALL)
         seamed = model(images)
     assert len(plain[0]["boxes"]) > 0
     for a, b in zip(plain, seamed, strict=True):
@@ -377,6 +423,29 @@ def test_anchor_sizes_must_match_levels():
 
 
 # --- equivalence with plain torchvision --------------------------------------------------------
+
+
+def _plain_torchvision_twin(model, cfg: ModelConfig):
+    """A stock torchvision FasterRCNN sharing ``model``'s modules (so the same weights)."""
+    from torchvision.models.detection import FasterRCNN
+
+    return FasterRCNN(
+        model.backbone,
+        num_classes=None,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        rpn_anchor_generator=model.rpn.anchor_generator,
+        rpn_head=model.rpn.head,
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        box_roi_pool=model.roi_heads.box_roi_pool,
+        box_head=model.roi_heads.box_head,
+        box_predictor=model.roi_heads.box_predictor,
+        box_batch_size_per_image=cfg.box_batch_size_per_image,
+        box_score_thresh=cfg.box_score_thresh,
+    )
 
 
 def _plain_torchvision_twin(model, cfg: ModelConfig):

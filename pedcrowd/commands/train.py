@@ -36,6 +36,30 @@ def train_command(
             "applied after the config file, before --set.",
         ),
     ] = None,
+    cls_loss: Annotated[
+        str | None,
+        typer.Option(
+            "--cls-loss",
+            help="RoI-head classification loss, a registered term (default ce; see "
+            "pedcrowd.losses.config.TERMS); the same as --set loss.cls=NAME.",
+        ),
+    ] = None,
+    box_loss: Annotated[
+        str | None,
+        typer.Option(
+            "--box-loss",
+            help="RoI-head box loss, a registered term (default smooth_l1); "
+            "the same as --set loss.box=NAME.",
+        ),
+    ] = None,
+    sampler: Annotated[
+        str | None,
+        typer.Option(
+            "--sampler",
+            help="How the RoI head picks its training RoIs (default random, torchvision's); "
+            "the same as --set loss.sampler=NAME.",
+        ),
+    ] = None,
     overrides: Annotated[
         list[str] | None,
         typer.Option(
@@ -82,6 +106,9 @@ def train_command(
         from pedcrowd.losses import apply_loss_preset
 
         cfg = dataclasses.replace(cfg, loss=apply_loss_preset(cfg.loss, loss))
+    for key, value in (("cls", cls_loss), ("box", box_loss), ("sampler", sampler)):
+        if value is not None:
+            sets.insert(0, f"loss.{key}={value}")  # before --set, after --loss
     cfg = apply_overrides(cfg, sets)
     run_dir = out if out is not None else Path(cfg.train.out_dir)
     if not resume and (run_dir / "last.pt").exists():

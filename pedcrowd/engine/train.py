@@ -466,9 +466,7 @@ def _write_eval_files(run_dir: Path, epoch: int, dets, report, records) -> None:
 
 
 def _install_crowd_losses(model: torch.nn.Module, cfg: Config) -> None:
-    """Attach the configured crowd losses to the RoI-head and RPN hooks (None = off)."""
-    from pedcrowd.losses import build_crowd_losses
+    """Give the RPN and the RoI head the training criteria of ``cfg.loss``."""
+    from pedcrowd.model.detector import install_criteria
 
-    roi_fn, rpn_fn = build_crowd_losses(cfg.loss)
-    model.roi_heads.crowd_loss_fn = roi_fn
-    model.rpn.crowd_loss_fn = rpn_fn
+    install_criteria(model, cfg.model, cfg.loss)

@@ -1,80 +1,256 @@
-"""The ``loss:`` section of the training config: crowd-loss weights and options.
+"""The ``loss:`` section of the training config and the registry of training terms.
 
-The defaults add no crowd loss (every weight 0). ``pedcrowd train --loss NAME``
-applies one of ``LOSS_PRESETS``, the papers' settings. No torch here, so the
-config tree loads fast.
+Every training loss of both stages is a registered *term*: torchvision's
+cross-entropy and smooth-L1 included. ``loss.cls`` / ``loss.box`` name the
+terms that compute the RoI head's classification and box losses,
+``loss.rpn_cls`` / ``loss.rpn_box`` the RPN's, ``loss.sampler`` how the RoI
+head picks its training samples; *extra* terms (NMS-Loss, RepLoss) are added
+wherever their weights are non-zero. Options of a technique live in the
+section of its name (``loss.nms.lambda_pull``).
+
+Adding a technique touches three places in two files: its file under
+``pedcrowd/losses/`` (the function), its options dataclass here, and one line
+of :data:`TERMS` here. ``LossConfig`` gets the options section from the
+registry line. Implementations are named by ``"module:function"`` so that this
+module, and with it the whole config tree, never imports torch; a test
+resolves every entry.
+
+``pedcrowd train --loss NAME`` applies one of :data:`LOSS_PRESETS` (named
+dicts of ``loss.`` fields).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pedcrowd.errors import PedcrowdError
+
+log = logging.getLogger(__name__)
+
+Role = Literal["cls", "box", "extra", "sampler"]
+Stage = Literal["rpn", "roi"]
+
+
+# ----------------------------------------------------------------------------- options
+
+OFFICIAL_NMS_THRESH = 0.5  # the RPN NMS threshold NMS-Loss simulates in the official code
 
 
 @dataclass
 class NmsLossConfig:
-    """NMS-Loss (Luo et al., ICMR 2021); see ``pedcrowd.losses.nms_loss``."""
+    """NMS-Loss (Luo et al., ICMR 2021); see ``pedcrowd.losses.nms``.
+
+    ``stage: rpn`` is the official code's setting: the RPN's decoded proposals,
+    chosen and assigned as ``RPN_NMS_Head`` does (``rpn_*`` fields). ``stage: roi``
+    is pedcrowd's adaptation to a two-stage torchvision detector, whose output is
+    decided by the second stage's NMS.
+    """
 
     lambda_pull: float = 0.0  # weight of the pull term (0 skips NMS-Loss unless push > 0)
     lambda_push: float = 0.0  # weight of the push term
-    nms_thresh: float = 0.5  # N_t: keep equal to the test NMS threshold
+    # N_t of the simulated NMS. null: model.box_nms_thresh at the roi stage (the NMS the
+    # loss simulates), the official 0.5 at the rpn stage
+    nms_thresh: float | None = None
     add_gt: bool = True  # GTs join as score-1.0 predictions and become b_max
     pull_relax: bool = True  # -ln(1 - N_t + IoU) (official); False: -ln(IoU) (paper)
     push_relax: bool = False  # -ln(1 + N_t - IoU); False: -ln(1 - IoU) (official)
     detach_pull_score: bool = True  # CityPersons official; Caltech lets pull lower the FP score
-    stage: Literal["roi", "rpn", "both"] = "roi"  # which NMS to simulate: box head, RPN, both
+    # which box of a pull pair the pull gradient moves: dup (the duplicate, CityPersons
+    # official) or max (b_max; the Caltech code's detached row)
+    pull_grad: Literal["dup", "max"] = "dup"
+    stage: Literal["roi", "rpn", "both"] = "roi"  # which NMS to simulate
+    # roi stage: the sampled RoIs only, or every positive proposal (what the test NMS sees)
+    candidates: Literal["sampled", "all"] = "all"
+    # rpn stage, as the official RPN_NMS_Head: anchors with score > min_score, the
+    # pre_top_n best, decoded (with gradient) and clipped, height >= min_height px, the
+    # top_n best of those; assigned by IoU >= 0.5 of their anchor (ignore IoA > 0.5 dropped)
+    rpn_min_score: float = 0.005
+    rpn_pre_top_n: int = 2500
+    rpn_top_n: int = 2500
+    rpn_min_height: float = 50.0
+    rpn_iou_thresh: float = 0.5
+
+    def term_weights(self) -> dict[str, float]:
+        return {"nms_pull": self.lambda_pull, "nms_push": self.lambda_push}
+
+    def resolve(self, stage: str, context: dict[str, Any]) -> NmsLossConfig:
+        """These options with ``nms_thresh`` filled in for ``stage``: the NMS it simulates."""
+        box_nms = context.get("box_nms_thresh")
+        if self.nms_thresh is None:
+            value = box_nms if stage == "roi" and box_nms is not None else OFFICIAL_NMS_THRESH
+            return dataclasses.replace(self, nms_thresh=float(value))
+        if stage == "roi" and box_nms is not None and self.nms_thresh != box_nms:
+            log.warning(
+                "loss.nms.nms_thresh %.3g differs from model.box_nms_thresh %.3g: NMS-Loss "
+                "simulates an NMS that the detector does not run (leave it null to follow "
+                "the model)", self.nms_thresh, box_nms,
+            )
+        return self
+
+    def stages(self) -> tuple[str, ...]:
+        return ("roi", "rpn") if self.stage == "both" else (self.stage,)
 
 
 @dataclass
 class RepLossConfig:
-    """Repulsion Loss (Wang et al., CVPR 2018); see ``pedcrowd.losses.repulsion_loss``."""
+    """Repulsion Loss (Wang et al., CVPR 2018); see ``pedcrowd.losses.repulsion``."""
 
     alpha: float = 0.0  # weight of RepGT
     beta: float = 0.0  # weight of RepBox
     sigma_gt: float = 1.0  # Smooth_ln sigma of RepGT (paper 1.0: plain -ln(1 - IoG))
     sigma_box: float = 0.0  # Smooth_ln sigma of RepBox (paper 0.0: linear in IoU)
+    # box_loss (paper-exact): scaled like the attraction term, which torchvision's box loss
+    # divides by every sampled RoI instead of the positives, so that alpha and beta weigh
+    # RepGT/RepBox against it as in the paper; positives: RepGT per positive and RepBox
+    # per overlapping pair, unscaled (pedcrowd 0.1; about 4x heavier at 25 % positives)
+    normalize: Literal["box_loss", "positives"] = "box_loss"
+
+    def term_weights(self) -> dict[str, float]:
+        return {"rep_gt": self.alpha, "rep_box": self.beta}
+
+    def stages(self) -> tuple[str, ...]:
+        return ("roi",)
 
 
-@dataclass
-class LossConfig:
-    """Crowd losses added to the detector's own losses in training (none by default)."""
-
-    nms: NmsLossConfig = field(default_factory=NmsLossConfig)
-    rep: RepLossConfig = field(default_factory=RepLossConfig)
+# ----------------------------------------------------------------------------- registry
 
 
-# The papers' settings. NMS-Loss: the official CityPersons config (FinalNMSLoss,
-# both scores detached); its Caltech config is lambda_pull = lambda_push = 0.1
-# with detach_pull_score=False. RepLoss: alpha = beta = 0.5, sigma 1.0 / 0.0.
+@dataclass(frozen=True)
+class TermSpec:
+    """One registered training term or sampler.
+
+    Attributes:
+        role: ``cls`` / ``box`` replace a stage's classification / box loss;
+            ``extra`` terms are added; ``sampler`` picks the RoI head's samples.
+        impl: ``"module:function"`` of the implementation (loaded on first use), or
+            the function itself (a term registered at run time by a user).
+        stages: where it may run.
+        options: the dataclass of its ``loss.<name>`` section, or None.
+    """
+
+    role: Role
+    impl: str | Callable[..., Any]
+    stages: tuple[Stage, ...] = ("roi",)
+    options: type | None = None
+
+    def load(self) -> Callable[..., Any]:
+        if callable(self.impl):
+            return self.impl
+        module, _, name = self.impl.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+# name -> spec. One line per technique.
+TERMS: dict[str, TermSpec] = {
+    "ce": TermSpec("cls", "pedcrowd.losses.standard:cross_entropy_term"),
+    "bce": TermSpec("cls", "pedcrowd.losses.standard:binary_cross_entropy_term", ("rpn",)),
+    "smooth_l1": TermSpec("box", "pedcrowd.losses.standard:smooth_l1_term", ("rpn", "roi")),
+    "random": TermSpec("sampler", "pedcrowd.losses.standard:random_sampler"),
+    "nms": TermSpec("extra", "pedcrowd.losses.nms:nms_terms", ("roi", "rpn"), NmsLossConfig),
+    "rep": TermSpec("extra", "pedcrowd.losses.repulsion:rep_terms", ("roi",), RepLossConfig),
+}
+
+
+def _loss_config_class() -> type:
+    """``LossConfig``: the term choices plus one options section per registered technique."""
+    fields: list[tuple[str, Any, Any]] = [
+        # RoI head classification loss: a registered "cls" term
+        ("cls", str, field(default="ce")),
+        # RoI head box loss: a registered "box" term
+        ("box", str, field(default="smooth_l1")),
+        # how the RoI head picks its training RoIs: a registered "sampler"
+        ("sampler", str, field(default="random")),
+        # the RPN's objectness and box losses
+        ("rpn_cls", str, field(default="bce")),
+        ("rpn_box", str, field(default="smooth_l1")),
+    ]
+    for name, spec in TERMS.items():
+        if spec.options is not None:
+            fields.append((name, spec.options, field(default_factory=spec.options)))
+    cls = dataclasses.make_dataclass(
+        "LossConfig", fields, namespace={"__post_init__": _check_choices}
+    )
+    cls.__module__ = __name__
+    cls.__doc__ = (
+        "Training losses of both stages: which registered term computes each, and "
+        "every technique's options (no crowd loss by default)."
+    )
+    return cls
+
+
+def _check_choices(self: Any) -> None:
+    for key, role, stage in (
+        ("cls", "cls", "roi"),
+        ("box", "box", "roi"),
+        ("sampler", "sampler", "roi"),
+        ("rpn_cls", "cls", "rpn"),
+        ("rpn_box", "box", "rpn"),
+    ):
+        name = getattr(self, key)
+        spec = TERMS.get(name)
+        if spec is None or spec.role != role or stage not in spec.stages:
+            known = [n for n, s in TERMS.items() if s.role == role and stage in s.stages]
+            raise PedcrowdError(
+                f"loss.{key}: unknown {role} term {name!r} (choose one of: {', '.join(known)})"
+            )
+
+
+LossConfig = _loss_config_class()
+
+
+# ----------------------------------------------------------------------------- presets
+
+# The papers' settings, as dicts of ``loss.`` fields (a dotted key sets a field of a
+# section). NMS-Loss: the official CityPersons loss (FinalNMSLoss: lambda_pull 0.1,
+# lambda_push 0.001, both scores detached). Its stage is the config's (the demo keeps
+# pedcrowd's roi stage; configs/nms_loss_*.yaml use the official rpn stage).
+# RepLoss: alpha = beta = 0.5, sigma 1.0 / 0.0.
 _NMS_CITYPERSONS = {
-    "lambda_pull": 0.1,
-    "lambda_push": 0.001,
-    "add_gt": True,
-    "pull_relax": True,
-    "push_relax": False,
-    "detach_pull_score": True,
+    "nms.lambda_pull": 0.1,
+    "nms.lambda_push": 0.001,
+    "nms.add_gt": True,
+    "nms.pull_relax": True,
+    "nms.push_relax": False,
+    "nms.detach_pull_score": True,
+    "nms.pull_grad": "dup",
 }
-_NMS_OFF = {"lambda_pull": 0.0, "lambda_push": 0.0}
-_REP_PAPER = {"alpha": 0.5, "beta": 0.5, "sigma_gt": 1.0, "sigma_box": 0.0}
-_REP_OFF = {"alpha": 0.0, "beta": 0.0}
+_NMS_OFF = {"nms.lambda_pull": 0.0, "nms.lambda_push": 0.0}
+_REP_PAPER = {"rep.alpha": 0.5, "rep.beta": 0.5, "rep.sigma_gt": 1.0, "rep.sigma_box": 0.0}
+_REP_OFF = {"rep.alpha": 0.0, "rep.beta": 0.0}
 
-LOSS_PRESETS: dict[str, tuple[dict[str, object], dict[str, object]]] = {
-    # name: (fields set on loss.nms, fields set on loss.rep)
-    "none": (_NMS_OFF, _REP_OFF),
-    "nms": (_NMS_CITYPERSONS, _REP_OFF),
-    "rep": (_NMS_OFF, _REP_PAPER),
-    "nms+rep": (_NMS_CITYPERSONS, _REP_PAPER),
+LOSS_PRESETS: dict[str, dict[str, object]] = {
+    "none": {**_NMS_OFF, **_REP_OFF},
+    "nms": {**_NMS_CITYPERSONS, **_REP_OFF},
+    "rep": {**_NMS_OFF, **_REP_PAPER},
+    "nms+rep": {**_NMS_CITYPERSONS, **_REP_PAPER},
 }
 
 
-def apply_loss_preset(cfg: LossConfig, name: str) -> LossConfig:
-    """A copy of ``cfg`` with the weights and options of preset ``name``.
+def set_loss_fields(cfg: Any, values: dict[str, object]) -> Any:
+    """A copy of the ``loss:`` section with ``{"nms.lambda_pull": 0.1, "cls": "focal"}`` set."""
+    top: dict[str, object] = {}
+    sections: dict[str, dict[str, object]] = {}
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        if name:
+            sections.setdefault(section, {})[name] = value
+        else:
+            top[key] = value
+    for section, fields_ in sections.items():
+        top[section] = dataclasses.replace(getattr(cfg, section), **fields_)
+    return dataclasses.replace(cfg, **top)
 
-    Fields a preset does not name (``nms_thresh``, ``stage``) keep their values
-    from ``cfg``; a preset that leaves a loss out sets its weights to 0.
+
+def apply_loss_preset(cfg: Any, name: str) -> Any:
+    """A copy of ``cfg`` (the ``loss:`` section) with preset ``name`` applied.
+
+    Fields a preset does not name (``nms.stage``, ``cls``, ...) keep their values;
+    a preset that leaves a crowd loss out sets its weights to 0.
 
     Args:
         cfg: the config's ``loss:`` section.
@@ -83,8 +259,4 @@ def apply_loss_preset(cfg: LossConfig, name: str) -> LossConfig:
     if name not in LOSS_PRESETS:
         choices = ", ".join(LOSS_PRESETS)
         raise PedcrowdError(f"--loss: unknown loss preset {name!r} (choose one of: {choices})")
-    nms_fields, rep_fields = LOSS_PRESETS[name]
-    return LossConfig(
-        nms=dataclasses.replace(cfg.nms, **nms_fields),
-        rep=dataclasses.replace(cfg.rep, **rep_fields),
-    )
+    return set_loss_fields(cfg, LOSS_PRESETS[name])

@@ -20,11 +20,16 @@ Shapes: N = positive predictions of the image, G = its GT boxes. Boxes are
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from pedcrowd.losses.nms_loss import box_iou_matrix
+from pedcrowd.box_ops import box_area, box_iou, paired_intersection
+
+if TYPE_CHECKING:
+    from pedcrowd.losses.config import RepLossConfig
+    from pedcrowd.model.samples import StageSamples
 
 LOG_X_MAX = 1.0 - 1e-6  # -ln(1 - x) is evaluated at x <= 1 - 1e-6 (finite when IoG -> 1)
 REPBOX_EPS = 1e-6  # RepBox denominator: #overlapping pairs + eps (0 / eps = 0 without pairs)
@@ -51,11 +56,7 @@ def smooth_ln(x: Tensor, sigma: float) -> Tensor:
 
 def intersection_over_gt(boxes: Tensor, gts: Tensor) -> Tensor:
     """[P, 4], [P, 4] xyxy -> [P] ``area(box ∩ gt) / area(gt)`` per row pair."""
-    lt = torch.maximum(boxes[:, :2], gts[:, :2])  # [P,2]
-    rb = torch.minimum(boxes[:, 2:], gts[:, 2:])  # [P,2]
-    wh = (rb - lt).clamp(min=0)  # [P,2]
-    gt_area = (gts[:, 2] - gts[:, 0]) * (gts[:, 3] - gts[:, 1])  # [P]
-    return wh[:, 0] * wh[:, 1] / gt_area.clamp(min=torch.finfo(gt_area.dtype).tiny)
+    return paired_intersection(boxes, gts) / box_area(gts).clamp(min=torch.finfo(gts.dtype).tiny)
 
 
 def repulsion_loss(
@@ -134,7 +135,7 @@ def batched_repulsion_loss(
     rep_gt = zeros
     if gt_boxes.shape[0] > 0 and pred_boxes.shape[0] > 0:
         with torch.no_grad():
-            proposal_iou = box_iou_matrix(proposals.to(dtype), gt_boxes)  # [N,G]
+            proposal_iou = box_iou(proposals.to(dtype), gt_boxes)  # [N,G]
             proposal_iou[image_index[:, None] != gt_image_index[None, :]] = -1.0
             proposal_iou[torch.arange(pred_boxes.shape[0]), gt_index] = -1.0  # not its own GT
             best_iou, target = proposal_iou.max(1)  # [N]
@@ -147,8 +148,50 @@ def batched_repulsion_loss(
     pair = (gt_index[:, None] != gt_index[None, :]) & (
         image_index[:, None] == image_index[None, :]
     )  # [N,N], False on the diagonal
-    pair_iou = box_iou_matrix(pred_boxes, pred_boxes)[pair]  # [pairs]
+    pair_iou = box_iou(pred_boxes, pred_boxes)[pair]  # [pairs]
     pair_image = image_index[:, None].expand_as(pair)[pair]  # [pairs]
     overlapping = zeros.detach().index_add(0, pair_image, (pair_iou.detach() > 0).to(dtype))  # [I]
     rep_box = zeros.index_add(0, pair_image, smooth_ln(pair_iou, sigma_box))
     return rep_gt, rep_box / (overlapping + REPBOX_EPS)
+
+
+def rep_terms(s: StageSamples, options: RepLossConfig, state: dict) -> dict[str, Tensor]:
+    """The registered term ``rep``: Repulsion Loss of the RoI head's sampled positives.
+
+    Each image's RepGT is its mean over its positives and RepBox its sum over
+    overlapping pairs divided by their count (the paper); the batch value is the
+    mean over the images. With ``normalize: box_loss`` (default) both are then
+    multiplied by (sampled positives / sampled RoIs) of the batch: torchvision's box
+    loss, the attraction term, is normalised by every sampled RoI rather than by
+    the positives, and this keeps alpha and beta weighing RepGT and RepBox against
+    it as in the paper.
+
+    Returns:
+        ``{"rep_gt": ..., "rep_box": ...}`` unweighted.
+    """
+    from pedcrowd.losses.positives import Positives, image_groups
+
+    rows = s.positive & s.sampled  # [N]
+    p = Positives(
+        pred_boxes=s.pred_boxes[rows],
+        scores=s.scores()[rows],
+        proposals=s.boxes[rows],
+        gt_index=s.matched_gt[rows],
+        gt_boxes=s.gt_boxes,
+        image_index=s.image_index[rows],
+        gt_image_index=s.gt_image_index,
+        num_images=s.num_images,
+    )
+    rep_gts, rep_boxes = [], []
+    for g in image_groups(p):
+        rep_gt, rep_box = batched_repulsion_loss(
+            g.pred_boxes, g.proposals, g.gt_index, g.gt_boxes, g.image_index,
+            g.gt_image_index, g.num_images, sigma_gt=options.sigma_gt, sigma_box=options.sigma_box,
+        )  # fmt: skip
+        rep_gts.append(rep_gt)
+        rep_boxes.append(rep_box)
+    rep_gt, rep_box = torch.cat(rep_gts).mean(), torch.cat(rep_boxes).mean()
+    if options.normalize == "box_loss":
+        scale = rows.sum() / s.sampled.sum().clamp(min=1)
+        rep_gt, rep_box = rep_gt * scale, rep_box * scale
+    return {"rep_gt": rep_gt, "rep_box": rep_box}

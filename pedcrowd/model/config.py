@@ -32,6 +32,10 @@ class ModelConfig:
     # torchvision's transform resizes each image so its short side is min_size, capped by max_size
     min_size: int = 192
     max_size: int = 384
+    # training only: scale every (augmented, e.g. cropped) image by this factor instead of
+    # resizing it to min_size (the official NMS-Loss crops, then trains at 1x on
+    # CityPersons, 2x on Caltech); null: as at test
+    train_scale: float | None = None
     # anchor size (sqrt of its area, input pixels; its height is 1.56x that) per feature
     # level, finest first: tiny_fpn has 3 levels, resnet*_fpn 5, mobilenet_v3_fpn 3
     anchor_sizes: tuple[int, ...] = (20, 40, 80)
@@ -62,6 +66,9 @@ class ModelConfig:
     # the test NMS IoU threshold; NMS-Loss simulates NMS with the same value
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
+    # a positive anchor/proposal lying (IoA >= 0.5) inside an ignore region: drop it from
+    # training (the official NMS-Loss assigner) or keep it positive (pedcrowd 0.1)
+    ignore_positives: Literal["keep", "drop"] = "drop"
     # width of the two-layer MLP box head
     representation_size: int = 256
     # KL-Loss head (Softer-NMS): also predict log(sigma^2) of each box edge, and regress

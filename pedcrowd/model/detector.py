@@ -81,7 +81,9 @@ def build_model(cfg: ModelConfig) -> FasterRCNN:
         box_head=box_head,
         box_predictor=box_predictor,
     )
-    model.transform = PedTransform(cfg.min_size, cfg.max_size, IMAGE_MEAN, IMAGE_STD)
+    model.transform = PedTransform(
+        cfg.min_size, cfg.max_size, IMAGE_MEAN, IMAGE_STD, train_scale=cfg.train_scale
+    )
     model.rpn = PedRegionProposalNetwork(
         anchor_generator,
         rpn_head,
@@ -98,6 +100,7 @@ def build_model(cfg: ModelConfig) -> FasterRCNN:
             "testing": cfg.rpn_post_nms_top_n_test,
         },
         nms_thresh=cfg.rpn_nms_thresh,
+        drop_ignored_positives=cfg.ignore_positives == "drop",
     )
     model.roi_heads = PedRoIHeads(
         box_roi_pool,
@@ -111,12 +114,24 @@ def build_model(cfg: ModelConfig) -> FasterRCNN:
         score_thresh=cfg.box_score_thresh,
         nms_thresh=cfg.box_nms_thresh,
         detections_per_img=cfg.box_detections_per_img,
+        drop_ignored_positives=cfg.ignore_positives == "drop",
         box_std_head=cfg.box_std_head,
     )
+    install_criteria(model, cfg)
     if weights not in ("none", "imagenet"):
         report = load_weights(model, weights)
         log.info("loaded %s: %d tensors", weights, len(report.loaded))
     return model
+
+
+def install_criteria(model: FasterRCNN, cfg: ModelConfig, loss: object | None = None) -> None:
+    """Give the RPN and the RoI head the training criteria of the ``loss:`` section
+    ``loss`` (None: torchvision's own losses, no crowd loss)."""
+    from pedcrowd.losses.criterion import build_criteria
+
+    model.rpn.criterion, model.roi_heads.criterion = build_criteria(
+        loss, {"box_nms_thresh": cfg.box_nms_thresh}
+    )
 
 
 @dataclass

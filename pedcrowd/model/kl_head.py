@@ -64,9 +64,25 @@ class EdgeBoxCoder(BoxCoder):
         return torch.exp(0.5 * log_var) * self._scale(proposals.to(log_var.dtype))
 
 
-def build_std_predictor(in_features: int) -> nn.Linear:
-    """The layer predicting alpha = log(sigma^2) [R, 4] of the pedestrian box's edges."""
-    layer = nn.Linear(in_features, 4)
-    nn.init.normal_(layer.weight, std=STD_INIT)
-    nn.init.zeros_(layer.bias)
-    return layer
+class KLBoxPredictor(nn.Module):
+    """torchvision's ``FastRCNNPredictor`` layers plus ``bbox_log_var``.
+
+    ``forward(x)`` -> (class logits [R, K], box codes [R, K * 4],
+    ``{"box_log_var": alpha [R, 4]}``), alpha = log(sigma^2) of the pedestrian
+    box's edges (x1, y1, x2, y2); the third output is what the RoI heads hand
+    the losses as ``StageSamples.extras``.
+    """
+
+    def __init__(self, predictor: nn.Module) -> None:
+        super().__init__()
+        self.cls_score = predictor.cls_score
+        self.bbox_pred = predictor.bbox_pred
+        self.bbox_log_var = nn.Linear(self.bbox_pred.in_features, 4)
+        nn.init.normal_(self.bbox_log_var.weight, std=STD_INIT)
+        nn.init.zeros_(self.bbox_log_var.bias)
+
+    def forward(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        x = x.flatten(start_dim=1)
+        return self.cls_score(x), self.bbox_pred(x), {"box_log_var": self.bbox_log_var(x)}

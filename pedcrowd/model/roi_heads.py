@@ -1,58 +1,73 @@
-"""The second stage: torchvision's ``RoIHeads`` with ignore regions and the crowd-loss seam.
+"""The second stage: torchvision's ``RoIHeads`` with ignore regions and the training-loss seam.
 
-Shapes: N images, R sampled proposals of an image (R_all over the batch),
-K = 2 classes (background, pedestrian), G GT boxes and M ignore boxes of an
-image. ``deltas`` are the box coder's (dx, dy, dw, dh) regression outputs.
+Shapes: N images, P proposals of an image (the RPN's, GT boxes appended), R rows
+the box head runs on in training (R_all over the batch), K = 2 classes
+(background, pedestrian), G GT boxes and M ignore boxes of an image. ``deltas``
+are the box coder's regression outputs ((dx, dy, dw, dh); edge offsets with the KL head).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
+from torch import Tensor
+from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.losses.criterion import StageCriterion, build_criteria
+from pedcrowd.losses.standard import SamplerContext
 from pedcrowd.model.config import PostprocessConfig
-from pedcrowd.model.ignore import exclude_ignored_negatives
-from pedcrowd.model.kl_head import EdgeBoxCoder, build_std_predictor
+from pedcrowd.model.ignore import exclude_ignored
+from pedcrowd.model.kl_head import EdgeBoxCoder, KLBoxPredictor
 from pedcrowd.model.postprocess import suppress
-from pedcrowd.model.rpn import CrowdLossFn
-from pedcrowd.model.samples import RoiSamples
+from pedcrowd.model.samples import StageSamples
 
 PEDESTRIAN = 1  # class index of the pedestrian (0 is background)
 
 
 class PedRoIHeads(RoIHeads):
-    """``RoIHeads`` whose training step ignores ignore regions and feeds the crowd losses.
+    """``RoIHeads`` whose training step honours ignore regions and runs a :class:`StageCriterion`.
 
-    Training: proposals whose IoA with an ignore box (``target["ignore_boxes"]``)
-    is >= 0.5 are not sampled as negatives; one :class:`RoiSamples` per image is
-    built from the sampled proposals and kept in ``last_samples``; if
-    ``crowd_loss_fn`` is set, its terms are added to the loss dict.
+    Training: every proposal is assigned (torchvision's matcher); proposals whose
+    IoA with an ignore box (``target["ignore_boxes"]``) is >= 0.5 are never trained
+    on (negatives always, positives with ``drop_ignored_positives``); the
+    criterion's sampler picks the training rows; the box head runs on them and, when
+    a term reads every positive proposal (NMS-Loss ``candidates: all``), on the
+    other positives too; the criterion turns the resulting :class:`StageSamples`
+    into the loss dict.
 
-    Inference (:meth:`postprocess_detections`) follows ``self.postprocess``
-    (a :class:`PostprocessConfig`; set it with :meth:`set_postprocess`); its
-    default, hard NMS, is torchvision's ``RoIHeads`` inference op for op.
-    ``box_std_head`` adds the KL-Loss head (:mod:`pedcrowd.model.kl_head`):
-    ``box_std_predictor`` and the edge box coder; detections then carry
-    ``box_std`` [D, 4], the predicted standard deviation of each edge in pixels.
+    Inference (:meth:`detect`, :meth:`postprocess_detections`) follows
+    ``self.postprocess`` (a :class:`PostprocessConfig`, set with
+    :meth:`set_postprocess`); its default, hard NMS, is torchvision's ``RoIHeads``
+    inference op for op. ``box_std_head`` makes the box predictor a
+    :class:`KLBoxPredictor` (its third output ``box_log_var`` reaches the losses
+    as ``StageSamples.extras``) and the box coder the edge coder; detections then
+    carry ``box_std`` [D, 4], each edge's predicted standard deviation in pixels.
     """
 
-    crowd_loss_fn: CrowdLossFn | None = None
-
     def __init__(
-        self, *args, ignore_ioa_thresh: float = 0.5, box_std_head: bool = False, **kwargs
+        self,
+        *args,
+        ignore_ioa_thresh: float = 0.5,
+        drop_ignored_positives: bool = True,
+        criterion: StageCriterion | None = None,
+        box_std_head: bool = False,
+        **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.ignore_ioa_thresh = ignore_ioa_thresh
-        self.crowd_loss_fn = None
-        self.last_samples: list[RoiSamples] = []
+        self.drop_ignored_positives = drop_ignored_positives
+        self.criterion = criterion if criterion is not None else build_criteria()[1]
         self.postprocess = PostprocessConfig()
-        self.box_std_predictor: torch.nn.Linear | None = None
-        if box_std_head:
+        if box_std_head:  # the KL layer is drawn after every other weight: those stay the same
+            self.box_predictor = KLBoxPredictor(self.box_predictor)
             self.box_coder = EdgeBoxCoder()
-            self.box_std_predictor = build_std_predictor(self.box_predictor.bbox_pred.in_features)
+
+    @property
+    def has_box_std(self) -> bool:
+        """Whether the box predictor has the KL head (per-edge log-variances)."""
+        return isinstance(self.box_predictor, KLBoxPredictor)
 
     def set_postprocess(self, cfg: PostprocessConfig) -> None:
         """Use ``cfg`` at inference from now on.
@@ -60,129 +75,152 @@ class PedRoIHeads(RoIHeads):
         Raises:
             PedcrowdError: variance voting asked of a model without the KL head.
         """
-        if cfg.var_voting and self.box_std_predictor is None:
+        if cfg.var_voting and not self.has_box_std:
             raise PedcrowdError(
                 "postprocess.var_voting: this model has no KL box head (box variances); "
                 "train one with --box-loss kl, or turn variance voting off"
             )
         self.postprocess = cfg
 
-    def select_training_samples(
-        self, proposals: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-        """torchvision's sampling with the ignore rule applied before the sampler.
+    def assign_proposals(
+        self, proposals: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """torchvision's assignment with the ignore rule, for every proposal.
 
         Args:
-            proposals: per image [P, 4] RPN proposals.
+            proposals: per image [P', 4] RPN proposals.
             targets: per image ``boxes`` [G, 4], ``labels`` [G], optional ``ignore_boxes`` [M, 4].
 
         Returns:
-            proposals: per image [R, 4] sampled proposals (GT boxes appended before sampling).
-            matched_idxs: per image [R] GT index, clamped to 0 for negatives (torchvision's convention).
-            labels: per image [R] int64, 1 pedestrian, 0 background.
-            regression_targets: per image [R, 4] deltas of the matched GT.
+            proposals: per image [P, 4], the GT boxes appended (torchvision's rule).
+            matched_idxs: per image [P] GT index (0 for non-positives: torchvision's clamp).
+            labels: per image [P] int64, 1 pedestrian, 0 background, -1 never trained on.
         """
         self.check_targets(targets)
-        assert targets is not None
-        dtype, device = proposals[0].dtype, proposals[0].device
+        dtype = proposals[0].dtype
         gt_boxes = [t["boxes"].to(dtype) for t in targets]
         gt_labels = [t["labels"] for t in targets]
-
         proposals = self.add_gt_proposals(proposals, gt_boxes)
         matched_idxs, labels = self.assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
         labels = [
-            exclude_ignored_negatives(lab, props, t.get("ignore_boxes"), self.ignore_ioa_thresh)
+            exclude_ignored(
+                lab, props, t.get("ignore_boxes"), self.ignore_ioa_thresh, self.drop_ignored_positives
+            )
             for lab, props, t in zip(labels, proposals, targets, strict=True)
         ]
-        sampled_inds = self.subsample(labels)
+        return proposals, matched_idxs, labels
 
-        matched_gt_boxes = []
-        for i, inds in enumerate(sampled_inds):
-            proposals[i] = proposals[i][inds]
-            labels[i] = labels[i][inds]
-            matched_idxs[i] = matched_idxs[i][inds]
-            boxes = (
-                gt_boxes[i]
-                if gt_boxes[i].numel()
-                else torch.zeros((1, 4), dtype=dtype, device=device)
-            )
-            matched_gt_boxes.append(boxes[matched_idxs[i]])
-        regression_targets = self.box_coder.encode(matched_gt_boxes, proposals)
-        return proposals, matched_idxs, labels, regression_targets
+    def run_box_head(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Box head on ``proposals``: [R_all, K] logits, [R_all, 4] pedestrian deltas, extras.
+
+        A box predictor may return a third output, a dict of further per-row
+        tensors (e.g. ``box_log_var``), passed on as :attr:`StageSamples.extras`.
+        """
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        out = self.box_predictor(box_features)
+        class_logits, box_regression = out[0], out[1]  # [R_all,K], [R_all,K*4]
+        extras = out[2] if len(out) > 2 else {}
+        deltas = box_regression.reshape(-1, class_logits.shape[1], 4)[:, PEDESTRIAN]  # [R_all,4]
+        return class_logits, deltas, extras
+
+    def stage_samples(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        matched_idxs: list[Tensor],
+        labels: list[Tensor],
+        rows: list[Tensor],
+        sampled: list[Tensor],
+        targets: list[dict[str, Tensor]],
+        image_shapes: list[tuple[int, int]],
+    ) -> StageSamples:
+        """Runs the box head on ``rows`` (per image indices into its proposals) and
+        gathers everything the criterion reads.
+
+        Args:
+            sampled: per image [R] bool, which of ``rows`` the sampler chose.
+        """
+        dtype, device = proposals[0].dtype, proposals[0].device
+        props = [p[r] for p, r in zip(proposals, rows, strict=True)]
+        class_logits, deltas, extras = self.run_box_head(features, props, image_shapes)
+        gt_counts = [t["boxes"].shape[0] for t in targets]
+        offsets = torch.tensor([0, *gt_counts[:-1]], device=device).cumsum(0)
+        row_labels = [lab[r] for lab, r in zip(labels, rows, strict=True)]
+        matched = [
+            torch.where(lab > 0, m[r] + off, torch.full_like(lab, -1))
+            for lab, m, r, off in zip(row_labels, matched_idxs, rows, offsets, strict=True)
+        ]
+        matched_boxes = []
+        for t, m, r in zip(targets, matched_idxs, rows, strict=True):
+            gt = t["boxes"].to(dtype)
+            gt = gt if gt.numel() else torch.zeros((1, 4), dtype=dtype, device=device)
+            matched_boxes.append(gt[m[r]])
+        boxes = torch.cat(props)
+        return StageSamples(
+            stage="roi",
+            boxes=boxes,
+            image_index=torch.cat(
+                [torch.full((len(r),), i, dtype=torch.long, device=device) for i, r in enumerate(rows)]
+            ),
+            labels=torch.cat(row_labels),
+            matched_gt=torch.cat(matched),
+            class_logits=class_logits,
+            deltas=deltas,
+            target_deltas=self.box_coder.encode_single(torch.cat(matched_boxes), boxes),
+            gt_boxes=torch.cat([t["boxes"].to(dtype) for t in targets]),
+            gt_image_index=torch.cat(
+                [torch.full((n,), i, dtype=torch.long, device=device) for i, n in enumerate(gt_counts)]
+            ),
+            ignore_boxes=[
+                t.get("ignore_boxes", torch.zeros((0, 4), dtype=dtype, device=device)) for t in targets
+            ],
+            image_sizes=list(image_shapes),
+            sampled=torch.cat(sampled),
+            box_coder=self.box_coder,
+            extras=extras,
+        )
 
     def forward(
         self,
-        features: dict[str, torch.Tensor],
-        proposals: list[torch.Tensor],
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
         image_shapes: list[tuple[int, int]],
-        targets: list[dict[str, torch.Tensor]] | None = None,
-    ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         if not self.training:
             return self.detect(features, proposals, image_shapes), {}
+        assert targets is not None
+        proposals, matched_idxs, labels = self.assign_proposals(proposals, targets)
 
-        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(
-            proposals, targets
-        )
-        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
-        class_logits, box_regression = self.box_predictor(box_features)  # [R_all,K], [R_all,K*4]
-        if class_logits.shape[0] == 0:
-            # nothing sampled in the whole batch (ignore-only images whose ignore regions
-            # cover every proposal): fastrcnn_loss would average over nothing, NaN
-            loss_classifier = class_logits.sum() * 0.0
-            loss_box_reg = box_regression.sum() * 0.0
-        else:
-            loss_classifier, loss_box_reg = fastrcnn_loss(
-                class_logits, box_regression, labels, regression_targets
-            )
-        losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
-
-        self.last_samples = self.build_samples(
-            class_logits, box_regression, proposals, matched_idxs, labels, targets
-        )
-        if self.crowd_loss_fn is not None:
-            losses.update(self.crowd_loss_fn(self.last_samples))
-        return [], losses
-
-    def build_samples(
-        self,
-        class_logits: torch.Tensor,
-        box_regression: torch.Tensor,
-        proposals: list[torch.Tensor],
-        matched_idxs: list[torch.Tensor],
-        labels: list[torch.Tensor],
-        targets: list[dict[str, torch.Tensor]],
-    ) -> list[RoiSamples]:
-        """One :class:`RoiSamples` per image from the box head's outputs (batched decode, one split).
-
-        Args:
-            class_logits: [R_all, K].
-            box_regression: [R_all, K * 4].
-            proposals, matched_idxs, labels: per image [R, 4], [R], [R] from the sampler.
-        """
-        deltas = box_regression.reshape(-1, class_logits.shape[1], 4)[:, PEDESTRIAN]  # [R_all,4]
-        pred_boxes = self.box_coder.decode_single(deltas, torch.cat(proposals))  # [R_all,4]
-        scores = F.softmax(class_logits, dim=-1)[:, PEDESTRIAN]  # [R_all]
-        per_image = [p.shape[0] for p in proposals]
-        samples = []
-        for props, idxs, labs, boxes, score, target in zip(
-            proposals,
-            matched_idxs,
-            labels,
-            pred_boxes.split(per_image),
-            scores.split(per_image),
-            targets,
-            strict=True,
-        ):
-            samples.append(
-                RoiSamples(
-                    proposals=props,
-                    matched_gt=torch.where(labs > 0, idxs, torch.full_like(idxs, -1)),
-                    pred_boxes=boxes,
-                    scores=score,
-                    gt_boxes=target["boxes"],
+        def score(rows: list[Tensor]) -> StageSamples:  # the box head without gradient (OHEM)
+            with torch.no_grad():
+                none = [torch.ones(len(r), dtype=torch.bool, device=r.device) for r in rows]
+                return self.stage_samples(
+                    features, proposals, matched_idxs, labels, rows, none, targets, image_shapes
                 )
-            )
-        return samples
+
+        chosen = self.criterion.sampler.select(
+            SamplerContext(proposals, labels, self.fg_bg_sampler, score)
+        )  # per image [S] indices
+        rows, sampled = chosen, [torch.ones(len(c), dtype=torch.bool, device=c.device) for c in chosen]
+        if self.criterion.needs_all_positives:  # every positive proposal, sampled ones first
+            rows, sampled = [], []
+            for c, lab in zip(chosen, labels, strict=True):
+                extra = torch.ones(lab.shape[0], dtype=torch.bool, device=lab.device)
+                extra[c] = False
+                extra = torch.where(extra & (lab > 0))[0]
+                rows.append(torch.cat([c, extra]))
+                sampled.append(torch.cat([torch.ones_like(c, dtype=torch.bool),
+                                          torch.zeros_like(extra, dtype=torch.bool)]))
+        s = self.stage_samples(
+            features, proposals, matched_idxs, labels, rows, sampled, targets, image_shapes
+        )
+        return [], self.criterion(s)
 
     # ------------------------------------------------------------------ inference
 
@@ -197,10 +235,9 @@ class PedRoIHeads(RoIHeads):
         The same modules in the same order as ``RoIHeads.forward`` at inference.
         """
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
-        class_logits, box_regression = self.box_predictor(box_features)
-        log_var = (
-            self.box_std_predictor(box_features) if self.box_std_predictor is not None else None
-        )
+        out = self.box_predictor(box_features)
+        class_logits, box_regression = out[0], out[1]  # [R_all,K], [R_all,K*4]
+        log_var = out[2]["box_log_var"] if len(out) > 2 else None  # [R_all,4]
         boxes, scores, labels, stds = self.postprocess_detections(
             class_logits, box_regression, proposals, image_shapes, box_log_var=log_var
         )

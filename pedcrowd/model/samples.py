@@ -1,44 +1,117 @@
-"""What the second stage exposes to the crowd losses, per image, in training.
+"""What a detector stage exposes to the training losses: one batch of samples.
 
-This is the seam between the detector and the crowd losses (NMS-Loss,
-RepLoss): :class:`pedcrowd.model.roi_heads.PedRoIHeads` fills one
-:class:`RoiSamples` per image after sampling proposals and running the box
-head; the loss functions in :mod:`pedcrowd.losses` read them. Nothing here
-runs at inference.
+This is the seam between the detector and every training term
+(:mod:`pedcrowd.losses`). The RPN and the RoI head each build one
+:class:`StageSamples` per training step, for the whole batch, and hand it to
+their :class:`pedcrowd.losses.criterion.StageCriterion`; nothing is kept on
+the modules after the step, and nothing here runs at inference.
 
-Shapes: R = sampled proposals of the image, G = its GT boxes (ignore boxes
-excluded). Boxes are ``xyxy`` in the network's input coordinates.
+Shapes: N = rows of the batch (RPN: every anchor of every image; RoI head: the
+proposals the box head ran on), G = GT boxes of the batch (ignore boxes
+excluded), I = images. Boxes are ``xyxy`` in the network's input coordinates.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
+from torch import Tensor
+from torchvision.models.detection._utils import BoxCoder
 
 
-@dataclass
-class RoiSamples:
-    """One image's sampled proposals and what the box head made of them.
+@dataclass(eq=False)
+class StageSamples:
+    """One stage's training rows, batch-wide, and what the heads made of them.
 
     Attributes:
-        proposals: [R, 4] the sampled proposals (no gradient).
-        matched_gt: [R] int64 index into ``gt_boxes`` for positives, -1 for
-            negatives (background).
-        pred_boxes: [R, 4] pedestrian-class boxes decoded from the box
-            regression of each proposal (with gradient).
-        scores: [R] pedestrian probability (softmax over the class logits,
-            with gradient).
-        gt_boxes: [G, 4] the image's GT boxes (no gradient).
+        stage: ``"rpn"`` or ``"roi"``.
+        boxes: [N, 4] anchors (RPN) or proposals with the GTs appended (RoI), no gradient.
+        image_index: [N] int64 image of each row.
+        labels: [N] int64: 1 pedestrian, 0 background, -1 never trained on (ignored, or
+            between the matcher's thresholds).
+        matched_gt: [N] int64 index into ``gt_boxes`` on label-1 rows, -1 elsewhere.
+        class_logits: [N, 2] (background, pedestrian) logits of the RoI head or [N, 1]
+            the RPN's objectness logit; with gradient.
+        deltas: [N, 4] the pedestrian-class box regression (box coder deltas), with gradient.
+        target_deltas: [N, 4] the box coder's encoding of the matched GT (label-1 rows;
+            anything elsewhere).
+        gt_boxes: [G, 4] the batch's GT boxes, image after image.
+        gt_image_index: [G] image of each GT box.
+        ignore_boxes: per image [M, 4] ignore regions.
+        image_sizes: per image (height, width) of the network input.
+        sampled: [N] bool, the rows the sampler chose for the classification and box losses.
+        weights: [N] per-row loss weight, or None for all ones (then the standard terms
+            compute exactly torchvision's arithmetic).
+        box_coder: decodes ``deltas`` against ``boxes``.
+        extras: further per-row head outputs, e.g. ``"box_log_var"`` [N, 4].
     """
 
-    proposals: torch.Tensor
-    matched_gt: torch.Tensor
-    pred_boxes: torch.Tensor
-    scores: torch.Tensor
-    gt_boxes: torch.Tensor
+    stage: str
+    boxes: Tensor
+    image_index: Tensor
+    labels: Tensor
+    matched_gt: Tensor
+    class_logits: Tensor
+    deltas: Tensor
+    target_deltas: Tensor
+    gt_boxes: Tensor
+    gt_image_index: Tensor
+    ignore_boxes: list[Tensor]
+    image_sizes: list[tuple[int, int]]
+    sampled: Tensor
+    box_coder: BoxCoder
+    weights: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
     @property
-    def positive(self) -> torch.Tensor:
-        """[R] bool mask of the positives."""
-        return self.matched_gt >= 0
+    def num_images(self) -> int:
+        return len(self.image_sizes)
+
+    @property
+    def positive(self) -> Tensor:
+        """[N] bool, label-1 rows."""
+        return self.labels == 1
+
+    def ped_logit(self) -> Tensor:
+        """[N] logit of the pedestrian probability (with gradient).
+
+        RoI head: ``z_ped - z_bg``, since the 2-class softmax equals the sigmoid of
+        it; RPN: the objectness logit.
+        """
+        if self.class_logits.shape[1] == 1:
+            return self.class_logits[:, 0]
+        return self.class_logits[:, 1] - self.class_logits[:, 0]
+
+    def scores(self) -> Tensor:
+        """[N] pedestrian probability (softmax for the RoI head, sigmoid for the RPN)."""
+        if self.class_logits.shape[1] == 1:
+            return self.class_logits[:, 0].sigmoid()
+        return torch.softmax(self.class_logits, dim=-1)[:, 1]
+
+    @cached_property
+    def pred_boxes(self) -> Tensor:
+        """[N, 4] boxes decoded from ``deltas`` (with gradient)."""
+        return self.box_coder.decode_single(self.deltas, self.boxes.to(self.deltas.dtype))
+
+    def subset(self, rows: Tensor) -> StageSamples:
+        """The same batch restricted to ``rows`` (an index or bool mask over N)."""
+        return StageSamples(
+            stage=self.stage,
+            boxes=self.boxes[rows],
+            image_index=self.image_index[rows],
+            labels=self.labels[rows],
+            matched_gt=self.matched_gt[rows],
+            class_logits=self.class_logits[rows],
+            deltas=self.deltas[rows],
+            target_deltas=self.target_deltas[rows],
+            gt_boxes=self.gt_boxes,
+            gt_image_index=self.gt_image_index,
+            ignore_boxes=self.ignore_boxes,
+            image_sizes=self.image_sizes,
+            sampled=self.sampled[rows],
+            box_coder=self.box_coder,
+            weights=None if self.weights is None else self.weights[rows],
+            extras={k: v[rows] for k, v in self.extras.items()},
+        )

@@ -17,11 +17,23 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform, res
 
 class PedTransform(GeneralizedRCNNTransform):
     """``GeneralizedRCNNTransform`` that resizes ``target["ignore_boxes"]`` with the image
-    and the detections' ``box_std`` back with the boxes."""
+    (and at inference the detections' ``box_std`` back with the boxes).
+
+    With ``train_scale`` set, training images are scaled by that factor instead of
+    to ``min_size`` (the official NMS-Loss pipeline crops a fixed fraction of each
+    image and trains on it at a fixed scale: 1x on CityPersons, 2x on Caltech);
+    inference always resizes to ``min_size`` / ``max_size``.
+    """
+
+    def __init__(self, *args, train_scale: float | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.train_scale = train_scale
 
     def resize(
         self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        if self.training and self.train_scale is not None:
+            return self.scale(image, target, self.train_scale)
         original_size = image.shape[-2:]
         image, target = super().resize(image, target)
         if target is not None and "ignore_boxes" in target:
@@ -40,3 +52,21 @@ class PedTransform(GeneralizedRCNNTransform):
                 if "box_std" in pred:  # per-axis scale factors, like the edges themselves
                     pred["box_std"] = resize_boxes(pred["box_std"], im_s, o_im_s)
         return super().postprocess(result, image_shapes, original_image_sizes)
+
+    @staticmethod
+    def scale(
+        image: torch.Tensor, target: dict[str, torch.Tensor] | None, factor: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """``image`` [C, H, W] scaled by ``factor`` (bilinear), its boxes with it."""
+        if factor == 1.0:
+            return image, target
+        original_size = image.shape[-2:]
+        image = torch.nn.functional.interpolate(
+            image[None], scale_factor=factor, mode="bilinear", align_corners=False,
+            recompute_scale_factor=True,
+        )[0]  # fmt: skip
+        if target is not None:
+            for key in ("boxes", "ignore_boxes"):
+                if key in target:
+                    target[key] = resize_boxes(target[key].reshape(-1, 4), original_size, image.shape[-2:])
+        return image, target

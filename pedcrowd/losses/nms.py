@@ -30,37 +30,21 @@ pixels; IoU is continuous (no +1 pixel, torchvision's convention).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
-from torchvision.ops import nms
+from torchvision.ops import clip_boxes_to_image, nms
+
+from pedcrowd.box_ops import box_iou, paired_iou
+
+if TYPE_CHECKING:
+    from pedcrowd.losses.config import NmsLossConfig
+    from pedcrowd.model.samples import StageSamples
 
 PULL_IOU_MIN = 1e-6  # pull: IoU clamped below (official eps), so -ln(IoU) stays finite
 PUSH_IOU_MAX = 1.0 - 1e-6  # push: IoU clamped above; the official code is infinite at IoU = 1
 NORM_EPS = 1e-6  # official: L = sum / (count + 1e-6)
-
-
-def box_iou_matrix(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """[A, 4], [B, 4] xyxy -> [A, B] continuous IoU (0 where the union is empty)."""
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])  # [A]
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])  # [B]
-    lt = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])  # [A,B,2]
-    rb = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])  # [A,B,2]
-    wh = (rb - lt).clamp(min=0)  # [A,B,2]
-    inter = wh[..., 0] * wh[..., 1]  # [A,B]
-    union = area1[:, None] + area2[None, :] - inter  # [A,B]
-    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
-
-
-def paired_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """[P, 4], [P, 4] xyxy -> [P] IoU of each row pair (same arithmetic as the matrix)."""
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])  # [P]
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])  # [P]
-    lt = torch.maximum(boxes1[:, :2], boxes2[:, :2])  # [P,2]
-    rb = torch.minimum(boxes1[:, 2:], boxes2[:, 2:])  # [P,2]
-    wh = (rb - lt).clamp(min=0)  # [P,2]
-    inter = wh[:, 0] * wh[:, 1]  # [P]
-    union = area1 + area2 - inter  # [P]
-    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
 
 
 def pull_term(iou: Tensor, nms_thresh: float, relax: bool) -> Tensor:
@@ -95,6 +79,7 @@ def nms_loss(
     pull_relax: bool = True,
     push_relax: bool = False,
     detach_pull_score: bool = True,
+    pull_grad: str = "dup",
 ) -> tuple[Tensor, Tensor]:
     """NMS-Loss of one image: the per-image normalised pull and push terms.
 
@@ -111,6 +96,10 @@ def nms_loss(
         push_relax: ``-ln(1 + N_t - IoU)`` instead of ``-ln(1 - IoU)`` (official).
         detach_pull_score: stop the gradient of the FP's score in the pull term
             (CityPersons official); False lets pull also lower the FP's score (Caltech).
+        pull_grad: which box of a pull pair the pull IoU moves: ``"dup"`` the
+            duplicate ``b_m`` (CityPersons official, the paper), ``"max"`` its
+            ``b_max`` (the official Caltech ``NMSLoss`` detaches the duplicate's row;
+            with ``add_gt`` b_max is often the fixed GT, then no box gradient at all).
 
     Returns:
         ``(pull, push)``: scalars, ``sum / (count + 1e-6)`` each, unweighted.
@@ -130,6 +119,7 @@ def nms_loss(
         pull_relax=pull_relax,
         push_relax=push_relax,
         detach_pull_score=detach_pull_score,
+        pull_grad=pull_grad,
     )
     return pull[0], push[0]
 
@@ -148,6 +138,7 @@ def batched_nms_loss(
     pull_relax: bool = True,
     push_relax: bool = False,
     detach_pull_score: bool = True,
+    pull_grad: str = "dup",
 ) -> tuple[Tensor, Tensor]:
     """:func:`nms_loss` of several images at once (the same values, fewer tensor ops).
 
@@ -159,7 +150,8 @@ def batched_nms_loss(
         image_index: [N] image of each prediction, in [0, num_images).
         gt_image_index: [G] image of each GT box.
         num_images: I.
-        nms_thresh, add_gt, pull_relax, push_relax, detach_pull_score: as :func:`nms_loss`.
+        nms_thresh, add_gt, pull_relax, push_relax, detach_pull_score, pull_grad: as
+            :func:`nms_loss`.
 
     Returns:
         ``(pull, push)``: [I] each, the per-image terms of :func:`nms_loss`.
@@ -216,7 +208,7 @@ def batched_nms_loss(
         kept = torch.zeros(n, dtype=torch.bool, device=device)
         kept[keep] = True
         # Only kept boxes suppress, so only their rows of the IoU matrix are needed.
-        iou = box_iou_matrix(boxes[keep], boxes)  # [K,n]
+        iou = box_iou(boxes[keep], boxes)  # [K,n]
 
         # A removed box's suppressor: the first kept box of its image ranked before it
         # with IoU > N_t.
@@ -231,7 +223,7 @@ def batched_nms_loss(
 
         # FN rule + crowd rule: different person, and the predictions overlap more than
         # their ground truths do.
-        gt_iou = box_iou_matrix(gt_boxes, gt_boxes)  # [G,G]
+        gt_iou = box_iou(gt_boxes, gt_boxes)  # [G,G]
         push_mask = (
             suppressed
             & (box_gt != box_gt[suppressor])
@@ -248,8 +240,14 @@ def batched_nms_loss(
         pull_m = rank[pull_mask]  # [Q] unsuppressed duplicates
         pull_max = first_kept[box_gt[pull_m]]  # [Q] their b_max
 
-    # Gradient flows only into the lower-ranked box of each pair.
-    pull_iou = paired_iou(boxes[pull_max].detach(), boxes[pull_m])  # [Q]
+    # Gradient flows only into one box of each pair: the lower-ranked one, except for
+    # pull_grad="max".
+    if pull_grad == "dup":
+        pull_iou = paired_iou(boxes[pull_max].detach(), boxes[pull_m])  # [Q]
+    elif pull_grad == "max":
+        pull_iou = paired_iou(boxes[pull_max], boxes[pull_m].detach())  # [Q]
+    else:
+        raise ValueError(f"pull_grad must be 'dup' or 'max', got {pull_grad!r}")
     pull_score = box_scores[pull_m]
     if detach_pull_score:
         pull_score = pull_score.detach()
@@ -267,3 +265,145 @@ def batched_nms_loss(
     push_count = torch.bincount(push_image, minlength=num_images).to(dtype)  # [I]
     push_sum = zeros.index_add(0, push_image, push_pair / pairs_per_suppressor[push_m])  # [I]
     return pull, push_sum / (push_count + NORM_EPS)
+
+
+# ----------------------------------------------------------------------------- the training term
+
+
+def nms_terms(s: StageSamples, options: NmsLossConfig, state: dict) -> dict[str, Tensor]:
+    """The registered term ``nms``: NMS-Loss averaged over the images of a stage's batch.
+
+    RoI head: the positive proposals (every one with ``candidates: all``, the
+    sampled ones with ``sampled``) with their second-stage boxes and scores.
+    RPN: the official candidate set, :func:`rpn_candidates`.
+
+    Returns:
+        ``{"nms_pull": ..., "nms_push": ...}`` unweighted; each image normalised by
+        its own pair counts, then the mean over the images.
+    """
+    from pedcrowd.losses.positives import image_groups
+
+    p = rpn_candidates(s, options) if s.stage == "rpn" else roi_candidates(s, options)
+    pulls, pushes = [], []
+    for g in image_groups(p):
+        pull, push = batched_nms_loss(
+            g.pred_boxes, g.scores, g.gt_index, g.gt_boxes, g.image_index,
+            g.gt_image_index, g.num_images,
+            nms_thresh=options.nms_thresh, add_gt=options.add_gt,
+            pull_relax=options.pull_relax, push_relax=options.push_relax,
+            detach_pull_score=options.detach_pull_score, pull_grad=options.pull_grad,
+        )  # fmt: skip
+        pulls.append(pull)
+        pushes.append(push)
+    return {"nms_pull": torch.cat(pulls).mean(), "nms_push": torch.cat(pushes).mean()}
+
+
+def roi_candidates(s: StageSamples, options: NmsLossConfig):
+    """The RoI head's positives NMS-Loss sees (``options.candidates``)."""
+    from pedcrowd.losses.positives import Positives
+
+    rows = s.positive if options.candidates == "all" else s.positive & s.sampled  # [N]
+    return Positives(
+        pred_boxes=s.pred_boxes[rows],
+        scores=s.scores()[rows],
+        proposals=s.boxes[rows],
+        gt_index=s.matched_gt[rows],
+        gt_boxes=s.gt_boxes,
+        image_index=s.image_index[rows],
+        gt_image_index=s.gt_image_index,
+        num_images=s.num_images,
+    )
+
+
+def rpn_candidates(s: StageSamples, options: NmsLossConfig):
+    """The official RPN candidate set (``RPN_NMS_Head`` of the NMS-Loss code).
+
+    Per image: anchors with objectness probability > ``rpn_min_score``; the
+    ``rpn_pre_top_n`` best; decoded with gradient and clipped to the image; those
+    at least ``rpn_min_height`` px tall; the ``rpn_top_n`` best of them. They are
+    assigned by the IoU of their *anchor* with the GT (mmdetection's
+    ``MaxIoUAssigner``: positive at IoU >= ``rpn_iou_thresh``, each GT also takes
+    the candidates at its own maximum IoU when that is >= the threshold, a
+    candidate lying (IoA > 0.5) in an ignore region is dropped); positives take part.
+
+    Differences from the official code, all for pedcrowd's multi-level FPN or its
+    conventions: the top-n runs over all levels at once (NMS-Ped has one level,
+    where this is the same); heights and IoUs are continuous (no +1 pixel); the
+    score is the sigmoid objectness (the official RPN has a 2-class softmax).
+    """
+    from pedcrowd.losses.positives import Positives
+
+    scores = s.scores()  # [N] with gradient
+    per_image = torch.bincount(s.image_index, minlength=s.num_images).tolist()
+    gt_counts = torch.bincount(s.gt_image_index, minlength=s.num_images).tolist()
+    parts: dict[str, list[Tensor]] = {k: [] for k in ("box", "score", "anchor", "gt", "img")}
+    begin = 0
+    for i, count in enumerate(per_image):
+        sc = scores[begin : begin + count].detach()  # [A]
+        local = torch.where(sc > options.rpn_min_score)[0]
+        local = local[sc[local].topk(min(options.rpn_pre_top_n, local.numel())).indices]
+        rows = local + begin  # best first
+        begin += count
+        boxes = clip_boxes_to_image(
+            s.box_coder.decode_single(s.deltas[rows], s.boxes[rows].to(s.deltas.dtype)),
+            s.image_sizes[i],
+        )  # [C,4]
+        tall = (boxes[:, 3] - boxes[:, 1]) >= options.rpn_min_height
+        rows, boxes = rows[tall][: options.rpn_top_n], boxes[tall][: options.rpn_top_n]
+        g0 = sum(gt_counts[:i])
+        gt_boxes = s.gt_boxes[g0 : g0 + gt_counts[i]]
+        gt = assign_by_anchor_iou(
+            s.boxes[rows], gt_boxes, s.ignore_boxes[i], options.rpn_iou_thresh
+        )  # [C] local GT index or -1
+        pos = gt >= 0
+        parts["box"].append(boxes[pos])
+        parts["score"].append(scores[rows[pos]])
+        parts["anchor"].append(s.boxes[rows[pos]])
+        parts["gt"].append(gt[pos] + g0)
+        parts["img"].append(torch.full((int(pos.sum()),), i, dtype=torch.long, device=scores.device))
+    return Positives(
+        pred_boxes=torch.cat(parts["box"]),
+        scores=torch.cat(parts["score"]),
+        proposals=torch.cat(parts["anchor"]),
+        gt_index=torch.cat(parts["gt"]),
+        gt_boxes=s.gt_boxes,
+        image_index=torch.cat(parts["img"]),
+        gt_image_index=s.gt_image_index,
+        num_images=s.num_images,
+    )
+
+
+IGNORE_IOA_THRESH = 0.5  # official ignore_iof_thr: IoA strictly above it is ignored
+
+
+def assign_by_anchor_iou(
+    anchors: Tensor, gt_boxes: Tensor, ignore_boxes: Tensor, iou_thresh: float
+) -> Tensor:
+    """mmdetection's ``MaxIoUAssigner(pos=neg=min_pos=iou_thresh, ignore_iof_thr=0.5)``.
+
+    Args:
+        anchors: [C, 4] the candidates' anchors.
+        gt_boxes: [G, 4].
+        ignore_boxes: [M, 4].
+
+    Returns:
+        [C] int64 GT index of positives, -1 for negatives and ignored candidates.
+    """
+    from pedcrowd.box_ops import box_ioa
+
+    num = anchors.shape[0]
+    assigned = torch.full((num,), -1, dtype=torch.long, device=anchors.device)
+    if num == 0 or gt_boxes.shape[0] == 0:
+        return assigned
+    iou = box_iou(gt_boxes.to(anchors), anchors)  # [G,C]
+    if ignore_boxes.numel():
+        ignored = (box_ioa(anchors, ignore_boxes.to(anchors)) > IGNORE_IOA_THRESH).any(1)  # [C]
+        iou[:, ignored] = -1.0
+    best, best_gt = iou.max(0)  # [C]
+    assigned = torch.where(best >= iou_thresh, best_gt, assigned)
+    # each GT also takes the candidates at its maximum IoU (the last GT wins a tie)
+    gt_best = iou.max(1).values  # [G]
+    at_max = (iou == gt_best[:, None]) & (gt_best[:, None] >= iou_thresh)  # [G,C]
+    order = torch.arange(1, gt_boxes.shape[0] + 1, device=anchors.device)[:, None]  # [G,1]
+    last = (at_max.long() * order).max(0).values  # [C] 1-based, 0 for none
+    return torch.where(last > 0, last - 1, assigned)

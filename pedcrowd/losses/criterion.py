@@ -1,0 +1,125 @@
+"""The training criterion of a detector stage, composed from the registry.
+
+The RPN and the RoI head each own one :class:`StageCriterion`. It takes the
+stage's :class:`pedcrowd.model.samples.StageSamples` and returns the loss dict:
+the classification term under the stage's torchvision name
+(``loss_classifier`` / ``loss_objectness``), the box term (``loss_box_reg`` /
+``loss_rpn_box_reg``), the sampler's extra terms and every extra term with a
+non-zero weight (``loss_nms_pull``; at the RPN ``loss_rpn_nms_pull``), each
+already multiplied by its weight. A term whose weights are all 0 is never
+computed. Which terms and with which options comes from the ``loss:`` config
+section (:mod:`pedcrowd.losses.config`); the criterion keeps each term's state
+(e.g. GHM's moving averages) as plain detached tensors between steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from pedcrowd.losses.config import TERMS, LossConfig
+
+if TYPE_CHECKING:
+    from pedcrowd.model.samples import StageSamples
+
+log = logging.getLogger(__name__)
+
+# stage -> (key of the cls choice, key of the box choice, logged names of cls and box)
+_STAGE_KEYS = {
+    "roi": ("cls", "box", "loss_classifier", "loss_box_reg"),
+    "rpn": ("rpn_cls", "rpn_box", "loss_objectness", "loss_rpn_box_reg"),
+}
+
+
+def _term_weights(options: Any) -> dict[str, float]:
+    if hasattr(options, "term_weights"):
+        return options.term_weights()
+    return {}
+
+
+class StageCriterion:
+    """The losses of one stage.
+
+    Args:
+        stage: ``"rpn"`` or ``"roi"``.
+        cfg: the ``loss:`` section.
+        context: facts of the model the options may depend on (``box_nms_thresh``):
+            an options class with a ``resolve(stage, context)`` method gets them.
+    """
+
+    def __init__(self, stage: str, cfg: Any, context: dict[str, Any] | None = None) -> None:
+        context = dict(context or {})
+        cls_key, box_key, self.cls_name, self.box_name = _STAGE_KEYS[stage]
+        self.stage = stage
+        self.cls_term, self.box_term = getattr(cfg, cls_key), getattr(cfg, box_key)
+        self.cls_fn = TERMS[getattr(cfg, cls_key)].load()
+        self.box_fn = TERMS[getattr(cfg, box_key)].load()
+        self.cls_options = self._options(cfg, getattr(cfg, cls_key), context)
+        self.box_options = self._options(cfg, getattr(cfg, box_key), context)
+        self.sampler = None
+        if stage == "roi":
+            self.sampler = TERMS[cfg.sampler].load()(self._options(cfg, cfg.sampler, context))
+        self.extras: dict[str, tuple[Callable[..., dict[str, Tensor]], Any, dict[str, float]]] = {}
+        for name, spec in TERMS.items():
+            if spec.role != "extra":
+                continue
+            options = self._options(cfg, name, context)
+            weights = _term_weights(options)
+            stages = options.stages() if hasattr(options, "stages") else spec.stages
+            # an extra term without weights (a user's, registered at run time) always runs
+            if stage in stages and (not weights or any(w != 0.0 for w in weights.values())):
+                self.extras[name] = (spec.load(), options, weights)
+        self.state: dict[str, dict] = {name: {} for name in TERMS}
+
+    def _options(self, cfg: Any, name: str, context: dict[str, Any]) -> Any:
+        options = getattr(cfg, name, None) if TERMS[name].options is not None else None
+        if options is not None and hasattr(options, "resolve"):
+            options = options.resolve(self.stage, context)
+        return options
+
+    @property
+    def needs_all_positives(self) -> bool:
+        """Whether a term reads every positive proposal, not only the sampled ones."""
+        return any(getattr(o, "candidates", "sampled") == "all" for _, o, _ in self.extras.values())
+
+    def __call__(self, s: StageSamples) -> dict[str, Tensor]:
+        """The weighted loss terms of ``s``."""
+        prefix = "loss_rpn_" if self.stage == "rpn" else "loss_"
+        losses: dict[str, Tensor] = {}
+        if self.sampler is not None:  # may set s.weights before the cls and box terms
+            for key, value in self.sampler.reweight(s).items():
+                losses[prefix + key] = value
+        losses[self.cls_name] = self.cls_fn(s, self.cls_options, self.state[self.cls_term])
+        losses[self.box_name] = self.box_fn(s, self.box_options, self.state[self.box_term])
+        for name, (fn, options, weights) in self.extras.items():
+            for key, value in fn(s, options, self.state[name]).items():
+                if weights.get(key, 1.0) != 0.0:
+                    losses[prefix + key] = weights.get(key, 1.0) * value
+        return losses
+
+    def describe(self) -> str:
+        """One line for the log: which terms run at this stage."""
+        parts = [f"{self.cls_name}={self.cls_term}", f"{self.box_name}={self.box_term}"]
+        if self.sampler is not None:
+            parts.append(f"sampler={type(self.sampler).__name__}")
+        parts += [f"+{name}" for name in self.extras]
+        return f"{self.stage}: " + ", ".join(parts)
+
+
+def build_criteria(
+    cfg: Any | None = None, context: dict[str, Any] | None = None
+) -> tuple[StageCriterion, StageCriterion]:
+    """``(rpn_criterion, roi_criterion)`` for the ``loss:`` section ``cfg`` (default: torchvision's losses).
+
+    Args:
+        cfg: a ``LossConfig``; None gives the defaults (no crowd loss).
+        context: model facts for the options, e.g. ``{"box_nms_thresh": 0.5}``.
+    """
+    cfg = LossConfig() if cfg is None else cfg
+    if not dataclasses.is_dataclass(cfg):
+        raise TypeError(f"expected a LossConfig, got {type(cfg).__name__}")
+    return StageCriterion("rpn", cfg, context), StageCriterion("roi", cfg, context)

@@ -49,7 +49,8 @@ def train_command(
         typer.Option(
             "--box-loss",
             help="RoI-head box loss, a registered term (default smooth_l1); "
-            "the same as --set loss.box=NAME.",
+            "the same as --set loss.box=NAME. kl (KL-Loss) also sets model.box_std_head=true; "
+            "add --set postprocess.var_voting=true to evaluate with variance voting.",
         ),
     ] = None,
     sampler: Annotated[
@@ -109,6 +110,8 @@ def train_command(
     for key, value in (("cls", cls_loss), ("box", box_loss), ("sampler", sampler)):
         if value is not None:
             sets.insert(0, f"loss.{key}={value}")  # before --set, after --loss
+    if box_loss == "kl":  # KL-Loss needs the box head that predicts the variances
+        sets.insert(0, "model.box_std_head=true")
     cfg = apply_overrides(cfg, sets)
     run_dir = out if out is not None else Path(cfg.train.out_dir)
     if not resume and (run_dir / "last.pt").exists():

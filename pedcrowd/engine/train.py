@@ -313,6 +313,7 @@ def fit(
                 f"({tcfg.batch_size} x {info.world_size} processes)"
             )
         model = build_model(cfg.model)
+        configure_postprocess(model, cfg.postprocess)  # fails now, not at the first evaluation
         _install_crowd_losses(model, cfg)
         model.to(device)
         if info.enabled:

@@ -117,6 +117,14 @@ class RepLossConfig:
         return ("roi",)
 
 
+@dataclass
+class KlLossConfig:
+    """KL-Loss (He et al., CVPR 2019); see ``pedcrowd.losses.kl``. Needs the KL box head
+    (``model.box_std_head: true``, which ``pedcrowd train --box-loss kl`` sets)."""
+
+    beta: float = 1.0  # smooth-L1 beta inside the loss: the official 1 (torchvision's box loss: 1/9)
+
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -153,6 +161,7 @@ TERMS: dict[str, TermSpec] = {
     "random": TermSpec("sampler", "pedcrowd.losses.standard:random_sampler"),
     "nms": TermSpec("extra", "pedcrowd.losses.nms:nms_terms", ("roi", "rpn"), NmsLossConfig),
     "rep": TermSpec("extra", "pedcrowd.losses.repulsion:rep_terms", ("roi",), RepLossConfig),
+    "kl": TermSpec("box", "pedcrowd.losses.kl:kl_term", ("roi",), KlLossConfig),
 }
 
 

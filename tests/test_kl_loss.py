@@ -3,18 +3,15 @@ trains, evaluates with variance voting and writes bbox_std through infer."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
-import cv2
-import numpy as np
 import pytest
 import torch
 
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.losses.kl import kl_loss, kl_term
 from pedcrowd.losses.config import KlLossConfig
+from pedcrowd.losses.kl import kl_loss, kl_term
 
 
 def test_kl_values_and_gradients_by_hand():

@@ -63,6 +63,7 @@ def greedy_suppress(
     sigma: float = 0.5,
     score_floor: float = 0.001,
     max_det: int = 100,
+    early_exit: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft-NMS (or hard NMS) in the official greedy order, at most ``max_det`` steps.
 
@@ -77,6 +78,8 @@ def greedy_suppress(
         sigma: the Gaussian kernel's sigma.
         score_floor: boxes whose decayed score falls below this are dropped.
         max_det: at most this many detections (the first selections).
+        early_exit: stop as soon as no box is left (one host sync per step); None:
+            on the CPU only. Without it the loop runs ``max_det`` masked steps.
 
     Returns:
         keep [D] int64 indices into ``boxes`` in selection order and their
@@ -93,10 +96,11 @@ def greedy_suppress(
     steps = min(max_det, n)
     keep = torch.zeros(steps, dtype=torch.int64, device=device)
     kept_scores = torch.zeros(steps, dtype=scores.dtype, device=device)
-    on_cpu = device.type == "cpu"
+    if early_exit is None:
+        early_exit = device.type == "cpu"
     for t in range(steps):
         i = torch.argmax(current)  # first maximum on ties
-        if on_cpu and current[i].item() == dead:  # nothing left
+        if early_exit and current[i].item() == dead:  # nothing left
             keep, kept_scores = keep[:t], kept_scores[:t]
             break
         keep[t], kept_scores[t] = i, current[i]

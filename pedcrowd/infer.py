@@ -32,7 +32,12 @@ import torch
 
 from pedcrowd.boxes import xywh_to_xyxy
 from pedcrowd.engine.device import resolve_device as _resolve
-from pedcrowd.engine.inference import configure_postprocess, output_records, run_detector
+from pedcrowd.engine.inference import (
+    configure_postprocess,
+    output_records,
+    output_stage,
+    run_detector,
+)
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import write_text_atomic
 from pedcrowd.formats.detections import ImageIds, file_name_index
@@ -78,8 +83,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_model(weights: str | Path, device: torch.device) -> torch.nn.Module:
-    """A FasterRCNN in eval mode from a run directory (its best.pt, else last.pt) or a
-    checkpoint, post-processing as its training config's ``postprocess`` section says."""
+    """The detector (Faster R-CNN or FCOS) in eval mode from a run directory (its best.pt,
+    else last.pt) or a checkpoint, post-processing as its config's ``postprocess`` section says."""
     from pedcrowd.engine.checkpoint import load_for_inference
 
     model, cfg = load_for_inference(weights, device=str(device))
@@ -190,7 +195,8 @@ def infer(
         model = load_model(weights, dev)
     else:
         model = model.to(dev).eval()
-    own = getattr(model.roi_heads, "postprocess", PostprocessConfig())  # torchvision: hard
+    heads = output_stage(model)
+    own = getattr(heads, "postprocess", PostprocessConfig())  # torchvision, FCOS: hard
     post = resolve_postprocess(own, nms, var_voting)
     configure_postprocess(model, post, score_thr, nms_thr)
     ids = gt_image_ids(gt, protocol)
@@ -205,8 +211,8 @@ def infer(
     result = InferResult(detections=[], n_images=0, n_videos=sum(s.is_video for s in sources))
     result.postprocess = {
         **dataclasses.asdict(post), "method": post.describe(),
-        "score_thresh": model.roi_heads.score_thresh, "nms_thresh": model.roi_heads.nms_thresh,
-        "box_std": bool(getattr(model.roi_heads, "has_box_std", False)),
+        "score_thresh": heads.score_thresh, "nms_thresh": heads.nms_thresh,
+        "box_std": bool(getattr(heads, "has_box_std", False)),
     }
     start = time.perf_counter()
 

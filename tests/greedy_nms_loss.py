@@ -35,6 +35,7 @@ def greedy_nms_loss(
     pull_relax: bool = True,
     push_relax: bool = False,
     detach_pull_score: bool = True,
+    pull_grad: str = "dup",
 ) -> tuple[Tensor, Tensor]:
     """Same signature and result as ``pedcrowd.losses.nms_loss``."""
     zero = pred_boxes.sum() * 0.0 + scores.sum() * 0.0
@@ -59,8 +60,11 @@ def greedy_nms_loss(
         m = remaining.pop(0)
         g_m = box_gt[m]
         if g_m in kept_of_person:  # FP rule
-            b_max = boxes[kept_of_person[g_m]].detach()
-            iou = _iou(b_max, boxes[m]).clamp(min=1e-6)
+            b_max = boxes[kept_of_person[g_m]]
+            if pull_grad == "dup":  # the gradient moves the duplicate
+                iou = _iou(b_max.detach(), boxes[m]).clamp(min=1e-6)
+            else:  # "max": the duplicate is the detached side (official Caltech)
+                iou = _iou(b_max, boxes[m].detach()).clamp(min=1e-6)
             loss = -torch.log(1 - nms_thresh + iou) if pull_relax else -torch.log(iou)
             score = box_scores[m].detach() if detach_pull_score else box_scores[m]
             pull_losses.append(loss * score)

@@ -162,21 +162,56 @@ def test_train_one_epoch_clips_the_gradient_and_logs_every_term():
     assert torch.allclose(model2.w.detach(), torch.full((3,), 24000.0))
 
 
-def test_train_one_epoch_stops_on_a_nonfinite_loss():
-    model = QuadraticModel(scale=float("inf"))
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    batch = ([torch.ones(3, 2, 2)], [{}])
-    with pytest.raises(PedcrowdError, match="diverged at epoch 1"):
-        train_one_epoch(
-            model,
-            opt,
-            torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0),
-            torch.amp.GradScaler("cpu", enabled=False),
-            [batch],
-            torch.device("cpu"),
-            epoch=0,
-        )
-    assert torch.equal(model.w.detach(), torch.zeros(3))  # no step was taken
+class FlakyModel(QuadraticModel):
+    """QuadraticModel whose loss_a is infinite on an all-zero image."""
+
+    def forward(self, images, targets):
+        out = super().forward(images, targets)
+        if float(images[0].abs().sum()) == 0:
+            out["loss_a"] = out["loss_a"] * float("inf")
+        return out
+
+
+def _run_flaky(model, batches, max_nonfinite):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
+    warnings, records = [], []
+    result = train_one_epoch(
+        model, opt, sched, torch.amp.GradScaler("cpu", enabled=False), batches,
+        torch.device("cpu"), epoch=0, max_nonfinite=max_nonfinite, warn=warnings.append,
+        on_step=records.append,
+    )
+    return result, sched, warnings, records
+
+
+def test_train_one_epoch_skips_nonfinite_steps_then_stops_after_n_in_a_row():
+    good = ([torch.ones(3, 2, 2)], [{}])
+    bad = ([torch.zeros(3, 2, 2)], [{}])
+    model = FlakyModel(scale=1.0)
+    (iteration, means), sched, warnings, records = _run_flaky(model, [bad, good, bad, bad, good], 3)
+    reference = QuadraticModel(scale=1.0)  # the same two good steps, no bad ones
+    _run_flaky(reference, [good, good], 3)
+    assert torch.equal(model.w.detach(), reference.w.detach())
+    assert iteration == 5 and sched.last_epoch == 5  # skipped batches still count
+    assert [r["skipped"] for r in records] == [True, False, True, True, False]
+    assert len(warnings) == 3
+    assert warnings[0] == (
+        "epoch 1, iteration 1: non-finite loss (loss_a=nan); step skipped (1 in a row, stopping at 3)"
+    )
+    assert "2 in a row" in warnings[2]
+    # the means are over the finite steps: (0 - 12)^2 at w = 0, then (3 * 0.24 - 12)^2 after
+    # one SGD step (lr 0.01, gradient 2 * (0 - 12) per component)
+    assert means["loss_a"] == pytest.approx((144.0 + 11.28**2) / 2)
+
+    model = FlakyModel(scale=1.0)
+    with pytest.raises(PedcrowdError) as e:
+        _run_flaky(model, [good, bad, bad, bad, good], 3)
+    assert str(e.value).startswith(
+        "training diverged at epoch 1, iteration 4: 3 steps in a row with a non-finite loss (loss_a=inf)"
+    )
+    one_good = QuadraticModel(scale=1.0)
+    _run_flaky(one_good, [good], 3)
+    assert torch.equal(model.w.detach(), one_good.w.detach())  # the bad steps changed nothing
 
 
 # ----------------------------------------------------------------------------- checkpoints

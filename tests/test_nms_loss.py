@@ -39,6 +39,27 @@ def test_one_duplicate_gives_one_pull():
     assert scores.grad.abs().sum() == 0
 
 
+def test_pull_grad_max_moves_b_max_not_the_duplicate():
+    # The official Caltech NMSLoss: the duplicate's row of the IoU is detached.
+    boxes = t([[0, 0, 10, 10], [0, 0, 10, 4], [50, 50, 60, 60]], grad=True)
+    scores = t([0.9, 0.8, 0.7], grad=True)
+    gts = t([[0, 0, 10, 10], [50, 50, 60, 60]])
+    pull, _ = nms_loss(boxes, scores, idx([0, 0, 1]), gts, add_gt=False, pull_grad="max")
+    assert pull.item() == pytest.approx(-math.log(1 - 0.5 + 0.4) * 0.8 / (1 + EPS), rel=1e-12)
+    pull.backward()
+    assert boxes.grad[1].abs().sum() == 0  # the duplicate's box gets no gradient
+    # b_max [0,0,10,10] vs the fixed duplicate [0,0,10,4]: IoU = 40 / (100 w h / 100 ...);
+    # d IoU / d y2 of b_max at y2 = 10: inter 40 fixed, union = 10 * y2 -> -40 / 100^2 * 10
+    d_iou = -40.0 / 100.0**2 * 10.0
+    assert boxes.grad[0, 3].item() == pytest.approx(-0.8 / 0.9 * d_iou / (1 + EPS), rel=1e-9)
+    # with add_gt the GT becomes b_max: no box gradient at all, as in the official code
+    boxes.grad = None
+    pull, _ = nms_loss(boxes, scores, idx([0, 0, 1]), gts, add_gt=True, pull_grad="max")
+    assert pull.item() > 0
+    pull.backward()
+    assert boxes.grad.abs().sum() == 0
+
+
 def test_pull_options():
     boxes = t([[0, 0, 10, 10], [0, 0, 10, 4]], grad=True)
     scores = t([0.9, 0.8], grad=True)
@@ -176,6 +197,8 @@ OPTION_SETS = [
     {"add_gt": False},
     {"pull_relax": False, "push_relax": True, "detach_pull_score": False},
     {"nms_thresh": 0.7},
+    {"pull_grad": "max", "add_gt": False},
+    {"pull_grad": "max", "detach_pull_score": False},  # the official Caltech setting
 ]
 
 

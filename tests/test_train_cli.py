@@ -13,6 +13,7 @@ from pedcrowd.cli import app
 from pedcrowd.data.synth import ensure_synth
 from pedcrowd.engine.config import Config, apply_overrides, save_config
 from pedcrowd.engine.metrics import read_metrics
+from pedcrowd.errors import PedcrowdError
 
 runner = CliRunner()
 
@@ -91,15 +92,22 @@ def test_table_output_and_resume_from_the_run_directory(tiny_yaml, tmp_path):
 
 
 def test_default_run_dir_moves_on_instead_of_overwriting(tmp_path):
-    from pedcrowd.commands.train import next_free_run_dir
+    from pedcrowd.engine.rundir import claim_run_dir
 
-    (tmp_path / "demo").mkdir()
+    def claim(explicit=False):
+        run_dir, lock = claim_run_dir(tmp_path / "demo", explicit=explicit, resume=False)
+        lock.release()
+        return run_dir
+
+    assert claim() == tmp_path / "demo"
     (tmp_path / "demo" / "last.pt").touch()
-    assert next_free_run_dir(tmp_path / "demo") == tmp_path / "demo-2"
-    (tmp_path / "demo-2").mkdir()
+    assert claim() == tmp_path / "demo-2"
+    (tmp_path / "demo-2").mkdir(exist_ok=True)
     (tmp_path / "demo-2" / "last.pt").touch()
     (tmp_path / "demo-3").mkdir()  # an empty folder (e.g. a crashed start) is reused
-    assert next_free_run_dir(tmp_path / "demo") == tmp_path / "demo-3"
+    assert claim() == tmp_path / "demo-3"
+    with pytest.raises(PedcrowdError, match="demo: already holds a run"):
+        claim(explicit=True)
 
 
 @pytest.mark.parametrize(

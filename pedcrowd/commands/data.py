@@ -1,4 +1,4 @@
-"""``pedcrowd data``: make the synthetic crowd set and look at any CityPersons-layout set."""
+"""``pedcrowd data``: make the synthetic crowd set and look at any data set."""
 
 from __future__ import annotations
 
@@ -52,16 +52,8 @@ def synth(
     Writes OUT/leftImg8bit/{train,val}/CITY/*.png, OUT/annotations/anno_{train,val}.mat,
     OUT/annotations/val_gt.json and OUT/synth.json; prints a JSON summary on stdout.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    from pedcrowd.data.synth import (
-        DENSITY_PRESETS,
-        OCCLUSION_PRESETS,
-        SynthConfig,
-        ensure_synth,
-        generate,
-        parse_level,
-    )
+    from pedcrowd.data.synth import DENSITY_PRESETS, OCCLUSION_PRESETS, SynthConfig, parse_level
+    from pedcrowd.progress import synth_with_progress
 
     cfg = SynthConfig(
         train_images=images,
@@ -72,17 +64,7 @@ def synth(
         density=parse_level(density, DENSITY_PRESETS, "density"),
         occlusion=parse_level(occlusion, OCCLUSION_PRESETS, "occlusion"),
     )
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("drawing crowds", total=cfg.train_images + cfg.val_images)
-        run = generate if force else ensure_synth
-        summary = run(out, cfg, progress=lambda done, total: bar.update(task, completed=done))
+    summary = synth_with_progress(out, cfg, err, "drawing crowds", force=force)
     if summary.reused:
         err.print(f"[yellow]{out}: reusing the set already there (same version and parameters)")
     else:
@@ -104,8 +86,11 @@ def synth(
 
 @data_app.command("stats")
 def stats(
-    root: Annotated[Path, typer.Argument(help="Data set root in the CityPersons layout.")],
+    root: Annotated[Path, typer.Argument(help="Data set root in the format's layout.")],
     split: Annotated[str, typer.Option(help="Split to inspect: train or val.")] = "val",
+    fmt: Annotated[
+        str, typer.Option("--format", help="citypersons | caltech | crowdhuman | coco.")
+    ] = "citypersons",
     samples: Annotated[
         int, typer.Option(min=0, help="Number of sample images to draw boxes on (0: none).")
     ] = 6,
@@ -122,7 +107,7 @@ def stats(
     """
     from pedcrowd.data.stats import dataset_stats, write_samples
 
-    numbers = dataset_stats(root, split)
+    numbers = dataset_stats(root, split, fmt)
     if as_json:
         typer.echo(json.dumps(numbers))
     else:
@@ -154,7 +139,7 @@ def stats(
             table.add_row(name, str(value))
         Console().print(table)
     if samples:
-        written = write_samples(root, split, samples_out or Path(root) / "samples", samples)
+        written = write_samples(root, split, samples_out or Path(root) / "samples", samples, fmt)
         err.print(f"wrote {len(written)} sample images to {samples_out or Path(root) / 'samples'}")
 
 

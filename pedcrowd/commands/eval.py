@@ -1,4 +1,4 @@
-"""``pedcrowd eval``: MR^-2 (CityPersons / Caltech protocols) and COCO AP of a detection file."""
+"""``pedcrowd eval``: MR^-2 (CityPersons / Caltech protocols) and COCO AP, or CrowdHuman's AP/MR^-2/JI (CrowdDet)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-METRICS = ("MR-2", "AP", "all")
+METRICS = ("MR-2", "AP", "JI", "all")
 
 
 def eval_command(
@@ -20,21 +20,31 @@ def eval_command(
         typer.Option(
             "--gt",
             help="Ground truth: CityPersons val_gt.json or anno_*.mat, COCO-style JSON, a Caltech "
-            "gt-<Setup>.mat cache or a folder of them, or bbGt v3 text annotations (file or folder).",
+            "gt-<Setup>.mat cache or a folder of them, bbGt v3 text annotations (file or folder), "
+            "or a CrowdHuman .odgt (--protocol crowdhuman).",
         ),
     ],
     dets: Annotated[
         Path,
         typer.Option(
             "--dets",
-            help="Detections: results JSON list (image_id or file_name, bbox xywh, score) or a Caltech "
-            "result tree (setXX/VYYY.txt or setXX/VYYY/I#####.txt).",
+            help="Detections: results JSON list (image_id or file_name, bbox xywh, score), a Caltech "
+            "result tree (setXX/VYYY.txt or setXX/VYYY/I#####.txt) or CrowdDet's per-line dtboxes dump.",
         ),
     ],
     protocol: Annotated[
-        str, typer.Option(help="citypersons (official eval_MR_multisetup.py) or caltech (dbEval.m v3.2.1).")
+        str,
+        typer.Option(
+            help="citypersons (official eval_MR_multisetup.py), caltech (dbEval.m v3.2.1) or crowdhuman "
+            "(CrowdDet's lib/evaluate: AP, MR^-2, JI)."
+        ),
     ] = "citypersons",
-    metric: Annotated[str, typer.Option(help="MR-2, AP (COCO AP through pycocotools) or all.")] = "MR-2",
+    metric: Annotated[
+        str,
+        typer.Option(
+            help="MR-2, AP (COCO AP through pycocotools; crowdhuman: CrowdDet's AP), JI (crowdhuman only) or all."
+        ),
+    ] = "MR-2",
     setup: Annotated[
         list[str] | None,
         typer.Option(
@@ -45,7 +55,14 @@ def eval_command(
     ] = None,
     images: Annotated[
         Path | None,
-        typer.Option(help='{"images": [{"id", "file_name"}]} naming the frames of Caltech gt caches, in order.'),
+        typer.Option(
+            help='{"images": [{"id", "file_name"}]} naming the frames of Caltech gt caches, in order; '
+            'crowdhuman: {"images": [{"id", "file_name", "height", "width"}]} giving the image sizes.'
+        ),
+    ] = None,
+    image_root: Annotated[
+        Path | None,
+        typer.Option(help="crowdhuman: read missing image sizes from the images here (default: Images/ beside the .odgt)."),
     ] = None,
     resize_dets: Annotated[
         bool,
@@ -67,9 +84,16 @@ def eval_command(
     log = Console(stderr=True)
     if metric not in METRICS:
         raise PedcrowdError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
-    if plot is not None and metric == "AP":
+    if plot is not None and metric in ("AP", "JI"):
         raise PedcrowdError("--plot draws MR-FPPI curves: use it with --metric MR-2 or all")
     start = time.perf_counter()
+    if protocol not in ("citypersons", "caltech", "crowdhuman"):
+        raise PedcrowdError(f"--protocol {protocol!r}: expected one of citypersons, caltech, crowdhuman")
+    if protocol == "crowdhuman":
+        _crowdhuman(gt, dets, metric, setup, images, image_root, as_json, out, plot, log, start)
+        return
+    if metric == "JI":
+        raise PedcrowdError("--metric JI: the Jaccard index is a CrowdHuman metric; use it with --protocol crowdhuman")
     truth = load_ground_truth(gt, protocol, images)
     detections = read_detections(dets, truth.records)
     report = None
@@ -78,23 +102,57 @@ def eval_command(
     ap = coco_ap(truth.records, detections) if metric in ("AP", "all") else None
     doc = report_to_json(report, metric, ap) if report else {"protocol": protocol, "metric": metric, "results": {}, "ap": ap}
     text = json.dumps(doc, indent=1)
-    if out is not None:
-        from pedcrowd.fileio import write_text_atomic
-
-        write_text_atomic(out, text + "\n")
+    _write(text, out)
     if plot is not None:
-        from pedcrowd.eval.plot import plot_mr_fppi
-
         curves = {name: (r.fppi, r.miss_rate, r.mr) for name, r in report.results.items()}
-        try:
-            plot_mr_fppi(curves, plot, title=f"{Path(dets).name} ({protocol})")
-        except OSError as e:
-            raise PedcrowdError(f"{plot}: cannot write the plot ({e})") from None
+        _plot(curves, plot, f"{Path(dets).name} ({protocol})")
     if as_json:
         typer.echo(text)
     else:
         _render(report, ap, protocol)
     log.print(f"[dim]evaluated {len(truth.records)} images in {time.perf_counter() - start:.2f} s[/dim]")
+
+
+def _write(text: str, out: Path | None) -> None:
+    if out is not None:
+        from pedcrowd.fileio import write_text_atomic
+
+        write_text_atomic(out, text + "\n")
+
+
+def _plot(curves: dict, plot: Path, title: str) -> None:
+    from pedcrowd.errors import PedcrowdError
+    from pedcrowd.eval.plot import plot_mr_fppi
+
+    try:
+        plot_mr_fppi(curves, plot, title=title)
+    except OSError as e:
+        raise PedcrowdError(f"{plot}: cannot write the plot ({e})") from None
+
+
+def _crowdhuman(gt, dets, metric, setup, images, image_root, as_json, out, plot, log, start) -> None:
+    from pedcrowd.errors import PedcrowdError
+    from pedcrowd.eval.crowdhuman import METRICS as CH_METRICS
+    from pedcrowd.eval.crowdhuman import evaluate_crowdhuman, load_crowdhuman, result_to_json
+
+    if setup:
+        raise PedcrowdError("--setup: the crowdhuman protocol has one setup (all boxes, no height or visibility filter)")
+    records, detections, sizes = load_crowdhuman(gt, dets, images, image_root)
+    result = evaluate_crowdhuman(records, detections, sizes, CH_METRICS if metric == "all" else (metric,))
+    text = json.dumps(result_to_json(result, metric), indent=1)
+    _write(text, out)
+    if plot is not None:
+        _plot({"All": (result.fppi, result.miss_rate, result.mr)}, plot, f"{Path(dets).name} (crowdhuman)")
+    if as_json:
+        typer.echo(text)
+    else:
+        table = Table(title="CrowdHuman (CrowdDet evaluation)")
+        for col in ("AP %", "MR^-2 %", "JI %", "#GT", "#images"):
+            table.add_column(col, justify="right")
+        pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"  # noqa: E731
+        table.add_row(pct(result.ap), pct(result.mr), pct(result.ji), str(result.n_gt), str(result.n_images))
+        Console().print(table)
+    log.print(f"[dim]evaluated {result.n_images} images in {time.perf_counter() - start:.2f} s[/dim]")
 
 
 def _render(report, ap: dict | None, protocol: str) -> None:

@@ -8,13 +8,44 @@ standard library at import time (torch and cv2 load inside
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
+
+from pedcrowd.errors import PedcrowdError
 
 if TYPE_CHECKING:
     from pedcrowd.data.datasets import DetectionDataset
 
-FORMATS = ("citypersons", "caltech", "crowdhuman", "coco")
+@dataclass
+class SynthConfig:
+    """The ``synth:`` section: parameters of a synthetic set (all saved in ``synth.json``;
+    the generator is :mod:`pedcrowd.data.synth`)."""
+
+    train_images: int = 1000  # the CPU demo trains on these at half resolution
+    val_images: int = 200
+    height: int = 384  # image size; people are 20 .. 0.78 * height px tall
+    width: int = 768
+    seed: int = 0
+    density: float = 8.0  # mean labelled pedestrians per (non-empty) image
+    occlusion: float = 0.55  # 0..1: share of people in overlapping groups, occluder rate
+    empty_fraction: float = 0.06  # images with nobody in them
+    group_boxes: float = 0.35  # mean dense far-away groups (label 5) per image
+    posters: float = 0.35  # mean posters with a person on them (label 0) per image
+
+    def __post_init__(self) -> None:
+        if self.train_images < 0 or self.val_images < 0:
+            raise PedcrowdError("synth: image counts must be >= 0")
+        if self.height < 64 or self.width < 64:
+            raise PedcrowdError(f"synth: image size {self.height}x{self.width} too small (min 64)")
+        if self.density < 0:
+            raise PedcrowdError(f"synth: density {self.density} must be >= 0")
+        if not 0.0 <= self.occlusion <= 1.0:
+            raise PedcrowdError(f"synth: occlusion {self.occlusion} must be in [0, 1]")
+        if not 0.0 <= self.empty_fraction <= 1.0:
+            raise PedcrowdError(f"synth: empty_fraction {self.empty_fraction} must be in [0, 1]")
+
+    def params(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -56,7 +87,7 @@ class AugmentConfig:
 class DataConfig:
     """Where the data is and how it becomes training targets."""
 
-    format: str = "citypersons"  # citypersons | caltech | crowdhuman | coco
+    format: str = "citypersons"  # citypersons | caltech | crowdhuman | coco (pedcrowd.formats.registry)
     root: str = "data/synth"  # data set directory (pedcrowd data synth writes this layout)
     train_split: str = "train"  # split names as in the layout (Caltech: train | test | all)
     val_split: str = "val"
@@ -90,10 +121,9 @@ def build_dataset(
     """
     from pedcrowd.data import datasets
     from pedcrowd.data.transforms import TrainTransform
-    from pedcrowd.errors import PedcrowdError
+    from pedcrowd.formats.registry import dataset_format
 
-    if cfg.format not in FORMATS:
-        raise PedcrowdError(f"data.format: {cfg.format!r} is not one of {FORMATS}")
+    fmt = dataset_format(cfg.format)
     if split == "train":
         name, annotations, images = cfg.train_split, cfg.train_annotations, cfg.train_images
     elif split == "val":
@@ -126,18 +156,7 @@ def build_dataset(
         transform=transform,
         seed=cfg.seed if seed is None else seed,
     )
-    if cfg.format == "citypersons":
-        return datasets.CityPersonsDataset(
-            cfg.root, name, annotations=annotations, images=images, **common
-        )
-    if cfg.format == "caltech":
-        return datasets.CaltechDataset(
-            cfg.root, name, annotations=annotations, images=images, **common
-        )
-    if cfg.format == "crowdhuman":
-        return datasets.CrowdHumanDataset(
-            cfg.root, name, annotations=annotations, images=images, **common
-        )
-    return datasets.CocoDataset(
-        cfg.root, name, annotations=annotations, images=images, category=cfg.coco_category, **common
+    options = {key: getattr(cfg, attr) for key, attr in fmt.options.items()}
+    return datasets.FormatDataset(
+        cfg.root, name, format=cfg.format, annotations=annotations, images=images, **options, **common
     )

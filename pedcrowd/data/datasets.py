@@ -20,7 +20,6 @@ target ``boxes`` [K, 4] float32 xyxy full body, ``vis_boxes`` [K, 4],
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,172 +244,73 @@ class DetectionDataset(Dataset):
         return image.contiguous(), target
 
 
-def _first_existing(candidates: list[Path], what: str) -> Path:
-    for path in candidates:
-        if path.exists():
-            return path
-    raise PedcrowdError(f"no {what} found; looked for {', '.join(str(p) for p in candidates)}")
-
-
-class CityPersonsDataset(DetectionDataset):
-    """CityPersons in its official layout.
-
-    ``root/leftImg8bit/{split}/CITY/*_leftImg8bit.png`` with annotations
-    ``anno_{split}.mat`` (or the evaluation JSON ``{split}_gt.json``) in
-    ``root/annotations/`` or ``root/``.
+class FormatDataset(DetectionDataset):
+    """One split of a data set in a registered format's layout
+    (:data:`pedcrowd.formats.registry.FORMATS`).
 
     Args:
         root: the data set directory.
-        split: ``train``, ``val``, ...
-        annotations: an explicit ``.mat`` or ``.json`` file instead of the search.
-        images: an explicit image directory (holding the CITY folders).
-        **kwargs: see :class:`DetectionDataset`.
+        split: the layout's split name (``train``, ``val``, ...; Caltech also
+            ``test`` and ``all``).
+        format: the format's name; subclasses fix it.
+        annotations: an explicit annotation file or folder instead of the layout's.
+        images: an explicit image directory instead of the layout's.
+        **kwargs: the format reader's options (COCO: ``category``, the category
+            trained as pedestrians), then see :class:`DetectionDataset`.
     """
+
+    format_name = ""
 
     def __init__(
         self,
         root: str | Path,
         split: str = "train",
         *,
+        format: str | None = None,
         annotations: str | Path | None = None,
         images: str | Path | None = None,
         **kwargs,
     ) -> None:
-        from pedcrowd.formats.citypersons import read_citypersons_json, read_citypersons_mat
+        from pedcrowd.formats.registry import dataset_format
 
-        root = Path(root)
-        if annotations is None:
-            names = (f"anno_{split}.mat", f"{split}_gt.json")
-            annotations = _first_existing(
-                [d / n for n in names for d in (root / "annotations", root)],
-                f"CityPersons '{split}' annotations",
-            )
-        annotations = Path(annotations)
-        reader = read_citypersons_json if annotations.suffix == ".json" else read_citypersons_mat
-        self.annotations = annotations
-        images = Path(images) if images is not None else root / "leftImg8bit" / split
-        super().__init__(reader(annotations), images, **kwargs)
-
-
-# Caltech's standard split: set00-set05 train, set06-set10 test.
-CALTECH_SETS = {
-    "train": tuple(f"set{i:02d}" for i in range(6)),
-    "test": tuple(f"set{i:02d}" for i in range(6, 11)),
-}
-CALTECH_SETS["val"] = CALTECH_SETS["test"]
-_CALTECH_NAME = re.compile(r"^(set\d\d)[/_](V\d\d\d)[/_](I\d+\.\w+)$")
-
-
-class CaltechDataset(DetectionDataset):
-    """Caltech Pedestrian frames with the toolbox's per-frame text annotations.
-
-    Annotations ``root/annotations/setXX/VYYY/I#####.txt`` (``% bbGt version=3``);
-    images ``root/images/setXX/VYYY/I#####.jpg`` or ``root/images/setXX_VYYY_I#####.jpg``.
-
-    Args:
-        root: the data set directory.
-        split: ``train`` (set00-05), ``test``/``val`` (set06-10) or ``all``.
-        annotations, images: explicit directories instead of those under ``root``.
-        **kwargs: see :class:`DetectionDataset`.
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        *,
-        annotations: str | Path | None = None,
-        images: str | Path | None = None,
-        **kwargs,
-    ) -> None:
-        from pedcrowd.formats.caltech import read_caltech_text
-
-        root = Path(root)
-        if split not in (*CALTECH_SETS, "all"):
-            raise PedcrowdError(f"Caltech split {split!r}: use train, test, val or all")
-        annotations = Path(annotations) if annotations is not None else root / "annotations"
-        records = read_caltech_text(annotations)
-        if split != "all":
-            records = [r for r in records if r.file_name.split("/")[0][:5] in CALTECH_SETS[split]]
-        self.annotations = annotations
-        super().__init__(records, Path(images) if images is not None else root / "images", **kwargs)
+        self.format = fmt = dataset_format(format or self.format_name)
+        options = {key: kwargs.pop(key) for key in fmt.options if key in kwargs}
+        self.annotations = (
+            Path(annotations) if annotations is not None else fmt.find_annotations(root, split)
+        )
+        records = fmt.prepare_training(fmt.read(self.annotations, **options), split, options)
+        super().__init__(
+            records, Path(images) if images is not None else fmt.find_images(root, split), **kwargs
+        )
 
     def image_candidates(self, record: ImageRecord) -> list[Path]:
-        nested = self.image_root / record.file_name
-        m = _CALTECH_NAME.match(record.file_name)
-        flat = self.image_root / "_".join(m.groups()) if m else nested
-        stems = [nested, flat]
-        return stems + [p.with_suffix(".png") for p in stems]
+        return self.format.image_paths(self.image_root, record)
 
 
-class CrowdHumanDataset(DetectionDataset):
-    """CrowdHuman: ``root/annotation_{split}.odgt`` and ``root/Images/{ID}.jpg``.
+class CityPersonsDataset(FormatDataset):
+    """CityPersons: ``root/leftImg8bit/{split}/CITY/*_leftImg8bit.png`` with ``anno_{split}.mat``
+    (or the evaluation JSON ``{split}_gt.json``) in ``root/annotations/`` or ``root/``."""
 
-    Args:
-        root: the data set directory.
-        split: ``train`` or ``val``.
-        annotations: an explicit ``.odgt`` file; images: an explicit image directory.
-        **kwargs: see :class:`DetectionDataset`.
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        *,
-        annotations: str | Path | None = None,
-        images: str | Path | None = None,
-        **kwargs,
-    ) -> None:
-        from pedcrowd.formats.crowdhuman import read_odgt
-
-        root = Path(root)
-        annotations = (
-            Path(annotations) if annotations is not None else root / f"annotation_{split}.odgt"
-        )
-        self.annotations = annotations
-        super().__init__(
-            read_odgt(annotations), Path(images) if images else root / "Images", **kwargs
-        )
+    format_name = "citypersons"
 
 
-class CocoDataset(DetectionDataset):
-    """A COCO-style JSON (one category selected as pedestrians; ``iscrowd`` ignored).
+class CaltechDataset(FormatDataset):
+    """Caltech: ``root/annotations/setXX/VYYY/I#####.txt`` (bbGt v3); images
+    ``root/images/setXX/VYYY/I#####.jpg`` or ``root/images/setXX_VYYY_I#####.jpg``;
+    split ``train`` (set00-05), ``test``/``val`` (set06-10) or ``all``."""
 
-    Annotations ``root/annotations/instances_{split}.json``; images in the
-    first of ``root/images/{split}``, ``root/{split}``, ``root/images``, ``root``
-    that exists.
+    format_name = "caltech"
 
-    Args:
-        root: the data set directory.
-        split: the split name in the file names.
-        annotations, images: explicit file / directory instead of the defaults.
-        category: name of the category trained as pedestrians.
-        **kwargs: see :class:`DetectionDataset`.
-    """
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        *,
-        annotations: str | Path | None = None,
-        images: str | Path | None = None,
-        category: str = "person",
-        **kwargs,
-    ) -> None:
-        from pedcrowd.formats.coco import read_coco_json
+class CrowdHumanDataset(FormatDataset):
+    """CrowdHuman: ``root/annotation_{split}.odgt`` and ``root/Images/{ID}.jpg``."""
 
-        root = Path(root)
-        if annotations is None:
-            annotations = root / "annotations" / f"instances_{split}.json"
-        if images is None:
-            candidates = [root / "images" / split, root / split, root / "images", root]
-            images = next((d for d in candidates if d.is_dir()), root)
-        self.annotations = Path(annotations)
-        records = read_coco_json(annotations, category=category)
-        # Every object kept is of the chosen category, which is by definition
-        # what we train as "pedestrian", whatever its name (e.g. "person").
-        for record in records:
-            record.categories = np.full(len(record), PEDESTRIAN, dtype=object)
-        super().__init__(records, images, **kwargs)
+    format_name = "crowdhuman"
+
+
+class CocoDataset(FormatDataset):
+    """A COCO-style JSON ``root/annotations/instances_{split}.json`` (the ``category``
+    option selects the pedestrians; ``iscrowd`` is ignored); images in the first of
+    ``root/images/{split}``, ``root/{split}``, ``root/images``, ``root`` that exists."""
+
+    format_name = "coco"

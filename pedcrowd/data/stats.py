@@ -1,6 +1,7 @@
-"""The numbers a user checks first on a CityPersons-layout data set, and sample drawings.
+"""The numbers a user checks first on a data set, and sample drawings.
 
-Works on any set in the CityPersons layout (the real one or a synthetic one):
+Works on any set in a registered format's layout (:mod:`pedcrowd.formats.registry`);
+by default CityPersons (the real one or a synthetic one):
 ``ROOT/annotations/anno_<split>.mat`` and ``ROOT/leftImg8bit/<split>/CITY/*.png``.
 
 Shapes: K = number of annotated objects of one image; boxes are ``xywh`` as in
@@ -25,18 +26,16 @@ IGNORE_COLOR = (230, 40, 230)  # magenta: grey vanished on light posters
 GROUP_COLOR = (40, 40, 230)
 
 
-def load_split(root: str | Path, split: str) -> list[ImageRecord]:
-    """Records of ``ROOT/annotations/anno_<split>.mat`` (the official reader)."""
-    from pedcrowd.formats.citypersons import read_citypersons_mat
+def load_split(root: str | Path, split: str, format: str = "citypersons") -> list[ImageRecord]:
+    """Records of one split of a data set in ``format``'s layout (the format's own reader)."""
+    from pedcrowd.formats.registry import dataset_format
 
-    path = Path(root) / "annotations" / f"anno_{split}.mat"
-    if not path.is_file():
-        raise PedcrowdError(f"{path}: not found (is {root} a CityPersons-layout data set?)")
-    return read_citypersons_mat(path)
+    fmt = dataset_format(format)
+    return fmt.prepare_training(fmt.read(fmt.find_annotations(root, split)), split, {})
 
 
-def dataset_stats(root: str | Path, split: str = "val") -> dict:
-    """Counts of one split.
+def dataset_stats(root: str | Path, split: str = "val", format: str = "citypersons") -> dict:
+    """Counts of one split of a data set in ``format``'s layout.
 
     Returns:
         a flat dict: ``images``, ``pedestrians``, ``empty_images`` (no
@@ -48,7 +47,7 @@ def dataset_stats(root: str | Path, split: str = "val") -> dict:
         in one image with IoU > 0.5), ``height`` (min / median / max of pedestrians),
         ``mean_visibility``.
     """
-    records = load_split(root, split)
+    records = load_split(root, split, format)
     setups = {name: 0 for name in CITYPERSONS_SETUPS}
     n_ped, pairs, per_image, heights, vis = 0, 0, [], [], []
     counts = {"ignore_regions": 0, "groups": 0, "other_ignored": 0}
@@ -128,7 +127,9 @@ def draw_annotations(image: np.ndarray, rec: ImageRecord) -> np.ndarray:
     return out
 
 
-def write_samples(root: str | Path, split: str, out_dir: str | Path, n: int = 6) -> list[Path]:
+def write_samples(
+    root: str | Path, split: str, out_dir: str | Path, n: int = 6, format: str = "citypersons"
+) -> list[Path]:
     """Draw the annotations on ``n`` images spread evenly over the split and save them.
 
     Prefers images with pedestrians so the samples show something.
@@ -138,7 +139,11 @@ def write_samples(root: str | Path, split: str, out_dir: str | Path, n: int = 6)
     """
     import cv2
 
-    records = load_split(root, split)
+    from pedcrowd.formats.registry import dataset_format
+
+    fmt = dataset_format(format)
+    records = load_split(root, split, format)
+    image_root = fmt.find_images(root, split)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +158,8 @@ def write_samples(root: str | Path, split: str, out_dir: str | Path, n: int = 6)
     written = []
     for i in picks:
         rec = with_people[int(i)]
-        path = Path(root) / "leftImg8bit" / split / rec.file_name
+        candidates = fmt.image_paths(image_root, rec)
+        path = next((p for p in candidates if p.is_file()), candidates[0])
         image = cv2.imread(str(path))
         if image is None:
             raise PedcrowdError(f"{path}: missing or unreadable image")

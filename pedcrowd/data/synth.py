@@ -27,11 +27,12 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pedcrowd.data.config import SynthConfig
 from pedcrowd.data.synth_scene import render_scene
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.formats.records import GROUP, IGNORE_REGION, PEDESTRIAN, ImageRecord
@@ -56,37 +57,6 @@ OCCLUSION_PRESETS = {"low": 0.25, "medium": 0.55, "high": 0.8}
 
 TRAIN_CITIES = ("arlen", "brisk", "corvo")
 VAL_CITIES = ("dunmore",)
-
-
-@dataclass
-class SynthConfig:
-    """Parameters of a synthetic set (all saved in ``synth.json``)."""
-
-    train_images: int = 1000  # the CPU demo trains on these at half resolution
-    val_images: int = 200
-    height: int = 384  # image size; people are 20 .. 0.78 * height px tall
-    width: int = 768
-    seed: int = 0
-    density: float = 8.0  # mean labelled pedestrians per (non-empty) image
-    occlusion: float = 0.55  # 0..1: share of people in overlapping groups, occluder rate
-    empty_fraction: float = 0.06  # images with nobody in them
-    group_boxes: float = 0.35  # mean dense far-away groups (label 5) per image
-    posters: float = 0.35  # mean posters with a person on them (label 0) per image
-
-    def __post_init__(self) -> None:
-        if self.train_images < 0 or self.val_images < 0:
-            raise PedcrowdError("synth: image counts must be >= 0")
-        if self.height < 64 or self.width < 64:
-            raise PedcrowdError(f"synth: image size {self.height}x{self.width} too small (min 64)")
-        if self.density < 0:
-            raise PedcrowdError(f"synth: density {self.density} must be >= 0")
-        if not 0.0 <= self.occlusion <= 1.0:
-            raise PedcrowdError(f"synth: occlusion {self.occlusion} must be in [0, 1]")
-        if not 0.0 <= self.empty_fraction <= 1.0:
-            raise PedcrowdError(f"synth: empty_fraction {self.empty_fraction} must be in [0, 1]")
-
-    def params(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

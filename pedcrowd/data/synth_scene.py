@@ -35,7 +35,7 @@ from pedcrowd.data.synth_draw import (
 from pedcrowd.formats.records import GROUP, IGNORE_REGION, PEDESTRIAN, ImageRecord
 
 if TYPE_CHECKING:
-    from pedcrowd.data.synth import SynthConfig
+    from pedcrowd.data.config import SynthConfig
 
 ASPECT = 0.41  # CityPersons full-body box width / height
 

@@ -26,8 +26,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pedcrowd.data.config import DataConfig
-from pedcrowd.data.synth import SynthConfig
+from pedcrowd.data.config import DataConfig, SynthConfig
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import write_text_atomic
 from pedcrowd.losses.config import LossConfig
@@ -67,6 +66,8 @@ class TrainConfig:
     seed: int = 0  # model init, data order, RPN/RoI sampling (augmentations: data.seed)
     eval_every: int = 2  # evaluate on the val split every N epochs (and after the last)
     log_every: int = 20  # iterations between metrics.jsonl lines
+    checkpoint_every: int = 0  # also write last.pt every N iterations (0: at epoch ends only)
+    max_nonfinite_steps: int = 5  # stop after this many steps in a row with a non-finite loss
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out_dir: str = "runs/demo"
 

@@ -22,6 +22,12 @@ from pedcrowd.model.config import PostprocessConfig
 T = TypeVar("T")
 
 
+def output_stage(model: torch.nn.Module) -> torch.nn.Module:
+    """The module holding the final score / NMS thresholds: Faster R-CNN's
+    ``roi_heads``, FCOS itself."""
+    return getattr(model, "roi_heads", model)
+
+
 def configure_postprocess(
     model: torch.nn.Module,
     cfg: PostprocessConfig | None = None,
@@ -32,16 +38,16 @@ def configure_postprocess(
 
     Raises:
         PedcrowdError: variance voting for a model without the KL head, or
-            anything but hard NMS for a plain torchvision detector.
+            anything but hard NMS for FCOS or a plain torchvision detector.
     """
-    heads = model.roi_heads
+    heads = output_stage(model)
     if cfg is not None:
         if hasattr(heads, "set_postprocess"):
             heads.set_postprocess(cfg)
-        elif cfg != PostprocessConfig():  # a plain torchvision detector: hard NMS only
+        elif cfg != PostprocessConfig():  # FCOS, a plain torchvision detector: hard NMS only
             raise PedcrowdError(
-                f"postprocess {cfg.describe()}: needs a pedcrowd model (its RoI heads); "
-                "this torchvision detector only does hard NMS"
+                f"postprocess {cfg.describe()}: needs a pedcrowd Faster R-CNN (its RoI heads); "
+                f"this {type(model).__name__} only does hard NMS"
             )
     if score_thr is not None:
         heads.score_thresh = float(score_thr)

@@ -47,7 +47,8 @@ class GroundTruth:
 
     Attributes:
         records: the evaluation's images with their annotations.
-        kind: ``citypersons``, ``coco``, ``caltech-text``, ``caltech-cache`` or ``records``.
+        kind: the dataset format's name (``citypersons``, ``caltech``, ``crowdhuman``,
+            ``coco``, ...), ``caltech-cache`` or ``records``.
         source: the file or folder it came from.
         caches: Caltech only: setup name -> records of ``gt-<Setup>.mat``
             (already filtered for that setup and resized).
@@ -94,16 +95,18 @@ def _check_protocol(protocol: str) -> None:
 
 
 def load_ground_truth(path: str | Path, protocol: str = "citypersons", images: str | Path | None = None) -> GroundTruth:
-    """Load ground truth, dispatching on the file type.
+    """Load ground truth in any dataset format (:mod:`pedcrowd.formats.registry`), or Caltech caches.
 
     Args:
-        path: ``.json`` (CityPersons evaluation JSON or COCO-style), ``.mat``
-            (CityPersons ``anno_*.mat`` or a Caltech ``gt-<Setup>.mat``), a
-            folder of ``gt-<Setup>.mat`` caches, a folder of / one bbGt text file.
+        path: a folder of Caltech ``gt-<Setup>.mat`` caches or one such cache, or
+            a file / folder of a registered format: ``.json`` (CityPersons
+            evaluation JSON or COCO-style), ``.mat`` (CityPersons ``anno_*.mat``),
+            a folder of / one bbGt ``.txt`` file (Caltech), ``.odgt`` (CrowdHuman).
         protocol: ``citypersons`` or ``caltech`` (only checked here).
         images: the ``{"images": [...]}`` list naming the frames of Caltech caches.
     """
-    from pedcrowd.fileio import existing_path, load_json
+    from pedcrowd.fileio import existing_path
+    from pedcrowd.formats.registry import ground_truth_format
 
     _check_protocol(protocol)
     path = existing_path(path, "file or folder")
@@ -111,23 +114,7 @@ def load_ground_truth(path: str | Path, protocol: str = "citypersons", images: s
         caches = sorted(path.glob("gt-*.mat"))
         if caches:
             return _load_caches(caches, images, path)
-        from pedcrowd.formats.caltech import read_caltech_text
-
-        return GroundTruth(read_caltech_text(path), "caltech-text", path)
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        data = load_json(path)
-        images_list = data.get("images") if isinstance(data, dict) else None
-        if isinstance(images_list, list) and images_list and "im_name" in images_list[0]:
-            from pedcrowd.formats.citypersons import citypersons_json_records
-
-            return GroundTruth(citypersons_json_records(data, path), "citypersons", path)
-        from pedcrowd.formats.coco import coco_json_records
-
-        names = {str(c.get("name", "")).lower() for c in (data.get("categories") or [])} if isinstance(data, dict) else set()
-        category = next((n for n in ("person", "pedestrian") if n in names), None)
-        return GroundTruth(coco_json_records(data, path, category), "coco", path)
-    if suffix == ".mat":
+    elif path.suffix.lower() == ".mat":
         import scipy.io
 
         try:
@@ -136,14 +123,8 @@ def load_ground_truth(path: str | Path, protocol: str = "citypersons", images: s
             raise PedcrowdError(f"{path}: not a readable .mat file ({e})") from None
         if "gt" in variables:
             return _load_caches([path], images, path)
-        from pedcrowd.formats.citypersons import read_citypersons_mat
-
-        return GroundTruth(read_citypersons_mat(path), "citypersons", path)
-    if suffix == ".txt":
-        from pedcrowd.formats.caltech import read_caltech_text
-
-        return GroundTruth(read_caltech_text(path), "caltech-text", path)
-    raise PedcrowdError(f"{path}: unknown ground-truth format (expected .json, .mat, .txt or a folder)")
+    fmt = ground_truth_format(path)
+    return GroundTruth(fmt.read(path, **fmt.eval_options), fmt.name, path)
 
 
 def _load_caches(files: list[Path], images: str | Path | None, source: Path) -> GroundTruth:

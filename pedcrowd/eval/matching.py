@@ -119,7 +119,11 @@ def greedy_match(
     det_valid: np.ndarray,
     gt_ignore: np.ndarray,
     gt_id_zero: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    *,
+    strict: bool = False,
+    ties: str = "last",
+    return_gt: bool = False,
+):
     """Match detections to GT as the official evaluators do.
 
     Args:
@@ -130,22 +134,32 @@ def greedy_match(
             CityPersons code records a match as the GT's id and reads 0 as
             "unmatched", so such a GT takes its detection but the detection
             counts as a false positive (EVAL_PROTOCOL.md section 2).
+        strict: overlaps must exceed the threshold (``> 0.5``, CrowdDet)
+            instead of reaching it (``>= 0.5``, CityPersons and Caltech).
+        ties: which GT an IoU tie goes to: ``last`` (the later GT, the official
+            ``ov < best: continue``) or ``first`` (CrowdDet's ``overlap > maxiou``).
+        return_gt: also return the GT index each true positive took.
 
     Returns:
         tp [N] bool (matched to a regular GT), ignored [N] bool (matched to an
-        ignored GT); valid detections with neither are false positives.
+        ignored GT); valid detections with neither are false positives. With
+        ``return_gt``, a third array [N] int64: the GT each true positive took, else -1.
     """
+    if ties not in ("last", "first"):
+        raise ValueError(f"ties must be 'last' or 'first', got {ties!r}")
     n = len(det_valid)
     ok = det_valid[pairs.det]
     ign = gt_ignore[pairs.gt]
     ignored_hit = np.zeros(n, dtype=bool)
-    ignored_hit[pairs.det[ok & ign & (pairs.ioa >= THRESHOLD)]] = True
+    reaches = np.greater if strict else np.greater_equal
+    ignored_hit[pairs.det[ok & ign & reaches(pairs.ioa, THRESHOLD)]] = True
 
-    reg = ok & ~ign & (pairs.iou >= THRESHOLD)
+    reg = ok & ~ign & reaches(pairs.iou, THRESHOLD)
     pd, pg, ov = pairs.det[reg], pairs.gt[reg], pairs.iou[reg]
     # Within a detection, its pairs sorted by (IoU, GT order): the last active
-    # pair is its choice (ties go to the later GT, as `ov < best: continue` does).
-    order = np.lexsort((pg, ov, pd))
+    # pair is its choice (ties go to the later GT, as `ov < best: continue` does;
+    # with ties="first" the GT order is reversed so the earlier GT comes last).
+    order = np.lexsort((pg if ties == "last" else -pg, ov, pd))
     pd, pg = pd[order], pg[order]
     tp = np.zeros(n, dtype=bool)
     taken = np.full(n, -1, dtype=np.int64)  # the GT each true positive took
@@ -171,4 +185,5 @@ def greedy_match(
     ignored = ignored_hit & ~tp
     if gt_id_zero is not None and gt_id_zero.any():
         tp[tp] = ~gt_id_zero[taken[tp]]
-    return tp, ignored
+        taken[~tp] = -1
+    return (tp, ignored, taken) if return_gt else (tp, ignored)

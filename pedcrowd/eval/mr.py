@@ -28,7 +28,8 @@ class SetupMatches:
 
     Attributes:
         name: setup name.
-        protocol: ``citypersons`` (Python sentinel quirk, 4-decimal refs) or ``caltech``.
+        protocol: ``citypersons`` (Python sentinel quirk, 4-decimal refs), ``caltech``
+            or ``crowdhuman`` (CrowdDet: first point with FPPI >= ref, 4-decimal refs).
         scores: [T] scores of the non-ignored detections, official global order.
         is_tp: [T] bool, true positive (else false positive).
         det_image: [T] index (0..n_images-1) of each detection's image.
@@ -48,7 +49,17 @@ class SetupMatches:
 
     @property
     def refs(self) -> np.ndarray:
-        """[9] the protocol's FPPI references."""
+        """[9] the protocol's FPPI references, as limits of "the last point with FPPI <= ref".
+
+        CrowdDet (``crowdhuman``) reads the miss rate at the *first* point with
+        FPPI >= ref (the last point if none). FPPI only grows at false
+        positives, which add no TP, so that is the TP count of the last point
+        with FPPI < ref, i.e. FPPI <= the float just below ref: the same lookup
+        with the references moved down one ulp (it differs from CityPersons
+        where ref x N_images is an integer).
+        """
+        if self.protocol == "crowdhuman":
+            return np.nextafter(FPPI_REFS_CITYPERSONS, -np.inf)
         return FPPI_REFS_CITYPERSONS if self.protocol == "citypersons" else FPPI_REFS_CALTECH
 
     @property

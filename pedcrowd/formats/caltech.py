@@ -102,6 +102,33 @@ def read_caltech_text(path: str | Path) -> list[ImageRecord]:
     return records
 
 
+# Caltech's standard split: set00-set05 train, set06-set10 test.
+CALTECH_SETS = {
+    "train": tuple(f"set{i:02d}" for i in range(6)),
+    "test": tuple(f"set{i:02d}" for i in range(6, 11)),
+}
+CALTECH_SETS["val"] = CALTECH_SETS["test"]
+_IMAGE_NAME = re.compile(r"^(set\d\d)[/_](V\d\d\d)[/_](I\d+\.\w+)$")
+
+
+def select_split(records: list[ImageRecord], split: str, options: dict) -> list[ImageRecord]:
+    """The records of ``split``: ``train`` (set00-05), ``test``/``val`` (set06-10) or ``all``."""
+    if split not in (*CALTECH_SETS, "all"):
+        raise PedcrowdError(f"Caltech split {split!r}: use train, test, val or all")
+    if split == "all":
+        return records
+    return [r for r in records if r.file_name.split("/")[0][:5] in CALTECH_SETS[split]]
+
+
+def image_candidates(image_root: Path, record: ImageRecord) -> list[Path]:
+    """``images/setXX/VYYY/I#####.jpg`` or ``images/setXX_VYYY_I#####.jpg``, then the same as .png."""
+    nested = image_root / record.file_name
+    m = _IMAGE_NAME.match(record.file_name)
+    flat = image_root / "_".join(m.groups()) if m else nested
+    stems = [nested, flat]
+    return stems + [p.with_suffix(".png") for p in stems]
+
+
 def read_caltech_gt_cache(path: str | Path, images: str | Path | list[ImageRecord]) -> list[ImageRecord]:
     """Read a ``gt-<Setup>.mat`` cache; ``images`` names its cells (file or records, same order).
 

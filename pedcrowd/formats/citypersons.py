@@ -48,6 +48,34 @@ def city_file_name(im_name: str) -> str:
     return f"{im_name.split('_', 1)[0]}/{im_name}"
 
 
+def read_citypersons(path: str | Path) -> list[ImageRecord]:
+    """A CityPersons ``.mat`` (:func:`read_citypersons_mat`) or evaluation JSON
+    (:func:`read_citypersons_json`), by suffix."""
+    if Path(path).suffix.lower() == ".json":
+        return read_citypersons_json(path)
+    return read_citypersons_mat(path)
+
+
+_PEEK_BYTES = 1 << 16
+
+
+def is_citypersons_file(path: Path) -> bool:
+    """A ``.mat`` file, or a JSON whose images carry ``im_name`` (the evaluation JSON;
+    a COCO file names them ``file_name``). Looks at the head of the file first and
+    parses it only when the head does not tell."""
+    if path.suffix.lower() != ".json":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(_PEEK_BYTES)
+    if b'"im_name"' in head:
+        return True
+    if len(head) < _PEEK_BYTES:  # the whole file: no im_name anywhere
+        return False
+    data = load_json(path)
+    images = data.get("images") if isinstance(data, dict) else None
+    return isinstance(images, list) and bool(images) and isinstance(images[0], dict) and "im_name" in images[0]
+
+
 def read_citypersons_json(path: str | Path, category_id: int | None = 1) -> list[ImageRecord]:
     """Read the official CityPersons evaluation JSON (``val_gt.json``).
 

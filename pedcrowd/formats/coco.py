@@ -86,6 +86,14 @@ def _select_category(categories: list[dict], category: str | int | None, path: P
     return ids
 
 
+def as_pedestrians(records: list[ImageRecord], split: str, options: dict) -> list[ImageRecord]:
+    """Training: every object kept is of the chosen category, which is by definition
+    what is trained as "pedestrian", whatever its name (e.g. "person")."""
+    for record in records:
+        record.categories = np.full(len(record), PEDESTRIAN, dtype=object)
+    return records
+
+
 def read_coco_json(path: str | Path, category: str | int | None = "person") -> list[ImageRecord]:
     """Read a COCO-style annotation file.
 
@@ -93,7 +101,8 @@ def read_coco_json(path: str | Path, category: str | int | None = "person") -> l
         path: JSON with ``images``, ``annotations`` and (for a category by name)
             ``categories``.
         category: keep objects of this category, by name (case-insensitive) or
-            id; None keeps all.
+            id; None keeps all; ``auto``: ``person``, else ``pedestrian``, else all
+            (what ``pedcrowd eval`` reads).
 
     Returns:
         one record per listed image, sorted by image id.
@@ -109,6 +118,9 @@ def coco_json_records(data: object, path: Path, category: str | int | None = "pe
     images = field(data, "images", path, "the file")
     anns = field(data, "annotations", path, "the file")
     categories = data.get("categories", [])
+    if category == "auto":
+        present = {str(c.get("name", "")).lower() for c in categories or []}
+        category = next((n for n in ("person", "pedestrian") if n in present), None)
     keep = _select_category(categories, category, path)
     names = {int(c["id"]): str(c.get("name", "")).lower() for c in categories if "id" in c}
 

@@ -4,7 +4,7 @@ Each line is ``{"ID": "...", "gtboxes": [{"tag", "fbox", "vbox", "hbox",
 "extra": {"ignore", "box_id", ...}}, ...]}`` with ``xywh`` boxes: ``fbox`` the
 full body (it may reach past the image border), ``vbox`` the visible part,
 ``hbox`` the head (not used). ``tag == "mask"`` marks a crowd/ignore region;
-``extra.ignore == 1`` marks a person that must be ignored. The image is
+``extra.ignore != 0`` marks a person that must be ignored. The image is
 ``Images/{ID}.jpg``; the file gives no image size.
 """
 
@@ -28,11 +28,31 @@ def _box(obj: dict, key: str, where: str) -> list[float]:
     return [float(v) for v in box]
 
 
+def _fast_columns(objs: list) -> tuple[np.ndarray, np.ndarray, list[bool], list[bool]] | None:
+    """Column-wise parse of well-formed gtboxes (every one has 4-number fbox and vbox); None otherwise."""
+    try:
+        boxes = np.array([o["fbox"] for o in objs], dtype=np.float64)
+        vis = np.array([o["vbox"] for o in objs], dtype=np.float64)
+        person = [o.get("tag", "person") == "person" for o in objs]
+        flagged = [int((o.get("extra") or {}).get("ignore", 0)) != 0 for o in objs]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if boxes.shape != (len(objs), 4) or vis.shape != (len(objs), 4):
+        return None
+    return boxes, vis, person, [not p or f for p, f in zip(person, flagged, strict=True)]
+
+
 def _parse_line(data: dict, index: int, first_ann_id: int, where: str) -> ImageRecord:
     if not isinstance(data, dict) or "ID" not in data:
         raise PedcrowdError(f"{where}: expected an object with an 'ID' field")
+    objs = data.get("gtboxes", [])
+    fast = _fast_columns(objs) if isinstance(objs, list) and objs else None
+    if fast is not None:
+        box_arr, vis_arr, person, ignore = fast
+        categories = [PEDESTRIAN if p else IGNORE_REGION for p in person]
+        return _record(data, index, first_ann_id, where, box_arr, vis_arr, categories, ignore)
     boxes, vis, categories, ignore = [], [], [], []
-    for obj in data.get("gtboxes", []):
+    for obj in objs:
         tag = obj.get("tag", "person")
         if "fbox" not in obj:
             raise PedcrowdError(f"{where}: a gtbox of image {data['ID']!r} has no 'fbox'")
@@ -44,9 +64,14 @@ def _parse_line(data: dict, index: int, first_ann_id: int, where: str) -> ImageR
         # that people in crowds are negatives.
         is_person = tag == "person"
         categories.append(PEDESTRIAN if is_person else IGNORE_REGION)
-        ignore.append(not is_person or int(extra.get("ignore", 0)) == 1)
+        # CrowdDet (load_gt_boxes) ignores any non-zero extra.ignore.
+        ignore.append(not is_person or int(extra.get("ignore", 0)) != 0)
     box_arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     vis_arr = np.asarray(vis, dtype=np.float64).reshape(-1, 4)
+    return _record(data, index, first_ann_id, where, box_arr, vis_arr, categories, ignore)
+
+
+def _record(data: dict, index: int, first_ann_id: int, where: str, box_arr, vis_arr, categories, ignore) -> ImageRecord:
     full_area = box_arr[:, 2] * box_arr[:, 3]
     with np.errstate(divide="ignore", invalid="ignore"):
         # vbox is drawn inside fbox; the clip guards against annotation slop.
@@ -63,7 +88,28 @@ def _parse_line(data: dict, index: int, first_ann_id: int, where: str) -> ImageR
         vis_ratios=ratios,
         ann_ids=np.arange(first_ann_id, first_ann_id + len(box_arr), dtype=np.int64),
         crowd=np.asarray([c == IGNORE_REGION for c in categories], dtype=bool),
+        width=_size(data, "width", where),
+        height=_size(data, "height", where),
     )
+
+
+def _size(data: dict, key: str, where: str) -> int | None:
+    """An optional image size field (CrowdHuman's own files have none; CrowdDet reads it when present)."""
+    value = data.get(key)
+    if value is None:
+        return None
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        raise PedcrowdError(f"{where}: '{key}' must be a positive integer, got {value!r}") from None
+    if size <= 0:
+        raise PedcrowdError(f"{where}: '{key}' must be a positive integer, got {value!r}")
+    return size
+
+
+def odgt_id(record: ImageRecord) -> str:
+    """The ``.odgt`` ``ID`` of a record from :func:`read_odgt` (its file name is ``{ID}.jpg``)."""
+    return record.file_name[: -len(".jpg")]
 
 
 def read_odgt(path: str | Path) -> list[ImageRecord]:
@@ -95,3 +141,64 @@ def read_odgt(path: str | Path) -> list[ImageRecord]:
         next_ann_id += len(record)
         records.append(record)
     return records
+
+
+def read_crowddet_detections(
+    path: str | Path, records: list[ImageRecord]
+) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[int, tuple[int, int]]]:
+    """Read CrowdDet's detection dump: one JSON object per line, one line per image.
+
+    Each line is ``{"ID", "height", "width", "dtboxes": [{"box": [x, y, w, h],
+    "score", "tag"}, ...], "gtboxes": [...]}`` (``tools/test.py``); the
+    ``gtboxes`` and the ``tag`` are not used (CrowdDet's AP/MR code reads neither).
+
+    Args:
+        path: the ``.json``/``.odgt`` lines file.
+        records: the GT images from :func:`read_odgt` (matched by ``ID``).
+
+    Returns:
+        (record id -> (boxes [D, 4] float64 xywh, scores [D] float64) in file
+        order, record id -> (width, height) for lines that give both).
+
+    Raises:
+        PedcrowdError: unreadable file, bad line, unknown or repeated ``ID``,
+            a box that is not 4 numbers, a NaN score or a negative size.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise PedcrowdError(f"{path}: cannot read detections ({exc.strerror})") from exc
+    by_id = {odgt_id(r): r.id for r in records}
+    dets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    sizes: dict[int, tuple[int, int]] = {}
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PedcrowdError(f"{where}: not a JSON object ({exc.msg})") from exc
+        if not isinstance(data, dict) or "ID" not in data or "dtboxes" not in data:
+            raise PedcrowdError(f"{where}: expected an object with 'ID' and 'dtboxes' fields")
+        image = by_id.get(str(data["ID"]))
+        if image is None:
+            raise PedcrowdError(f"{where}: detections for image {data['ID']!r}, which the ground truth does not have")
+        if image in dets:
+            raise PedcrowdError(f"{where}: a second detection record for image {data['ID']!r}")
+        width, height = _size(data, "width", where), _size(data, "height", where)
+        if width is not None and height is not None:
+            sizes[image] = (width, height)
+        rows = data["dtboxes"]
+        try:
+            boxes = np.array([d["box"] for d in rows], dtype=np.float64).reshape(len(rows), 4)
+            scores = np.array([d["score"] for d in rows], dtype=np.float64).reshape(len(rows))
+        except (KeyError, TypeError, ValueError):
+            raise PedcrowdError(f"{where}: every dtbox needs 'box' [x, y, w, h] and a numeric 'score'") from None
+        if np.isnan(scores).any() or np.isnan(boxes).any():
+            raise PedcrowdError(f"{where}: NaN score or coordinate")
+        if (boxes[:, 2:] < 0).any():
+            raise PedcrowdError(f"{where}: negative box size")
+        dets[image] = (boxes, scores)
+    return dets, sizes

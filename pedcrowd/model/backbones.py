@@ -69,6 +69,15 @@ class TinyFPNBackbone(nn.Module):
         return self.fpn(feats)
 
 
+def backbone_levels(name: str) -> int:
+    """The number of feature levels of backbone ``name``; PedcrowdError naming
+    ``model.backbone`` and the choices if there is no such backbone."""
+    levels = NUM_LEVELS.get(name)
+    if levels is None:
+        raise PedcrowdError(f"model.backbone: unknown backbone {name!r}; choose one of {', '.join(NUM_LEVELS)}")
+    return levels
+
+
 def _conv_gn_relu(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
@@ -90,10 +99,7 @@ def _torchvision_weights(backbone: str):
 
 def imagenet_weights_path(backbone: str) -> Path:
     """Where torchvision would cache the backbone's ImageNet weights (``torch.hub.get_dir()/checkpoints``)."""
-    if backbone not in NUM_LEVELS:
-        raise PedcrowdError(
-            f"model.backbone: unknown backbone {backbone!r}; choose one of {', '.join(NUM_LEVELS)}"
-        )
+    backbone_levels(backbone)
     if backbone == "tiny_fpn":
         raise PedcrowdError(
             "model.weights: tiny_fpn has no ImageNet weights (it trains from scratch); "
@@ -137,10 +143,7 @@ def build_backbone(name: str, weights: str, trainable_layers: int) -> nn.Module:
     Returns:
         a module with ``out_channels`` mapping [N, 3, H, W] to an ordered dict of feature maps.
     """
-    if name not in NUM_LEVELS:
-        raise PedcrowdError(
-            f"model.backbone: unknown backbone {name!r}; choose one of {', '.join(NUM_LEVELS)}"
-        )
+    backbone_levels(name)
     imagenet, pretrained = weights == "imagenet", weights != "none"
     if name == "tiny_fpn":
         if imagenet:

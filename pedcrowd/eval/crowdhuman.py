@@ -1,0 +1,526 @@
+"""CrowdHuman evaluation as CrowdDet computes it: AP, MR^-2 and JI, pure numpy, vectorised.
+
+The reference is CrowdDet's ``lib/evaluate`` (``APMRToolkits``, ``compute_JI.py``);
+EVAL_PROTOCOL.md section 10 lists the rules. In short:
+
+* GT: the full-body ``fbox``; ``tag != person`` or a non-zero ``extra.ignore``
+  is an ignore region; no height or visibility filter. Detections and GT are
+  clipped to the image (x1 to [0, W-1], y1 to [0, H-1], x2 to [0, W], y2 to [0, H]).
+* Overlaps on clipped ``xyxy`` boxes with ``+1e-6`` in the denominators:
+  IoU ``inter / (a_d + a_g - inter + 1e-6)``, IoA ``inter / (a_d + 1e-6)``.
+* Matching (AP, MR): per image, detections by score (stable); each takes the
+  unmatched valid GT of highest IoU **> 0.5** (ties: the earlier GT), else is
+  dropped if its IoA with an ignore region is > 0.5, else is a false positive.
+* MR^-2: FPPI = FP / images; at each of the 9 references the miss rate at the
+  first point with FPPI >= ref (the last point if none); no floor.
+* AP: trapezoids between consecutive (recall, precision) points from the first
+  detection on; no envelope, no anchor at recall 0.
+* JI: for t in 0.0, 0.1, ..., 0.9 (``1e-1 * i``) the detections with score > t;
+  per image a maximum-weight matching over IoU > 0.5 pairs (weight = IoU),
+  k matches; n = detections less unmatched ones with IoA (own area) > 0.5 on
+  an ignore region; m = valid GT less unmatched ones with IoA (over the GT's
+  own area) > 0.5; ratio k / (m + n - k + 1e-6) averaged over images with
+  m or n non-zero; JI = the largest of the 10 averages.
+
+Where CrowdDet crashes or returns NaN, pedcrowd returns what the definitions
+imply: an image with an empty ``gtboxes`` list (CrowdDet: unpacking error)
+counts as an image whose detections are all false positives; an image with no
+detection record (CrowdDet: ``None.shape``) has no detections (JI: its valid
+GT all count in m); no non-ignored detection at all (CrowdDet: MR NaN) gives
+MR 1 and AP 0; no valid GT (CrowdDet: division by zero) gives MR and AP None;
+no image with m or n non-zero gives JI None. CrowdDet's JI reads the GT from
+the detection dump (rounded to 0.1 px); pedcrowd reads it from the ``.odgt``.
+Among maximum-weight matchings of equal weight (exact IoU ties) the one chosen
+may differ from CrowdDet's blossom code.
+
+Shapes: D detections, M GT boxes (both over all images, image-major), I images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pedcrowd.errors import PedcrowdError
+from pedcrowd.eval.matching import OverlapPairs, greedy_match, x_overlap_pairs
+from pedcrowd.eval.mr import SetupMatches
+from pedcrowd.formats.records import ImageRecord
+
+EPS = 1e-6
+THRESHOLD = 0.5
+JI_THRESHOLDS = np.array([1e-1 * i for i in range(10)])  # CrowdDet's score_thr, float quirks included
+METRICS = ("MR-2", "AP", "JI")
+
+Detections = dict[int, tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Prepared:
+    """Clipped ``xyxy`` boxes of all images, ready for matching.
+
+    Attributes:
+        det_boxes: [D, 4]; det_scores: [D]; det_img: [D] image index, image-major,
+            score descending (stable) within an image.
+        gt_boxes: [M, 4]; gt_img: [M] non-decreasing; gt_ignore: [M] bool.
+        n_images: I (every GT image, with or without boxes or detections).
+    """
+
+    det_boxes: np.ndarray
+    det_scores: np.ndarray
+    det_img: np.ndarray
+    gt_boxes: np.ndarray
+    gt_img: np.ndarray
+    gt_ignore: np.ndarray
+    n_images: int
+
+    def det_gt_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(det [P], gt [P], intersection [P]) of every same-image pair that intersects (cached)."""
+        if not hasattr(self, "_pairs"):
+            self._pairs = intersections(self.det_boxes, self.det_img, self.gt_boxes, self.gt_img, self.n_images)
+        return self._pairs
+
+    @property
+    def global_order(self) -> np.ndarray:
+        """[D] CrowdDet's global list: stable sort on -score of the image-major list."""
+        return np.argsort(-self.det_scores, kind="stable")
+
+
+@dataclass
+class CrowdHumanResult:
+    """The three numbers (fractions) and what they came from.
+
+    Attributes:
+        mr, ap, ji: None where not computed or undefined (see the module docs).
+        n_gt: valid (non-ignored) GT; n_images: images.
+        recall_at_fppi: [9]; fppi, miss_rate: [T] the MR-FPPI curve.
+        ji_per_threshold: [10] the mean ratio at each score threshold (None entries: undefined).
+    """
+
+    mr: float | None
+    ap: float | None
+    ji: float | None
+    n_gt: int
+    n_images: int
+    recall_at_fppi: np.ndarray
+    fppi: np.ndarray
+    miss_rate: np.ndarray
+    ji_per_threshold: list[float | None]
+
+
+def xywh_to_clipped_xyxy(boxes: np.ndarray, width: np.ndarray, height: np.ndarray) -> np.ndarray:
+    """CrowdDet's ``xywh -> xyxy`` then ``clip_all_boader``.
+
+    Args:
+        boxes: [K, 4] xywh; width, height: [K] the size of each box's image.
+    """
+    out = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    out[:, 2:4] += out[:, :2]
+    out[:, 0] = np.minimum(np.maximum(out[:, 0], 0), width - 1)
+    out[:, 1] = np.minimum(np.maximum(out[:, 1], 0), height - 1)
+    out[:, 2] = np.maximum(np.minimum(out[:, 2], width), 0)
+    out[:, 3] = np.maximum(np.minimum(out[:, 3], height), 0)
+    return out
+
+
+def prepare(records: list[ImageRecord], dets: Detections, sizes: dict[int, tuple[int, int]]) -> Prepared:
+    """Concatenate, sort and clip.
+
+    Args:
+        records: the GT images in ``.odgt`` order (their ``ignore`` flags mark ignore regions).
+        dets: record id -> (boxes [D_i, 4] xywh, scores [D_i]) in file order.
+        sizes: record id -> (width, height), for every record.
+    """
+    n = len(records)
+    missing = [r for r in records if r.id not in sizes]
+    if missing:
+        raise PedcrowdError(f"no image size for image {missing[0].file_name!r} ({len(missing)} images lack one)")
+    wh = np.array([sizes[r.id] for r in records], dtype=np.float64).reshape(n, 2)
+    boxes, scores, img = [], [], []
+    for i, rec in enumerate(records):
+        entry = dets.get(rec.id)
+        if entry is not None and len(entry[1]):
+            boxes.append(np.asarray(entry[0], dtype=np.float64).reshape(-1, 4))
+            scores.append(np.asarray(entry[1], dtype=np.float64).reshape(-1))
+            img.append(np.full(len(scores[-1]), i, dtype=np.int64))
+    det_boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+    det_scores = np.concatenate(scores) if scores else np.zeros(0)
+    det_img = np.concatenate(img) if img else np.zeros(0, dtype=np.int64)
+    order = np.lexsort((-det_scores, det_img))  # per image: score descending, stable
+    det_boxes, det_scores, det_img = det_boxes[order], det_scores[order], det_img[order]
+    gt_img = np.repeat(np.arange(n), [len(r) for r in records]).astype(np.int64)
+    gt_raw = np.concatenate([np.asarray(r.boxes, dtype=np.float64).reshape(-1, 4) for r in records]) if n else np.zeros((0, 4))
+    gt_ignore = np.concatenate([np.asarray(r.ignore, dtype=bool).reshape(-1) for r in records]) if n else np.zeros(0, bool)
+    return Prepared(
+        det_boxes=xywh_to_clipped_xyxy(det_boxes, wh[det_img, 0], wh[det_img, 1]),
+        det_scores=det_scores,
+        det_img=det_img,
+        gt_boxes=xywh_to_clipped_xyxy(gt_raw, wh[gt_img, 0], wh[gt_img, 1]),
+        gt_img=gt_img,
+        gt_ignore=gt_ignore,
+        n_images=n,
+    )
+
+
+def _area(boxes: np.ndarray, clamp: bool) -> np.ndarray:
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return np.maximum(w, 0) * np.maximum(h, 0) if clamp else w * h
+
+
+def intersections(
+    a: np.ndarray, a_img: np.ndarray, b: np.ndarray, b_img: np.ndarray, n_images: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Same-image pairs (i, j) of ``xyxy`` boxes with a positive intersection, and that intersection.
+
+    Args:
+        a: [A, 4]; a_img: [A]; b: [B, 4]; b_img: [B] non-decreasing.
+
+    Returns:
+        (ia [P], jb [P], inter [P]) with CrowdDet's arithmetic
+        ``max(0, min(x2) - max(x1)) * max(0, min(y2) - max(y1))``.
+    """
+    as_xywh = lambda x: np.column_stack([x[:, :2], x[:, 2:] - x[:, :2]])  # noqa: E731
+    pa, pb = x_overlap_pairs(as_xywh(a), a_img, as_xywh(b), b_img, n_images)
+    iw = np.minimum(a[pa, 2], b[pb, 2]) - np.maximum(a[pa, 0], b[pb, 0])
+    hit = iw > 0
+    pa, pb, iw = pa[hit], pb[hit], iw[hit]
+    ih = np.minimum(a[pa, 3], b[pb, 3]) - np.maximum(a[pa, 1], b[pb, 1])
+    hit = ih > 0
+    return pa[hit], pb[hit], iw[hit] * ih[hit]
+
+
+def match(prep: Prepared, return_gt: bool = False):
+    """CrowdDet's ``compare_caltech`` for every image at once.
+
+    Returns:
+        tp [D] bool, ignored [D] bool (dropped: IoA > 0.5 with an ignore region);
+        with ``return_gt`` also [D] the valid GT each true positive took (else -1).
+    """
+    pd, pg, inter = prep.det_gt_pairs()
+    a_d, a_g = _area(prep.det_boxes, False)[pd], _area(prep.gt_boxes, False)[pg]
+    iou = inter / (a_d + a_g - inter + EPS)
+    ioa = inter / (a_d + EPS)
+    keep = (iou > THRESHOLD) | (ioa > THRESHOLD)
+    pairs = OverlapPairs(pd[keep], pg[keep], iou[keep], ioa[keep])
+    valid = np.ones(len(prep.det_scores), dtype=bool)
+    return greedy_match(pairs, valid, prep.gt_ignore, strict=True, ties="first", return_gt=return_gt)
+
+
+def setup_matches(prep: Prepared) -> SetupMatches:
+    """The non-dropped detections in CrowdDet's global order with their TP flags (for MR, AP, bootstrap)."""
+    tp, ignored = match(prep)
+    order = prep.global_order
+    order = order[~ignored[order]]
+    gt_per_image = np.bincount(prep.gt_img[~prep.gt_ignore], minlength=prep.n_images)
+    return SetupMatches("All", "crowdhuman", prep.det_scores[order], tp[order], prep.det_img[order], gt_per_image)
+
+
+def average_precision(matches: SetupMatches, image_counts: np.ndarray | None = None) -> float | None:
+    """CrowdDet's ``eval_AP``: trapezoids over consecutive (recall, precision) points.
+
+    None when there is no valid GT; 0 with fewer than two detections. With
+    ``image_counts`` (bootstrap), image i counts ``image_counts[i]`` times.
+    """
+    is_tp, n_gt = matches.is_tp, float(matches.gt_per_image.sum())
+    if image_counts is not None:
+        counts = np.asarray(image_counts).astype(np.int64)
+        is_tp = np.repeat(is_tp, counts[matches.det_image])
+        n_gt = float(counts @ matches.gt_per_image)
+    if n_gt == 0:
+        return None
+    tp = np.cumsum(is_tp, dtype=np.float64)
+    fp = np.cumsum(~is_tp, dtype=np.float64)
+    recall, precision = tp / n_gt, tp / (tp + fp)
+    if len(recall) < 2:
+        return 0.0
+    area = (recall[1:] - recall[:-1]) * ((precision[:-1] + precision[1:]) / 2)
+    return float(np.cumsum(area)[-1])  # cumsum: the same left-to-right sum as the official loop
+
+
+def _max_weight_matching(
+    ed: np.ndarray, eg: np.ndarray, w: np.ndarray, n_det: int, n_gt: int, edge_id: np.ndarray, cache: dict
+):
+    """A maximum-weight bipartite matching (weights > 0) of a graph of many small components.
+
+    A star (one side a single node) takes its heaviest edge; every other
+    component is one small ``linear_sum_assignment`` (maximise, non-edges 0):
+    its best assignment's non-zero pairs are a heaviest matching.
+
+    Thresholds only remove edges, so a component whose (first edge id, edge
+    count) was already solved is the same component: ``cache`` maps that key
+    to its matching, and is updated for the next call.
+
+    Args:
+        ed, eg, w: [E] edge endpoints (detection, GT index) and weights.
+        edge_id: [E] increasing ids of the edges, stable across calls.
+
+    Returns:
+        (det [k], gt [k]) the matched pairs.
+    """
+    if len(ed) == 0:
+        return ed, eg
+    from scipy.optimize import linear_sum_assignment
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(ed)), (ed, n_det + eg)), shape=(n_det + n_gt, n_det + n_gt))
+    _, label = connected_components(graph, directed=False)
+    comp = label[ed].astype(np.int64)
+    edges_in = np.bincount(comp)
+    star = np.zeros(len(edges_in), bool)
+    # One detection (or one GT) holds every edge of its component.
+    np.logical_or.at(star, comp, np.bincount(ed, minlength=n_det)[ed] == edges_in[comp])
+    np.logical_or.at(star, comp, np.bincount(eg, minlength=n_gt)[eg] == edges_in[comp])
+    on_star = star[comp]
+    idx = np.flatnonzero(on_star)
+    idx = idx[np.lexsort((-w[idx], comp[idx]))]
+    first = np.r_[True, comp[idx][1:] != comp[idx][:-1]] if len(idx) else np.zeros(0, bool)
+    out_d, out_g = [ed[idx[first]]], [eg[idx[first]]]
+    rest = np.flatnonzero(~on_star)
+    # Components with exactly two GT (or two detections): closed form.
+    for pair_side, other, n_nodes in ((eg, ed, n_gt), (ed, eg, n_det)):
+        nodes = np.unique(comp[rest] * n_nodes + pair_side[rest]) // n_nodes
+        two = (np.bincount(nodes, minlength=len(edges_in)) == 2)[comp[rest]]
+        sel = rest[two]
+        if len(sel):
+            got_other, got_pair = _two_node_side(comp[sel], pair_side[sel], other[sel], w[sel])
+            out_d.append(got_other if pair_side is eg else got_pair)
+            out_g.append(got_pair if pair_side is eg else got_other)
+        rest = rest[~two]
+    if len(rest):
+        rest = rest[np.argsort(comp[rest], kind="stable")]
+        c, d, g, wr = comp[rest], ed[rest], eg[rest], w[rest]
+        bounds = np.flatnonzero(np.r_[True, c[1:] != c[:-1], True])
+        # Local node numbers inside each component, from one sort per side.
+        keys_d, inv_d = np.unique(c * n_det + d, return_inverse=True)
+        keys_g, inv_g = np.unique(c * n_gt + g, return_inverse=True)
+        start_d = np.minimum.reduceat(inv_d, bounds[:-1])
+        start_g = np.minimum.reduceat(inv_g, bounds[:-1])
+        size_d = np.maximum.reduceat(inv_d, bounds[:-1]) - start_d + 1
+        size_g = np.maximum.reduceat(inv_g, bounds[:-1]) - start_g + 1
+        which = np.repeat(np.arange(len(start_d)), np.diff(bounds))
+        ld, lg = inv_d - start_d[which], inv_g - start_g[which]
+        first_id = edge_id[rest[bounds[:-1]]].tolist()
+        fresh = {}
+        for k in range(len(start_d)):
+            a, b = bounds[k], bounds[k + 1]
+            key = (first_id[k], b - a)
+            pair = cache.get(key)
+            if pair is None:
+                weights = np.zeros((size_d[k], size_g[k]))
+                weights[ld[a:b], lg[a:b]] = wr[a:b]
+                r, col = linear_sum_assignment(weights, maximize=True)
+                real = weights[r, col] > 0
+                pair = (keys_d[start_d[k] + r[real]] % n_det, keys_g[start_g[k] + col[real]] % n_gt)
+            fresh[key] = pair
+            out_d.append(pair[0])
+            out_g.append(pair[1])
+        cache.clear()
+        cache.update(fresh)
+    return np.concatenate(out_d), np.concatenate(out_g)
+
+
+def _two_node_side(comp: np.ndarray, pair: np.ndarray, other: np.ndarray, w: np.ndarray):
+    """Heaviest matchings of components whose ``pair`` side has exactly two nodes.
+
+    Every weight lies in (0.5, 1], so two edges always outweigh one: each
+    component takes the best pair (u0, x), (u1, y) with x != y, from the best
+    and second-best partner of each of its two ``pair`` nodes.
+
+    Args:
+        comp, pair, other, w: [E] component, the two-node side's node, the other node, weight.
+
+    Returns:
+        (other [k], pair [k]) matched nodes.
+    """
+    order = np.lexsort((-w, pair, comp))
+    comp, pair, other, w = comp[order], pair[order], other[order], w[order]
+    lead = np.r_[True, (comp[1:] != comp[:-1]) | (pair[1:] != pair[:-1])]
+    starts = np.flatnonzero(lead)  # per (component, pair node), heaviest first; two per component
+    second = np.where(np.r_[starts[1:], len(w)] - starts > 1, starts + 1, -1)
+    s0, s1 = starts[0::2], starts[1::2]  # the two pair nodes of each component
+    t0, t1 = second[0::2], second[1::2]
+    wt = lambda i: np.where(i >= 0, w[i], -np.inf)  # noqa: E731
+    clash = other[s0] == other[s1]
+    alt_a = wt(s0) + wt(t1)  # u0 keeps its best, u1 takes its second
+    alt_b = wt(t0) + wt(s1)
+    use_a = clash & (alt_a >= alt_b)
+    use_b = clash & ~use_a
+    e0 = np.where(use_b, t0, s0)
+    e1 = np.where(use_a, t1, s1)
+    return np.concatenate([other[e0], other[e1]]), np.concatenate([pair[e0], pair[e1]])
+
+
+def jaccard_index(prep: Prepared) -> tuple[float | None, list[float | None]]:
+    """CrowdDet's ``compute_JI_with_ignore`` + ``gather`` over the 10 score thresholds.
+
+    Returns:
+        (JI = the largest defined mean ratio or None, [10] mean ratio per threshold).
+    """
+    n_det, valid = len(prep.det_scores), ~prep.gt_ignore
+    valid_idx, ign_idx = np.flatnonzero(valid), np.flatnonzero(prep.gt_ignore)
+    gv, gi = prep.gt_boxes[valid_idx], prep.gt_boxes[ign_idx]
+    position = np.cumsum(valid) - 1  # GT index -> index among the valid GT
+    pd, pg, inter = prep.det_gt_pairs()
+    # Detection x valid GT: IoU > 0.5 edges.
+    on_valid = valid[pg]
+    vd, vg, vi = pd[on_valid], pg[on_valid], inter[on_valid]
+    iou = vi / (_area(prep.det_boxes, False)[vd] + _area(prep.gt_boxes, False)[vg] - vi + EPS)
+    edge = iou > THRESHOLD
+    ed, eg, ew = vd[edge], position[vg[edge]], iou[edge]
+    # Detections and valid GT that an ignore region covers (IoA over their own, clamped, area).
+    det_cov = np.zeros(n_det, bool)
+    hd, hi = pd[~on_valid], inter[~on_valid]
+    det_cov[hd[hi / (_area(prep.det_boxes, True)[hd] + EPS) > THRESHOLD]] = True
+    a, _, gi_inter = intersections(gv, prep.gt_img[valid_idx], gi, prep.gt_img[ign_idx], prep.n_images)
+    gt_cov = np.zeros(len(valid_idx), bool)
+    gt_cov[a[gi_inter / (_area(gv, True)[a] + EPS) > THRESHOLD]] = True
+    gv_img = prep.gt_img[valid_idx]
+    n_valid = np.bincount(gv_img, minlength=prep.n_images)
+    means: list[float | None] = []
+    cache: dict = {}
+    for t in JI_THRESHOLDS:
+        active = prep.det_scores > t
+        e = active[ed]
+        md, mg = _max_weight_matching(ed[e], eg[e], ew[e], n_det, len(valid_idx), np.flatnonzero(e), cache)
+        det_matched = np.zeros(n_det, bool)
+        det_matched[md] = True
+        gt_matched = np.zeros(len(valid_idx), bool)
+        gt_matched[mg] = True
+        k = np.bincount(prep.det_img[md], minlength=prep.n_images)
+        n = np.bincount(prep.det_img[active & ~(~det_matched & det_cov)], minlength=prep.n_images)
+        m = n_valid - np.bincount(gv_img[~gt_matched & gt_cov], minlength=prep.n_images)
+        ratio = k / (m + n - k + EPS)
+        counted = int(((m != 0) | (n != 0)).sum())
+        means.append(float(ratio.sum() / counted) if counted else None)
+    defined = [v for v in means if v is not None]
+    return (max(defined) if defined else None), means
+
+
+def evaluate_crowdhuman(
+    records: list[ImageRecord],
+    dets: Detections,
+    sizes: dict[int, tuple[int, int]],
+    metrics: tuple[str, ...] = METRICS,
+) -> CrowdHumanResult:
+    """AP, MR^-2 and JI of detections on CrowdHuman GT, as CrowdDet computes them.
+
+    Args:
+        records: GT images from :func:`pedcrowd.formats.crowdhuman.read_odgt`.
+        dets: record id -> (boxes [D_i, 4] xywh, scores [D_i]); absent: no detections.
+        sizes: record id -> (width, height) of every image.
+        metrics: any of ``MR-2``, ``AP``, ``JI``; the others come back as None.
+    """
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise PedcrowdError(f"--metric {unknown[0]!r}: expected one of {', '.join(METRICS)} or all")
+    prep = prepare(records, dets, sizes)
+    sm = setup_matches(prep)
+    fppi, miss = sm.curve()
+    ji, per_t = jaccard_index(prep) if "JI" in metrics else (None, [None] * len(JI_THRESHOLDS))
+    return CrowdHumanResult(
+        mr=sm.mr() if "MR-2" in metrics else None,
+        ap=average_precision(sm) if "AP" in metrics else None,
+        ji=ji,
+        n_gt=int(sm.gt_per_image.sum()),
+        n_images=prep.n_images,
+        recall_at_fppi=sm.recall_at_fppi(),
+        fppi=fppi,
+        miss_rate=miss,
+        ji_per_threshold=per_t,
+    )
+
+
+def result_to_json(result: CrowdHumanResult, metric: str) -> dict:
+    """The ``pedcrowd eval --protocol crowdhuman --json`` document (same top level as the other protocols)."""
+    return {
+        "protocol": "crowdhuman",
+        "metric": metric,
+        "results": {
+            "All": {
+                "mr": result.mr,
+                "ap": result.ap,
+                "ji": result.ji,
+                "n_gt": result.n_gt,
+                "n_images": result.n_images,
+                "recall_at_fppi": [float(x) for x in result.recall_at_fppi],
+                "ji_per_threshold": result.ji_per_threshold,
+            }
+        },
+        "ap": None,
+    }
+
+
+def load_crowdhuman(
+    gt_path: str | Path,
+    dets_path: str | Path,
+    images: str | Path | None = None,
+    image_root: str | Path | None = None,
+) -> tuple[list[ImageRecord], Detections, dict[int, tuple[int, int]]]:
+    """Read the ``.odgt`` GT, the detections and every image's size.
+
+    Detections: a results JSON list (``image_id`` = the record's 1-based line
+    position in the ``.odgt``, or ``file_name`` = ``{ID}.jpg``), or CrowdDet's
+    per-line ``dtboxes`` dump. Sizes, per image, from the first of: the
+    ``.odgt`` line's ``width``/``height``, the CrowdDet record, the ``--images``
+    file (matched by file name), the image file ``image_root/{ID}.jpg|.png``
+    (default ``Images/`` beside the ``.odgt``).
+    """
+    from pedcrowd.fileio import existing_path
+    from pedcrowd.formats.crowdhuman import read_crowddet_detections, read_odgt
+
+    gt_path = existing_path(gt_path)
+    records = read_odgt(gt_path)
+    dets_path = existing_path(dets_path)
+    with open(dets_path, "rb") as f:
+        head = f.read(4096).lstrip()
+    det_sizes: dict[int, tuple[int, int]] = {}
+    if head[:1] == b"{":
+        dets, det_sizes = read_crowddet_detections(dets_path, records)
+    else:
+        from pedcrowd.formats.detections import read_detections_json
+
+        dets = read_detections_json(dets_path, records)
+    sizes = {r.id: (r.width, r.height) for r in records if r.width and r.height}
+    for rid, wh in det_sizes.items():
+        sizes.setdefault(rid, wh)
+    if images is not None and len(sizes) < len(records):
+        from pedcrowd.formats.coco import read_image_list
+        from pedcrowd.formats.detections import file_name_index
+
+        index = file_name_index(records)
+        for im in read_image_list(images):
+            rec = index.find(im.file_name)
+            if rec is not None and im.width and im.height:
+                sizes.setdefault(rec.id, (im.width, im.height))
+    if len(sizes) < len(records):
+        root = Path(image_root) if image_root is not None else gt_path.parent / "Images"
+        _sizes_from_files(records, sizes, root)
+    missing = [r for r in records if r.id not in sizes]
+    if missing:
+        raise PedcrowdError(
+            f"{gt_path}: no size for image {missing[0].file_name!r} ({len(missing)} of {len(records)} images): "
+            "give CrowdDet records with height/width, --images FILE or --image-root DIR"
+        )
+    return records, dets, sizes
+
+
+def _sizes_from_files(records: list[ImageRecord], sizes: dict[int, tuple[int, int]], root: Path) -> None:
+    if not root.is_dir():
+        return
+    from PIL import Image
+
+    for rec in records:
+        if rec.id in sizes:
+            continue
+        stem = rec.file_name.rsplit(".", 1)[0]
+        for ext in (".jpg", ".png", ".jpeg"):
+            path = root / f"{stem}{ext}"
+            if path.is_file():
+                try:
+                    with Image.open(path) as im:
+                        sizes[rec.id] = im.size
+                except OSError as e:
+                    raise PedcrowdError(f"{path}: cannot read the image size ({e})") from None
+                break

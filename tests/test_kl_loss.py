@@ -70,7 +70,7 @@ def test_kl_term_sums_sampled_positives_over_sampled_rows():
 
 @pytest.fixture(scope="module")
 def tiny_yaml(tmp_path_factory):
-    from test_engine import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
+    from tiny_run import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
 
     from pedcrowd.data.synth import ensure_synth
     from pedcrowd.engine.config import Config, apply_overrides, save_config

@@ -39,15 +39,15 @@ def train_command(
         str | None,
         typer.Option(
             "--cls-loss",
-            help="RoI-head classification loss, a registered term (default ce; see "
-            "pedcrowd.losses.config.TERMS); the same as --set loss.cls=NAME.",
+            help="RoI-head classification loss: ce (default) | focal | ghm | qfl, a "
+            "registered term (pedcrowd.losses.config.TERMS); the same as --set loss.cls=NAME.",
         ),
     ] = None,
     box_loss: Annotated[
         str | None,
         typer.Option(
             "--box-loss",
-            help="RoI-head box loss, a registered term (default smooth_l1); "
+            help="RoI-head box loss: smooth_l1 (default) | ghm | kl, a registered term; "
             "the same as --set loss.box=NAME. kl (KL-Loss) also sets model.box_std_head=true; "
             "add --set postprocess.var_voting=true to evaluate with variance voting.",
         ),
@@ -56,8 +56,8 @@ def train_command(
         str | None,
         typer.Option(
             "--sampler",
-            help="How the RoI head picks its training RoIs (default random, torchvision's); "
-            "the same as --set loss.sampler=NAME.",
+            help="How the RoI head picks its training RoIs: random (default, torchvision's) "
+            "| ohem | pisa; the same as --set loss.sampler=NAME.",
         ),
     ] = None,
     overrides: Annotated[

@@ -595,7 +595,10 @@ def _write_eval_files(run_dir: Path, epoch: int, dets, report, records) -> None:
 
 
 def _install_crowd_losses(model: torch.nn.Module, cfg: Config) -> None:
-    """Give the RPN and the RoI head the training criteria of ``cfg.loss``."""
+    """Give the RPN and the RoI head the training criteria of ``cfg.loss`` (and the
+    prior bias of a focal / QFL classifier)."""
+    from pedcrowd.losses.focal import init_classifier_priors
     from pedcrowd.model.detector import install_criteria
 
     install_criteria(model, cfg.model, cfg.loss)
+    init_classifier_priors(model, cfg.model.weights, cfg.loss)

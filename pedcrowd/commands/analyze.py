@@ -150,8 +150,13 @@ def _pre_nms_from_model(path, gt, protocol, images, image_root, device, log):
             raise PedcrowdError("--gt with a model needs --image-root (the images to run the model on)")
         truth, sizes, root = _load_gt(gt, protocol, images, image_root)
         dataset = DetectionDataset(truth if isinstance(truth, list) else truth.records, image_root)
+    post = getattr(cfg, "postprocess", None)
+    if post is not None and (post.nms != "hard" or post.var_voting):
+        raise PedcrowdError(f"{path}: analyze replays a hard NMS; this run post-processes with {post.describe()}")
+    from pedcrowd.engine.inference import output_stage
+
     # Faster R-CNN keeps its final NMS in roi_heads; FCOS (model.arch fcos) on the model itself.
-    heads = getattr(model, "roi_heads", model)
+    heads = output_stage(model)
     if not (hasattr(heads, "nms_thresh") and hasattr(heads, "detections_per_img")):
         raise PedcrowdError(f"{path}: the model has no final NMS setting (nms_thresh) to turn off")
     saved = (heads.nms_thresh, heads.detections_per_img)

@@ -191,6 +191,14 @@ class PisaConfig:
     carl_bias: float = 0.2
 
 
+@dataclass
+class KlLossConfig:
+    """KL-Loss (He et al., CVPR 2019); see ``pedcrowd.losses.kl``. Needs the KL box head
+    (``model.box_std_head: true``, which ``pedcrowd train --box-loss kl`` sets)."""
+
+    beta: float = 1.0  # smooth-L1 beta inside the loss: the official 1 (torchvision's box loss: 1/9)
+
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -240,6 +248,7 @@ TERMS: dict[str, TermSpec] = {
     "qfl": TermSpec("cls", "pedcrowd.losses.qfl:qfl_term", ("roi",), QflConfig),
     "ohem": TermSpec("sampler", "pedcrowd.losses.ohem:OhemSampler", ("roi",), OhemConfig),
     "pisa": TermSpec("sampler", "pedcrowd.losses.pisa:PisaSampler", ("roi",), PisaConfig),
+    "kl": TermSpec("box", "pedcrowd.losses.kl:kl_term", ("roi",), KlLossConfig),
 }
 
 

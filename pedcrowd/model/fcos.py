@@ -216,6 +216,8 @@ class PedFCOS(FCOS):
         anchors: list[Tensor],
         num_anchors_per_level: list[int],
     ) -> dict[str, Tensor]:
+        # the losses in float32 (under CUDA autocast the head's outputs are half precision)
+        head_outputs = {k: v.float() for k, v in head_outputs.items()}
         if self.assigner == "dw":
             from pedcrowd.losses.dw import dw_loss
 

@@ -210,3 +210,18 @@ def test_compare_analysis_side_by_side(tmp_path):
     assert [r["name"] for r in doc["runs"]] == ["base", "nms1"]
     bad = runner.invoke(app, ["compare", "--analysis", str(tmp_path / "pre.json")])
     assert bad.exit_code == 2 and "not a pedcrowd analyze --out file" in bad.output
+
+
+def test_caltech_rules():
+    # Caltech: pedestrians inside [5 5 635 475], boxes resized to aspect 0.41 (these already are).
+    a, b = [10, 10, 41, 100], [20.25, 10, 41, 100]  # IoU 30.75 / 51.25 = 0.6
+    boxes = np.array([a, b], dtype=np.float64)
+    rec = ImageRecord(id=1, file_name="set06_V000_I00029.jpg", boxes=boxes, vis_boxes=np.full((2, 4), np.nan),
+                      categories=np.array(["pedestrian", "pedestrian"], dtype=object), ignore=np.zeros(2, bool),
+                      heights=boxes[:, 3].copy(), vis_ratios=np.ones(2))
+    pre = {1: (boxes.copy(), np.array([0.9, 0.8]))}
+    rep = analyze([rec], pre, protocol="caltech", nms_thresh=0.5, points=("score=0.5",))
+    (p,) = rep.points
+    assert p.n_missed == 1 and p.misses["nms_other_person"] == 1 and p.n_fp == 0
+    assert rep.mr == 0.5  # one TP, no FP: every reference sees recall 1/2
+    assert p.oracle["nms_other_person"]["mr"] == 0.0  # B's box back: both found

@@ -326,21 +326,39 @@ def _max_weight_matching(
         size_g = np.maximum.reduceat(inv_g, bounds[:-1]) - start_g + 1
         which = np.repeat(np.arange(len(start_d)), np.diff(bounds))
         ld, lg = inv_d - start_d[which], inv_g - start_g[which]
+        # Every component's dense weight matrix in one flat buffer, filled at once.
+        cells = size_d * size_g
+        offset = np.concatenate([[0], np.cumsum(cells)[:-1]])
+        flat = np.zeros(int(cells.sum()))
+        flat[offset[which] + ld * size_g[which] + lg] = wr
         first_id = edge_id[rest[bounds[:-1]]].tolist()
-        fresh = {}
+        fresh, solved, got_r, got_c = {}, [], [], []
         for k in range(len(start_d)):
-            a, b = bounds[k], bounds[k + 1]
-            key = (first_id[k], b - a)
+            key = (first_id[k], int(bounds[k + 1] - bounds[k]))
             pair = cache.get(key)
-            if pair is None:
-                weights = np.zeros((size_d[k], size_g[k]))
-                weights[ld[a:b], lg[a:b]] = wr[a:b]
-                r, col = linear_sum_assignment(weights, maximize=True)
-                real = weights[r, col] > 0
-                pair = (keys_d[start_d[k] + r[real]] % n_det, keys_g[start_g[k] + col[real]] % n_gt)
-            fresh[key] = pair
-            out_d.append(pair[0])
-            out_g.append(pair[1])
+            if pair is not None:
+                fresh[key] = pair
+                out_d.append(pair[0])
+                out_g.append(pair[1])
+                continue
+            o = offset[k]
+            r, col = linear_sum_assignment(flat[o : o + cells[k]].reshape(size_d[k], size_g[k]), maximize=True)
+            solved.append(k)
+            got_r.append(r)
+            got_c.append(col)
+        if solved:
+            ks = np.repeat(np.array(solved), [len(r) for r in got_r])
+            r, col = np.concatenate(got_r), np.concatenate(got_c)
+            real = flat[offset[ks] + r * size_g[ks] + col] > 0
+            md = keys_d[start_d[ks] + r] % n_det
+            mg = keys_g[start_g[ks] + col] % n_gt
+            splits = np.cumsum([len(x) for x in got_r])[:-1]
+            for k, d_k, g_k, ok in zip(solved, np.split(md, splits), np.split(mg, splits), np.split(real, splits),
+                                       strict=True):
+                pair = (d_k[ok], g_k[ok])
+                fresh[(first_id[k], int(bounds[k + 1] - bounds[k]))] = pair
+                out_d.append(pair[0])
+                out_g.append(pair[1])
         cache.clear()
         cache.update(fresh)
     return np.concatenate(out_d), np.concatenate(out_g)

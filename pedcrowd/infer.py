@@ -71,7 +71,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_model(weights: str | Path, device: torch.device) -> torch.nn.Module:
-    """A FasterRCNN in eval mode from a run directory (its best.pt, else last.pt) or a checkpoint."""
+    """The detector (Faster R-CNN or FCOS) in eval mode from a run directory (its best.pt, else last.pt) or a checkpoint."""
     from pedcrowd.engine.checkpoint import load_for_inference
 
     model, _cfg = load_for_inference(weights, device=str(device))
@@ -81,11 +81,15 @@ def load_model(weights: str | Path, device: torch.device) -> torch.nn.Module:
 def configure_postprocess(
     model: torch.nn.Module, score_thr: float | None, nms_thr: float | None
 ) -> None:
-    """Set the second stage's score and NMS thresholds; None keeps the model's own."""
+    """Set the output stage's score and NMS thresholds; None keeps the model's own.
+
+    Faster R-CNN's live on its ``roi_heads``, FCOS's on the model itself.
+    """
+    heads = getattr(model, "roi_heads", model)
     if score_thr is not None:
-        model.roi_heads.score_thresh = float(score_thr)
+        heads.score_thresh = float(score_thr)
     if nms_thr is not None:
-        model.roi_heads.nms_thresh = float(nms_thr)
+        heads.nms_thresh = float(nms_thr)
 
 
 def detections_to_records(

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.fileio import regular_file
+from pedcrowd.formats import validate
 from pedcrowd.formats.records import IGNORE_REGION, PEDESTRIAN, ImageRecord
 
 
@@ -122,11 +124,12 @@ def read_odgt(path: str | Path) -> list[ImageRecord]:
     Args:
         path: the ``.odgt`` file.
     """
-    path = Path(path)
+    path = regular_file(path, "CrowdHuman .odgt file")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise PedcrowdError(f"{path}: cannot read CrowdHuman annotations ({exc.strerror})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PedcrowdError(f"{path}: cannot read CrowdHuman annotations ({exc})") from exc
+    seen: set[str] = set()
     records: list[ImageRecord] = []
     next_ann_id = 1
     for lineno, line in enumerate(lines, start=1):
@@ -138,6 +141,10 @@ def read_odgt(path: str | Path) -> list[ImageRecord]:
         except json.JSONDecodeError as exc:
             raise PedcrowdError(f"{where}: not a JSON object ({exc.msg})") from exc
         record = _parse_line(data, len(records) + 1, next_ann_id, where)
+        if record.file_name in seen:  # listed twice, its boxes would count twice
+            raise PedcrowdError(f"{where}: image {data['ID']!r} is listed twice")
+        seen.add(record.file_name)
+        validate.finite_rows(record.boxes, where, f"image {data['ID']!r}", "fbox")
         next_ann_id += len(record)
         records.append(record)
     return records
@@ -164,11 +171,11 @@ def read_crowddet_detections(
         PedcrowdError: unreadable file, bad line, unknown or repeated ``ID``,
             a box that is not 4 numbers, a NaN score or a negative size.
     """
-    path = Path(path)
+    path = regular_file(path, "detection file")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise PedcrowdError(f"{path}: cannot read detections ({exc.strerror})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PedcrowdError(f"{path}: cannot read detections ({exc})") from exc
     by_id = {odgt_id(r): r.id for r in records}
     dets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     sizes: dict[int, tuple[int, int]] = {}
@@ -192,12 +199,14 @@ def read_crowddet_detections(
             sizes[image] = (width, height)
         rows = data["dtboxes"]
         try:
-            boxes = np.array([d["box"] for d in rows], dtype=np.float64).reshape(len(rows), 4)
+            boxes = np.array([d["box"] for d in rows], dtype=np.float64).reshape(len(rows), -1)
             scores = np.array([d["score"] for d in rows], dtype=np.float64).reshape(len(rows))
+            if boxes.shape != (len(rows), 4) or any(np.ndim(d["box"]) != 1 for d in rows):
+                raise ValueError("not [x, y, w, h]")
         except (KeyError, TypeError, ValueError):
             raise PedcrowdError(f"{where}: every dtbox needs 'box' [x, y, w, h] and a numeric 'score'") from None
-        if np.isnan(scores).any() or np.isnan(boxes).any():
-            raise PedcrowdError(f"{where}: NaN score or coordinate")
+        if not np.isfinite(scores).all() or not np.isfinite(boxes).all():
+            raise PedcrowdError(f"{where}: NaN or infinite score or coordinate")
         if (boxes[:, 2:] < 0).any():
             raise PedcrowdError(f"{where}: negative box size")
         dets[image] = (boxes, scores)

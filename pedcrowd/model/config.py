@@ -18,6 +18,13 @@ from typing import Literal
 class ModelConfig:
     """Detector architecture and its training/inference thresholds."""
 
+    # faster_rcnn (two-stage, the default) | fcos (torchvision FCOS, one stage: pedcrowd.model.fcos).
+    # fcos uses backbone, weights, trainable_layers, min/max_size, box_score_thresh,
+    # box_nms_thresh, box_detections_per_img and the fcos_*/dw_* fields; the anchor, rpn_*
+    # and other box_* fields are Faster R-CNN's
+    arch: Literal["faster_rcnn", "fcos"] = "faster_rcnn"
+    # fcos only: fcos (FCOS's own centre-sampling assignment) | dw (Dual Weighting, pedcrowd.losses.dw)
+    assigner: Literal["fcos", "dw"] = "fcos"
     # resnet50_fpn | resnet18_fpn | mobilenet_v3_fpn | tiny_fpn (CPU demo, no pretrained weights)
     backbone: str = "tiny_fpn"
     # none (random init) | imagenet (torchvision backbone weights from the local torch hub cache)
@@ -69,3 +76,15 @@ class ModelConfig:
     ignore_positives: Literal["keep", "drop"] = "drop"
     # width of the two-layer MLP box head
     representation_size: int = field(default=256, metadata={"range": ">= 1"})
+    # fcos: convolutions (+ GroupNorm 32) in each head branch (torchvision: 4)
+    fcos_num_convs: int = field(default=4, metadata={"range": ">= 1"})
+    # fcos assigner: a positive's point lies within this many strides of its GT's centre
+    fcos_center_sampling_radius: float = field(default=1.5, metadata={"range": "> 0"})
+    # fcos inference: top-scoring locations kept per level before NMS
+    fcos_topk_candidates: int = field(default=1000, metadata={"range": ">= 1"})
+    # dw: the box-refinement branch (the official default, reg_refine=True)
+    dw_refine: bool = True
+    # dw: the Gaussian centre prior's sigma, in strides (official 1.11)
+    dw_prior_sigma: float = field(default=1.11, metadata={"range": "> 0"})
+    # dw: P_neg of a location inside several GTs: min over them | last (the official code's CPU outcome)
+    dw_neg_overlap: Literal["min", "last"] = "min"

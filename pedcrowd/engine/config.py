@@ -139,12 +139,20 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise PedcrowdError(f"{path}: not valid YAML ({e})") from None
+        raise PedcrowdError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise PedcrowdError(f"{path}: the top level must be a mapping of sections")
     return data
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line: the parser's problem and where (PyYAML's own message spans several lines)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def _read_with_base(path: Path) -> dict[str, Any]:

@@ -64,11 +64,11 @@ def truncated(path) -> bool:
 
 def decode_image(source: Source, keep_image: bool) -> Item:
     """One image file -> :class:`Item` (``tensor`` None and ``error`` set if undecodable)."""
-    if truncated(source.path):
-        return Item(source.name, None, error="truncated file (no end marker)")
     image = cv2.imread(str(source.path), cv2.IMREAD_COLOR)
     if image is None:
         return Item(source.name, None, error="cannot decode image")
+    if truncated(source.path):
+        return Item(source.name, None, error="truncated file (no end marker)")
     return Item(source.name, bgr_to_tensor(image), image if keep_image else None)
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_engine import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
+from tiny_run import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
 from typer.testing import CliRunner
 
 from pedcrowd.cli import app

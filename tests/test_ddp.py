@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 import torch
-from test_engine import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
+from tiny_run import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
 
 from pedcrowd.data.synth import ensure_synth
 from pedcrowd.engine.checkpoint import load_checkpoint

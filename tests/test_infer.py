@@ -448,8 +448,11 @@ def test_decoding_is_the_training_datasets_own(folder: Path):
 
 
 def test_infer_help_names_the_checkpoint_used():
-    result = runner.invoke(app, ["infer", "--help"], env={"COLUMNS": "400", "NO_COLOR": "1"})
-    assert result.exit_code == 0
-    text = " ".join(result.output.split())
+    # The options' own help strings, not the rendered help (which depends on the terminal).
+    import typer.main
+
+    infer_cmd = typer.main.get_command(app).get_command(None, "infer")
+    text = " ".join(" ".join(p.help or "" for p in infer_cmd.params).split())
     assert "uses its best.pt, else last.pt, and the config stored in it" in text
     assert "config.yaml" not in text
+    assert runner.invoke(app, ["infer", "--help"]).exit_code == 0

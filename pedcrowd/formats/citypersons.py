@@ -157,9 +157,10 @@ def citypersons_json_records(data: object, path: Path, category_id: int | None =
                 height=int(im["height"]) if "height" in im else None,
             )
         )
-    unknown = np.setdiff1d(ids_sorted, [r.id for r in records])
-    if len(unknown):
-        raise PedcrowdError(f"{path}: annotation for unknown image id {unknown[0]}")
+    # A set, not np.setdiff1d: its np.unique loads numpy.ma (~15 ms of `pedcrowd eval`).
+    unknown = set(ids_sorted.tolist()) - {r.id for r in records}
+    if unknown:
+        raise PedcrowdError(f"{path}: annotation for unknown image id {min(unknown)}")
     return records
 
 

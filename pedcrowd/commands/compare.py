@@ -22,8 +22,10 @@ def compare_command(
         ),
     ],
     gt: Annotated[
-        Path, typer.Option("--gt", help="Ground-truth file (as for pedcrowd eval).", show_default=False)
-    ],
+        Path | None,
+        typer.Option("--gt", help="Ground-truth file (as for pedcrowd eval); needed for the "
+                     "table, not for --curves alone.", show_default=False),
+    ] = None,
     protocol: Annotated[
         str, typer.Option(help="citypersons (official eval_MR_multisetup.py) or caltech (dbEval.m).")
     ] = "citypersons",
@@ -45,6 +47,11 @@ def compare_command(
         Path | None,
         typer.Option(help="Write MR vs FPPI curves here (PNG, one panel per setup).",
                      show_default=False),
+    ] = None,
+    curves: Annotated[
+        Path | None,
+        typer.Option(help="Overlay the training curves (every loss term, val MR^-2) of the "
+                     "run directories in this PNG (their metrics.jsonl).", show_default=False),
     ] = None,
     fmt: Annotated[
         str, typer.Option("--format", "-f", help="table, markdown, csv or json (JSON only on stdout).")
@@ -85,6 +92,12 @@ def compare_command(
     if setups:
         setups = [name for item in setups for name in item.split(",") if name]
     console = Console(stderr=True)
+    if gt is None and curves is None:
+        raise PedcrowdError("compare: --gt is required (or --curves to draw training curves only)")
+    if curves is not None:
+        console.print(f"curves: {_overlay_curves(runs, curves)}")
+        if gt is None:
+            return
     with console.status(f"evaluating {len(runs)} runs, {bootstrap} bootstrap resamples"):
         result = compare(
             runs, gt, protocol=protocol, setups=setups, images=images, bootstrap=bootstrap,
@@ -103,6 +116,26 @@ def compare_command(
         typer.echo(to_csv(result), nl=False)
     else:
         Console().print(_rich_table(result))
+
+
+def _overlay_curves(runs: list[str], path: Path) -> Path:
+    """Draw the training curves of the run directories ``runs`` (NAME=DIR or DIR) into ``path``."""
+    from pedcrowd.compare import parse_run
+    from pedcrowd.engine.curves import plot_curves, read_curves
+    from pedcrowd.errors import PedcrowdError
+
+    series = {}
+    for text in runs:
+        name, run_dir = parse_run(text)
+        if not (run_dir / "metrics.jsonl").is_file():
+            raise PedcrowdError(f"{run_dir}: --curves needs run directories with a metrics.jsonl")
+        if name in series:
+            raise PedcrowdError(f"compare: run names must differ ({name!r} twice); use name=path")
+        series[name] = read_curves(run_dir)
+    try:
+        return plot_curves(series, path)
+    except OSError as e:
+        raise PedcrowdError(f"{path}: cannot write the curves ({e.strerror or e})") from None
 
 
 def _rich_table(result):

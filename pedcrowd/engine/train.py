@@ -62,6 +62,7 @@ from pedcrowd.engine.checkpoint import (
     unwrap,
 )
 from pedcrowd.engine.config import Config, config_from_dict, config_to_dict, save_config
+from pedcrowd.engine.curves import write_run_curves
 from pedcrowd.engine.metrics import MetricsLog, to_jsonable
 from pedcrowd.engine.reporter import Reporter
 from pedcrowd.engine.schedule import build_optimizer, build_scheduler
@@ -481,6 +482,7 @@ def _run(
                 if best:
                     shutil.copyfile(run_dir / rundir.LAST, run_dir / ".best.pt.tmp")
                     (run_dir / ".best.pt.tmp").replace(run_dir / "best.pt")
+                write_run_curves(run_dir)  # curves.png follows the run, checkpoint by checkpoint
             ddp.barrier(info)
 
         stopping = [False]

@@ -94,9 +94,11 @@ ROWS: tuple[Row, ...] = (
     Row("softnms", None, ("postprocess.nms=soft-gaussian",),
         "soft-NMS (Gaussian) at test time on the baseline's weights", test_time=True,
         training_only=False),
-    Row("fcos", None, ("model.arch=fcos",), "FCOS (one stage)", training_only=False),
-    Row("fcos+dw", None, ("model.arch=fcos", "model.assigner=dw"), "FCOS + Dual Weighting",
+    # FCOS as configs/fcos_cpu_demo.yaml: 2 conv layers per head branch on the CPU
+    Row("fcos", None, ("model.arch=fcos", "model.fcos_num_convs=2"), "FCOS (one stage)",
         training_only=False),
+    Row("fcos+dw", None, ("model.arch=fcos", "model.fcos_num_convs=2", "model.assigner=dw"),
+        "FCOS + Dual Weighting", training_only=False),
     Row("bg_drop", None, ("data.background.policy=drop",), "background-only training images dropped"),
     Row("bg_ratio", None, ("data.background.policy=ratio", "data.background.ratio=0.5"),
         "half of the background-only training images kept"),

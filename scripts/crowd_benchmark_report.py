@@ -177,7 +177,8 @@ def resolvable(stats: dict, n_images: int) -> dict:
             continue
         hw = float(np.median(widths))
         out[s] = {"half_width": hw, "target": targets[s],
-                  "images_needed": int(math.ceil(n_images * (hw / targets[s]) ** 2))}
+                  "images_needed": int(math.ceil(n_images * (hw / targets[s]) ** 2)) if hw > 0
+                  else None}
     return out
 
 
@@ -344,7 +345,7 @@ def render_markdown(args, rep: dict, rows, cmp_md: str, images: dict) -> str:
     head = ["row", "options"]
     for s in SETUPS:
         head += [f"{s} %", f"Δ {s} [95 %]", "sd"]
-    head += ["FP / bg image", "step s", "infer ms/img"]
+    head += ["FP / bg image", "steps", "step s", "infer ms/img"]
     L += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         row = rep["rows"][r.name]
@@ -361,7 +362,8 @@ def render_markdown(args, rep: dict, rows, cmp_md: str, images: dict) -> str:
             cells += [_pct(st["mean"]), delta, _pct(st["sd"]) if st["sd"] is not None else "—"]
         fp = [v for v in row["bg_fp"] if v is not None]
         t = row["timing"]
-        cells += [f"{np.mean(fp):.2f}" if fp else "n/a",
+        its = sorted({i for i in row["iterations"] if i is not None})
+        cells += [f"{np.mean(fp):.2f}" if fp else "n/a", "/".join(map(str, its)) or "—",
                   f"{t['step_s']:.3f}" if t["step_s"] else "—", f"{t['infer_ms_per_image']:.1f}"]
         L.append("| " + " | ".join(cells) + " |")
     if rep["unavailable"]:
@@ -405,10 +407,16 @@ def render_markdown(args, rep: dict, rows, cmp_md: str, images: dict) -> str:
         if v is None:
             L.append(f"- {s}: no paired interval (no bootstrap or no compared row).")
             continue
+        if v["images_needed"] is None:
+            L.append(f"- {s}: every compared row gave the baseline's detections (zero-width "
+                     "intervals): nothing to size from.")
+            continue
+        enough = "enough" if v["half_width"] <= v["target"] else "not enough"
         L.append(f"- {s}: median paired 95 % half-width ±{_pct(v['half_width'], digits=2)} pp on "
-                 f"{rep['val_images']} val images; a {100 * v['target']:.0f} pp effect needs about "
-                 f"{v['images_needed']} val images (half-width ∝ 1/√images) — and more seeds when "
-                 "the seed spread is larger than that.")
+                 f"{rep['val_images']} val images ({enough} for a {100 * v['target']:.0f} pp "
+                 f"effect); {100 * v['target']:.0f} pp needs about {v['images_needed']} val images "
+                 "(half-width ∝ 1/√images, at these detectors' MR⁻²), and more seeds when the "
+                 "seed spread is larger than the interval.")
     L += ["", "## Timing", "",
           "Train step: median `step_s` of the logged steps (seed mean); inference: the best of two "
           f"passes over {args.time_images} val images, batch 4, CPU. The machine is shared, so both "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -72,6 +73,25 @@ def infer_command(
             show_default=False,
         ),
     ] = None,
+    nms: Annotated[
+        str | None,
+        typer.Option(
+            "--nms",
+            help="Final suppression: hard (torchvision NMS), soft-linear or soft-gaussian "
+            "(soft-NMS). Default: the checkpoint's postprocess section (hard unless it was "
+            "trained otherwise). Recorded in OUT/postprocess.json.",
+            show_default=False,
+        ),
+    ] = None,
+    var_voting: Annotated[
+        bool | None,
+        typer.Option(
+            "--var-voting/--no-var-voting",
+            help="Variance voting after the suppression (Softer-NMS); needs a model "
+            "trained with --box-loss kl. Default: the checkpoint's postprocess section.",
+            show_default=False,
+        ),
+    ] = None,
     vis_score_thr: Annotated[
         float, typer.Option("--vis-score-thr", help="Lowest score drawn with --vis.")
     ] = 0.3,
@@ -137,6 +157,8 @@ def infer_command(
             protocol=protocol,
             score_thr=score_thr,
             nms_thr=nms_thr,
+            nms=nms,
+            var_voting=var_voting,
             vis_score_thr=vis_score_thr,
             batch_size=batch_size,
             device=device,
@@ -164,7 +186,13 @@ def infer_command(
         f"{result.n_images} images{videos}, {len(result.detections)} detections in "
         f"{result.seconds:.1f} s: [bold]{result.images_per_s:.2f} images/s[/]{skipped}"
     )
-    console.print(f"detections: {result.out_file}")
+    # what ran, beside the detections, so that runs of one checkpoint can be told apart
+    from pedcrowd.fileio import write_text_atomic
+
+    meta = {"weights": str(weights), **result.postprocess}
+    write_text_atomic(out / "postprocess.json", json.dumps(meta, indent=1) + "\n")
+    console.print(f"detections: {result.out_file} (post-processing {result.postprocess['method']}, "
+                  f"recorded in {out / 'postprocess.json'})")
     if result.vis_dir is not None:
         console.print(f"annotated: {result.vis_dir}/")
 

@@ -39,24 +39,25 @@ def train_command(
         str | None,
         typer.Option(
             "--cls-loss",
-            help="RoI-head classification loss, a registered term (default ce; see "
-            "pedcrowd.losses.config.TERMS); the same as --set loss.cls=NAME.",
+            help="RoI-head classification loss: ce (default) | focal | ghm | qfl, a "
+            "registered term (pedcrowd.losses.config.TERMS); the same as --set loss.cls=NAME.",
         ),
     ] = None,
     box_loss: Annotated[
         str | None,
         typer.Option(
             "--box-loss",
-            help="RoI-head box loss, a registered term (default smooth_l1); "
-            "the same as --set loss.box=NAME.",
+            help="RoI-head box loss: smooth_l1 (default) | ghm | kl, a registered term; "
+            "the same as --set loss.box=NAME. kl (KL-Loss) also sets model.box_std_head=true; "
+            "add --set postprocess.var_voting=true to evaluate with variance voting.",
         ),
     ] = None,
     sampler: Annotated[
         str | None,
         typer.Option(
             "--sampler",
-            help="How the RoI head picks its training RoIs (default random, torchvision's); "
-            "the same as --set loss.sampler=NAME.",
+            help="How the RoI head picks its training RoIs: random (default, torchvision's) "
+            "| ohem | pisa; the same as --set loss.sampler=NAME.",
         ),
     ] = None,
     overrides: Annotated[
@@ -108,6 +109,8 @@ def train_command(
     for key, value in (("cls", cls_loss), ("box", box_loss), ("sampler", sampler)):
         if value is not None:
             sets.insert(0, f"loss.{key}={value}")  # before --set, after --loss
+    if box_loss == "kl":  # KL-Loss needs the box head that predicts the variances
+        sets.insert(0, "model.box_std_head=true")
     cfg = apply_overrides(cfg, sets)
 
     from pedcrowd.engine.reporter import RichReporter

@@ -38,7 +38,7 @@ from pedcrowd.data.config import DataConfig, SynthConfig
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import write_text_atomic
 from pedcrowd.losses.config import LossConfig
-from pedcrowd.model.config import ModelConfig
+from pedcrowd.model.config import ModelConfig, PostprocessConfig
 
 
 @dataclass
@@ -114,6 +114,8 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     synth: SynthConfig | None = field(default_factory=SynthConfig)
+    # second-stage post-processing at evaluation and inference (hard NMS by default)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
 
 # ----------------------------------------------------------------------------- loading

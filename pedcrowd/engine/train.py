@@ -63,6 +63,7 @@ from pedcrowd.engine.checkpoint import (
 )
 from pedcrowd.engine.config import Config, config_from_dict, config_to_dict, save_config
 from pedcrowd.engine.curves import write_run_curves
+from pedcrowd.engine.inference import configure_postprocess, run_detector
 from pedcrowd.engine.metrics import MetricsLog, to_jsonable
 from pedcrowd.engine.reporter import Reporter
 from pedcrowd.engine.schedule import build_optimizer, build_scheduler
@@ -70,6 +71,7 @@ from pedcrowd.engine.signals import Interrupted, StopOnSignal
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import write_text_atomic
 from pedcrowd.formats.detections import output_to_xywh, results_entries
+from pedcrowd.model.config import PostprocessConfig
 
 PRIMARY_SETUP = "Reasonable"
 
@@ -264,23 +266,22 @@ def train_one_epoch(
     return iteration, state.means()
 
 
-@torch.no_grad()
 def predict(
     model: torch.nn.Module, dataset, device: torch.device, batch_size: int = 4,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Detections of ``model`` on every image of ``dataset`` (eval mode, no augmentation).
+    """Detections of ``model`` on every image of ``dataset`` (eval mode, no augmentation),
+    through the inference loop ``pedcrowd infer`` runs too (:func:`run_detector`).
 
     Returns:
         image id -> (boxes [D, 4] float64 ``x, y, w, h``, scores [D]) in the
         pixels of the dataset's records (the model maps its resize back), the
         input form of :func:`pedcrowd.eval.evaluate`.
     """
-    model.eval()
     dets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        outputs = model([img.to(device) for img, _ in items])
-        for (_, target), out in zip(items, outputs, strict=True):
+    items = (dataset[i] for i in range(len(dataset)))
+    for batch in run_detector(model, items, lambda item: item[0], device=device,
+                              batch_size=batch_size):
+        for (_, target), out in batch:
             dets[int(target["image_id"])] = output_to_xywh(out)
     return dets
 
@@ -297,9 +298,12 @@ def detections_to_json(dets: dict[int, tuple[np.ndarray, np.ndarray]], records) 
 
 def evaluate_model(
     model: torch.nn.Module, dataset, device: torch.device, protocol: str = "citypersons",
-    batch_size: int = 4,
+    batch_size: int = 4, postprocess: PostprocessConfig | None = None,
 ):
     """Detect on ``dataset`` (the val split) and score with the pedcrowd evaluator.
+
+    ``postprocess`` (the config's section; None keeps the model's) is set on the
+    model first.
 
     Returns:
         (detections, report): image id -> (boxes [D, 4] xywh, scores [D]), and the
@@ -307,6 +311,7 @@ def evaluate_model(
     """
     from pedcrowd.eval import evaluate
 
+    configure_postprocess(unwrap(model), postprocess)
     dets = predict(unwrap(model), dataset, device, batch_size=batch_size)
     report = evaluate(dataset.records, dets, protocol=protocol)
     return dets, report
@@ -425,6 +430,7 @@ def _run(
                 f"({tcfg.batch_size} x {info.world_size} processes)"
             )
         model = build_model(cfg.model)
+        configure_postprocess(model, cfg.postprocess)  # fails now, not at the first evaluation
         _install_crowd_losses(model, cfg)
         model.to(device)
         if info.enabled:
@@ -528,7 +534,9 @@ def _run(
             is_best = False
             if main and (last or (tcfg.eval_every > 0 and (epoch + 1) % tcfg.eval_every == 0)):
                 rep.evaluating()
-                dets, report = evaluate_model(model, val_set, device, protocol=protocol)
+                dets, report = evaluate_model(
+                    model, val_set, device, protocol=protocol, postprocess=cfg.postprocess
+                )
                 mrs = _report_mrs(report)
                 entry["mr"] = mrs
                 log.write({"kind": "eval", "epoch": epoch + 1, "iter": iteration, "mr": mrs})
@@ -587,7 +595,10 @@ def _write_eval_files(run_dir: Path, epoch: int, dets, report, records) -> None:
 
 
 def _install_crowd_losses(model: torch.nn.Module, cfg: Config) -> None:
-    """Give the RPN and the RoI head the training criteria of ``cfg.loss``."""
+    """Give the RPN and the RoI head the training criteria of ``cfg.loss`` (and the
+    prior bias of a focal / QFL classifier)."""
+    from pedcrowd.losses.focal import init_classifier_priors
     from pedcrowd.model.detector import install_criteria
 
     install_criteria(model, cfg.model, cfg.loss)
+    init_classifier_priors(model, cfg.model.weights, cfg.loss)

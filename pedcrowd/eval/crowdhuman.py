@@ -44,7 +44,13 @@ from pathlib import Path
 import numpy as np
 
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.eval.matching import OverlapPairs, greedy_match, x_overlap_pairs
+from pedcrowd.eval.matching import (
+    MatchDetails,
+    OverlapPairs,
+    greedy_match,
+    source_positions,
+    x_overlap_pairs,
+)
 from pedcrowd.eval.mr import SetupMatches
 from pedcrowd.formats.records import ImageRecord
 
@@ -74,6 +80,7 @@ class Prepared:
     gt_img: np.ndarray
     gt_ignore: np.ndarray
     n_images: int
+    det_order: np.ndarray | None = None  # sorted position -> position in the image-major concatenation
 
     def det_gt_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(det [P], gt [P], intersection [P]) of every same-image pair that intersects (cached)."""
@@ -153,6 +160,7 @@ def prepare(records: list[ImageRecord], dets: Detections, sizes: dict[int, tuple
     gt_raw = np.concatenate([np.asarray(r.boxes, dtype=np.float64).reshape(-1, 4) for r in records]) if n else np.zeros((0, 4))
     gt_ignore = np.concatenate([np.asarray(r.ignore, dtype=bool).reshape(-1) for r in records]) if n else np.zeros(0, bool)
     return Prepared(
+        det_order=order,
         det_boxes=xywh_to_clipped_xyxy(det_boxes, wh[det_img, 0], wh[det_img, 1]),
         det_scores=det_scores,
         det_img=det_img,
@@ -205,6 +213,23 @@ def match(prep: Prepared, return_gt: bool = False):
     pairs = OverlapPairs(pd[keep], pg[keep], iou[keep], ioa[keep])
     valid = np.ones(len(prep.det_scores), dtype=bool)
     return greedy_match(pairs, valid, prep.gt_ignore, strict=True, ties="first", return_gt=return_gt)
+
+
+def match_details(records: list[ImageRecord], dets: Detections, sizes: dict[int, tuple[int, int]]) -> MatchDetails:
+    """Every detection's outcome (``pedcrowd analyze``); boxes ``xywh`` after clipping."""
+    prep = prepare(records, dets, sizes)
+    tp, ignored, taken = match(prep, return_gt=True)
+    order = prep.global_order
+    order = order[~ignored[order]]
+    gt_per_image = np.bincount(prep.gt_img[~prep.gt_ignore], minlength=prep.n_images)
+    sm = SetupMatches("All", "crowdhuman", prep.det_scores[order], tp[order], prep.det_img[order], gt_per_image)
+    xywh = lambda b: np.column_stack([b[:, :2], b[:, 2:] - b[:, :2]])  # noqa: E731
+    return MatchDetails(
+        image_ids=np.array([r.id for r in records], dtype=np.int64), det_img=prep.det_img,
+        det_src=source_positions(prep.det_img, prep.det_order), det_scores=prep.det_scores,
+        det_boxes=xywh(prep.det_boxes), valid=np.ones(len(tp), bool), tp=tp, ignored=ignored, taken=taken,
+        gt_img=prep.gt_img, gt_boxes=xywh(prep.gt_boxes), gt_ignore=prep.gt_ignore, strict=True, matches=sm,
+    )
 
 
 def setup_matches(prep: Prepared) -> SetupMatches:
@@ -468,20 +493,39 @@ def load_crowdhuman(
     (default ``Images/`` beside the ``.odgt``).
     """
     from pedcrowd.fileio import existing_path
-    from pedcrowd.formats.crowdhuman import read_crowddet_detections, read_odgt
+    from pedcrowd.formats.crowdhuman import read_odgt
 
     gt_path = existing_path(gt_path)
     records = read_odgt(gt_path)
+    dets, det_sizes = load_detections(dets_path, records)
+    return records, dets, load_sizes(records, gt_path, det_sizes, images, image_root)
+
+
+def load_detections(dets_path: str | Path, records: list[ImageRecord]) -> tuple[Detections, dict[int, tuple[int, int]]]:
+    """A results JSON list or a CrowdDet dump (sniffed from the first character) -> (dets, sizes it gives)."""
+    from pedcrowd.fileio import existing_path
+    from pedcrowd.formats.crowdhuman import read_crowddet_detections
+
     dets_path = existing_path(dets_path)
     with open(dets_path, "rb") as f:
         head = f.read(4096).lstrip()
-    det_sizes: dict[int, tuple[int, int]] = {}
     if head[:1] == b"{":
-        dets, det_sizes = read_crowddet_detections(dets_path, records)
-    else:
-        from pedcrowd.formats.detections import read_detections_json
+        return read_crowddet_detections(dets_path, records)
+    from pedcrowd.formats.detections import read_detections_json
 
-        dets = read_detections_json(dets_path, records)
+    return read_detections_json(dets_path, records), {}
+
+
+def load_sizes(
+    records: list[ImageRecord],
+    gt_path: Path,
+    det_sizes: dict[int, tuple[int, int]],
+    images: str | Path | None = None,
+    image_root: str | Path | None = None,
+) -> dict[int, tuple[int, int]]:
+    """Every record's (width, height): the ``.odgt`` line, ``det_sizes``, the
+    ``images`` file, then the image files (see :func:`load_crowdhuman`)."""
+    gt_path = Path(gt_path)
     sizes = {r.id: (r.width, r.height) for r in records if r.width and r.height}
     for rid, wh in det_sizes.items():
         sizes.setdefault(rid, wh)
@@ -503,7 +547,7 @@ def load_crowdhuman(
             f"{gt_path}: no size for image {missing[0].file_name!r} ({len(missing)} of {len(records)} images): "
             "give CrowdDet records with height/width, --images FILE or --image-root DIR"
         )
-    return records, dets, sizes
+    return sizes
 
 
 def _sizes_from_files(records: list[ImageRecord], sizes: dict[int, tuple[int, int]], root: Path) -> None:

@@ -88,3 +88,34 @@ class ModelConfig:
     dw_prior_sigma: float = field(default=1.11, metadata={"range": "> 0"})
     # dw: P_neg of a location inside several GTs: min over them | last (the official code's CPU outcome)
     dw_neg_overlap: Literal["min", "last"] = "min"
+    # KL-Loss head (Softer-NMS): also predict log(sigma^2) of each box edge, and regress
+    # the edges (x1, y1, x2, y2) instead of centre/size, as the official KL-Loss configs
+    # (XYXY); --box-loss kl turns it on; needed by postprocess.var_voting
+    box_std_head: bool = False
+
+
+@dataclass
+class PostprocessConfig:
+    """The ``postprocess:`` section: how the second stage turns scored boxes into detections.
+
+    Used by the evaluation during training, ``pedcrowd infer`` and every command
+    that runs a model; stored in the checkpoint's config. The score and NMS
+    thresholds and the detection cap stay in ``model:`` (``box_score_thresh``,
+    ``box_nms_thresh``, ``box_detections_per_img``). See
+    :mod:`pedcrowd.model.postprocess` for the algorithms.
+    """
+
+    # hard: torchvision's NMS (the default, bit-identical to plain torchvision);
+    # soft-linear: score *= 1 - IoU above box_nms_thresh; soft-gaussian: score *= exp(-IoU^2 / soft_sigma)
+    nms: Literal["hard", "soft-linear", "soft-gaussian"] = "hard"
+    soft_sigma: float = 0.5  # official TEST.SOFT_NMS.SIGMA
+    score_floor: float = 0.001  # soft-NMS drops boxes decayed below this (official KL-Loss value)
+    # variance voting (Softer-NMS): needs a model trained with the KL head (--box-loss kl)
+    var_voting: bool = False
+    sigma_t: float = 0.01  # the vote's IoU kernel exp(-(1 - IoU)^2 / sigma_t) (official STD.IOU_SIGMA)
+    # which boxes vote: official = IoU > 0.01 with the selected box; nt = IoU > box_nms_thresh (the seed's rule)
+    vote_neighbours: Literal["official", "nt"] = "official"
+
+    def describe(self) -> str:
+        """Short label for logs and result metadata, e.g. ``soft-gaussian+var-voting``."""
+        return self.nms + ("+var-voting" if self.var_voting else "")

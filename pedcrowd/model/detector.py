@@ -124,6 +124,7 @@ def build_model(cfg: ModelConfig) -> torch.nn.Module:
         nms_thresh=cfg.box_nms_thresh,
         detections_per_img=cfg.box_detections_per_img,
         drop_ignored_positives=cfg.ignore_positives == "drop",
+        box_std_head=cfg.box_std_head,
     )
     install_criteria(model, cfg)
     if weights not in ("none", "imagenet"):

@@ -159,6 +159,8 @@ def test_per_channel_sampling_equals_the_official_deformable_convolution():
 def test_fcos_config_errors():
     with pytest.raises(PedcrowdError, match="model.backbone: 'mobilenet_v3_fpn' does not fit"):
         build_model(ModelConfig(arch="fcos", backbone="mobilenet_v3_fpn"))
+    with pytest.raises(PedcrowdError, match=r"model.dw_prior_sigma: 0.0 must be > 0"):
+        build_model(ModelConfig(arch="fcos", assigner="dw", dw_prior_sigma=0.0))
     with pytest.raises(PedcrowdError, match="model.assigner: 'dw' is for model.arch fcos"):
         build_model(ModelConfig(assigner="dw"))
     with pytest.raises(PedcrowdError, match="unknown|must be one of"):

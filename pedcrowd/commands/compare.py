@@ -103,6 +103,8 @@ def compare_command(
         raise PedcrowdError(f"--bootstrap {bootstrap}: must be 0 or more")
     if setups:
         setups = [name for item in setups for name in item.split(",") if name]
+    if plot is not None and plot.is_dir():
+        raise PedcrowdError(f"--plot {plot}: is a folder; give the PNG file to write")
     console = Console(stderr=True)
     if gt is None and curves is None:
         raise PedcrowdError("compare: --gt is required (or --curves to draw training curves only, "

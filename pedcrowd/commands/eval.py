@@ -86,6 +86,8 @@ def eval_command(
         raise PedcrowdError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
     if plot is not None and metric in ("AP", "JI"):
         raise PedcrowdError("--plot draws MR-FPPI curves: use it with --metric MR-2 or all")
+    if plot is not None and plot.is_dir():
+        raise PedcrowdError(f"--plot {plot}: is a folder; give the PNG file to write")
     start = time.perf_counter()
     if protocol not in ("citypersons", "caltech", "crowdhuman"):
         raise PedcrowdError(f"--protocol {protocol!r}: expected one of citypersons, caltech, crowdhuman")

@@ -105,11 +105,13 @@ def load_ground_truth(path: str | Path, protocol: str = "citypersons", images: s
         protocol: ``citypersons`` or ``caltech`` (only checked here).
         images: the ``{"images": [...]}`` list naming the frames of Caltech caches.
     """
-    from pedcrowd.fileio import existing_path
+    from pedcrowd.fileio import existing_path, regular_file
     from pedcrowd.formats.registry import ground_truth_format
 
     _check_protocol(protocol)
     path = existing_path(path, "file or folder")
+    if not path.is_dir():
+        regular_file(path, "ground-truth file")  # a FIFO would block the reader forever
     if path.is_dir():
         caches = sorted(path.glob("gt-*.mat"))
         if caches:
@@ -124,7 +126,10 @@ def load_ground_truth(path: str | Path, protocol: str = "citypersons", images: s
         if "gt" in variables:
             return _load_caches([path], images, path)
     fmt = ground_truth_format(path)
-    return GroundTruth(fmt.read(path, **fmt.eval_options), fmt.name, path)
+    records = fmt.read(path, **fmt.eval_options)
+    if not records:
+        raise PedcrowdError(f"{path}: the ground truth lists no images; nothing to evaluate")
+    return GroundTruth(records, fmt.name, path)
 
 
 def _load_caches(files: list[Path], images: str | Path | None, source: Path) -> GroundTruth:

@@ -70,8 +70,15 @@ def build_fcos(cfg: ModelConfig) -> PedFCOS:
             f"model.backbone: {cfg.backbone!r} does not fit model.arch fcos; choose one of "
             f"{', '.join(FCOS_STRIDES)}"
         )
-    if cfg.fcos_num_convs < 0:
-        raise PedcrowdError(f"model.fcos_num_convs: {cfg.fcos_num_convs} must be >= 0")
+    for key, value, ok, want in (
+        ("fcos_num_convs", cfg.fcos_num_convs, cfg.fcos_num_convs >= 0, ">= 0"),
+        ("fcos_center_sampling_radius", cfg.fcos_center_sampling_radius,
+         cfg.fcos_center_sampling_radius > 0, "> 0"),
+        ("fcos_topk_candidates", cfg.fcos_topk_candidates, cfg.fcos_topk_candidates >= 1, ">= 1"),
+        ("dw_prior_sigma", cfg.dw_prior_sigma, cfg.dw_prior_sigma > 0, "> 0"),
+    ):
+        if not ok:
+            raise PedcrowdError(f"model.{key}: {value} must be {want}")
     weights = str(cfg.weights)
     backbone = build_backbone(cfg.backbone, weights, cfg.trainable_layers)
     anchor_generator = AnchorGenerator(

@@ -204,12 +204,12 @@ class _CrowdHuman:
         """({"All": SetupMatches}, CrowdDet AP or None, JI) of one detection file."""
         from pedcrowd.eval.crowdhuman import (
             average_precision,
-            jaccard_index,
             load_detections,
             load_sizes,
             prepare,
             setup_matches,
         )
+        from pedcrowd.eval.ji import jaccard_index
 
         dets, det_sizes = load_detections(dets_path, self.records)
         sizes = load_sizes(self.records, self.path, det_sizes, self.images)

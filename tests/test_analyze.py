@@ -170,10 +170,24 @@ def test_model_path_restores_nms_and_replay_equals_normal_output(tmp_path):
     save_checkpoint(tmp_path / "run" / "best.pt", model=model.state_dict(), config=config_to_dict(cfg))
     out = tmp_path / "a.json"
     result = runner.invoke(app, ["analyze", str(tmp_path / "run"), "--device", "cpu", "--json", "--out", str(out),
-                                 "--setup", "All"])
+                                 "--setup", "All", "--at", "score=0.0"])
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     assert doc["nms_thresh"] == cfg.model.box_nms_thresh and doc["max_dets"] == cfg.model.box_detections_per_img
+    # A model whose box_nms_thresh is 1.0 suppresses nothing: no NMS-caused misses.
+    cfg1 = Config()
+    cfg1.model.min_size, cfg1.model.max_size = 128, 256
+    cfg1.model.box_score_thresh, cfg1.model.box_nms_thresh = 0.01, 1.0
+    cfg1.data.root = cfg.data.root
+    save_checkpoint(tmp_path / "run1" / "best.pt", model=model.state_dict(), config=config_to_dict(cfg1))
+    one = runner.invoke(app, ["analyze", str(tmp_path / "run1"), "--device", "cpu", "--json", "--setup", "All",
+                              "--at", "score=0.0"])
+    assert one.exit_code == 0, one.output
+    (point,) = json.loads(one.stdout)["points"]
+    assert point["misses"]["nms_other_person"] == 0 and point["misses"]["nms_false_positive"] == 0
+    nms_05 = doc["points"][0]["misses"]
+    assert nms_05["nms_other_person"] + nms_05["nms_false_positive"] > 0  # the same weights with NMS 0.5 do lose people
+    assert json.loads(one.stdout)["nms_thresh"] == 1.0
     # The replayed NMS reproduces the model's own output.
     model, _ = load_for_inference(tmp_path / "run")
     dataset = build_dataset(cfg.data, "val", train=False)
@@ -210,3 +224,18 @@ def test_compare_analysis_side_by_side(tmp_path):
     assert [r["name"] for r in doc["runs"]] == ["base", "nms1"]
     bad = runner.invoke(app, ["compare", "--analysis", str(tmp_path / "pre.json")])
     assert bad.exit_code == 2 and "not a pedcrowd analyze --out file" in bad.output
+
+
+def test_caltech_rules():
+    # Caltech: pedestrians inside [5 5 635 475], boxes resized to aspect 0.41 (these already are).
+    a, b = [10, 10, 41, 100], [20.25, 10, 41, 100]  # IoU 30.75 / 51.25 = 0.6
+    boxes = np.array([a, b], dtype=np.float64)
+    rec = ImageRecord(id=1, file_name="set06_V000_I00029.jpg", boxes=boxes, vis_boxes=np.full((2, 4), np.nan),
+                      categories=np.array(["pedestrian", "pedestrian"], dtype=object), ignore=np.zeros(2, bool),
+                      heights=boxes[:, 3].copy(), vis_ratios=np.ones(2))
+    pre = {1: (boxes.copy(), np.array([0.9, 0.8]))}
+    rep = analyze([rec], pre, protocol="caltech", nms_thresh=0.5, points=("score=0.5",))
+    (p,) = rep.points
+    assert p.n_missed == 1 and p.misses["nms_other_person"] == 1 and p.n_fp == 0
+    assert rep.mr == 0.5  # one TP, no FP: every reference sees recall 1/2
+    assert p.oracle["nms_other_person"]["mr"] == 0.0  # B's box back: both found

@@ -76,7 +76,7 @@ def eval_command(
     out: Annotated[Path | None, typer.Option(help="Also write the JSON results to this file.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Draw miss rate vs FPPI curves to this PNG.")] = None,
 ) -> None:
-    """Evaluate detections: log-average miss rate (MR^-2) per setup, optionally COCO AP."""
+    """Evaluate detections: log-average miss rate (MR^-2) per setup, optionally COCO AP; CrowdHuman: AP, MR^-2, JI."""
     from pedcrowd.errors import PedcrowdError
     from pedcrowd.eval import coco_ap, evaluate, load_ground_truth, report_to_json
     from pedcrowd.formats.detections import read_detections

@@ -20,7 +20,13 @@ from pedcrowd.engine.metrics import read_metrics
 from pedcrowd.engine.train import fit, predict
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.model import ModelConfig, build_model
-from pedcrowd.model.fcos import PedFCOS, fcos_loss, fcos_match, refine_distances
+from pedcrowd.model.fcos import (
+    PedFCOS,
+    fcos_loss,
+    fcos_match,
+    refine_distances,
+    sample_per_channel,
+)
 
 runner = CliRunner()
 TINY = SynthConfig(train_images=4, val_images=2, height=96, width=160, seed=3)
@@ -127,9 +133,34 @@ def test_refinement_keeps_a_consistent_box_field_and_reads_the_sides():
     assert out[0, 0, 3, 3].item() == pytest.approx(2.0)
 
 
+def test_per_channel_sampling_equals_the_official_deformable_convolution():
+    from torchvision.ops import deform_conv2d
+
+    gen = torch.Generator().manual_seed(0)
+    maps = (torch.rand(2, 4, 5, 7, generator=gen, dtype=torch.float64) * 50).requires_grad_()
+    offsets = (torch.randn(2, 8, 5, 7, generator=gen, dtype=torch.float64) * 3).requires_grad_()
+    ours = sample_per_channel(maps, offsets.view(2, 4, 2, 5, 7))
+    official = deform_conv2d(maps, offsets, maps.new_ones(4, 1, 1, 1))
+    assert torch.allclose(ours, official, atol=1e-9)
+    weights = torch.rand(ours.shape, generator=gen, dtype=torch.float64)
+    g_ours = torch.autograd.grad((ours * weights).sum(), [maps, offsets])
+    g_official = torch.autograd.grad((official * weights).sum(), [maps, offsets])
+    for a, b in zip(g_ours, g_official, strict=True):
+        assert torch.allclose(a, b, atol=1e-8)
+    # by hand: channel 0 read one cell to the right, channel 1 half a cell down
+    ramp = torch.arange(7.0).expand(1, 1, 5, 7).repeat(1, 2, 1, 1)
+    off = torch.zeros(1, 2, 2, 5, 7)
+    off[0, 0, 1], off[0, 1, 0] = 1.0, 0.5
+    out = sample_per_channel(ramp, off)
+    assert out[0, 0, 2].tolist() == pytest.approx([1, 2, 3, 4, 5, 6, 0], abs=1e-5)  # 0 past the edge
+    assert out[0, 1, 2].tolist() == pytest.approx(ramp[0, 1, 2].tolist(), abs=1e-5)  # rows: no matter
+
+
 def test_fcos_config_errors():
     with pytest.raises(PedcrowdError, match="model.backbone: 'mobilenet_v3_fpn' does not fit"):
         build_model(ModelConfig(arch="fcos", backbone="mobilenet_v3_fpn"))
+    with pytest.raises(PedcrowdError, match=r"model.dw_prior_sigma: 0.0 must be > 0"):
+        build_model(ModelConfig(arch="fcos", assigner="dw", dw_prior_sigma=0.0))
     with pytest.raises(PedcrowdError, match="model.assigner: 'dw' is for model.arch fcos"):
         build_model(ModelConfig(assigner="dw"))
     with pytest.raises(PedcrowdError, match="unknown|must be one of"):

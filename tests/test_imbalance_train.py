@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_engine import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
+from tiny_run import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
 from typer.testing import CliRunner
 
 from pedcrowd.cli import app

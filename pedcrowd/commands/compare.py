@@ -24,11 +24,18 @@ def compare_command(
     gt: Annotated[
         Path | None,
         typer.Option("--gt", help="Ground-truth file (as for pedcrowd eval); needed for the "
-                     "table, not for --curves alone.", show_default=False),
+                     "table, not for --curves or --analysis.", show_default=False),
     ] = None,
     protocol: Annotated[
-        str, typer.Option(help="citypersons (official eval_MR_multisetup.py) or caltech (dbEval.m).")
+        str,
+        typer.Option(help="citypersons (official eval_MR_multisetup.py), caltech (dbEval.m) or crowdhuman "
+                     "(CrowdDet: MR^-2, AP and JI)."),
     ] = "citypersons",
+    analysis: Annotated[
+        bool,
+        typer.Option("--analysis", help="The runs are `pedcrowd analyze --out` files: show their error "
+                     "analyses side by side (NMS-caused misses, duplicates, oracle MR^-2)."),
+    ] = False,
     setups: Annotated[
         list[str] | None,
         typer.Option(
@@ -85,15 +92,23 @@ def compare_command(
 
     if as_json:
         fmt = "json"
+    if analysis:
+        from pedcrowd.commands.analyze import side_by_side
+
+        side_by_side(runs, as_json=fmt == "json")
+        return
     if fmt not in FORMATS:
         raise PedcrowdError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     if bootstrap < 0:
         raise PedcrowdError(f"--bootstrap {bootstrap}: must be 0 or more")
     if setups:
         setups = [name for item in setups for name in item.split(",") if name]
+    if plot is not None and plot.is_dir():
+        raise PedcrowdError(f"--plot {plot}: is a folder; give the PNG file to write")
     console = Console(stderr=True)
     if gt is None and curves is None:
-        raise PedcrowdError("compare: --gt is required (or --curves to draw training curves only)")
+        raise PedcrowdError("compare: --gt is required (or --curves to draw training curves only, "
+                            "or --analysis for pedcrowd analyze outputs)")
     if curves is not None:
         console.print(f"curves: {_overlay_curves(runs, curves)}")
         if gt is None:
@@ -156,6 +171,9 @@ def _rich_table(result):
     for s in result.setups:
         table.add_column(s, justify="right")
     table.add_column("AP %", justify="right")
+    with_ji = result.protocol == "crowdhuman"
+    if with_ji:
+        table.add_column("JI %", justify="right")
     for i, r in enumerate(result.runs):
         cells = []
         for s in result.setups:
@@ -172,7 +190,8 @@ def _rich_table(result):
         ap = "-" if r.ap is None else f"{100 * r.ap:.2f}"
         if i > 0 and r.ap is not None and result.runs[0].ap is not None:
             ap += f"\nΔ {100 * (r.ap - result.runs[0].ap):+.2f}"
-        table.add_row(r.name, *cells, ap)
+        ji = ["-" if r.ji is None else f"{100 * r.ji:.2f}"] if with_ji else []
+        table.add_row(r.name, *cells, ap, *ji)
     return table
 
 

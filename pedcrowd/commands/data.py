@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pedcrowd.formats.registry import FORMATS
+
 data_app = typer.Typer(
     help="Data sets: generate synthetic crowds, print statistics, draw samples.",
     no_args_is_help=True,
@@ -114,7 +116,7 @@ def stats(
     root: Annotated[Path, typer.Argument(help="Data set root in the format's layout.")],
     split: Annotated[str, typer.Option(help="Split to inspect: train or val.")] = "val",
     fmt: Annotated[
-        str, typer.Option("--format", help="citypersons | caltech | crowdhuman | coco.")
+        str, typer.Option("--format", help="The data set's format: " + " | ".join(FORMATS) + ".")
     ] = "citypersons",
     samples: Annotated[
         int, typer.Option(min=0, help="Number of sample images to draw boxes on (0: none).")

@@ -120,9 +120,15 @@ def infer_command(
         TimeRemainingColumn,
     )
 
+    from pedcrowd.errors import PedcrowdError
     from pedcrowd.infer import infer
 
+    if score_thr is not None and not 0.0 <= score_thr <= 1.0:
+        raise PedcrowdError(f"--score-thr {score_thr}: must be in [0, 1]")
+    if nms_thr is not None and not 0.0 < nms_thr <= 1.0:
+        raise PedcrowdError(f"--nms-thr {nms_thr}: must be in (0, 1]")
     console = Console(stderr=True)
+    shown_skips = 5
     progress = Progress(
         TextColumn("[bold]infer"),
         BarColumn(),
@@ -133,6 +139,14 @@ def infer_command(
         transient=False,
     )
     task = progress.add_task("infer", total=None)
+    n_skipped = 0
+
+    def on_skip(name: str, why: str) -> None:  # the first few by name, then only the count
+        nonlocal n_skipped
+        n_skipped += 1
+        if n_skipped <= shown_skips:
+            console.print(f"[yellow]skipped[/] {name}: {why}")
+
     with progress:
         result = infer(
             inputs,
@@ -151,12 +165,22 @@ def infer_command(
             workers=workers,
             on_start=lambda total: progress.update(task, total=total or None),
             on_progress=lambda done: progress.update(task, completed=done),
-            on_skip=lambda name, why: console.print(f"[yellow]skipped[/] {name}: {why}"),
+            on_skip=on_skip,
         )
         # Video frame counts from the header can be off by a few; end the bar at 100 %.
         progress.update(task, total=result.n_images, completed=result.n_images)
 
-    skipped = f", [yellow]{len(result.skipped)} unreadable skipped[/]" if result.skipped else ""
+    if result.skipped and result.n_images == 0:
+        names = ", ".join(name for name, _ in result.skipped[:3])
+        raise PedcrowdError(
+            f"none of the {len(result.skipped)} inputs could be read ({names}"
+            f"{', ...' if len(result.skipped) > 3 else ''}); nothing was detected"
+        )
+    skipped = ""
+    if result.skipped:
+        names = ", ".join(name for name, _ in result.skipped[:3])
+        more = ", ..." if len(result.skipped) > 3 else ""
+        skipped = f", [yellow]{len(result.skipped)} unreadable skipped ({names}{more})[/]"
     videos = f" ({result.n_videos} videos)" if result.n_videos else ""
     console.print(
         f"{result.n_images} images{videos}, {len(result.detections)} detections in "

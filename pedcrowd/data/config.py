@@ -81,8 +81,8 @@ class GtFilterConfig:
 
     # NMS-Ped's demo setting (the Reasonable range); the papers' CityPersons
     # configs train on h >= 30, vis >= 0.45.
-    min_height: float = 50.0
-    min_visibility: float = 0.65
+    min_height: float = field(default=50.0, metadata={"range": ">= 0"})
+    min_visibility: float = field(default=0.65, metadata={"range": "[0, 1]"})
     # Categories trained as pedestrians instead of ignored:
     # rider, sitting, other, group, unsure, ignore.
     promote: list[str] = field(default_factory=list)
@@ -93,21 +93,26 @@ class BackgroundConfig:
     """Images with no object after the filter (ignore-only images included)."""
 
     policy: str = "keep"  # keep | drop | ratio
-    ratio: float = 0.5  # with policy=ratio: fraction of background images kept
+    # with policy=ratio: fraction of background images kept
+    ratio: float = field(default=0.5, metadata={"range": "[0, 1]"})
 
 
 @dataclass
 class AugmentConfig:
     """Training augmentation (validation data is never augmented)."""
 
-    flip_prob: float = 0.5
-    scale_range: tuple[float, float] = (1.0, 1.0)  # image scale factor drawn uniformly
-    crop_size: tuple[int, int] | None = None  # (H, W) random crop; None = off
+    flip_prob: float = field(default=0.5, metadata={"range": "[0, 1]"})
+    # image scale factor drawn uniformly
+    scale_range: tuple[float, float] = field(default=(1.0, 1.0), metadata={"range": "> 0"})
+    # (H, W) random crop; None = off
+    crop_size: tuple[int, int] | None = field(default=None, metadata={"range": ">= 1"})
     crop_policy: str = "clip"  # cut boxes: keep | clip | ignore
-    crop_ignore_threshold: float = 0.5  # with crop_policy=ignore: lost-area fraction
-    brightness: float = 0.0  # colour jitter strengths: factor in [1 - s, 1 + s]
-    contrast: float = 0.0
-    saturation: float = 0.0
+    # with crop_policy=ignore: lost-area fraction
+    crop_ignore_threshold: float = field(default=0.5, metadata={"range": "[0, 1]"})
+    # colour jitter strengths: factor in [1 - s, 1 + s]
+    brightness: float = field(default=0.0, metadata={"range": "[0, 1]"})
+    contrast: float = field(default=0.0, metadata={"range": "[0, 1]"})
+    saturation: float = field(default=0.0, metadata={"range": "[0, 1]"})
 
 
 @dataclass
@@ -128,8 +133,10 @@ class DataConfig:
     gt_filter: GtFilterConfig = field(default_factory=GtFilterConfig)
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    num_workers: int = 2  # DataLoader workers; augmentations do not depend on it
-    seed: int = 0  # background choice and augmentation draws
+    # DataLoader workers; augmentations do not depend on it
+    num_workers: int = field(default=2, metadata={"range": ">= 0"})
+    # background choice and augmentation draws
+    seed: int = field(default=0, metadata={"range": "[0, 4294967295]"})
 
 
 def build_dataset(

@@ -44,13 +44,14 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` returned."""
-    torch.set_rng_state(state["torch"])
+    # a checkpoint loaded with map_location="cuda" brings these to the GPU: RNG states live on the CPU
+    torch.set_rng_state(state["torch"].cpu())
     kind, key, pos, has_gauss, cached = state["numpy"]
-    key = key.numpy() if torch.is_tensor(key) else np.asarray(key)
+    key = key.cpu().numpy() if torch.is_tensor(key) else np.asarray(key)
     np.random.set_state((kind, key.astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

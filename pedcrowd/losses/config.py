@@ -51,11 +51,12 @@ class NmsLossConfig:
     decided by the second stage's NMS.
     """
 
-    lambda_pull: float = 0.0  # weight of the pull term (0 skips NMS-Loss unless push > 0)
-    lambda_push: float = 0.0  # weight of the push term
+    # weight of the pull term (0 skips NMS-Loss unless push > 0)
+    lambda_pull: float = field(default=0.0, metadata={"range": ">= 0"})
+    lambda_push: float = field(default=0.0, metadata={"range": ">= 0"})  # weight of the push term
     # N_t of the simulated NMS. null: model.box_nms_thresh at the roi stage (the NMS the
     # loss simulates), the official 0.5 at the rpn stage
-    nms_thresh: float | None = None
+    nms_thresh: float | None = field(default=None, metadata={"range": "(0, 1]"})
     add_gt: bool = True  # GTs join as score-1.0 predictions and become b_max
     pull_relax: bool = True  # -ln(1 - N_t + IoU) (official); False: -ln(IoU) (paper)
     push_relax: bool = False  # -ln(1 + N_t - IoU); False: -ln(1 - IoU) (official)
@@ -100,8 +101,8 @@ class NmsLossConfig:
 class RepLossConfig:
     """Repulsion Loss (Wang et al., CVPR 2018); see ``pedcrowd.losses.repulsion``."""
 
-    alpha: float = 0.0  # weight of RepGT
-    beta: float = 0.0  # weight of RepBox
+    alpha: float = field(default=0.0, metadata={"range": ">= 0"})  # weight of RepGT
+    beta: float = field(default=0.0, metadata={"range": ">= 0"})  # weight of RepBox
     sigma_gt: float = 1.0  # Smooth_ln sigma of RepGT (paper 1.0: plain -ln(1 - IoG))
     sigma_box: float = 0.0  # Smooth_ln sigma of RepBox (paper 0.0: linear in IoU)
     # box_loss (paper-exact): scaled like the attraction term, which torchvision's box loss

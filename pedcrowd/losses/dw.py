@@ -28,7 +28,9 @@ GT well is not pushed down as a negative of its neighbour); the official code
 writes them with one indexed assignment, where duplicates leave one of the
 values, in practice the last GT's on the CPU and an unspecified one on a GPU
 (``neg_overlap: last`` gives the last GT's). Locations are torchvision's
-anchor points (offset 0, not the official 0.5). Background locations whose
+anchor points (offset 0, not the official 0.5), and the regression is
+torchvision's ``relu(conv)`` in strides, without the official per-level
+learnable ``Scale``. Background locations whose
 point lies inside an ignore box take no negative loss and do not count in its
 normaliser (see :mod:`pedcrowd.model.fcos`).
 """

@@ -285,3 +285,15 @@ def test_divergence_stops_after_n_nonfinite_steps_and_keeps_last_pt(one_epoch_ru
     assert ckpt["epoch"] == 1 and ckpt["iteration"] == 2  # written before the run stopped in epoch 2
     skipped = [m["iter"] for m in read_metrics(run) if m["kind"] == "train" and m.get("skipped")]
     assert len(skipped) >= 2 and skipped == list(range(skipped[0], skipped[0] + len(skipped)))
+
+
+def test_interrupted_exit_codes_and_message(tmp_path):
+    from pedcrowd.engine.signals import Interrupted
+
+    stopped = Interrupted(signal.SIGINT, tmp_path, tmp_path / "last.pt", 7)
+    assert stopped.exit_code == 130
+    assert str(stopped) == (
+        f"SIGINT: training stopped, checkpoint {tmp_path / 'last.pt'} written at iteration 7; "
+        f"continue with: pedcrowd train --out {tmp_path} --resume"
+    )
+    assert Interrupted(signal.SIGTERM, tmp_path, None, 7).exit_code == 143

@@ -89,7 +89,8 @@ ROWS: tuple[Row, ...] = (
     Row("ghm", None, ("loss.cls=ghm", "loss.box=ghm"), "GHM-C + GHM-R"),
     Row("pisa", None, ("loss.sampler=pisa",), "PISA (prime-sample reweighting)"),
     Row("qfl", None, ("loss.cls=qfl",), "quality focal loss"),
-    Row("kl+vv", None, ("loss.box=kl", "postprocess.var_voting=true"),
+    # --box-loss kl is loss.box=kl plus the head that predicts the variances
+    Row("kl+vv", None, ("loss.box=kl", "model.box_std_head=true", "postprocess.var_voting=true"),
         "KL-Loss head + variance voting (Softer-NMS)", training_only=False),
     Row("softnms", None, ("postprocess.nms=soft-gaussian",),
         "soft-NMS (Gaussian) at test time on the baseline's weights", test_time=True,
@@ -369,19 +370,31 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, dict[int, dict]] = {}
         t_runs = time.perf_counter()
         for row in rows:
+            if row.test_time and row.base in unavailable:
+                unavailable[row.name] = f"its base row {row.base} failed"
+                continue
             results[row.name] = {}
             for seed in range(args.seeds):
                 run_dir = args.out / "runs" / row.name / f"seed{seed}"
-                if row.test_time:
-                    base_run = args.out / "runs" / row.base / f"seed{seed}"
-                    info = run_test_time(base_run, row.sets, run_dir, log)
-                else:
-                    cfg = row_config(base, row, seed=seed, epochs=epochs, eval_every=eval_every)
-                    log(f"{row.name} seed {seed}: training ({epochs} epochs) into {run_dir}")
-                    info = run_training(cfg, run_dir, log)
+                try:
+                    if row.test_time:
+                        base_run = args.out / "runs" / row.base / f"seed{seed}"
+                        info = run_test_time(base_run, row.sets, run_dir, log)
+                    else:
+                        cfg = row_config(base, row, seed=seed, epochs=epochs, eval_every=eval_every)
+                        log(f"{row.name} seed {seed}: training ({epochs} epochs) into {run_dir}")
+                        info = run_training(cfg, run_dir, log)
+                except PedcrowdError as e:  # one broken technique does not stop the others
+                    if row.name == "none":
+                        raise
+                    log(f"{row.name} seed {seed}: failed ({e}); row skipped")
+                    unavailable[row.name] = f"failed: {e}"
+                    del results[row.name]
+                    break
                 state = "reused" if info.get("reused") else "done"
                 log(f"{row.name} seed {seed}: {state}")
                 results[row.name][seed] = {"dir": str(run_dir), **info}
+        rows = [r for r in rows if r.name in results]
         runs_s = time.perf_counter() - t_runs
 
         from crowd_benchmark_report import write_report

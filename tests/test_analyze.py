@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from pedcrowd.analyze import analyze, nms_with_suppressors, replay_nms
@@ -239,3 +241,20 @@ def test_caltech_rules():
     assert p.n_missed == 1 and p.misses["nms_other_person"] == 1 and p.n_fp == 0
     assert rep.mr == 0.5  # one TP, no FP: every reference sees recall 1/2
     assert p.oracle["nms_other_person"]["mr"] == 0.0  # B's box back: both found
+
+
+box = st.tuples(st.integers(0, 300), st.integers(0, 100), st.integers(20, 80), st.integers(50, 200))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(box, min_size=1, max_size=6), st.lists(st.tuples(box, st.floats(0.01, 1.0)), max_size=12),
+       st.sampled_from([0.3, 0.5, 0.7]))
+def test_every_error_has_exactly_one_category(people, rows, nms):
+    people = [list(map(float, p)) for p in people]
+    pre = pre_dets([(list(map(float, b)), s) for b, s in rows]) if rows else {}
+    for thresh in (nms, 1.0):
+        (p,) = analyze(records(people), pre, protocol="citypersons", nms_thresh=thresh, points=("score=0.2",)).points
+        assert sum(p.misses.values()) == p.n_missed and sum(p.false_positives.values()) == p.n_fp
+        assert p.flags["duplicate_below_nms"] == p.false_positives["duplicate"]  # greedy NMS over the same boxes
+        if thresh == 1.0:
+            assert p.misses["nms_other_person"] == p.misses["nms_false_positive"] == 0

@@ -196,3 +196,104 @@ def test_truncate_metrics_keeps_each_iteration_once(tmp_path):
     assert [(m["kind"], m["iter"]) for m in read_metrics(tmp_path)] == [("train", i) for i in (1, 2, 3, 4)]
     assert truncate_metrics(tmp_path, 2) == 2
     assert [m["iter"] for m in read_metrics(tmp_path)] == [1, 2]
+
+
+# ----------------------------------------------------------------------------- in-process: resume rules, divergence
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    """A finished 1-epoch tiny run (step schedule) and its config."""
+    from test_engine import tiny_overrides as overrides
+
+    from pedcrowd.engine.train import fit
+
+    tmp = tmp_path_factory.mktemp("resume_rules")
+    ensure_synth(tmp / "synth", TINY_SYNTH)
+    cfg = apply_overrides(Config(), [*overrides(tmp / "synth"), "train.eval_every=0"])
+    fit(cfg, tmp / "run")
+    return cfg, tmp / "run"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr=0.02", "optim.lr: 0.01 -> 0.02"),
+        ("schedule.warmup_iters=5", "schedule.warmup_iters: 1 -> 5"),
+        ("train.batch_size=1", "train.batch_size: 2 -> 1"),
+        ("model.box_nms_thresh=0.6", "model.box_nms_thresh: 0.5 -> 0.6"),
+    ],
+)
+def test_resume_refuses_a_changed_trajectory(one_epoch_run, override, message):
+    from pedcrowd.engine.train import fit
+    from pedcrowd.errors import PedcrowdError
+
+    cfg, run = one_epoch_run
+    with pytest.raises(PedcrowdError) as e:
+        fit(apply_overrides(cfg, [override, "train.epochs=2"]), run, resume=True)
+    text = str(e.value)
+    assert text.startswith(f"{run / 'last.pt'}: resuming with a changed config would not continue the same run")
+    assert message in text and "--set model.weights=" in text
+
+
+def test_resume_epochs_step_schedule_warns_cosine_refuses(one_epoch_run, tmp_path):
+    import shutil
+
+    from pedcrowd.engine.reporter import Reporter
+    from pedcrowd.engine.train import fit
+    from pedcrowd.errors import PedcrowdError
+
+    cfg, run = one_epoch_run
+    with pytest.raises(PedcrowdError, match="train.epochs=0|must be >= 1"):
+        apply_overrides(cfg, ["train.epochs=0"])
+    cosine_run = tmp_path / "cosine"
+    fit(apply_overrides(cfg, ["schedule.name=cosine"]), cosine_run)
+    with pytest.raises(PedcrowdError, match=r"train.epochs 1 -> 2 would change the cosine schedule"):
+        fit(apply_overrides(cfg, ["schedule.name=cosine", "train.epochs=2"]), cosine_run, resume=True)
+
+    class Warnings(Reporter):
+        seen: list[str] = []
+
+        def warning(self, message):
+            self.seen.append(message)
+
+    copy = tmp_path / "step"
+    shutil.copytree(run, copy)
+    _, summary = fit(apply_overrides(cfg, ["train.epochs=2"]), copy, resume=True, reporter=Warnings())
+    assert summary["iterations"] == 4
+    assert Warnings.seen == [
+        f"resuming {copy / 'last.pt'}: train.epochs 1 -> 2 (step schedule: the learning rate of every "
+        "iteration is unchanged)"
+    ]
+
+
+def test_divergence_stops_after_n_nonfinite_steps_and_keeps_last_pt(one_epoch_run, tmp_path):
+    from pedcrowd.engine.train import fit
+    from pedcrowd.errors import PedcrowdError
+
+    cfg, _ = one_epoch_run
+    # lr 1e30: the first step blows the weights up, every later loss is non-finite
+    bad = apply_overrides(cfg, ["optim.lr=1e30", "optim.grad_clip=null", "train.epochs=4",
+                                "train.max_nonfinite_steps=3", "schedule.warmup_iters=0"])
+    run = tmp_path / "run"
+    with pytest.raises(PedcrowdError) as e:
+        fit(bad, run)
+    text = str(e.value)
+    assert "3 steps in a row with a non-finite loss" in text
+    assert text.endswith(f"; the last checkpoint ({run / 'last.pt'}) is left as it was")
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["iteration"] == 2  # written before the run stopped in epoch 2
+    skipped = [m["iter"] for m in read_metrics(run) if m["kind"] == "train" and m.get("skipped")]
+    assert len(skipped) >= 2 and skipped == list(range(skipped[0], skipped[0] + len(skipped)))
+
+
+def test_interrupted_exit_codes_and_message(tmp_path):
+    from pedcrowd.engine.signals import Interrupted
+
+    stopped = Interrupted(signal.SIGINT, tmp_path, tmp_path / "last.pt", 7)
+    assert stopped.exit_code == 130
+    assert str(stopped) == (
+        f"SIGINT: training stopped, checkpoint {tmp_path / 'last.pt'} written at iteration 7; "
+        f"continue with: pedcrowd train --out {tmp_path} --resume"
+    )
+    assert Interrupted(signal.SIGTERM, tmp_path, None, 7).exit_code == 143

@@ -26,9 +26,11 @@ TOY = [
 ]
 
 FUTURE = bench.Row("future", None, ("loss.cls=not_a_registered_term",), "a row that has not landed")
+# loads, but its run fails: variance voting without the KL head
+BROKEN = bench.Row("broken", None, ("postprocess.var_voting=true",), "a run that fails")
 
 
-def _argv(tmp: Path, rows: str = "none,rep,future") -> list[str]:
+def _argv(tmp: Path, rows: str = "none,rep,future,broken") -> list[str]:
     argv = ["--out", str(tmp / "bench"), "--rows", rows, "--seeds", "1", "--iters", "2",
             "--train-images", "4", "--val-images", "4", "--bootstrap", "20",
             "--time-images", "1", "--results", str(tmp / "docs" / "RESULTS.md")]
@@ -42,6 +44,7 @@ def toy(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
     mp = pytest.MonkeyPatch()
     mp.setitem(bench.ROW_BY_NAME, "future", FUTURE)
+    mp.setitem(bench.ROW_BY_NAME, "broken", BROKEN)
     assert bench.main(_argv(tmp)) == 0
     yield tmp
     mp.undo()
@@ -58,6 +61,7 @@ def test_toy_benchmark_end_to_end(toy):
     report = json.loads((toy / "bench" / "report.json").read_text())
     assert set(report["rows"]) == {"none", "rep"}
     assert "not_a_registered_term" in report["unavailable"]["future"]
+    assert report["unavailable"]["broken"].startswith("failed: ") and "KL" in report["unavailable"]["broken"]
     runs = toy / "bench" / "runs"
     for name in ("none", "rep"):
         run = runs / name / "seed0"
@@ -76,6 +80,12 @@ def test_toy_benchmark_end_to_end(toy):
     assert rep["ci"] is not None and rep["ci"][0] <= rep["delta"] + 1e-12 <= rep["ci"][1] + 2e-12
     cfg = (runs / "rep" / "seed0" / "config.yaml").read_text()
     assert "alpha: 0.5" in cfg  # the row's --loss rep really reached the run
+    # pedcrowd analyze of the baseline: its GT count is the val split's Reasonable pedestrians
+    from pedcrowd.data.stats import dataset_stats
+
+    reasonable = dataset_stats(toy / "bench" / "data", "val")["setups"]["Reasonable"]
+    assert report["rows"]["none"]["analyze"]["result"]["n_gt"] == reasonable
+    assert (runs / "none" / "seed0" / "analyze.json").is_file()
     text = (toy / "docs" / "RESULTS.md").read_text()
     assert "| `rep` | `--loss rep` |" in text and "`future`: loss.cls" in text
     for png in ("mr_fppi.png", "curves.png"):
@@ -90,6 +100,7 @@ def _stamps(tmp: Path) -> dict[str, float]:
 
 def test_second_invocation_redoes_nothing(toy, capsys, monkeypatch):
     monkeypatch.setitem(bench.ROW_BY_NAME, "future", FUTURE)
+    monkeypatch.setitem(bench.ROW_BY_NAME, "broken", BROKEN)
     before = _stamps(toy)
     capsys.readouterr()
     assert bench.main(_argv(toy)) == 0

@@ -122,6 +122,15 @@ def test_kl_model_trains_evaluates_with_voting_and_infer_writes_bbox_std(tiny_ya
     assert all(len(d["bbox_std"]) == 4 and min(d["bbox_std"]) > 0 for d in dets)
     meta = json.loads((out / "postprocess.json").read_text())
     assert meta["method"] == "soft-gaussian+var-voting" and meta["box_std"] is True
+    # eval reads the file (bbox_std ignored) and scores it as the training evaluation did
+    result = runner.invoke(app, [
+        "eval", "--gt", f"{root}/annotations/val_gt.json", "--dets", str(out / "detections.json"),
+        "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.stdout)["results"]
+    trained = json.loads((run / "val_eval.json").read_text())["results"]
+    assert {k: v["mr"] for k, v in scored.items()} == {k: v["mr"] for k, v in trained.items()}
 
     # the choices on the command line win, and are recorded
     result = runner.invoke(app, [

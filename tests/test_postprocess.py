@@ -283,3 +283,15 @@ def test_variance_voting_needs_the_kl_head():
     with pytest.raises(PedcrowdError, match="var_voting.*--box-loss kl"):
         model.roi_heads.set_postprocess(PostprocessConfig(var_voting=True))
     model.roi_heads.set_postprocess(PostprocessConfig(nms="soft-linear"))  # fine without it
+
+
+def test_postprocess_config_ranges():
+    from pedcrowd.engine.config import load_config
+
+    for bad, key in (("postprocess.soft_sigma=0", "soft_sigma"), ("postprocess.sigma_t=-1", "sigma_t"),
+                     ("postprocess.score_floor=1", "score_floor"), ("loss.kl.beta=0", "beta"),
+                     ("postprocess.nms=soft", "nms")):
+        with pytest.raises(PedcrowdError, match=key):
+            load_config(None, [bad])
+    cfg = load_config(None, ["postprocess.nms=soft-gaussian", "postprocess.var_voting=true"])
+    assert cfg.postprocess.describe() == "soft-gaussian+var-voting"

@@ -331,3 +331,23 @@ def test_infer_finishes_the_readable_images_and_names_the_rest(tmp_path, tiny_ch
     flat = " ".join(result.stderr.split())  # rich wraps long lines
     assert "2 images, " in flat and "8 unreadable skipped (a_cut0.jpg, bad0.png, bad1.png, ...)" in flat
     assert (tmp_path / "o" / "detections.json").is_file()
+
+
+def test_a_cut_off_video_is_reported_and_its_good_frames_kept(tmp_path, tiny_checkpoint):
+    import cv2
+
+    folder = images_folder(tmp_path, good=1, bad=0)
+    writer = cv2.VideoWriter(str(tmp_path / "full.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25, (96, 64))
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        writer.write(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    writer.release()
+    data = (tmp_path / "full.avi").read_bytes()
+    (folder / "clip.avi").write_bytes(data[: len(data) // 2])  # the header still says 40 frames
+    result = runner.invoke(app, ["infer", str(folder), "--weights", str(tiny_checkpoint), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stderr.splitlines() if x.startswith("skipped clip.avi#"))
+    frames = int(line.split("video ends after ")[1].split(" ")[0])
+    assert 5 < frames < 40 and line.endswith("of 40 frames (corrupt or cut off)")
+    flat = " ".join(result.stderr.split())
+    assert f"{1 + frames} images (1 videos)" in flat and "1 unreadable skipped" in flat

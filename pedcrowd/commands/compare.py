@@ -95,6 +95,9 @@ def compare_command(
     if analysis:
         from pedcrowd.commands.analyze import side_by_side
 
+        if fmt not in ("table", "json"):
+            raise PedcrowdError(f"--format {fmt}: --analysis prints a table or JSON")
+
         side_by_side(runs, as_json=fmt == "json")
         return
     if fmt not in FORMATS:

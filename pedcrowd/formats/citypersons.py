@@ -131,6 +131,12 @@ def citypersons_json_records(data: object, path: Path, category_id: int | None =
             raise PedcrowdError(
                 f"{path}: annotation {_ann_name(anns[bad[0]])}: NaN or infinite '{key}' {cols[key][bad[0]].tolist()}"
             )
+    negative = np.flatnonzero((cols["bbox"][:, 2:] < 0).any(axis=1))
+    if len(negative):
+        raise PedcrowdError(
+            f"{path}: annotation {_ann_name(anns[negative[0]])}: negative box size in 'bbox' "
+            f"{cols['bbox'][negative[0]].tolist()}"
+        )
     order = np.argsort(cols["image_id"], kind="stable")  # stable: file order within an image
     cols = {k: v[order] for k, v in cols.items()}
     ids_sorted = cols["image_id"]

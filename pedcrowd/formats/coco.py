@@ -171,7 +171,7 @@ def coco_json_records(data: object, path: Path, category: str | int | None = "pe
                 ratios[j] = validate.number(a["vis_ratio"], path, where, "vis_ratio")
             elif not np.isnan(vis[j, 0]) and box[2] * box[3] > 0:
                 ratios[j] = vis[j, 2] * vis[j, 3] / (box[2] * box[3])
-            ids[j] = a.get("id", 0)
+            ids[j] = validate.integer_id(a["id"], path, where, "annotation id") if "id" in a else 0
         records.append(
             ImageRecord(
                 id=image_id,

@@ -197,7 +197,8 @@ class KlLossConfig:
     """KL-Loss (He et al., CVPR 2019); see ``pedcrowd.losses.kl``. Needs the KL box head
     (``model.box_std_head: true``, which ``pedcrowd train --box-loss kl`` sets)."""
 
-    beta: float = 1.0  # smooth-L1 beta inside the loss: the official 1 (torchvision's box loss: 1/9)
+    # smooth-L1 beta inside the loss: the official 1 (torchvision's box loss: 1/9)
+    beta: float = field(default=1.0, metadata={"range": "> 0"})
 
 
 # ----------------------------------------------------------------------------- registry

@@ -108,11 +108,13 @@ class PostprocessConfig:
     # hard: torchvision's NMS (the default, bit-identical to plain torchvision);
     # soft-linear: score *= 1 - IoU above box_nms_thresh; soft-gaussian: score *= exp(-IoU^2 / soft_sigma)
     nms: Literal["hard", "soft-linear", "soft-gaussian"] = "hard"
-    soft_sigma: float = 0.5  # official TEST.SOFT_NMS.SIGMA
-    score_floor: float = 0.001  # soft-NMS drops boxes decayed below this (official KL-Loss value)
+    soft_sigma: float = field(default=0.5, metadata={"range": "> 0"})  # official TEST.SOFT_NMS.SIGMA
+    # soft-NMS drops boxes decayed below this (official KL-Loss value)
+    score_floor: float = field(default=0.001, metadata={"range": "[0, 1)"})
     # variance voting (Softer-NMS): needs a model trained with the KL head (--box-loss kl)
     var_voting: bool = False
-    sigma_t: float = 0.01  # the vote's IoU kernel exp(-(1 - IoU)^2 / sigma_t) (official STD.IOU_SIGMA)
+    # the vote's IoU kernel exp(-(1 - IoU)^2 / sigma_t) (official STD.IOU_SIGMA)
+    sigma_t: float = field(default=0.01, metadata={"range": "> 0"})
     # which boxes vote: official = IoU > 0.01 with the selected box; nt = IoU > box_nms_thresh (the seed's rule)
     vote_neighbours: Literal["official", "nt"] = "official"
 

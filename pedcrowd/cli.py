@@ -1,10 +1,12 @@
 """The ``pedcrowd`` command line: parses options, calls the library, renders.
 
-Each command lives in its own module under :mod:`pedcrowd.commands` and is
-registered here. Command modules import only typer, rich and the standard
-library at import time; heavy modules (torch, cv2, matplotlib, scipy) are
-imported inside the command that needs them, so ``pedcrowd eval`` never pays for
-torch.
+Each command lives in its own module under :mod:`pedcrowd.commands` (found by
+listing the package) with a ``register(app)`` function. Modules load on demand:
+``pedcrowd eval`` imports ``commands/eval.py`` only (a command whose name is not
+its module's, and ``--help``, load them all). Command modules import only typer
+and the standard library at import time; rich and the heavy modules (torch, cv2,
+matplotlib, scipy) are imported inside the command that needs them, so ``pedcrowd
+eval`` never pays for torch.
 
 Errors: library code raises :class:`pedcrowd.errors.PedcrowdError` for bad
 input. The top-level group turns it into one line on stderr and exit code 2;
@@ -13,12 +15,15 @@ input. The top-level group turns it into one line on stderr and exit code 2;
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 import sys
 import traceback
 from typing import Annotated
 
 import typer
+import typer.main
 from typer.core import TyperGroup
 
 from pedcrowd import __version__
@@ -27,8 +32,54 @@ from pedcrowd.errors import PedcrowdError
 _debug = os.environ.get("PEDCROWD_DEBUG", "") not in ("", "0")
 
 
+# The workflow's order in --help; any other command module comes after.
+ORDER = ["train", "eval", "infer", "compare", "data"]
+
+
+def _command_modules() -> list[str]:
+    import pedcrowd.commands as commands
+
+    names = [info.name for info in pkgutil.iter_modules(commands.__path__) if not info.name.startswith("_")]
+    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+
+
 class _Group(TyperGroup):
-    """Top-level group: bad input becomes one line on stderr and exit code 2."""
+    """Top-level group: loads command modules on demand; bad input becomes one
+    line on stderr and exit code 2."""
+
+    _loaded: set[str]
+
+    def _load(self, modules: list[str]) -> None:
+        loaded = self.__dict__.setdefault("_loaded", set())
+        for name in modules:
+            if name in loaded:
+                continue
+            loaded.add(name)
+            sub = typer.Typer()
+            importlib.import_module(f"pedcrowd.commands.{name}").register(sub)
+            for cmd_name, cmd in typer.main.get_group(sub).commands.items():
+                self.commands.setdefault(cmd_name, cmd)
+
+    def get_command(self, ctx, cmd_name: str):
+        if cmd_name not in self.commands:
+            modules = _command_modules()
+            module = cmd_name.replace("-", "_")
+            self._load([module] if module in modules else modules)
+            if cmd_name not in self.commands:
+                self._load(modules)
+        return self.commands.get(cmd_name)
+
+    def list_commands(self, ctx) -> list[str]:
+        modules = _command_modules()
+        self._load(modules)
+        rank = {m: i for i, m in enumerate(modules)}
+
+        def key(name: str):
+            # typer lists command groups (``data``) after plain commands.
+            is_group = hasattr(self.commands[name], "list_commands")
+            return is_group, rank.get(name.replace("-", "_"), len(rank)), name
+
+        return sorted(self.commands, key=key)
 
     def invoke(self, ctx):
         try:
@@ -69,22 +120,6 @@ def _main(
 ) -> None:
     global _debug
     _debug = _debug or debug
-
-
-def _register() -> None:
-    import importlib
-    import pkgutil
-
-    import pedcrowd.commands as commands
-
-    # The workflow's order in --help; any other command module comes after.
-    order = ["train", "eval", "infer", "compare", "data"]
-    names = [info.name for info in pkgutil.iter_modules(commands.__path__)]
-    for name in sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n)):
-        importlib.import_module(f"pedcrowd.commands.{name}").register(app)
-
-
-_register()
 
 
 def main() -> None:

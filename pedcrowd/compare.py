@@ -32,7 +32,8 @@ class RunResult:
         ci: setup -> 95 % bootstrap interval of MR^-2, None without bootstrap.
         delta: setup -> this run's MR^-2 minus the first run's.
         delta_ci: setup -> paired 95 % bootstrap interval of ``delta``.
-        ap: COCO AP (0.5:0.95) or None when not computed.
+        ap: COCO AP (0.5:0.95; CrowdHuman: CrowdDet's AP) or None when not computed.
+        ji: CrowdHuman only: CrowdDet's JI, else None.
         curves: setup -> (fppi [P], miss rate [P]) for plotting.
     """
 
@@ -43,6 +44,7 @@ class RunResult:
     delta: dict[str, float | None] = field(default_factory=dict)
     delta_ci: dict[str, tuple[float, float] | None] = field(default_factory=dict)
     ap: float | None = None
+    ji: float | None = None
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
@@ -103,9 +105,11 @@ def compare(
             file or a run directory (its ``val_dets.json``). The first run is the
             baseline of every difference.
         gt: ground-truth file (as for ``pedcrowd eval``).
-        protocol: ``citypersons`` or ``caltech``.
+        protocol: ``citypersons``, ``caltech`` or ``crowdhuman`` (one setup, All;
+            AP and JI as CrowdDet computes them).
         setups: setup names (default: all of the protocol).
-        images: the image list for Caltech GT caches (as ``pedcrowd eval --images``).
+        images: the image list for Caltech GT caches (as ``pedcrowd eval --images``);
+            CrowdHuman: the image sizes file.
         bootstrap: resamples (0: no intervals).
         seed: resampling seed; the same seed gives the same intervals.
         with_ap: also compute COCO AP.
@@ -125,7 +129,12 @@ def compare(
     names = [n for n, _ in specs]
     if len(set(names)) != len(names):
         raise PedcrowdError(f"compare: run names must differ (got {names}); name them with name=path")
-    gt_data = load_ground_truth(gt, protocol, images=images)
+    if protocol == "crowdhuman":
+        if setups and list(setups) != ["All"]:
+            raise PedcrowdError("--setups: the crowdhuman protocol has one setup, All")
+        gt_data = _CrowdHuman(Path(gt), images)
+    else:
+        gt_data = load_ground_truth(gt, protocol, images=images)
     n_images = len(gt_data.records)
     counts = resample_counts(n_images, bootstrap, seed) if bootstrap > 0 else None
     results: list[RunResult] = []
@@ -133,15 +142,18 @@ def compare(
     setup_names: list[str] = []
     for name, path in specs:
         dets_path = resolve_detections(path)
-        dets = read_detections(dets_path, gt_data.records)
         run = RunResult(name, dets_path)
         per_setup: dict[str, np.ndarray] = {}
-        # evaluate()'s matching: .mr() is its MR exactly, and the per-image
-        # outcome is what the bootstrap resamples.
-        matches = match_setups(
-            gt_data, dets, protocol=protocol, setups=list(setups) if setups else None,
-            resize_dets=resize_dets,
-        )
+        if protocol == "crowdhuman":
+            matches, run.ap, run.ji = gt_data.evaluate(dets_path, with_ap)
+        else:
+            dets = read_detections(dets_path, gt_data.records)
+            # evaluate()'s matching: .mr() is its MR exactly, and the per-image
+            # outcome is what the bootstrap resamples.
+            matches = match_setups(
+                gt_data, dets, protocol=protocol, setups=list(setups) if setups else None,
+                resize_dets=resize_dets,
+            )
         setup_names = list(matches)
         for s, sm in matches.items():
             run.mr[s] = sm.mr()
@@ -150,7 +162,7 @@ def compare(
             if counts is not None and run.mr[s] is not None:
                 per_setup[s] = bootstrap_mr(sm, counts)
                 run.ci[s] = percentile_ci(per_setup[s])
-        if with_ap:
+        if with_ap and protocol != "crowdhuman":
             run.ap = _coco_ap(gt_data, dets)
         results.append(run)
         samples.append(per_setup)
@@ -176,3 +188,31 @@ def _coco_ap(gt_data: Any, dets: dict) -> float | None:
     value = ap.get("AP")
     # pycocotools reports -1 when there is no GT to score.
     return None if value is None or value < 0 else float(value)
+
+
+class _CrowdHuman:
+    """CrowdHuman GT read once; each run's detections (results list or CrowdDet dump) on it."""
+
+    def __init__(self, gt: Path, images: str | Path | None):
+        from pedcrowd.fileio import existing_path
+        from pedcrowd.formats.crowdhuman import read_odgt
+
+        self.path, self.images = existing_path(gt), images
+        self.records = read_odgt(self.path)
+
+    def evaluate(self, dets_path: Path, with_ap: bool):
+        """({"All": SetupMatches}, CrowdDet AP or None, JI) of one detection file."""
+        from pedcrowd.eval.crowdhuman import (
+            average_precision,
+            load_detections,
+            load_sizes,
+            prepare,
+            setup_matches,
+        )
+        from pedcrowd.eval.ji import jaccard_index
+
+        dets, det_sizes = load_detections(dets_path, self.records)
+        sizes = load_sizes(self.records, self.path, det_sizes, self.images)
+        prep = prepare(self.records, dets, sizes)
+        sm = setup_matches(prep)
+        return {"All": sm}, (average_precision(sm) if with_ap else None), jaccard_index(prep)[0]

@@ -30,6 +30,7 @@ def to_json(c: Comparison) -> dict[str, Any]:
             {
                 "name": r.name,
                 "ap": r.ap,
+                **({"ji": r.ji} if c.protocol == "crowdhuman" else {}),
                 "results": {s: {"mr": r.mr[s], "ci": _ci_list(r.ci[s])} for s in c.setups},
                 "diff_vs_first": {
                     s: {"delta": r.delta[s], "ci": _ci_list(r.delta_ci[s])} for s in c.setups

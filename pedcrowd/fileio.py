@@ -18,9 +18,21 @@ def existing_path(path: str | Path, what: str = "file") -> Path:
     return p
 
 
+def regular_file(path: str | Path, what: str = "file") -> Path:
+    """``path`` if it is a regular file; PedcrowdError if missing, a folder, a FIFO, a device, ...
+
+    (Opening a FIFO would wait for a writer forever.)
+    """
+    p = existing_path(path, what)
+    if not p.is_file():
+        kind = "a folder" if p.is_dir() else "a FIFO" if p.is_fifo() else "a special file"
+        raise PedcrowdError(f"{p}: is {kind}, not a {what}")
+    return p
+
+
 def load_json(path: str | Path) -> Any:
     """Parse a JSON file; PedcrowdError naming the file on a missing file or bad JSON."""
-    p = existing_path(path)
+    p = regular_file(path, "JSON file")
     try:
         with open(p, "rb") as f:
             return json.load(f)

@@ -17,10 +17,12 @@ checkpoint gives the same boxes here as in the evaluation run during training.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +32,18 @@ import torch
 
 from pedcrowd.boxes import xywh_to_xyxy
 from pedcrowd.engine.device import resolve_device as _resolve
+from pedcrowd.engine.inference import (
+    configure_postprocess,
+    output_records,
+    output_stage,
+    run_detector,
+)
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import write_text_atomic
-from pedcrowd.formats.detections import ImageIds, file_name_index, output_to_xywh, results_entries
+from pedcrowd.formats.detections import ImageIds, file_name_index
 from pedcrowd.media.decode import Item, iter_items
 from pedcrowd.media.sources import collect_sources, count_frames
+from pedcrowd.model.config import PostprocessConfig
 
 
 @dataclass
@@ -50,6 +59,8 @@ class InferResult:
         images_per_s: ``n_images / seconds``.
         out_file: where the detection JSON was written, or None.
         vis_dir: where annotated images/videos were written, or None.
+        postprocess: the post-processing used (the ``postprocess:`` fields, ``method``
+            such as ``soft-gaussian+var-voting``, the thresholds, ``box_std``).
     """
 
     detections: list[dict[str, Any]]
@@ -59,6 +70,7 @@ class InferResult:
     seconds: float = 0.0
     out_file: Path | None = None
     vis_dir: Path | None = None
+    postprocess: dict[str, Any] = field(default_factory=dict)  # what post-processing ran
 
     @property
     def images_per_s(self) -> float:
@@ -71,34 +83,31 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_model(weights: str | Path, device: torch.device) -> torch.nn.Module:
-    """A FasterRCNN in eval mode from a run directory (its best.pt, else last.pt) or a checkpoint."""
+    """The detector (Faster R-CNN or FCOS) in eval mode from a run directory (its best.pt,
+    else last.pt) or a checkpoint, post-processing as its config's ``postprocess`` section says."""
     from pedcrowd.engine.checkpoint import load_for_inference
 
-    model, _cfg = load_for_inference(weights, device=str(device))
+    model, cfg = load_for_inference(weights, device=str(device))
+    configure_postprocess(model, cfg.postprocess)
     return model
 
 
-def configure_postprocess(
-    model: torch.nn.Module, score_thr: float | None, nms_thr: float | None
-) -> None:
-    """Set the second stage's score and NMS thresholds; None keeps the model's own."""
-    if score_thr is not None:
-        model.roi_heads.score_thresh = float(score_thr)
-    if nms_thr is not None:
-        model.roi_heads.nms_thresh = float(nms_thr)
+def resolve_postprocess(
+    base: PostprocessConfig, nms: str | None = None, var_voting: bool | None = None
+) -> PostprocessConfig:
+    """``base`` with the ``--nms`` / ``--var-voting`` choices applied (None keeps base's).
 
-
-def detections_to_records(
-    output: dict[str, torch.Tensor], image_id: int, file_name: str
-) -> list[dict[str, Any]]:
-    """One image's model output -> results-format dicts (``bbox`` xywh).
-
-    Args:
-        output: torchvision detection output with ``boxes`` [D, 4] xyxy,
-            ``scores`` [D], ``labels`` [D]; background never appears.
+    Raises:
+        PedcrowdError: an unknown ``--nms`` method.
     """
-    boxes_xywh, scores = output_to_xywh(output)
-    return results_entries(image_id, file_name, boxes_xywh, scores)
+    if nms is not None:
+        choices = typing.get_args(typing.get_type_hints(PostprocessConfig)["nms"])
+        if nms not in choices:
+            raise PedcrowdError(f"--nms {nms}: choose one of {', '.join(choices)}")
+        base = dataclasses.replace(base, nms=nms)
+    if var_voting is not None:
+        base = dataclasses.replace(base, var_voting=var_voting)
+    return base
 
 
 def gt_image_ids(gt: str | Path | None, protocol: str) -> ImageIds:
@@ -135,6 +144,8 @@ def infer(
     protocol: str = "citypersons",
     score_thr: float | None = None,
     nms_thr: float | None = None,
+    nms: str | None = None,
+    var_voting: bool | None = None,
     vis_score_thr: float = 0.3,
     batch_size: int = 4,
     device: str = "auto",
@@ -157,6 +168,10 @@ def infer(
         protocol: how to read ``gt`` (``citypersons`` or ``caltech``).
         score_thr, nms_thr: second-stage score and NMS thresholds; None keeps the
             model's own (those of the evaluation during training).
+        nms, var_voting: ``hard``, ``soft-linear`` or ``soft-gaussian``, and variance
+            voting (needs the KL head); None keeps the model's own (a checkpoint's
+            ``postprocess`` section). What ran is in ``InferResult.postprocess``
+            (``pedcrowd infer`` writes it to ``OUT/postprocess.json``).
         vis_score_thr: the lowest score drawn on ``vis`` images.
         batch_size: images per forward pass.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -180,7 +195,10 @@ def infer(
         model = load_model(weights, dev)
     else:
         model = model.to(dev).eval()
-    configure_postprocess(model, score_thr, nms_thr)
+    heads = output_stage(model)
+    own = getattr(heads, "postprocess", PostprocessConfig())  # torchvision, FCOS: hard
+    post = resolve_postprocess(own, nms, var_voting)
+    configure_postprocess(model, post, score_thr, nms_thr)
     ids = gt_image_ids(gt, protocol)
     if on_start is not None:
         on_start(expected)
@@ -191,40 +209,39 @@ def infer(
 
         vis = VisWriter(Path(vis_dir), vis_score_thr)
     result = InferResult(detections=[], n_images=0, n_videos=sum(s.is_video for s in sources))
+    result.postprocess = {
+        **dataclasses.asdict(post), "method": post.describe(),
+        "score_thresh": heads.score_thresh, "nms_thresh": heads.nms_thresh,
+        "box_std": bool(getattr(heads, "has_box_std", False)),
+    }
     start = time.perf_counter()
 
-    def run_batch(batch: list[Item]) -> None:
-        with torch.inference_mode():
-            outputs = model([it.tensor.to(dev, non_blocking=True) for it in batch])
-        for it, output in zip(batch, outputs, strict=True):
-            image_id, gt_record = ids.assign(it.name)
-            records = detections_to_records(output, image_id, it.name)
-            if it.video is not None:
-                for r in records:
-                    r["video"], r["frame"] = it.video, it.frame
-            result.detections.extend(records)
-            if vis is not None:
-                _draw(vis, it, records, gt_record)
-        result.n_images += len(batch)
-        if on_progress is not None:
-            on_progress(result.n_images)
-
-    batch: list[Item] = []
-    try:
-        # Two batches ahead: the next batch is decoded while the model runs this one.
-        items = iter_items(sources, vis is not None, workers, prefetch=2 * batch_size)
+    def decoded(items: Iterable[Item]) -> Iterator[Item]:
         for item in items:
             if item.tensor is None:
                 result.skipped.append((item.name, item.error or "unreadable"))
                 if on_skip is not None:
                     on_skip(item.name, item.error or "unreadable")
-                continue
-            batch.append(item)
-            if len(batch) == batch_size:
-                run_batch(batch)
-                batch = []
-        if batch:
-            run_batch(batch)
+            else:
+                yield item
+
+    try:
+        # Two batches ahead: the next batch is decoded while the model runs this one.
+        items = iter_items(sources, vis is not None, workers, prefetch=2 * batch_size)
+        for batch in run_detector(model, decoded(items), lambda it: it.tensor, device=dev,
+                                  batch_size=batch_size):
+            for it, output in batch:
+                image_id, gt_record = ids.assign(it.name)
+                records = output_records(output, image_id, it.name)
+                if it.video is not None:
+                    for r in records:
+                        r["video"], r["frame"] = it.video, it.frame
+                result.detections.extend(records)
+                if vis is not None:
+                    _draw(vis, it, records, gt_record)
+            result.n_images += len(batch)
+            if on_progress is not None:
+                on_progress(result.n_images)
     finally:
         if vis is not None:
             vis.close()

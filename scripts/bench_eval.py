@@ -1,4 +1,4 @@
-"""Time pedcrowd's MR^-2 against the plain-loop reference implementation (tests/test_eval_oracle.py).
+"""Time pedcrowd's MR^-2 against the plain-loop reference implementation (tests/mr_oracle.py).
 
 Both evaluate the seven CityPersons setups of the NMS-Ped val detections
 (500 images, 34k detections), JSON loading included, in this one process.
@@ -30,7 +30,7 @@ def run_pedcrowd(gt_path: Path, dets_path: Path) -> dict[str, float | None]:
 def run_reference(gt_path: Path, dets_path: Path) -> dict[str, float | None]:
     import json
 
-    from test_eval_oracle import CP_SETUPS, dets_from_json, reference_mr
+    from mr_oracle import CP_SETUPS, dets_from_json, reference_mr
 
     doc = json.loads(gt_path.read_text())
     by_image: dict[int, list] = {im["id"]: [] for im in doc["images"]}

@@ -13,9 +13,15 @@ same throughout.
 A second phase runs the engine on the real DataLoader (the config's workers)
 and reports how long each step waits for its batch.
 
+``--options`` times the sample-imbalance options instead (issue 11): one
+detector per option, all with the same weights, stepping in turn on the same
+batch (the order rotating every step), each median against the default's
+(targets: OHEM <= 1.3x, every other option <= 1.05x).
+
     python scripts/bench_train.py                      # the CPU demo config
     python scripts/bench_train.py --steps 30 --set train.batch_size=4
     python scripts/bench_train.py --config configs/nms_ped_citypersons.yaml --device cuda
+    python scripts/bench_train.py --options all --steps 20   # focal, ghm, qfl, ohem, pisa, ...
 """
 
 from __future__ import annotations
@@ -77,6 +83,70 @@ def plain_step(model, optimizer, scheduler, images, targets) -> None:
     scheduler.step()
 
 
+# option -> ``loss.`` fields it sets, and the target ratio of its step time to the default's
+OPTIONS: dict[str, tuple[dict[str, object], float]] = {
+    "focal": ({"cls": "focal"}, 1.05),
+    "ghm": ({"cls": "ghm"}, 1.05),
+    "ghm-r": ({"box": "ghm"}, 1.05),
+    "qfl": ({"cls": "qfl"}, 1.05),
+    "rpn-focal": ({"rpn_cls": "focal"}, 1.05),
+    "pisa": ({"sampler": "pisa"}, 1.05),
+    "pisa-no-isr-n": ({"sampler": "pisa", "pisa.isr_n": False}, 1.05),  # random negatives
+    "ohem": ({"sampler": "ohem"}, 1.3),
+    "ohem-all": ({"sampler": "ohem", "ohem.pool": 0}, 1.3),  # every proposal scored (paper)
+}
+
+
+def bench_options(cfg, names: list[str], images, targets, device, steps: int, warmup: int) -> None:
+    """Median step time of each option against the default, in one interleaved run."""
+    import dataclasses
+
+    from pedcrowd.engine.train import _install_crowd_losses, train_one_epoch
+    from pedcrowd.losses.config import set_loss_fields
+    from pedcrowd.model import build_model
+
+    torch.manual_seed(cfg.train.seed)
+    base = build_model(cfg.model)
+    models = {}
+    for name in ["default", *names]:
+        fields = {} if name == "default" else OPTIONS[name][0]
+        option_cfg = dataclasses.replace(cfg, loss=set_loss_fields(cfg.loss, fields))
+        model = copy.deepcopy(base)
+        _install_crowd_losses(model, option_cfg)
+        model.to(device).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=cfg.optim.momentum)
+        models[name] = (model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0))
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+
+    def step(name: str, i: int) -> float:
+        model, opt, sched = models[name]
+        torch.manual_seed(i)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        train_one_epoch(model, opt, sched, scaler, [(images, targets)], device, 0,
+                        amp=cfg.train.amp, grad_clip=cfg.optim.grad_clip)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t
+
+    order = list(models)
+    for i in range(warmup):
+        for name in order:
+            step(name, i)
+    times: dict[str, list[float]] = {name: [] for name in order}
+    for i in range(steps):
+        shift = i % len(order)  # rotate, so that no option always follows the same one
+        for name in order[shift:] + order[:shift]:
+            times[name].append(step(name, 1000 + i))
+    default = statistics.median(times["default"])
+    print(f"{'option':10s} {'median ms':>10s} {'ratio':>7s} {'target':>7s}")
+    for name in order:
+        med = statistics.median(times[name])
+        target = "" if name == "default" else f"<= {OPTIONS[name][1]:.2f}"
+        print(f"{name:10s} {med * 1000:10.1f} {med / default:7.3f} {target:>7s}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="YAML config (default: the CPU demo)")
@@ -88,6 +158,9 @@ def main() -> None:
     parser.add_argument("--loader-steps", type=int, default=20,
                         help="engine steps on the real DataLoader for the data-wait figure")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--options", default=None,
+                        help="time these sample-imbalance options against the default instead "
+                        f"(comma-separated, or all: {', '.join(OPTIONS)})")
     args = parser.parse_args()
 
     import dataclasses
@@ -113,6 +186,15 @@ def main() -> None:
     images = [img.to(device) for img, _ in batch]
     targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()}
                for _, t in batch]
+    if args.options is not None:
+        names = list(OPTIONS) if args.options == "all" else args.options.split(",")
+        unknown = [n for n in names if n not in OPTIONS]
+        if unknown:
+            parser.error(f"--options: unknown {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
+        print(f"config: {args.config or 'CPU demo'}, batch {bs}, input {cfg.model.min_size}x"
+              f"{cfg.model.max_size}, device {device}, torch threads {torch.get_num_threads()}")
+        bench_options(cfg, names, images, targets, device, args.steps, args.warmup)
+        return
 
     torch.manual_seed(cfg.train.seed)
     ped = build_model(cfg.model)

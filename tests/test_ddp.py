@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 import torch
-from test_engine import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
+from tiny_run import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
 
 from pedcrowd.data.synth import ensure_synth
 from pedcrowd.engine.checkpoint import load_checkpoint
@@ -40,12 +40,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# the architectures and assigners (model.arch fcos: pedcrowd.model.fcos; dw: pedcrowd.losses.dw)
+ARCHS = {
+    "faster_rcnn": [],
+    "fcos": ["model.arch=fcos", "model.fcos_num_convs=1", "optim.lr=0.002"],
+    "fcos_dw": ["model.arch=fcos", "model.fcos_num_convs=1", "optim.lr=0.002", "model.assigner=dw"],
+}
+
+
 @pytest.mark.slow
-def test_two_gloo_processes_end_with_identical_weights(tmp_path):
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_two_gloo_processes_end_with_identical_weights(tmp_path, arch):
     root = tmp_path / "synth"
     ensure_synth(root, TINY_SYNTH)
     # 4 images, 1 per process and step: 2 iterations per process
-    cfg = apply_overrides(Config(), [*tiny_overrides(root), "train.batch_size=1"])
+    cfg = apply_overrides(Config(), [*tiny_overrides(root), "train.batch_size=1", *ARCHS[arch]])
     save_config(cfg, tmp_path / "cfg.yaml")
     (tmp_path / "worker.py").write_text(WORKER)
     port = free_port()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tiny_run import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
 
-from pedcrowd.data.synth import SynthConfig, ensure_synth
+from pedcrowd.data.synth import ensure_synth
 from pedcrowd.engine import distributed as ddp
 from pedcrowd.engine.checkpoint import (
     load_checkpoint,
@@ -23,42 +23,6 @@ from pedcrowd.engine.metrics import read_metrics, to_jsonable
 from pedcrowd.engine.schedule import build_scheduler, lr_factor
 from pedcrowd.engine.train import fit, predict, train_one_epoch
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.model.backbones import NUM_LEVELS
-
-# A tiny detector on 96 x 160 synthetic crowds: 4 training images, batch 2.
-TINY_SYNTH = SynthConfig(train_images=4, val_images=2, height=96, width=160, seed=3)
-
-
-def tiny_overrides(root: Path) -> list[str]:
-    s = TINY_SYNTH
-    return [
-        "model.backbone=tiny_fpn",
-        "model.min_size=96",
-        "model.max_size=160",
-        f"model.anchor_sizes={[8, 16, 32, 64, 128][: NUM_LEVELS['tiny_fpn']]}",
-        "model.rpn_pre_nms_top_n_train=100",
-        "model.rpn_post_nms_top_n_train=50",
-        "model.rpn_pre_nms_top_n_test=50",
-        "model.rpn_post_nms_top_n_test=30",
-        "model.rpn_batch_size_per_image=32",
-        "model.box_batch_size_per_image=32",
-        "model.representation_size=32",
-        f"data.root={root}",
-        "data.num_workers=0",
-        "optim.lr=0.01",
-        "schedule.name=step",
-        "schedule.warmup_iters=1",
-        "train.batch_size=2",
-        "train.epochs=1",
-        "train.eval_every=1",
-        "train.log_every=1",
-        "train.device=cpu",
-        f"synth.train_images={s.train_images}",
-        f"synth.val_images={s.val_images}",
-        f"synth.height={s.height}",
-        f"synth.width={s.width}",
-        f"synth.seed={s.seed}",
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -162,21 +126,56 @@ def test_train_one_epoch_clips_the_gradient_and_logs_every_term():
     assert torch.allclose(model2.w.detach(), torch.full((3,), 24000.0))
 
 
-def test_train_one_epoch_stops_on_a_nonfinite_loss():
-    model = QuadraticModel(scale=float("inf"))
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    batch = ([torch.ones(3, 2, 2)], [{}])
-    with pytest.raises(PedcrowdError, match="diverged at epoch 1"):
-        train_one_epoch(
-            model,
-            opt,
-            torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0),
-            torch.amp.GradScaler("cpu", enabled=False),
-            [batch],
-            torch.device("cpu"),
-            epoch=0,
-        )
-    assert torch.equal(model.w.detach(), torch.zeros(3))  # no step was taken
+class FlakyModel(QuadraticModel):
+    """QuadraticModel whose loss_a is infinite on an all-zero image."""
+
+    def forward(self, images, targets):
+        out = super().forward(images, targets)
+        if float(images[0].abs().sum()) == 0:
+            out["loss_a"] = out["loss_a"] * float("inf")
+        return out
+
+
+def _run_flaky(model, batches, max_nonfinite):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
+    warnings, records = [], []
+    result = train_one_epoch(
+        model, opt, sched, torch.amp.GradScaler("cpu", enabled=False), batches,
+        torch.device("cpu"), epoch=0, max_nonfinite=max_nonfinite, warn=warnings.append,
+        on_step=records.append,
+    )
+    return result, sched, warnings, records
+
+
+def test_train_one_epoch_skips_nonfinite_steps_then_stops_after_n_in_a_row():
+    good = ([torch.ones(3, 2, 2)], [{}])
+    bad = ([torch.zeros(3, 2, 2)], [{}])
+    model = FlakyModel(scale=1.0)
+    (iteration, means), sched, warnings, records = _run_flaky(model, [bad, good, bad, bad, good], 3)
+    reference = QuadraticModel(scale=1.0)  # the same two good steps, no bad ones
+    _run_flaky(reference, [good, good], 3)
+    assert torch.equal(model.w.detach(), reference.w.detach())
+    assert iteration == 5 and sched.last_epoch == 5  # skipped batches still count
+    assert [r["skipped"] for r in records] == [True, False, True, True, False]
+    assert len(warnings) == 3
+    assert warnings[0] == (
+        "epoch 1, iteration 1: non-finite loss (loss_a=nan); step skipped (1 in a row, stopping at 3)"
+    )
+    assert "2 in a row" in warnings[2]
+    # the means are over the finite steps: (0 - 12)^2 at w = 0, then (3 * 0.24 - 12)^2 after
+    # one SGD step (lr 0.01, gradient 2 * (0 - 12) per component)
+    assert means["loss_a"] == pytest.approx((144.0 + 11.28**2) / 2)
+
+    model = FlakyModel(scale=1.0)
+    with pytest.raises(PedcrowdError) as e:
+        _run_flaky(model, [good, bad, bad, bad, good], 3)
+    assert str(e.value).startswith(
+        "training diverged at epoch 1, iteration 4: 3 steps in a row with a non-finite loss (loss_a=inf)"
+    )
+    one_good = QuadraticModel(scale=1.0)
+    _run_flaky(one_good, [good], 3)
+    assert torch.equal(model.w.detach(), one_good.w.detach())  # the bad steps changed nothing
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -302,3 +302,42 @@ def test_order_does_not_matter(gt_images, det_images, rnd):
     for key in ("mr", "ap", "ji"):
         a, b = getattr(base, key), getattr(other, key)
         assert (a is None and b is None) or a == pytest.approx(b, abs=1e-12)
+
+
+def test_compare_crowdhuman(tmp_path):
+    from pedcrowd.compare import compare
+
+    images = [(f"i{k}", [person([10, 10, 50, 100])], 200, 200) for k in range(10)]
+    good = [("i0", [10, 10, 50, 100], 0.9), ("i1", [120, 10, 50, 100], 0.8),
+            ("i2", [10, 10, 50, 100], 0.7), ("i3", [120, 10, 50, 100], 0.6)]
+    gt, dt, sizes = write_case(tmp_path, images, good)
+    worse = tmp_path / "worse.json"
+    worse.write_text(json.dumps([{"file_name": "i0.jpg", "bbox": [10, 10, 50, 100], "score": 0.9}]))
+    c = compare([f"good={dt}", f"worse={worse}"], gt, protocol="crowdhuman", images=sizes, bootstrap=50)
+    assert c.setups == ["All"]
+    good_r, worse_r = c.runs
+    assert good_r.mr["All"] == pytest.approx(math.exp((5 * math.log(0.9) + 4 * math.log(0.8)) / 9), abs=1e-15)
+    assert worse_r.mr["All"] == pytest.approx(0.9, abs=1e-15)  # one TP, no FP: miss 0.9 at every reference
+    assert good_r.ap == evaluate_case(tmp_path, images, good).ap and good_r.ji is not None
+    assert good_r.ci["All"] is not None and worse_r.delta["All"] == pytest.approx(0.9 - good_r.mr["All"])
+    result = runner.invoke(app, ["compare", f"good={dt}", f"worse={worse}", "--gt", str(gt), "--protocol",
+                                 "crowdhuman", "--images", str(sizes), "--bootstrap", "20", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["runs"][1]["ji"] == pytest.approx(1 / (1 + EPS) / 10, abs=1e-12)  # image i0 only, over 10 images
+
+
+def test_eval_crowdhuman_loads_no_torch(tmp_path):
+    import subprocess
+    import sys
+
+    gt, dt, sizes = write_case(tmp_path, [("a", [person([0, 0, 50, 100])], 200, 200)], [("a", [0, 0, 50, 100], 0.9)])
+    code = (
+        "import sys\nfrom pedcrowd.cli import app\n"
+        f"app(['eval', '--protocol', 'crowdhuman', '--gt', {str(gt)!r}, '--dets', {str(dt)!r}, '--images', "
+        f"{str(sizes)!r}, '--metric', 'all', '--json'], standalone_mode=False)\n"
+        "print('HEAVY', [m for m in ('torch', 'torchvision', 'cv2') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY []"

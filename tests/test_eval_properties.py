@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_eval_oracle import CP_SETUPS, images_from_records, reference_mr
+from mr_oracle import CP_SETUPS, images_from_records, reference_mr
 
 from pedcrowd.eval import GroundTruth, evaluate, match_setup
 from pedcrowd.formats.records import ImageRecord

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_engine import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
+from tiny_run import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
 from typer.testing import CliRunner
 
 from pedcrowd.cli import app

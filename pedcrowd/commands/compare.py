@@ -22,11 +22,20 @@ def compare_command(
         ),
     ],
     gt: Annotated[
-        Path, typer.Option("--gt", help="Ground-truth file (as for pedcrowd eval).", show_default=False)
-    ],
+        Path | None,
+        typer.Option("--gt", help="Ground-truth file (as for pedcrowd eval); needed for the "
+                     "table, not for --curves or --analysis.", show_default=False),
+    ] = None,
     protocol: Annotated[
-        str, typer.Option(help="citypersons (official eval_MR_multisetup.py) or caltech (dbEval.m).")
+        str,
+        typer.Option(help="citypersons (official eval_MR_multisetup.py), caltech (dbEval.m) or crowdhuman "
+                     "(CrowdDet: MR^-2, AP and JI)."),
     ] = "citypersons",
+    analysis: Annotated[
+        bool,
+        typer.Option("--analysis", help="The runs are `pedcrowd analyze --out` files: show their error "
+                     "analyses side by side (NMS-caused misses, duplicates, oracle MR^-2)."),
+    ] = False,
     setups: Annotated[
         list[str] | None,
         typer.Option(
@@ -45,6 +54,11 @@ def compare_command(
         Path | None,
         typer.Option(help="Write MR vs FPPI curves here (PNG, one panel per setup).",
                      show_default=False),
+    ] = None,
+    curves: Annotated[
+        Path | None,
+        typer.Option(help="Overlay the training curves (every loss term, val MR^-2) of the "
+                     "run directories in this PNG (their metrics.jsonl).", show_default=False),
     ] = None,
     fmt: Annotated[
         str, typer.Option("--format", "-f", help="table, markdown, csv or json (JSON only on stdout).")
@@ -78,13 +92,30 @@ def compare_command(
 
     if as_json:
         fmt = "json"
+    if analysis:
+        from pedcrowd.commands.analyze import side_by_side
+
+        if fmt not in ("table", "json"):
+            raise PedcrowdError(f"--format {fmt}: --analysis prints a table or JSON")
+
+        side_by_side(runs, as_json=fmt == "json")
+        return
     if fmt not in FORMATS:
         raise PedcrowdError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     if bootstrap < 0:
         raise PedcrowdError(f"--bootstrap {bootstrap}: must be 0 or more")
     if setups:
         setups = [name for item in setups for name in item.split(",") if name]
+    if plot is not None and plot.is_dir():
+        raise PedcrowdError(f"--plot {plot}: is a folder; give the PNG file to write")
     console = Console(stderr=True)
+    if gt is None and curves is None:
+        raise PedcrowdError("compare: --gt is required (or --curves to draw training curves only, "
+                            "or --analysis for pedcrowd analyze outputs)")
+    if curves is not None:
+        console.print(f"curves: {_overlay_curves(runs, curves)}")
+        if gt is None:
+            return
     with console.status(f"evaluating {len(runs)} runs, {bootstrap} bootstrap resamples"):
         result = compare(
             runs, gt, protocol=protocol, setups=setups, images=images, bootstrap=bootstrap,
@@ -105,6 +136,26 @@ def compare_command(
         Console().print(_rich_table(result))
 
 
+def _overlay_curves(runs: list[str], path: Path) -> Path:
+    """Draw the training curves of the run directories ``runs`` (NAME=DIR or DIR) into ``path``."""
+    from pedcrowd.compare import parse_run
+    from pedcrowd.engine.curves import plot_curves, read_curves
+    from pedcrowd.errors import PedcrowdError
+
+    series = {}
+    for text in runs:
+        name, run_dir = parse_run(text)
+        if not (run_dir / "metrics.jsonl").is_file():
+            raise PedcrowdError(f"{run_dir}: --curves needs run directories with a metrics.jsonl")
+        if name in series:
+            raise PedcrowdError(f"compare: run names must differ ({name!r} twice); use name=path")
+        series[name] = read_curves(run_dir)
+    try:
+        return plot_curves(series, path)
+    except OSError as e:
+        raise PedcrowdError(f"{path}: cannot write the curves ({e.strerror or e})") from None
+
+
 def _rich_table(result):
     from rich.table import Table
 
@@ -123,6 +174,9 @@ def _rich_table(result):
     for s in result.setups:
         table.add_column(s, justify="right")
     table.add_column("AP %", justify="right")
+    with_ji = result.protocol == "crowdhuman"
+    if with_ji:
+        table.add_column("JI %", justify="right")
     for i, r in enumerate(result.runs):
         cells = []
         for s in result.setups:
@@ -139,7 +193,8 @@ def _rich_table(result):
         ap = "-" if r.ap is None else f"{100 * r.ap:.2f}"
         if i > 0 and r.ap is not None and result.runs[0].ap is not None:
             ap += f"\nΔ {100 * (r.ap - result.runs[0].ap):+.2f}"
-        table.add_row(r.name, *cells, ap)
+        ji = ["-" if r.ji is None else f"{100 * r.ji:.2f}"] if with_ji else []
+        table.add_row(r.name, *cells, ap, *ji)
     return table
 
 

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pedcrowd.formats.registry import FORMATS
+
 data_app = typer.Typer(
     help="Data sets: generate synthetic crowds, print statistics, draw samples.",
     no_args_is_help=True,
@@ -30,17 +32,34 @@ def synth(
         typer.Option("--val-images", min=0, help="Number of val images [default: --images / 5]."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed; same seed and version, same files.")] = 0,
-    density: Annotated[
-        str,
-        typer.Option(help="Pedestrians per image: low (4), medium (8), high (14) or a number."),
-    ] = "medium",
-    occlusion: Annotated[
+    preset: Annotated[
         str,
         typer.Option(
-            help="Share of people in overlapping groups and occluder rate: "
-            "low (0.25), medium (0.55), high (0.8) or a number in [0, 1]."
+            help="Generator preset: default, or crowded (denser, tighter groups, more "
+            "occlusion); --density/--occlusion/--overlap override it."
         ),
-    ] = "medium",
+    ] = "default",
+    density: Annotated[
+        str | None,
+        typer.Option(
+            help="Pedestrians per image: low (4), medium (8), high (14) or a number "
+            "[default: the preset's, medium]."
+        ),
+    ] = None,
+    occlusion: Annotated[
+        str | None,
+        typer.Option(
+            help="Share of people in overlapping groups and occluder rate: "
+            "low (0.25), medium (0.55), high (0.8) or a number in [0, 1] [default: the preset's]."
+        ),
+    ] = None,
+    overlap: Annotated[
+        float | None,
+        typer.Option(
+            help="How tightly group members overlap, 0..1 (0.5: 0.25-0.75 box widths apart) "
+            "[default: the preset's]."
+        ),
+    ] = None,
     height: Annotated[int, typer.Option(help="Image height in pixels.")] = 384,
     width: Annotated[int, typer.Option(help="Image width in pixels.")] = 768,
     force: Annotated[
@@ -52,17 +71,25 @@ def synth(
     Writes OUT/leftImg8bit/{train,val}/CITY/*.png, OUT/annotations/anno_{train,val}.mat,
     OUT/annotations/val_gt.json and OUT/synth.json; prints a JSON summary on stdout.
     """
-    from pedcrowd.data.synth import DENSITY_PRESETS, OCCLUSION_PRESETS, SynthConfig, parse_level
+    from pedcrowd.data.config import synth_preset
+    from pedcrowd.data.synth import DENSITY_PRESETS, OCCLUSION_PRESETS, parse_level
     from pedcrowd.progress import synth_with_progress
 
-    cfg = SynthConfig(
+    chosen = {}
+    if density is not None:
+        chosen["density"] = parse_level(density, DENSITY_PRESETS, "density")
+    if occlusion is not None:
+        chosen["occlusion"] = parse_level(occlusion, OCCLUSION_PRESETS, "occlusion")
+    if overlap is not None:
+        chosen["overlap"] = overlap
+    cfg = synth_preset(
+        preset,
         train_images=images,
         val_images=images // 5 if val_images is None else val_images,
         height=height,
         width=width,
         seed=seed,
-        density=parse_level(density, DENSITY_PRESETS, "density"),
-        occlusion=parse_level(occlusion, OCCLUSION_PRESETS, "occlusion"),
+        **chosen,
     )
     summary = synth_with_progress(out, cfg, err, "drawing crowds", force=force)
     if summary.reused:
@@ -89,7 +116,7 @@ def stats(
     root: Annotated[Path, typer.Argument(help="Data set root in the format's layout.")],
     split: Annotated[str, typer.Option(help="Split to inspect: train or val.")] = "val",
     fmt: Annotated[
-        str, typer.Option("--format", help="citypersons | caltech | crowdhuman | coco.")
+        str, typer.Option("--format", help="The data set's format: " + " | ".join(FORMATS) + ".")
     ] = "citypersons",
     samples: Annotated[
         int, typer.Option(min=0, help="Number of sample images to draw boxes on (0: none).")

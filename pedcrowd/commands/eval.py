@@ -76,7 +76,7 @@ def eval_command(
     out: Annotated[Path | None, typer.Option(help="Also write the JSON results to this file.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Draw miss rate vs FPPI curves to this PNG.")] = None,
 ) -> None:
-    """Evaluate detections: log-average miss rate (MR^-2) per setup, optionally COCO AP."""
+    """Evaluate detections: log-average miss rate (MR^-2) per setup, optionally COCO AP; CrowdHuman: AP, MR^-2, JI."""
     from pedcrowd.errors import PedcrowdError
     from pedcrowd.eval import coco_ap, evaluate, load_ground_truth, report_to_json
     from pedcrowd.formats.detections import read_detections
@@ -86,6 +86,8 @@ def eval_command(
         raise PedcrowdError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
     if plot is not None and metric in ("AP", "JI"):
         raise PedcrowdError("--plot draws MR-FPPI curves: use it with --metric MR-2 or all")
+    if plot is not None and plot.is_dir():
+        raise PedcrowdError(f"--plot {plot}: is a folder; give the PNG file to write")
     start = time.perf_counter()
     if protocol not in ("citypersons", "caltech", "crowdhuman"):
         raise PedcrowdError(f"--protocol {protocol!r}: expected one of citypersons, caltech, crowdhuman")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -72,6 +73,25 @@ def infer_command(
             show_default=False,
         ),
     ] = None,
+    nms: Annotated[
+        str | None,
+        typer.Option(
+            "--nms",
+            help="Final suppression: hard (torchvision NMS), soft-linear or soft-gaussian "
+            "(soft-NMS). Default: the checkpoint's postprocess section (hard unless it was "
+            "trained otherwise). Recorded in OUT/postprocess.json.",
+            show_default=False,
+        ),
+    ] = None,
+    var_voting: Annotated[
+        bool | None,
+        typer.Option(
+            "--var-voting/--no-var-voting",
+            help="Variance voting after the suppression (Softer-NMS); needs a model "
+            "trained with --box-loss kl. Default: the checkpoint's postprocess section.",
+            show_default=False,
+        ),
+    ] = None,
     vis_score_thr: Annotated[
         float, typer.Option("--vis-score-thr", help="Lowest score drawn with --vis.")
     ] = 0.3,
@@ -100,9 +120,15 @@ def infer_command(
         TimeRemainingColumn,
     )
 
+    from pedcrowd.errors import PedcrowdError
     from pedcrowd.infer import infer
 
+    if score_thr is not None and not 0.0 <= score_thr <= 1.0:
+        raise PedcrowdError(f"--score-thr {score_thr}: must be in [0, 1]")
+    if nms_thr is not None and not 0.0 < nms_thr <= 1.0:
+        raise PedcrowdError(f"--nms-thr {nms_thr}: must be in (0, 1]")
     console = Console(stderr=True)
+    shown_skips = 5
     progress = Progress(
         TextColumn("[bold]infer"),
         BarColumn(),
@@ -113,6 +139,14 @@ def infer_command(
         transient=False,
     )
     task = progress.add_task("infer", total=None)
+    n_skipped = 0
+
+    def on_skip(name: str, why: str) -> None:  # the first few by name, then only the count
+        nonlocal n_skipped
+        n_skipped += 1
+        if n_skipped <= shown_skips:
+            console.print(f"[yellow]skipped[/] {name}: {why}")
+
     with progress:
         result = infer(
             inputs,
@@ -123,24 +157,42 @@ def infer_command(
             protocol=protocol,
             score_thr=score_thr,
             nms_thr=nms_thr,
+            nms=nms,
+            var_voting=var_voting,
             vis_score_thr=vis_score_thr,
             batch_size=batch_size,
             device=device,
             workers=workers,
             on_start=lambda total: progress.update(task, total=total or None),
             on_progress=lambda done: progress.update(task, completed=done),
-            on_skip=lambda name, why: console.print(f"[yellow]skipped[/] {name}: {why}"),
+            on_skip=on_skip,
         )
         # Video frame counts from the header can be off by a few; end the bar at 100 %.
         progress.update(task, total=result.n_images, completed=result.n_images)
 
-    skipped = f", [yellow]{len(result.skipped)} unreadable skipped[/]" if result.skipped else ""
+    if result.skipped and result.n_images == 0:
+        names = ", ".join(name for name, _ in result.skipped[:3])
+        raise PedcrowdError(
+            f"none of the {len(result.skipped)} inputs could be read ({names}"
+            f"{', ...' if len(result.skipped) > 3 else ''}); nothing was detected"
+        )
+    skipped = ""
+    if result.skipped:
+        names = ", ".join(name for name, _ in result.skipped[:3])
+        more = ", ..." if len(result.skipped) > 3 else ""
+        skipped = f", [yellow]{len(result.skipped)} unreadable skipped ({names}{more})[/]"
     videos = f" ({result.n_videos} videos)" if result.n_videos else ""
     console.print(
         f"{result.n_images} images{videos}, {len(result.detections)} detections in "
         f"{result.seconds:.1f} s: [bold]{result.images_per_s:.2f} images/s[/]{skipped}"
     )
-    console.print(f"detections: {result.out_file}")
+    # what ran, beside the detections, so that runs of one checkpoint can be told apart
+    from pedcrowd.fileio import write_text_atomic
+
+    meta = {"weights": str(weights), **result.postprocess}
+    write_text_atomic(out / "postprocess.json", json.dumps(meta, indent=1) + "\n")
+    console.print(f"detections: {result.out_file} (post-processing {result.postprocess['method']}, "
+                  f"recorded in {out / 'postprocess.json'})")
     if result.vis_dir is not None:
         console.print(f"annotated: {result.vis_dir}/")
 

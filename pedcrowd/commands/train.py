@@ -3,7 +3,8 @@
 With no arguments it trains the CPU demo (the config defaults) on the
 synthetic crowds, generating them under ``data/synth`` on first use.
 Progress and logs go to stderr; stdout carries the final MR^-2 table (or JSON
-with ``--json``).
+with ``--json``). SIGTERM/SIGINT stop after the current step with a checkpoint
+and exit 143/130, printing the command that continues the run.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-
-from pedcrowd.errors import PedcrowdError
 
 
 def train_command(
@@ -40,24 +39,25 @@ def train_command(
         str | None,
         typer.Option(
             "--cls-loss",
-            help="RoI-head classification loss, a registered term (default ce; see "
-            "pedcrowd.losses.config.TERMS); the same as --set loss.cls=NAME.",
+            help="RoI-head classification loss: ce (default) | focal | ghm | qfl, a "
+            "registered term (pedcrowd.losses.config.TERMS); the same as --set loss.cls=NAME.",
         ),
     ] = None,
     box_loss: Annotated[
         str | None,
         typer.Option(
             "--box-loss",
-            help="RoI-head box loss, a registered term (default smooth_l1); "
-            "the same as --set loss.box=NAME.",
+            help="RoI-head box loss: smooth_l1 (default) | ghm | kl, a registered term; "
+            "the same as --set loss.box=NAME. kl (KL-Loss) also sets model.box_std_head=true; "
+            "add --set postprocess.var_voting=true to evaluate with variance voting.",
         ),
     ] = None,
     sampler: Annotated[
         str | None,
         typer.Option(
             "--sampler",
-            help="How the RoI head picks its training RoIs (default random, torchvision's); "
-            "the same as --set loss.sampler=NAME.",
+            help="How the RoI head picks its training RoIs: random (default, torchvision's) "
+            "| ohem | pisa; the same as --set loss.sampler=NAME.",
         ),
     ] = None,
     overrides: Annotated[
@@ -109,33 +109,27 @@ def train_command(
     for key, value in (("cls", cls_loss), ("box", box_loss), ("sampler", sampler)):
         if value is not None:
             sets.insert(0, f"loss.{key}={value}")  # before --set, after --loss
+    if box_loss == "kl":  # KL-Loss needs the box head that predicts the variances
+        sets.insert(0, "model.box_std_head=true")
     cfg = apply_overrides(cfg, sets)
-    run_dir = out if out is not None else Path(cfg.train.out_dir)
-    if not resume and (run_dir / "last.pt").exists():
-        if out is not None:
-            raise PedcrowdError(
-                f"{run_dir}: already holds a run (last.pt); pass --resume to continue it "
-                "or choose another --out"
-            )
-        run_dir = next_free_run_dir(run_dir)  # never overwrite an earlier default run
+
+    from pedcrowd.engine.reporter import RichReporter
+    from pedcrowd.engine.signals import Interrupted
 
     err = Console(stderr=True)
-    err.log(f"training into {run_dir} ({cfg.model.backbone}, {cfg.train.epochs} epochs)")
-    summary = train(cfg, run_dir, resume=resume, console=err)
+    try:
+        # the library refuses an --out holding a run (without --resume) and moves the
+        # default directory on to NAME-2, ...; it locks the directory while training
+        summary = train(cfg, out, resume=resume, reporter=RichReporter(err))
+    except Interrupted as stopped:
+        typer.echo(f"pedcrowd: {stopped}", err=True)
+        raise typer.Exit(stopped.exit_code) from None
     if summary.get("rank", 0) != 0:
         return
     if as_json:
         typer.echo(json.dumps(summary))
         return
     Console().print(mr_table(summary))
-
-
-def next_free_run_dir(run_dir: Path) -> Path:
-    """``runs/demo`` -> the first of ``runs/demo-2``, ``runs/demo-3``, ... without a run in it."""
-    n = 2
-    while (candidate := run_dir.with_name(f"{run_dir.name}-{n}")).joinpath("last.pt").exists():
-        n += 1
-    return candidate
 
 
 def mr_table(summary: dict) -> Table:

@@ -28,6 +28,11 @@ class SynthConfig:
     seed: int = 0
     density: float = 8.0  # mean labelled pedestrians per (non-empty) image
     occlusion: float = 0.55  # 0..1: share of people in overlapping groups, occluder rate
+    # 0..1: how far group members overlap; the next member stands
+    # U(0.75 - overlap, 1.25 - overlap) box widths beside the last (clipped at 0), so the
+    # default 0.5 gives 0.25..0.75 widths and 1.0 puts members right behind each other
+    overlap: float = 0.5
+    max_group: int = 4  # largest overlapping group (groups have 2 .. max_group members)
     empty_fraction: float = 0.06  # images with nobody in them
     group_boxes: float = 0.35  # mean dense far-away groups (label 5) per image
     posters: float = 0.35  # mean posters with a person on them (label 0) per image
@@ -41,11 +46,33 @@ class SynthConfig:
             raise PedcrowdError(f"synth: density {self.density} must be >= 0")
         if not 0.0 <= self.occlusion <= 1.0:
             raise PedcrowdError(f"synth: occlusion {self.occlusion} must be in [0, 1]")
+        if not 0.0 <= self.overlap <= 1.0:
+            raise PedcrowdError(f"synth: overlap {self.overlap} must be in [0, 1]")
+        if self.max_group < 2:
+            raise PedcrowdError(f"synth: max_group {self.max_group} must be >= 2")
         if not 0.0 <= self.empty_fraction <= 1.0:
             raise PedcrowdError(f"synth: empty_fraction {self.empty_fraction} must be in [0, 1]")
 
     def params(self) -> dict:
         return asdict(self)
+
+
+# Named generator settings (``pedcrowd data synth --preset NAME``; a training config
+# states the same values under ``synth:``, e.g. configs/crowd_benchmark.yaml). "crowded":
+# denser, larger and tighter groups and more occluders, so that Reasonable_occ=heavy
+# people and pedestrian pairs with IoU > 0.5 are common (numbers in docs/RESULTS.md).
+SYNTH_PRESETS: dict[str, dict[str, float | int]] = {
+    "default": {},
+    "crowded": {"density": 14.0, "occlusion": 0.85, "overlap": 0.75, "max_group": 6,
+                "empty_fraction": 0.08},
+}
+
+
+def synth_preset(name: str, **overrides) -> SynthConfig:
+    """The :class:`SynthConfig` of preset ``name`` with ``overrides`` (other fields) applied."""
+    if name not in SYNTH_PRESETS:
+        raise PedcrowdError(f"--preset {name!r}: expected one of {', '.join(SYNTH_PRESETS)}")
+    return SynthConfig(**{**SYNTH_PRESETS[name], **overrides})
 
 
 @dataclass
@@ -54,8 +81,8 @@ class GtFilterConfig:
 
     # NMS-Ped's demo setting (the Reasonable range); the papers' CityPersons
     # configs train on h >= 30, vis >= 0.45.
-    min_height: float = 50.0
-    min_visibility: float = 0.65
+    min_height: float = field(default=50.0, metadata={"range": ">= 0"})
+    min_visibility: float = field(default=0.65, metadata={"range": "[0, 1]"})
     # Categories trained as pedestrians instead of ignored:
     # rider, sitting, other, group, unsure, ignore.
     promote: list[str] = field(default_factory=list)
@@ -66,21 +93,26 @@ class BackgroundConfig:
     """Images with no object after the filter (ignore-only images included)."""
 
     policy: str = "keep"  # keep | drop | ratio
-    ratio: float = 0.5  # with policy=ratio: fraction of background images kept
+    # with policy=ratio: fraction of background images kept
+    ratio: float = field(default=0.5, metadata={"range": "[0, 1]"})
 
 
 @dataclass
 class AugmentConfig:
     """Training augmentation (validation data is never augmented)."""
 
-    flip_prob: float = 0.5
-    scale_range: tuple[float, float] = (1.0, 1.0)  # image scale factor drawn uniformly
-    crop_size: tuple[int, int] | None = None  # (H, W) random crop; None = off
+    flip_prob: float = field(default=0.5, metadata={"range": "[0, 1]"})
+    # image scale factor drawn uniformly
+    scale_range: tuple[float, float] = field(default=(1.0, 1.0), metadata={"range": "> 0"})
+    # (H, W) random crop; None = off
+    crop_size: tuple[int, int] | None = field(default=None, metadata={"range": ">= 1"})
     crop_policy: str = "clip"  # cut boxes: keep | clip | ignore
-    crop_ignore_threshold: float = 0.5  # with crop_policy=ignore: lost-area fraction
-    brightness: float = 0.0  # colour jitter strengths: factor in [1 - s, 1 + s]
-    contrast: float = 0.0
-    saturation: float = 0.0
+    # with crop_policy=ignore: lost-area fraction
+    crop_ignore_threshold: float = field(default=0.5, metadata={"range": "[0, 1]"})
+    # colour jitter strengths: factor in [1 - s, 1 + s]
+    brightness: float = field(default=0.0, metadata={"range": "[0, 1]"})
+    contrast: float = field(default=0.0, metadata={"range": "[0, 1]"})
+    saturation: float = field(default=0.0, metadata={"range": "[0, 1]"})
 
 
 @dataclass
@@ -101,8 +133,10 @@ class DataConfig:
     gt_filter: GtFilterConfig = field(default_factory=GtFilterConfig)
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    num_workers: int = 2  # DataLoader workers; augmentations do not depend on it
-    seed: int = 0  # background choice and augmentation draws
+    # DataLoader workers; augmentations do not depend on it
+    num_workers: int = field(default=2, metadata={"range": ">= 0"})
+    # background choice and augmentation draws
+    seed: int = field(default=0, metadata={"range": "[0, 4294967295]"})
 
 
 def build_dataset(

@@ -236,8 +236,10 @@ def layout_scene(rng: np.random.Generator, h: int, w: int, cfg: SynthConfig) -> 
 
     # Labelled pedestrians: singles and overlapping groups (the crowd cases).
     people: list[Placed] = []
+    # Gap to the next group member in box widths (overlap 0.5: 0.25 .. 0.75).
+    spacing = (max(0.0, 0.75 - cfg.overlap), max(0.0, 1.25 - cfg.overlap))
     while len(people) < n_people:
-        size = 1 if rng.random() >= cfg.occlusion else int(rng.integers(2, 5))
+        size = 1 if rng.random() >= cfg.occlusion else int(rng.integers(2, cfg.max_group + 1))
         y = horizon + (h - 1 - horizon) * (0.08 + 0.92 * rng.random() ** 1.6)
         xc = rng.uniform(0, w)
         step = rng.choice([-1, 1])
@@ -246,7 +248,7 @@ def layout_scene(rng: np.random.Generator, h: int, w: int, cfg: SynthConfig) -> 
             xc = x_inside(xc, ht)
             people.append(_person(rng, xc, y, ht, labelled=True))
             # Next member: beside and slightly in front of or behind this one.
-            xc += step * rng.uniform(0.25, 0.75) * ASPECT * ht
+            xc += step * rng.uniform(*spacing) * ASPECT * ht
             y = float(
                 np.clip(y + rng.uniform(-0.07, 0.07) * ht, horizon + 0.08 * (h - horizon), h - 1)
             )

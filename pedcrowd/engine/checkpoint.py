@@ -44,13 +44,14 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` returned."""
-    torch.set_rng_state(state["torch"])
+    # a checkpoint loaded with map_location="cuda" brings these to the GPU: RNG states live on the CPU
+    torch.set_rng_state(state["torch"].cpu())
     kind, key, pos, has_gauss, cached = state["numpy"]
-    key = key.numpy() if torch.is_tensor(key) else np.asarray(key)
+    key = key.cpu().numpy() if torch.is_tensor(key) else np.asarray(key)
     np.random.set_state((kind, key.astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -58,13 +59,42 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def save_checkpoint(path: str | Path, **state: Any) -> None:
-    """Atomically write ``state`` (tensors, state dicts, plain values) to ``path``."""
+def save_checkpoint(path: str | Path, keep_previous_as: str | None = None, **state: Any) -> None:
+    """Atomically write ``state`` (tensors, state dicts, plain values) to ``path``.
+
+    The data goes to a temporary file in the same folder, is flushed to disk,
+    and is then renamed over ``path``; the temporary file is removed if
+    writing fails. With ``keep_previous_as`` (a file name beside ``path``), the
+    file ``path`` held so far is kept under that name first, so that a torn or
+    lost ``path`` still leaves the previous good checkpoint.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if keep_previous_as is not None and path.is_file():
+            os.replace(path, path.with_name(keep_previous_as))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files of writes that a killed process left in ``folder``.
+
+    Only call this while holding the folder's run lock (no other writer).
+    """
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp*"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -12,12 +12,20 @@ itself) whose values it overrides; a base that has a base of its own is an
 error, so a config never hides behind a chain (what mmdetection's ``_base_``
 chains are criticised for). ``--set a.b=value`` overrides are parsed as YAML
 scalars and type-checked like the file.
+
+Value ranges are declared on the fields themselves, as dataclass metadata:
+``lr: float = field(default=0.08, metadata={"range": "> 0"})``; the forms are
+``"> a"``, ``">= a"``, ``"< a"``, ``"<= a"`` and intervals ``"(a, b]"``,
+``"[a, b)"``, ... (``inf`` allowed). The loader checks them after the type, for
+every number of a list or tuple too, so ``box_nms_thresh: 1.5``, ``epochs: 0``
+or a NaN are one-line errors naming the file and the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,7 +38,7 @@ from pedcrowd.data.config import DataConfig, SynthConfig
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import write_text_atomic
 from pedcrowd.losses.config import LossConfig
-from pedcrowd.model.config import ModelConfig
+from pedcrowd.model.config import ModelConfig, PostprocessConfig
 
 
 @dataclass
@@ -38,10 +46,12 @@ class OptimConfig:
     """Optimiser: SGD with momentum (the papers') or AdamW."""
 
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.08  # for the whole batch (no automatic scaling with batch size or GPUs)
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 1e-4
-    grad_clip: float | None = 35.0  # max global L2 norm of the gradients; null disables
+    # for the whole batch (no automatic scaling with batch size or GPUs)
+    lr: float = field(default=0.08, metadata={"range": "> 0"})
+    momentum: float = field(default=0.9, metadata={"range": "[0, 1)"})  # SGD only
+    weight_decay: float = field(default=1e-4, metadata={"range": ">= 0"})
+    # max global L2 norm of the gradients; null disables
+    grad_clip: float | None = field(default=35.0, metadata={"range": ">= 0"})
 
 
 @dataclass
@@ -49,23 +59,34 @@ class ScheduleConfig:
     """Learning-rate schedule per iteration: linear warm-up, then step or cosine."""
 
     name: Literal["step", "cosine"] = "cosine"
-    steps: list[int] = field(default_factory=list)  # step: epochs after which lr *= gamma
-    gamma: float = 0.1
-    warmup_iters: int = 200  # linear ramp from warmup_factor * lr to lr
-    warmup_factor: float = 0.001
-    min_lr_factor: float = 0.0  # cosine: final lr = min_lr_factor * lr
+    # step: epochs after which lr *= gamma
+    steps: list[int] = field(default_factory=list, metadata={"range": ">= 0"})
+    gamma: float = field(default=0.1, metadata={"range": "> 0"})
+    # linear ramp from warmup_factor * lr to lr
+    warmup_iters: int = field(default=200, metadata={"range": ">= 0"})
+    warmup_factor: float = field(default=0.001, metadata={"range": "(0, 1]"})
+    # cosine: final lr = min_lr_factor * lr
+    min_lr_factor: float = field(default=0.0, metadata={"range": "[0, 1]"})
 
 
 @dataclass
 class TrainConfig:
     """The loop: epochs, batches, precision, seeding, evaluation, logging."""
 
-    epochs: int = 8
-    batch_size: int = 8  # per process (per GPU under DDP)
+    epochs: int = field(default=8, metadata={"range": ">= 1"})
+    # per process (per GPU under DDP)
+    batch_size: int = field(default=8, metadata={"range": ">= 1"})
     amp: bool = False  # mixed precision; used only on CUDA
-    seed: int = 0  # model init, data order, RPN/RoI sampling (augmentations: data.seed)
-    eval_every: int = 2  # evaluate on the val split every N epochs (and after the last)
-    log_every: int = 20  # iterations between metrics.jsonl lines
+    # model init, data order, RPN/RoI sampling (augmentations: data.seed)
+    seed: int = field(default=0, metadata={"range": "[0, 4294967295]"})
+    # evaluate on the val split every N epochs (and after the last)
+    eval_every: int = field(default=2, metadata={"range": ">= 0"})
+    # iterations between metrics.jsonl lines
+    log_every: int = field(default=20, metadata={"range": ">= 1"})
+    # also write last.pt every N iterations (0: at epoch ends only)
+    checkpoint_every: int = field(default=0, metadata={"range": ">= 0"})
+    # stop after this many steps in a row with a non-finite loss
+    max_nonfinite_steps: int = field(default=5, metadata={"range": ">= 1"})
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out_dir: str = "runs/demo"
 
@@ -93,6 +114,8 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     synth: SynthConfig | None = field(default_factory=SynthConfig)
+    # second-stage post-processing at evaluation and inference (hard NMS by default)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -118,12 +141,20 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise PedcrowdError(f"{path}: not valid YAML ({e})") from None
+        raise PedcrowdError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise PedcrowdError(f"{path}: the top level must be a mapping of sections")
     return data
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line: the parser's problem and where (PyYAML's own message spans several lines)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def _read_with_base(path: Path) -> dict[str, Any]:
@@ -162,12 +193,14 @@ def from_dict(cls: type, data: Any, source: str, prefix: str = "") -> Any:
     if not isinstance(data, dict):
         raise PedcrowdError(f"{source}: {where} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    names = list(fields)
     kwargs = {}
     for key, value in data.items():
         if key not in names:
             raise PedcrowdError(f"{source}: unknown key '{prefix}{key}'{_suggest(str(key), names)}")
         kwargs[key] = _check(hints[key], value, source, f"{prefix}{key}")
+        check_range(fields[key], kwargs[key], source, f"{prefix}{key}")
     try:
         return cls(**kwargs)
     except (PedcrowdError, ValueError, TypeError) as e:  # a section's own validation
@@ -261,6 +294,40 @@ def _check(tp: Any, value: Any, source: str, key: str) -> Any:
     raise PedcrowdError(f"{source}: '{key}' has an unsupported type {tp!r} in the config schema")
 
 
+_RANGE = re.compile(
+    r"^\s*(?:(?P<op>>=|<=|>|<)\s*(?P<bound>\S+)|(?P<lo_b>[\[(])\s*(?P<lo>[^,]+),\s*(?P<hi>[^\])]+)(?P<hi_b>[\])]))\s*$"
+)
+
+
+def in_range(spec: str, value: float) -> bool:
+    """Whether ``value`` lies in the range ``spec`` (``"> 0"``, ``"(0, 1]"``, ...); NaN never does."""
+    m = _RANGE.match(spec)
+    if m is None:
+        raise ValueError(f"bad range spec {spec!r}")
+    if m["op"]:
+        b = float(m["bound"])
+        return {">": value > b, ">=": value >= b, "<": value < b, "<=": value <= b}[m["op"]]
+    lo, hi = float(m["lo"]), float(m["hi"])
+    above = value > lo if m["lo_b"] == "(" else value >= lo
+    below = value < hi if m["hi_b"] == ")" else value <= hi
+    return above and below
+
+
+def check_range(f: dataclasses.Field, value: Any, source: str, key: str) -> None:
+    """PedcrowdError when ``value`` (or a number inside it) is outside ``f``'s declared range."""
+    spec = f.metadata.get("range")
+    if spec is None or value is None:
+        return
+    items = value if isinstance(value, list | tuple) else [value]
+    for i, v in enumerate(items):
+        if isinstance(v, int | float) and not isinstance(v, bool) and not in_range(spec, v):
+            where = key if items is not value else f"{key}[{i}]"
+            spec = spec.strip()
+            raise PedcrowdError(
+                f"{source}: '{where}' must be {'in ' if spec[0] in '([' else ''}{spec}, got {v!r}"
+            )
+
+
 # ----------------------------------------------------------------------------- overrides
 
 
@@ -294,6 +361,7 @@ def _set_path(obj: Any, parts: list[str], value: Any, source: str, prefix: str) 
     tp = typing.get_type_hints(type(obj))[key]
     if len(parts) == 1:
         new = _check(tp, value, source, f"{prefix}{key}")
+        check_range(next(f for f in dataclasses.fields(obj) if f.name == key), new, source, f"{prefix}{key}")
     else:
         child = getattr(obj, key)
         if child is None:  # an optional section switched off: rebuild it from its defaults

@@ -16,6 +16,19 @@ equal 1 epoch + ``resume`` 1 epoch bit for bit. The data order comes from
 index)``, DataLoader workers from a generator seeded by ``(seed, epoch)``, and
 the model's own randomness (the RPN and RoI samplers) from the global torch
 RNG, whose state every checkpoint stores with numpy's and Python's.
+
+Crash safety: ``last.pt`` is written at every epoch end and, with
+``train.checkpoint_every: N``, every N iterations; a mid-epoch checkpoint
+stores how many batches of its epoch were done, and a resume skips exactly
+those (the sampler order depends only on ``(seed, epoch)``), so a run killed
+at any point and resumed ends with the weights of an uninterrupted one. The
+checkpoint before it is kept as ``prev.pt``. SIGTERM/SIGINT finish the step,
+write ``last.pt`` and raise :class:`~pedcrowd.engine.signals.Interrupted`
+(the CLI exits 143/130). The run directory is locked and never overwritten
+(:mod:`pedcrowd.engine.rundir`). A step whose loss is not finite is skipped
+with a warning (its batch and learning-rate step still count); after
+``train.max_nonfinite_steps`` in a row the run stops, leaving the last
+checkpoint as it was.
 """
 
 from __future__ import annotations
@@ -24,40 +37,45 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
+import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from torch.utils.data import DataLoader, DistributedSampler
 
 from pedcrowd.engine import distributed as ddp
+from pedcrowd.engine import rundir
 from pedcrowd.engine.checkpoint import (
-    load_checkpoint,
+    load_matching_state,
+    remove_stale_temporaries,
     rng_state,
     save_checkpoint,
     set_rng_state,
     unwrap,
 )
-from pedcrowd.engine.config import Config, config_to_dict, save_config
+from pedcrowd.engine.config import Config, config_from_dict, config_to_dict, save_config
+from pedcrowd.engine.curves import write_run_curves
+from pedcrowd.engine.inference import configure_postprocess, run_detector
+from pedcrowd.engine.loop import (  # noqa: F401 - train_one_epoch, make_loader re-exported
+    Diverged,
+    EpochState,
+    make_loader,
+    train_one_epoch,
+)
 from pedcrowd.engine.metrics import MetricsLog, to_jsonable
+from pedcrowd.engine.reporter import Reporter
 from pedcrowd.engine.schedule import build_optimizer, build_scheduler
+from pedcrowd.engine.signals import Interrupted, StopOnSignal
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.formats._io import write_text_atomic
+from pedcrowd.fileio import write_text_atomic
 from pedcrowd.formats.detections import output_to_xywh, results_entries
+from pedcrowd.model.config import PostprocessConfig
 
 PRIMARY_SETUP = "Reasonable"
 
@@ -78,127 +96,22 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device):
-    images = [img.to(device, non_blocking=True) for img in images]
-    targets = [
-        {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
-        for t in targets
-    ]
-    return images, targets
-
-
-def make_loader(
-    dataset, batch_size: int, num_workers: int, seed: int, epoch: int,
-    info: ddp.DistInfo, shuffle: bool = True,
-) -> DataLoader:
-    """The epoch's DataLoader; its order and worker seeds depend only on (seed, epoch)."""
-    if hasattr(dataset, "set_epoch"):  # augmentations are seeded by (seed, epoch, index)
-        dataset.set_epoch(epoch)
-    sampler = DistributedSampler(
-        dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=seed,
-        drop_last=True,
-    )
-    sampler.set_epoch(epoch)
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-        collate_fn=dataset.collate_fn, generator=generator,
-        drop_last=True, pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
-    )
-
-
-def train_one_epoch(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    loader: Iterable,
-    device: torch.device,
-    epoch: int,
-    *,
-    iteration: int = 0,
-    amp: bool = False,
-    grad_clip: float | None = None,
-    log_every: int = 20,
-    on_step: Callable[[dict[str, Any]], None] | None = None,
-    world_size: int = 1,
-) -> tuple[int, dict[str, float]]:
-    """One pass over ``loader``; returns the next global iteration and mean losses.
-
-    Args:
-        loader: yields ``(images, targets)``: lists of [3, H, W] tensors and
-            torchvision target dicts (``boxes`` [K, 4] xyxy, ``labels`` [K],
-            ``ignore_boxes`` [M, 4]).
-        iteration: global iteration at the start of the epoch (for the logs).
-        on_step: called after every step with the step's record (losses, lr,
-            images/s, data wait); the record is logged when ``log`` is True.
-    """
-    model.train()
-    sums: dict[str, float] = {}
-    steps = 0
-    use_amp = amp and device.type == "cuda"
-    end = time.perf_counter()
-    for images, targets in loader:
-        data_wait = time.perf_counter() - end
-        images, targets = _to_device(list(images), list(targets), device)
-        with torch.autocast(device.type, enabled=use_amp):
-            loss_dict = model(images, targets)
-        loss = sum(loss_dict.values())
-        values = {k: float(v.detach()) for k, v in loss_dict.items()}
-        total = sum(values.values())
-        if not math.isfinite(total):
-            raise PedcrowdError(
-                f"training diverged at epoch {epoch + 1}, iteration {iteration}: loss is {total} "
-                f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); lower optim.lr"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if grad_clip is not None and grad_clip > 0:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        step_time = time.perf_counter() - end
-        end = time.perf_counter()
-
-        for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + v
-        steps += 1
-        iteration += 1
-        if on_step is not None:
-            record = {
-                "epoch": epoch + 1, "iter": iteration, "lr": lr, "loss": total, **values,
-                "images_per_s": len(images) * world_size / max(step_time, 1e-9),
-                "step_s": step_time, "data_wait_s": data_wait,
-                "log": iteration % log_every == 0,
-            }
-            on_step(record)
-    means = {k: v / max(steps, 1) for k, v in sums.items()}
-    return iteration, means
-
-
-@torch.no_grad()
 def predict(
     model: torch.nn.Module, dataset, device: torch.device, batch_size: int = 4,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Detections of ``model`` on every image of ``dataset`` (eval mode, no augmentation).
+    """Detections of ``model`` on every image of ``dataset`` (eval mode, no augmentation),
+    through the inference loop ``pedcrowd infer`` runs too (:func:`run_detector`).
 
     Returns:
         image id -> (boxes [D, 4] float64 ``x, y, w, h``, scores [D]) in the
         pixels of the dataset's records (the model maps its resize back), the
         input form of :func:`pedcrowd.eval.evaluate`.
     """
-    model.eval()
     dets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        outputs = model([img.to(device) for img, _ in items])
-        for (_, target), out in zip(items, outputs, strict=True):
+    items = (dataset[i] for i in range(len(dataset)))
+    for batch in run_detector(model, items, lambda item: item[0], device=device,
+                              batch_size=batch_size):
+        for (_, target), out in batch:
             dets[int(target["image_id"])] = output_to_xywh(out)
     return dets
 
@@ -215,9 +128,12 @@ def detections_to_json(dets: dict[int, tuple[np.ndarray, np.ndarray]], records) 
 
 def evaluate_model(
     model: torch.nn.Module, dataset, device: torch.device, protocol: str = "citypersons",
-    batch_size: int = 4,
+    batch_size: int = 4, postprocess: PostprocessConfig | None = None,
 ):
     """Detect on ``dataset`` (the val split) and score with the pedcrowd evaluator.
+
+    ``postprocess`` (the config's section; None keeps the model's) is set on the
+    model first.
 
     Returns:
         (detections, report): image id -> (boxes [D, 4] xywh, scores [D]), and the
@@ -225,6 +141,7 @@ def evaluate_model(
     """
     from pedcrowd.eval import evaluate
 
+    configure_postprocess(unwrap(model), postprocess)
     dets = predict(unwrap(model), dataset, device, batch_size=batch_size)
     report = evaluate(dataset.records, dets, protocol=protocol)
     return dets, report
@@ -242,13 +159,11 @@ def _write_json(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(to_jsonable(data)))
 
 
-def _ensure_synth_data(root: Path, synth_cfg, console: Console) -> None:
-    """Generate the synthetic data set on first use (with a progress bar), else reuse it."""
-    from pedcrowd.progress import synth_with_progress
-
-    summary = synth_with_progress(root, synth_cfg, console, f"generating synthetic crowds in {root}")
+def _ensure_synth_data(root: Path, synth_cfg, reporter: Reporter) -> None:
+    """Generate the synthetic data set on first use, else reuse it."""
+    summary = reporter.synthesize(root, synth_cfg)
     if not summary.reused:
-        console.log(
+        reporter.info(
             f"generated {sum(summary.images.values())} synthetic images in {root} "
             f"({summary.seconds:.0f} s, reused by later runs)"
         )
@@ -256,36 +171,84 @@ def _ensure_synth_data(root: Path, synth_cfg, console: Console) -> None:
 
 def fit(
     cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
-    console: Console | None = None,
+    reporter: Reporter | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train the model described by ``cfg``; returns the trained model and the summary.
 
     Args:
-        out_dir: the run directory (default ``cfg.train.out_dir``).
-        resume: continue from ``out_dir/last.pt`` (model, optimiser, scheduler,
-            scaler, epoch, iteration, best MR and every RNG state).
+        out_dir: the run directory. When given, it must not hold a run unless
+            ``resume``; when None, ``cfg.train.out_dir`` is used, or the first
+            free ``NAME-2``, ``NAME-3``, ... if it holds a run already.
+        resume: continue from ``last.pt`` (model, optimiser, scheduler, scaler,
+            epoch, iteration and position in the epoch, best MR, every RNG
+            state); ``prev.pt`` when ``last.pt`` is torn. A config that changes
+            the run's trajectory is refused (:func:`rundir.check_resume_config`).
+        reporter: progress and messages (default: :mod:`logging` only).
+
+    Raises:
+        PedcrowdError: bad input, a locked or occupied run directory, divergence.
+        Interrupted: SIGTERM/SIGINT; ``last.pt`` was written first.
     """
+    tcfg = cfg.train
+    run_dir = Path(out_dir if out_dir is not None else tcfg.out_dir)
+    device = ddp.resolve_device(tcfg.device, ddp.local_rank_from_env())
+    lock = None
+    if int(os.environ.get("RANK", "0")) == 0:  # before any process group: rank 0 owns the directory
+        run_dir, lock = rundir.claim_run_dir(run_dir, explicit=out_dir is not None, resume=resume)
+    owns_group = not torch.distributed.is_initialized()
+    info = ddp.DistInfo()
+    try:  # on any failure too: release the lock, destroy the process group this call made
+        info = ddp.init_distributed(device)
+        owns_group = owns_group and info.enabled
+        run_dir = _same_on_all_ranks(run_dir, info)
+        # the saved config names the directory it was really written to
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(tcfg, out_dir=str(run_dir)))
+        rep = reporter if (reporter is not None and info.is_main) else Reporter()
+        with StopOnSignal() as stop:
+            return _run(cfg, run_dir, resume, device, info, rep, stop)
+    finally:
+        if lock is not None:
+            lock.release()
+        if owns_group:
+            ddp.cleanup(info)
+
+
+def _same_on_all_ranks(run_dir: Path, info: ddp.DistInfo) -> Path:
+    """Rank 0's run directory (it may have moved on to ``NAME-2``), on every rank."""
+    if not info.enabled:
+        return run_dir
+    box = [str(run_dir)]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return Path(box[0])
+
+
+def _any_rank(info: ddp.DistInfo, device: torch.device) -> Callable[[bool], bool]:
+    """``flag`` -> True when it is True on any rank (a collective under DDP)."""
+    if not info.enabled:
+        return lambda flag: flag
+
+    def reduce(flag: bool) -> bool:
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    return reduce
+
+
+def _run(
+    cfg: Config, run_dir: Path, resume: bool, device: torch.device, info: ddp.DistInfo,
+    rep: Reporter, stop: StopOnSignal,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The body of :func:`fit`, inside the run lock and the signal handlers."""
     from pedcrowd.data.config import build_dataset
     from pedcrowd.model import build_model
 
-    console = console or Console(stderr=True)
-    tcfg = cfg.train
-    run_dir = Path(out_dir if out_dir is not None else tcfg.out_dir)
-    # the saved config names the directory it was really written to
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(tcfg, out_dir=str(run_dir)))
-    device = ddp.resolve_device(tcfg.device, ddp.local_rank_from_env())
-    if resume and not (run_dir / "last.pt").is_file():
-        raise PedcrowdError(f"{run_dir}: --resume given but there is no last.pt to resume from")
-    owns_group = not torch.distributed.is_initialized()
-    info = ddp.init_distributed(device)
-    owns_group = owns_group and info.enabled  # destroy at the end what this call created
+    tcfg, main = cfg.train, info.is_main
     log: MetricsLog | None = None
-    try:  # on any failure too: flush the metrics log, destroy the group this call created
-        main = info.is_main
-
+    try:  # on any failure too: flush the metrics log, close the reporter
         if cfg.synth is not None:
             if main:
-                _ensure_synth_data(Path(cfg.data.root), cfg.synth, console)
+                _ensure_synth_data(Path(cfg.data.root), cfg.synth, rep)
             ddp.barrier(info)
 
         seed_everything(tcfg.seed)
@@ -297,6 +260,7 @@ def fit(
                 f"({tcfg.batch_size} x {info.world_size} processes)"
             )
         model = build_model(cfg.model)
+        configure_postprocess(model, cfg.postprocess)  # fails now, not at the first evaluation
         _install_crowd_losses(model, cfg)
         model.to(device)
         if info.enabled:
@@ -307,15 +271,22 @@ def fit(
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.schedule, iters_per_epoch, tcfg.epochs)
         scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp and device.type == "cuda")
+        cfg_dict = config_to_dict(cfg)
 
-        start_epoch, iteration, best_mr, history = 0, 0, math.inf, []
+        start_epoch, iteration, best_mr, history, state = 0, 0, math.inf, [], EpochState()
         if resume:
-            ckpt = load_checkpoint(run_dir / "last.pt", map_location=device)
-            unwrap(model).load_state_dict(ckpt["model"])
+            ckpt, ckpt_path, torn = rundir.load_resume_checkpoint(run_dir, map_location=device)
+            if torn:
+                rep.warning(torn)
+            saved = config_to_dict(config_from_dict(ckpt.get("config", {}), source=str(ckpt_path)))
+            for warning in rundir.check_resume_config(saved, cfg_dict, ckpt["epoch"], ckpt_path):
+                rep.warning(f"resuming {ckpt_path}: {warning}")
+            load_matching_state(unwrap(model), ckpt["model"], ckpt_path)
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             scaler.load_state_dict(ckpt["scaler"])
             start_epoch, iteration = ckpt["epoch"], ckpt["iteration"]
+            state = EpochState(**ckpt.get("epoch_state", {}))
             best_mr = ckpt.get("best_mr", math.inf)
             history = ckpt.get("history", [])
             rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
@@ -324,86 +295,91 @@ def fit(
 
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(run_dir)  # of writes killed mid-way (we hold the lock)
+            if resume:
+                rundir.truncate_metrics(run_dir, iteration, eval_done=state.steps == 0)
             save_config(cfg, run_dir / "config.yaml")
         log = MetricsLog(run_dir, enabled=main)
-        cfg_dict = config_to_dict(cfg)
         protocol = "caltech" if cfg.data.format == "caltech" else "citypersons"
+        any_rank = _any_rank(info, device)
         t0 = time.perf_counter()
 
-        progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            TextColumn("{task.fields[speed]}"), TextColumn("{task.fields[losses]}"),
-            console=console, disable=not main, refresh_per_second=4,
-        )
-        with progress:
-            task = progress.add_task(
-                "train", total=iters_per_epoch * tcfg.epochs, completed=iteration,
-                epoch=f"{start_epoch + 1}/{tcfg.epochs}", speed="", losses="",
+        def write_last(epoch: int, best: bool = False) -> None:
+            """``last.pt`` (the one before it kept as ``prev.pt``); a collective under DDP."""
+            rngs = _gather_rng(info)  # every rank's RNG state, so that a DDP run resumes exactly
+            if main:
+                save_checkpoint(
+                    run_dir / rundir.LAST, keep_previous_as=rundir.PREV,
+                    model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+                    epoch=epoch, iteration=iteration, epoch_state=dataclasses.asdict(state),
+                    best_mr=best_mr, history=history, rng=rngs, config=cfg_dict,
+                )
+                if best:
+                    shutil.copyfile(run_dir / rundir.LAST, run_dir / ".best.pt.tmp")
+                    (run_dir / ".best.pt.tmp").replace(run_dir / "best.pt")
+                write_run_curves(run_dir)  # curves.png follows the run, checkpoint by checkpoint
+            ddp.barrier(info)
+
+        stopping = [False]
+
+        def should_stop() -> bool:
+            stopping[0] = any_rank(stop.signum is not None)
+            return stopping[0]
+
+        def interrupted() -> Interrupted:
+            return Interrupted(stop.signum or signal.SIGTERM, run_dir, run_dir / rundir.LAST, iteration)
+
+        rep.start(run_dir, cfg, iters_per_epoch * tcfg.epochs, iteration, start_epoch)
+        for epoch in range(start_epoch, tcfg.epochs):
+            rep.epoch(epoch + 1, tcfg.epochs)
+            loader = make_loader(
+                train_set, tcfg.batch_size, cfg.data.num_workers, tcfg.seed, epoch, info,
+                skip_batches=state.steps,
             )
 
-            def on_step(record: dict[str, Any]) -> None:
-                losses = " ".join(
-                    f"{k.removeprefix('loss_')}={v:.3f}" for k, v in record.items()
-                    if k.startswith("loss") or k.startswith("crowd")
-                )
-                progress.update(
-                    task, advance=1, speed=f"{record['images_per_s']:.1f} img/s",
-                    losses=f"lr={record['lr']:.2e} {losses}",
-                )
-                if record.pop("log"):
-                    log.write({"kind": "train", **record})
-                    if main and not console.is_terminal:  # no live bar in a log file: one line
-                        console.log(
-                            f"epoch {record['epoch']} iter {record['iter']}/{progress.tasks[0].total} "
-                            f"{record['images_per_s']:.1f} img/s data wait {record['data_wait_s']:.3f}s "
-                            f"lr={record['lr']:.2e} {losses}"
-                        )
+            def on_step(record: dict[str, Any], epoch: int = epoch, state: EpochState = state) -> None:
+                nonlocal iteration
+                rep.step(record)
+                if record["log"]:
+                    log.write({"kind": "train", **{k: v for k, v in record.items() if k != "log"}})
+                every = tcfg.checkpoint_every
+                if every > 0 and record["iter"] % every == 0 and state.steps < iters_per_epoch:
+                    iteration = record["iter"]
+                    write_last(epoch)  # mid-epoch: state.steps batches of this epoch are done
 
-            for epoch in range(start_epoch, tcfg.epochs):
-                progress.update(task, epoch=f"{epoch + 1}/{tcfg.epochs}")
-                loader = make_loader(
-                    train_set, tcfg.batch_size, cfg.data.num_workers, tcfg.seed, epoch, info
+            iteration, means = train_one_epoch(
+                model, optimizer, scheduler, scaler, loader, device, epoch,
+                iteration=iteration, amp=tcfg.amp, grad_clip=cfg.optim.grad_clip,
+                log_every=tcfg.log_every, on_step=on_step, world_size=info.world_size,
+                state=state, max_nonfinite=tcfg.max_nonfinite_steps, should_stop=should_stop,
+                any_rank=any_rank, warn=rep.warning,
+            )
+            if stopping[0]:  # a signal: checkpoint where we are (even at the epoch's last step)
+                write_last(epoch)
+                raise interrupted()
+            means = ddp.all_mean(means, info, device)
+            entry: dict[str, Any] = {"epoch": epoch + 1, "iter": iteration, "train": means}
+            last = epoch + 1 == tcfg.epochs
+            is_best = False
+            if main and (last or (tcfg.eval_every > 0 and (epoch + 1) % tcfg.eval_every == 0)):
+                rep.evaluating()
+                dets, report = evaluate_model(
+                    model, val_set, device, protocol=protocol, postprocess=cfg.postprocess
                 )
-                iteration, means = train_one_epoch(
-                    model, optimizer, scheduler, scaler, loader, device, epoch,
-                    iteration=iteration, amp=tcfg.amp, grad_clip=cfg.optim.grad_clip,
-                    log_every=tcfg.log_every, on_step=on_step, world_size=info.world_size,
-                )
-                means = ddp.all_mean(means, info, device)
-                entry: dict[str, Any] = {"epoch": epoch + 1, "iter": iteration, "train": means}
-                last = epoch + 1 == tcfg.epochs
-                is_best = False
-                if main and (last or (tcfg.eval_every > 0 and (epoch + 1) % tcfg.eval_every == 0)):
-                    progress.update(task, losses="evaluating on val ...")
-                    dets, report = evaluate_model(model, val_set, device, protocol=protocol)
-                    mrs = _report_mrs(report)
-                    entry["mr"] = mrs
-                    log.write({"kind": "eval", "epoch": epoch + 1, "iter": iteration, "mr": mrs})
-                    _write_eval_files(run_dir, epoch + 1, dets, report, val_set.records)
-                    primary = mrs.get(PRIMARY_SETUP)
-                    if primary is not None and primary < best_mr:
-                        best_mr, is_best = primary, True
-                    console.log(
-                        f"epoch {epoch + 1}: MR^-2 " + ", ".join(
-                            f"{k} {100 * v:.2f}%" if v is not None else f"{k} n/a"
-                            for k, v in mrs.items()
-                        )
-                    )
-                history.append(entry)
-                # Every rank's RNG state, so that a DDP run resumes exactly too.
-                rngs = _gather_rng(info)
-                if main:
-                    save_checkpoint(
-                        run_dir / "last.pt", model=unwrap(model).state_dict(),
-                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                        scaler=scaler.state_dict(), epoch=epoch + 1, iteration=iteration,
-                        best_mr=best_mr, history=history, rng=rngs, config=cfg_dict,
-                    )
-                    if is_best:
-                        shutil.copyfile(run_dir / "last.pt", run_dir / ".best.pt.tmp")
-                        (run_dir / ".best.pt.tmp").replace(run_dir / "best.pt")
-                ddp.barrier(info)
+                mrs = _report_mrs(report)
+                entry["mr"] = mrs
+                log.write({"kind": "eval", "epoch": epoch + 1, "iter": iteration, "mr": mrs})
+                _write_eval_files(run_dir, epoch + 1, dets, report, val_set.records)
+                primary = mrs.get(PRIMARY_SETUP)
+                if primary is not None and primary < best_mr:
+                    best_mr, is_best = primary, True
+                rep.evaluated(epoch + 1, mrs)
+            history.append(entry)
+            state = EpochState(nonfinite_run=state.nonfinite_run)  # the next epoch starts empty
+            write_last(epoch + 1, best=is_best)
+            if not last and any_rank(stop.signum is not None):  # a signal during the evaluation
+                raise interrupted()
 
         summary = {
             "run_dir": str(run_dir), "epochs": tcfg.epochs, "iterations": iteration,
@@ -413,17 +389,18 @@ def fit(
             "rank": info.rank, "world_size": info.world_size,
         }
         return unwrap(model), summary
+    except Diverged as e:
+        raise Diverged(f"{e}; the last checkpoint ({run_dir / rundir.LAST}) is left as it was") from None
     finally:
+        rep.close()
         if log is not None:
             log.close()
-        if owns_group:
-            ddp.cleanup(info)
 
 
 def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
-          console: Console | None = None) -> dict[str, Any]:
+          reporter: Reporter | None = None) -> dict[str, Any]:
     """Train per ``cfg`` into ``out_dir``; returns the summary (final MR^-2 per setup, ...)."""
-    return fit(cfg, out_dir, resume=resume, console=console)[1]
+    return fit(cfg, out_dir, resume=resume, reporter=reporter)[1]
 
 
 def _gather_rng(info: ddp.DistInfo):
@@ -448,7 +425,10 @@ def _write_eval_files(run_dir: Path, epoch: int, dets, report, records) -> None:
 
 
 def _install_crowd_losses(model: torch.nn.Module, cfg: Config) -> None:
-    """Give the RPN and the RoI head the training criteria of ``cfg.loss``."""
+    """Give the RPN and the RoI head the training criteria of ``cfg.loss`` (and the
+    prior bias of a focal / QFL classifier)."""
+    from pedcrowd.losses.focal import init_classifier_priors
     from pedcrowd.model.detector import install_criteria
 
     install_criteria(model, cfg.model, cfg.loss)
+    init_classifier_priors(model, cfg.model.weights, cfg.loss)

@@ -44,7 +44,13 @@ from pathlib import Path
 import numpy as np
 
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.eval.matching import OverlapPairs, greedy_match, x_overlap_pairs
+from pedcrowd.eval.matching import (
+    MatchDetails,
+    OverlapPairs,
+    greedy_match,
+    source_positions,
+    x_overlap_pairs,
+)
 from pedcrowd.eval.mr import SetupMatches
 from pedcrowd.formats.records import ImageRecord
 
@@ -74,6 +80,7 @@ class Prepared:
     gt_img: np.ndarray
     gt_ignore: np.ndarray
     n_images: int
+    det_order: np.ndarray | None = None  # sorted position -> position in the image-major concatenation
 
     def det_gt_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(det [P], gt [P], intersection [P]) of every same-image pair that intersects (cached)."""
@@ -153,6 +160,7 @@ def prepare(records: list[ImageRecord], dets: Detections, sizes: dict[int, tuple
     gt_raw = np.concatenate([np.asarray(r.boxes, dtype=np.float64).reshape(-1, 4) for r in records]) if n else np.zeros((0, 4))
     gt_ignore = np.concatenate([np.asarray(r.ignore, dtype=bool).reshape(-1) for r in records]) if n else np.zeros(0, bool)
     return Prepared(
+        det_order=order,
         det_boxes=xywh_to_clipped_xyxy(det_boxes, wh[det_img, 0], wh[det_img, 1]),
         det_scores=det_scores,
         det_img=det_img,
@@ -207,6 +215,23 @@ def match(prep: Prepared, return_gt: bool = False):
     return greedy_match(pairs, valid, prep.gt_ignore, strict=True, ties="first", return_gt=return_gt)
 
 
+def match_details(records: list[ImageRecord], dets: Detections, sizes: dict[int, tuple[int, int]]) -> MatchDetails:
+    """Every detection's outcome (``pedcrowd analyze``); boxes ``xywh`` after clipping."""
+    prep = prepare(records, dets, sizes)
+    tp, ignored, taken = match(prep, return_gt=True)
+    order = prep.global_order
+    order = order[~ignored[order]]
+    gt_per_image = np.bincount(prep.gt_img[~prep.gt_ignore], minlength=prep.n_images)
+    sm = SetupMatches("All", "crowdhuman", prep.det_scores[order], tp[order], prep.det_img[order], gt_per_image)
+    xywh = lambda b: np.column_stack([b[:, :2], b[:, 2:] - b[:, :2]])  # noqa: E731
+    return MatchDetails(
+        image_ids=np.array([r.id for r in records], dtype=np.int64), det_img=prep.det_img,
+        det_src=source_positions(prep.det_img, prep.det_order), det_scores=prep.det_scores,
+        det_boxes=xywh(prep.det_boxes), valid=np.ones(len(tp), bool), tp=tp, ignored=ignored, taken=taken,
+        gt_img=prep.gt_img, gt_boxes=xywh(prep.gt_boxes), gt_ignore=prep.gt_ignore, strict=True, matches=sm,
+    )
+
+
 def setup_matches(prep: Prepared) -> SetupMatches:
     """The non-dropped detections in CrowdDet's global order with their TP flags (for MR, AP, bootstrap)."""
     tp, ignored = match(prep)
@@ -238,166 +263,6 @@ def average_precision(matches: SetupMatches, image_counts: np.ndarray | None = N
     return float(np.cumsum(area)[-1])  # cumsum: the same left-to-right sum as the official loop
 
 
-def _max_weight_matching(
-    ed: np.ndarray, eg: np.ndarray, w: np.ndarray, n_det: int, n_gt: int, edge_id: np.ndarray, cache: dict
-):
-    """A maximum-weight bipartite matching (weights > 0) of a graph of many small components.
-
-    A star (one side a single node) takes its heaviest edge; every other
-    component is one small ``linear_sum_assignment`` (maximise, non-edges 0):
-    its best assignment's non-zero pairs are a heaviest matching.
-
-    Thresholds only remove edges, so a component whose (first edge id, edge
-    count) was already solved is the same component: ``cache`` maps that key
-    to its matching, and is updated for the next call.
-
-    Args:
-        ed, eg, w: [E] edge endpoints (detection, GT index) and weights.
-        edge_id: [E] increasing ids of the edges, stable across calls.
-
-    Returns:
-        (det [k], gt [k]) the matched pairs.
-    """
-    if len(ed) == 0:
-        return ed, eg
-    from scipy.optimize import linear_sum_assignment
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    graph = coo_matrix((np.ones(len(ed)), (ed, n_det + eg)), shape=(n_det + n_gt, n_det + n_gt))
-    _, label = connected_components(graph, directed=False)
-    comp = label[ed].astype(np.int64)
-    edges_in = np.bincount(comp)
-    star = np.zeros(len(edges_in), bool)
-    # One detection (or one GT) holds every edge of its component.
-    np.logical_or.at(star, comp, np.bincount(ed, minlength=n_det)[ed] == edges_in[comp])
-    np.logical_or.at(star, comp, np.bincount(eg, minlength=n_gt)[eg] == edges_in[comp])
-    on_star = star[comp]
-    idx = np.flatnonzero(on_star)
-    idx = idx[np.lexsort((-w[idx], comp[idx]))]
-    first = np.r_[True, comp[idx][1:] != comp[idx][:-1]] if len(idx) else np.zeros(0, bool)
-    out_d, out_g = [ed[idx[first]]], [eg[idx[first]]]
-    rest = np.flatnonzero(~on_star)
-    # Components with exactly two GT (or two detections): closed form.
-    for pair_side, other, n_nodes in ((eg, ed, n_gt), (ed, eg, n_det)):
-        nodes = np.unique(comp[rest] * n_nodes + pair_side[rest]) // n_nodes
-        two = (np.bincount(nodes, minlength=len(edges_in)) == 2)[comp[rest]]
-        sel = rest[two]
-        if len(sel):
-            got_other, got_pair = _two_node_side(comp[sel], pair_side[sel], other[sel], w[sel])
-            out_d.append(got_other if pair_side is eg else got_pair)
-            out_g.append(got_pair if pair_side is eg else got_other)
-        rest = rest[~two]
-    if len(rest):
-        rest = rest[np.argsort(comp[rest], kind="stable")]
-        c, d, g, wr = comp[rest], ed[rest], eg[rest], w[rest]
-        bounds = np.flatnonzero(np.r_[True, c[1:] != c[:-1], True])
-        # Local node numbers inside each component, from one sort per side.
-        keys_d, inv_d = np.unique(c * n_det + d, return_inverse=True)
-        keys_g, inv_g = np.unique(c * n_gt + g, return_inverse=True)
-        start_d = np.minimum.reduceat(inv_d, bounds[:-1])
-        start_g = np.minimum.reduceat(inv_g, bounds[:-1])
-        size_d = np.maximum.reduceat(inv_d, bounds[:-1]) - start_d + 1
-        size_g = np.maximum.reduceat(inv_g, bounds[:-1]) - start_g + 1
-        which = np.repeat(np.arange(len(start_d)), np.diff(bounds))
-        ld, lg = inv_d - start_d[which], inv_g - start_g[which]
-        first_id = edge_id[rest[bounds[:-1]]].tolist()
-        fresh = {}
-        for k in range(len(start_d)):
-            a, b = bounds[k], bounds[k + 1]
-            key = (first_id[k], b - a)
-            pair = cache.get(key)
-            if pair is None:
-                weights = np.zeros((size_d[k], size_g[k]))
-                weights[ld[a:b], lg[a:b]] = wr[a:b]
-                r, col = linear_sum_assignment(weights, maximize=True)
-                real = weights[r, col] > 0
-                pair = (keys_d[start_d[k] + r[real]] % n_det, keys_g[start_g[k] + col[real]] % n_gt)
-            fresh[key] = pair
-            out_d.append(pair[0])
-            out_g.append(pair[1])
-        cache.clear()
-        cache.update(fresh)
-    return np.concatenate(out_d), np.concatenate(out_g)
-
-
-def _two_node_side(comp: np.ndarray, pair: np.ndarray, other: np.ndarray, w: np.ndarray):
-    """Heaviest matchings of components whose ``pair`` side has exactly two nodes.
-
-    Every weight lies in (0.5, 1], so two edges always outweigh one: each
-    component takes the best pair (u0, x), (u1, y) with x != y, from the best
-    and second-best partner of each of its two ``pair`` nodes.
-
-    Args:
-        comp, pair, other, w: [E] component, the two-node side's node, the other node, weight.
-
-    Returns:
-        (other [k], pair [k]) matched nodes.
-    """
-    order = np.lexsort((-w, pair, comp))
-    comp, pair, other, w = comp[order], pair[order], other[order], w[order]
-    lead = np.r_[True, (comp[1:] != comp[:-1]) | (pair[1:] != pair[:-1])]
-    starts = np.flatnonzero(lead)  # per (component, pair node), heaviest first; two per component
-    second = np.where(np.r_[starts[1:], len(w)] - starts > 1, starts + 1, -1)
-    s0, s1 = starts[0::2], starts[1::2]  # the two pair nodes of each component
-    t0, t1 = second[0::2], second[1::2]
-    wt = lambda i: np.where(i >= 0, w[i], -np.inf)  # noqa: E731
-    clash = other[s0] == other[s1]
-    alt_a = wt(s0) + wt(t1)  # u0 keeps its best, u1 takes its second
-    alt_b = wt(t0) + wt(s1)
-    use_a = clash & (alt_a >= alt_b)
-    use_b = clash & ~use_a
-    e0 = np.where(use_b, t0, s0)
-    e1 = np.where(use_a, t1, s1)
-    return np.concatenate([other[e0], other[e1]]), np.concatenate([pair[e0], pair[e1]])
-
-
-def jaccard_index(prep: Prepared) -> tuple[float | None, list[float | None]]:
-    """CrowdDet's ``compute_JI_with_ignore`` + ``gather`` over the 10 score thresholds.
-
-    Returns:
-        (JI = the largest defined mean ratio or None, [10] mean ratio per threshold).
-    """
-    n_det, valid = len(prep.det_scores), ~prep.gt_ignore
-    valid_idx, ign_idx = np.flatnonzero(valid), np.flatnonzero(prep.gt_ignore)
-    gv, gi = prep.gt_boxes[valid_idx], prep.gt_boxes[ign_idx]
-    position = np.cumsum(valid) - 1  # GT index -> index among the valid GT
-    pd, pg, inter = prep.det_gt_pairs()
-    # Detection x valid GT: IoU > 0.5 edges.
-    on_valid = valid[pg]
-    vd, vg, vi = pd[on_valid], pg[on_valid], inter[on_valid]
-    iou = vi / (_area(prep.det_boxes, False)[vd] + _area(prep.gt_boxes, False)[vg] - vi + EPS)
-    edge = iou > THRESHOLD
-    ed, eg, ew = vd[edge], position[vg[edge]], iou[edge]
-    # Detections and valid GT that an ignore region covers (IoA over their own, clamped, area).
-    det_cov = np.zeros(n_det, bool)
-    hd, hi = pd[~on_valid], inter[~on_valid]
-    det_cov[hd[hi / (_area(prep.det_boxes, True)[hd] + EPS) > THRESHOLD]] = True
-    a, _, gi_inter = intersections(gv, prep.gt_img[valid_idx], gi, prep.gt_img[ign_idx], prep.n_images)
-    gt_cov = np.zeros(len(valid_idx), bool)
-    gt_cov[a[gi_inter / (_area(gv, True)[a] + EPS) > THRESHOLD]] = True
-    gv_img = prep.gt_img[valid_idx]
-    n_valid = np.bincount(gv_img, minlength=prep.n_images)
-    means: list[float | None] = []
-    cache: dict = {}
-    for t in JI_THRESHOLDS:
-        active = prep.det_scores > t
-        e = active[ed]
-        md, mg = _max_weight_matching(ed[e], eg[e], ew[e], n_det, len(valid_idx), np.flatnonzero(e), cache)
-        det_matched = np.zeros(n_det, bool)
-        det_matched[md] = True
-        gt_matched = np.zeros(len(valid_idx), bool)
-        gt_matched[mg] = True
-        k = np.bincount(prep.det_img[md], minlength=prep.n_images)
-        n = np.bincount(prep.det_img[active & ~(~det_matched & det_cov)], minlength=prep.n_images)
-        m = n_valid - np.bincount(gv_img[~gt_matched & gt_cov], minlength=prep.n_images)
-        ratio = k / (m + n - k + EPS)
-        counted = int(((m != 0) | (n != 0)).sum())
-        means.append(float(ratio.sum() / counted) if counted else None)
-    defined = [v for v in means if v is not None]
-    return (max(defined) if defined else None), means
-
-
 def evaluate_crowdhuman(
     records: list[ImageRecord],
     dets: Detections,
@@ -418,7 +283,12 @@ def evaluate_crowdhuman(
     prep = prepare(records, dets, sizes)
     sm = setup_matches(prep)
     fppi, miss = sm.curve()
-    ji, per_t = jaccard_index(prep) if "JI" in metrics else (None, [None] * len(JI_THRESHOLDS))
+    if "JI" in metrics:
+        from pedcrowd.eval.ji import jaccard_index
+
+        ji, per_t = jaccard_index(prep)
+    else:
+        ji, per_t = None, [None] * len(JI_THRESHOLDS)
     return CrowdHumanResult(
         mr=sm.mr() if "MR-2" in metrics else None,
         ap=average_precision(sm) if "AP" in metrics else None,
@@ -468,20 +338,39 @@ def load_crowdhuman(
     (default ``Images/`` beside the ``.odgt``).
     """
     from pedcrowd.fileio import existing_path
-    from pedcrowd.formats.crowdhuman import read_crowddet_detections, read_odgt
+    from pedcrowd.formats.crowdhuman import read_odgt
 
     gt_path = existing_path(gt_path)
     records = read_odgt(gt_path)
+    dets, det_sizes = load_detections(dets_path, records)
+    return records, dets, load_sizes(records, gt_path, det_sizes, images, image_root)
+
+
+def load_detections(dets_path: str | Path, records: list[ImageRecord]) -> tuple[Detections, dict[int, tuple[int, int]]]:
+    """A results JSON list or a CrowdDet dump (sniffed from the first character) -> (dets, sizes it gives)."""
+    from pedcrowd.fileio import existing_path
+    from pedcrowd.formats.crowdhuman import read_crowddet_detections
+
     dets_path = existing_path(dets_path)
     with open(dets_path, "rb") as f:
         head = f.read(4096).lstrip()
-    det_sizes: dict[int, tuple[int, int]] = {}
     if head[:1] == b"{":
-        dets, det_sizes = read_crowddet_detections(dets_path, records)
-    else:
-        from pedcrowd.formats.detections import read_detections_json
+        return read_crowddet_detections(dets_path, records)
+    from pedcrowd.formats.detections import read_detections_json
 
-        dets = read_detections_json(dets_path, records)
+    return read_detections_json(dets_path, records), {}
+
+
+def load_sizes(
+    records: list[ImageRecord],
+    gt_path: Path,
+    det_sizes: dict[int, tuple[int, int]],
+    images: str | Path | None = None,
+    image_root: str | Path | None = None,
+) -> dict[int, tuple[int, int]]:
+    """Every record's (width, height): the ``.odgt`` line, ``det_sizes``, the
+    ``images`` file, then the image files (see :func:`load_crowdhuman`)."""
+    gt_path = Path(gt_path)
     sizes = {r.id: (r.width, r.height) for r in records if r.width and r.height}
     for rid, wh in det_sizes.items():
         sizes.setdefault(rid, wh)
@@ -503,7 +392,7 @@ def load_crowdhuman(
             f"{gt_path}: no size for image {missing[0].file_name!r} ({len(missing)} of {len(records)} images): "
             "give CrowdDet records with height/width, --images FILE or --image-root DIR"
         )
-    return records, dets, sizes
+    return sizes
 
 
 def _sizes_from_files(records: list[ImageRecord], sizes: dict[int, tuple[int, int]], root: Path) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.eval.matching import greedy_match, overlap_pairs
+from pedcrowd.eval.matching import MatchDetails, greedy_match, overlap_pairs, source_positions
 from pedcrowd.eval.mr import SetupMatches
 from pedcrowd.eval.setups import CALTECH_SETUPS, CITYPERSONS_SETUPS, Setup, parse_setup
 from pedcrowd.formats.records import PEDESTRIAN, ImageRecord
@@ -105,11 +105,13 @@ def load_ground_truth(path: str | Path, protocol: str = "citypersons", images: s
         protocol: ``citypersons`` or ``caltech`` (only checked here).
         images: the ``{"images": [...]}`` list naming the frames of Caltech caches.
     """
-    from pedcrowd.fileio import existing_path
+    from pedcrowd.fileio import existing_path, regular_file
     from pedcrowd.formats.registry import ground_truth_format
 
     _check_protocol(protocol)
     path = existing_path(path, "file or folder")
+    if not path.is_dir():
+        regular_file(path, "ground-truth file")  # a FIFO would block the reader forever
     if path.is_dir():
         caches = sorted(path.glob("gt-*.mat"))
         if caches:
@@ -124,7 +126,10 @@ def load_ground_truth(path: str | Path, protocol: str = "citypersons", images: s
         if "gt" in variables:
             return _load_caches([path], images, path)
     fmt = ground_truth_format(path)
-    return GroundTruth(fmt.read(path, **fmt.eval_options), fmt.name, path)
+    records = fmt.read(path, **fmt.eval_options)
+    if not records:
+        raise PedcrowdError(f"{path}: the ground truth lists no images; nothing to evaluate")
+    return GroundTruth(records, fmt.name, path)
 
 
 def _load_caches(files: list[Path], images: str | Path | None, source: Path) -> GroundTruth:
@@ -204,6 +209,7 @@ class _Prepared:
         det_img = np.concatenate(img) if img else np.zeros(0, dtype=np.int64)
         # Per image: score descending, stable (ties keep file order).
         order = np.lexsort((-det_scores, det_img))
+        self.det_order = order  # sorted position -> position in the concatenation (pedcrowd analyze)
         det_boxes, self.det_scores, self.det_img = det_boxes[order], det_scores[order], det_img[order]
         if protocol == "caltech" and resize_dets:
             det_boxes = resize_to_aspect(det_boxes)
@@ -265,6 +271,19 @@ def _caltech_gt(records: list[ImageRecord], setup: Setup) -> tuple[np.ndarray, n
 
 
 def _match_prepared(prep: _Prepared, gt: GroundTruth, setup: Setup, protocol: str) -> SetupMatches:
+    valid, tp, ignored, _, gt_ignore, _ = _match_arrays(prep, gt, setup, protocol)
+    return _as_setup_matches(prep, setup, protocol, valid, tp, ignored, gt_ignore)
+
+
+def _as_setup_matches(prep: _Prepared, setup: Setup, protocol: str, valid, tp, ignored, gt_ignore) -> SetupMatches:
+    keep = (valid & ~ignored)[prep.global_order]
+    order = prep.global_order[keep]
+    gt_per_image = np.bincount(prep.gt_img[~gt_ignore], minlength=prep.n_images)
+    return SetupMatches(setup.name, protocol, prep.det_scores[order], tp[order], prep.det_img[order], gt_per_image)
+
+
+def _match_arrays(prep: _Prepared, gt: GroundTruth, setup: Setup, protocol: str):
+    """(valid [D], tp [D], ignored [D], taken [D], gt_ignore [M], gt_boxes [M, 4] xywh as matched)."""
     records = prep.records
     if gt.kind == "caltech-cache":
         cache = gt.caches[setup.name]
@@ -282,11 +301,8 @@ def _match_prepared(prep: _Prepared, gt: GroundTruth, setup: Setup, protocol: st
     if protocol == "citypersons":
         valid &= prep.det_rank < MAX_DETS  # the cap comes before the height filter
     id_zero = prep.gt_id_zero if protocol == "citypersons" and gt.kind != "caltech-cache" else None
-    tp, ignored = greedy_match(pairs, valid, gt_ignore, id_zero)
-    keep = (valid & ~ignored)[prep.global_order]
-    order = prep.global_order[keep]
-    gt_per_image = np.bincount(prep.gt_img[~gt_ignore], minlength=prep.n_images)
-    return SetupMatches(setup.name, protocol, prep.det_scores[order], tp[order], prep.det_img[order], gt_per_image)
+    tp, ignored, taken = greedy_match(pairs, valid, gt_ignore, id_zero, return_gt=True)
+    return valid, tp, ignored, taken, gt_ignore, gt_boxes if protocol == "caltech" or gt.kind == "caltech-cache" else prep.gt_boxes
 
 
 def _prepare(gt: GroundTruth, dets: Detections, protocol: str, resize_dets: bool) -> _Prepared:
@@ -316,6 +332,28 @@ def match_setups(
     chosen = resolve_setups(gt, protocol, setups)
     prep = _prepare(gt, dets, protocol, resize_dets)
     return {setup.name: _match_prepared(prep, gt, setup, protocol) for setup in chosen}
+
+
+def match_details(
+    gt: GroundTruth | list[ImageRecord],
+    dets: Detections,
+    setup: Setup | str,
+    *,
+    protocol: str = "citypersons",
+    resize_dets: bool = True,
+) -> MatchDetails:
+    """Every detection's outcome for one setup (``pedcrowd analyze``); arguments as :func:`match_setup`."""
+    gt = _as_ground_truth(gt)
+    (setup,) = resolve_setups(gt, protocol, [setup])
+    prep = _prepare(gt, dets, protocol, resize_dets)
+    valid, tp, ignored, taken, gt_ignore, gt_boxes = _match_arrays(prep, gt, setup, protocol)
+    return MatchDetails(
+        image_ids=np.array([r.id for r in prep.records], dtype=np.int64),
+        det_img=prep.det_img, det_src=source_positions(prep.det_img, prep.det_order),
+        det_scores=prep.det_scores, det_boxes=prep.det_boxes, valid=valid, tp=tp, ignored=ignored,
+        taken=taken, gt_img=prep.gt_img, gt_boxes=gt_boxes, gt_ignore=gt_ignore, strict=False,
+        matches=_as_setup_matches(prep, setup, protocol, valid, tp, ignored, gt_ignore),
+    )
 
 
 def match_setup(

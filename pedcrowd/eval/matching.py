@@ -187,3 +187,52 @@ def greedy_match(
         tp[tp] = ~gt_id_zero[taken[tp]]
         taken[~tp] = -1
     return (tp, ignored, taken) if return_gt else (tp, ignored)
+
+
+@dataclass
+class MatchDetails:
+    """Every detection's matching outcome for one setup, for error analysis (``pedcrowd analyze``).
+
+    Detections are in the evaluator's order (image-major, score descending
+    within an image); GT in record order.
+
+    Attributes:
+        image_ids: [I] record id of each image index.
+        det_img: [D] image index; det_src: [D] position of the detection in its
+            image's input arrays; det_scores: [D]; det_boxes: [D, 4] ``xywh`` as
+            matched (Caltech: resized, CrowdHuman: clipped).
+        valid: [D] bool, takes part (cap and height filter passed);
+        tp, ignored: [D] bool; taken: [D] the GT index a true positive took, else -1.
+        gt_img: [M]; gt_boxes: [M, 4] ``xywh`` as matched; gt_ignore: [M] bool.
+        strict: overlaps must exceed (True) or reach (False) :data:`THRESHOLD`.
+        matches: the setup's :class:`pedcrowd.eval.mr.SetupMatches` (MR^-2, curve).
+    """
+
+    image_ids: np.ndarray
+    det_img: np.ndarray
+    det_src: np.ndarray
+    det_scores: np.ndarray
+    det_boxes: np.ndarray
+    valid: np.ndarray
+    tp: np.ndarray
+    ignored: np.ndarray
+    taken: np.ndarray
+    gt_img: np.ndarray
+    gt_boxes: np.ndarray
+    gt_ignore: np.ndarray
+    strict: bool
+    matches: object
+
+
+def source_positions(det_img: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """[D] each sorted detection's position in its image's input arrays.
+
+    Args:
+        det_img: [D] image index of the sorted detections (non-decreasing).
+        order: [D] the sort: sorted position -> position in the image-major concatenation.
+    """
+    if len(order) == 0:
+        return np.zeros(0, dtype=np.int64)
+    counts = np.bincount(det_img)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return order - starts[det_img]

@@ -96,6 +96,8 @@ def parse_setup(text: str, known: dict[str, Setup]) -> Setup:
         h0, h1, v0, v1 = (float(m[k]) for k in ("h0", "h1", "v0", "v1"))
     except ValueError:
         raise PedcrowdError(f"--setup {text!r}: bounds must be numbers or 'inf'") from None
+    if any(math.isnan(b) for b in (h0, h1, v0, v1)):
+        raise PedcrowdError(f"--setup {text!r}: a bound is NaN; bounds must be numbers or 'inf'")
     if h0 > h1 or v0 > v1:
         raise PedcrowdError(f"--setup {text!r}: lower bound above upper bound")
     return Setup(m["name"], (h0, h1), (v0, v1))

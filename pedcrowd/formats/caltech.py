@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.fileio import existing_path
+from pedcrowd.fileio import existing_path, regular_file
+from pedcrowd.formats import validate
 from pedcrowd.formats.records import GROUP, IGNORE_REGION, PEDESTRIAN, UNSURE, ImageRecord
 
 LABELS = {"person": PEDESTRIAN, "person?": UNSURE, "people": GROUP, "ignore": IGNORE_REGION}
@@ -59,6 +60,8 @@ def _read_bbgt_file(path: Path, image_id: int, file_name: str) -> ImageRecord:
         except ValueError:
             raise PedcrowdError(f"{path}: line {j + 2}: non-numeric field") from None
         boxes[j] = nums[0:4]
+        if not np.isfinite(nums).all():
+            raise PedcrowdError(f"{path}: line {j + 2}: NaN or infinite value")
         if boxes[j, 2] < 0 or boxes[j, 3] < 0:
             raise PedcrowdError(f"{path}: line {j + 2}: negative box size")
         cats[j] = LABELS[label]
@@ -145,7 +148,7 @@ def read_caltech_gt_cache(path: str | Path, images: str | Path | list[ImageRecor
 
     from pedcrowd.formats.coco import read_image_list
 
-    path = existing_path(path)
+    path = regular_file(path, ".mat file")
     if not isinstance(images, list):
         images = read_image_list(images)
     try:
@@ -163,6 +166,7 @@ def read_caltech_gt_cache(path: str | Path, images: str | Path | list[ImageRecor
         arr = arr.reshape(-1, arr.shape[-1] if arr.size else 5)
         if arr.shape[1] < 5:
             raise PedcrowdError(f"{path}: frame {im.file_name} has {arr.shape[1]} columns, expected 5")
+        validate.finite_rows(arr[:, :5], path, f"frame {im.file_name}")
         k = len(arr)
         records.append(
             ImageRecord(
@@ -182,7 +186,7 @@ def read_caltech_gt_cache(path: str | Path, images: str | Path | list[ImageRecor
 
 
 def _parse_rows(path: Path, ncols: int) -> np.ndarray:
-    text = path.read_text()
+    text = regular_file(path).read_text()
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if not lines:
         return np.zeros((0, ncols))
@@ -193,7 +197,11 @@ def _parse_rows(path: Path, ncols: int) -> np.ndarray:
     if values.size != ncols * len(lines):
         bad = next(i for i, ln in enumerate(lines) if len(ln.replace(",", " ").split()) != ncols)
         raise PedcrowdError(f"{path}: line {bad + 1} does not have {ncols} values")
-    return values.reshape(-1, ncols)
+    rows = values.reshape(-1, ncols)
+    bad_rows = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    if len(bad_rows):
+        raise PedcrowdError(f"{path}: line {bad_rows[0] + 1}: NaN or infinite value")
+    return rows
 
 
 def read_caltech_results(path: str | Path) -> dict[FrameKey, np.ndarray]:
@@ -207,12 +215,25 @@ def read_caltech_results(path: str | Path) -> dict[FrameKey, np.ndarray]:
     """
     path = existing_path(path, "folder")
     out: dict[FrameKey, list[np.ndarray]] = {}
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
+    files = sorted(path.rglob("*.txt")) if path.is_dir() else [regular_file(path)]
+    if not files:
+        raise PedcrowdError(
+            f"{path}: no Caltech result files (setXX/VYYY.txt or setXX/VYYY/I#####.txt) in this folder"
+        )
     for f in files:
         stem = f.with_suffix("").as_posix()
         vm = _VIDEO_RE.search(stem)
         if vm:
             rows = _parse_rows(f, 6)
+            if not len(rows):  # a video without detections: valid, nothing to add
+                continue
+            frame = rows[:, 0]
+            bad = np.flatnonzero(~np.isfinite(frame) | (frame < 1) | (frame != np.round(frame)))
+            if len(bad):
+                raise PedcrowdError(
+                    f"{f}: line {bad[0] + 1}: frame {frame[bad[0]]:g} is not a 1-based frame number "
+                    "(an integer >= 1; frame 30 is I00029)"
+                )
             order = np.argsort(rows[:, 0], kind="stable")  # group by frame, file order inside
             rows = rows[order]
             frames, starts = np.unique(rows[:, 0], return_index=True)

@@ -14,6 +14,7 @@ import numpy as np
 
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import field, load_json
+from pedcrowd.formats import validate
 from pedcrowd.formats.records import (
     GROUP,
     IGNORE_REGION,
@@ -55,8 +56,8 @@ def read_image_list(path: str | Path) -> list[ImageRecord]:
         raise PedcrowdError(f"{path}: expected {{\"images\": [{{\"id\", \"file_name\"}}, ...]}}")
     records = []
     seen = set()
-    for im in images:
-        image_id = int(field(im, "id", path, "an image"))
+    for i, im in enumerate(images):
+        image_id = validate.integer_id(field(im, "id", path, f"image {i}"), path, f"image {i}")
         if image_id in seen:
             raise PedcrowdError(f"{path}: duplicate image id {image_id}")
         seen.add(image_id)
@@ -124,15 +125,25 @@ def coco_json_records(data: object, path: Path, category: str | int | None = "pe
     keep = _select_category(categories, category, path)
     names = {int(c["id"]): str(c.get("name", "")).lower() for c in categories if "id" in c}
 
+    if not isinstance(images, list) or not isinstance(anns, list):
+        raise PedcrowdError(f"{path}: 'images' and 'annotations' must be lists")
     by_image: dict[int, list[dict]] = {}
-    for a in anns:
-        cat = int(field(a, "category_id", path, f"annotation {a.get('id', '?')}"))
+    for i, a in enumerate(anns):
+        where = f"annotation {a.get('id', i) if isinstance(a, dict) else i}"
+        cat = validate.category_id(field(a, "category_id", path, where), path, where)
         if keep is None or cat in keep:
-            by_image.setdefault(int(field(a, "image_id", path, "an annotation")), []).append(a)
+            image_id = validate.integer_id(field(a, "image_id", path, where), path, where)
+            by_image.setdefault(image_id, []).append(a)
 
+    ids = [validate.integer_id(field(im, "id", path, f"image {i}"), path, f"image {i}") for i, im in enumerate(images)]
+    names_seen: set = set()
+    for image_id, im in zip(ids, images, strict=True):  # a GT listing an image twice counts it twice
+        name = im.get("file_name", im.get("im_name"))
+        if image_id in names_seen or (name is not None and ("name", str(name)) in names_seen):
+            raise PedcrowdError(f"{path}: image {image_id if image_id in names_seen else name!r} is listed twice")
+        names_seen.update((image_id, ("name", str(name))))
     records = []
-    for im in sorted(images, key=lambda im: int(field(im, "id", path, "an image"))):
-        image_id = int(im["id"])
+    for image_id, im in sorted(zip(ids, images, strict=True), key=lambda pair: pair[0]):
         name = im.get("file_name", im.get("im_name"))
         if name is None:
             raise PedcrowdError(f"{path}: image {image_id} has no 'file_name' field")
@@ -148,23 +159,19 @@ def coco_json_records(data: object, path: Path, category: str | int | None = "pe
         ids = np.zeros(k, dtype=np.int64)
         for j, a in enumerate(objs):
             where = f"annotation {a.get('id', '?')}"
-            box = np.asarray(field(a, "bbox", path, where), dtype=np.float64)
-            if box.shape != (4,):
-                raise PedcrowdError(f"{path}: {where} has a bbox that is not [x, y, w, h]")
-            if box[2] < 0 or box[3] < 0:
-                raise PedcrowdError(f"{path}: {where} has a negative box size")
+            box = np.asarray(validate.xywh(field(a, "bbox", path, where), path, where), dtype=np.float64)
             boxes[j] = box
             if a.get("vis_bbox") is not None:
-                vis[j] = a["vis_bbox"]
+                vis[j] = validate.xywh(a["vis_bbox"], path, where, "vis_bbox")
             crowd[j] = bool(a.get("iscrowd", 0))
             ignore[j] = crowd[j] or bool(a.get("ignore", 0))
-            cats[j] = CATEGORY_NAMES.get(names.get(int(a["category_id"]), "person"), OTHER)
-            heights[j] = a["height"] if "height" in a else box[3]
+            cats[j] = CATEGORY_NAMES.get(names.get(validate.category_id(a["category_id"], path, where), "person"), OTHER)
+            heights[j] = validate.number(a["height"], path, where, "height") if "height" in a else box[3]
             if "vis_ratio" in a:
-                ratios[j] = a["vis_ratio"]
+                ratios[j] = validate.number(a["vis_ratio"], path, where, "vis_ratio")
             elif not np.isnan(vis[j, 0]) and box[2] * box[3] > 0:
                 ratios[j] = vis[j, 2] * vis[j, 3] / (box[2] * box[3])
-            ids[j] = a.get("id", 0)
+            ids[j] = validate.integer_id(a["id"], path, where, "annotation id") if "id" in a else 0
         records.append(
             ImageRecord(
                 id=image_id,

@@ -11,11 +11,14 @@ full body (it may reach past the image border), ``vbox`` the visible part,
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.fileio import regular_file
+from pedcrowd.formats import validate
 from pedcrowd.formats.records import IGNORE_REGION, PEDESTRIAN, ImageRecord
 
 
@@ -25,7 +28,7 @@ def _box(obj: dict, key: str, where: str) -> list[float]:
         return [np.nan] * 4
     if not isinstance(box, list) or len(box) != 4:
         raise PedcrowdError(f"{where}: '{key}' must be a list of 4 numbers, got {box!r}")
-    return [float(v) for v in box]
+    return [validate.number(v, where, "a gtbox", f"'{key}' value") for v in box]
 
 
 def _fast_columns(objs: list) -> tuple[np.ndarray, np.ndarray, list[bool], list[bool]] | None:
@@ -34,8 +37,11 @@ def _fast_columns(objs: list) -> tuple[np.ndarray, np.ndarray, list[bool], list[
         boxes = np.array([o["fbox"] for o in objs], dtype=np.float64)
         vis = np.array([o["vbox"] for o in objs], dtype=np.float64)
         person = [o.get("tag", "person") == "person" for o in objs]
-        flagged = [int((o.get("extra") or {}).get("ignore", 0)) != 0 for o in objs]
-    except (KeyError, TypeError, ValueError, AttributeError):
+        extras = [o.get("extra") or {} for o in objs]
+        if not all(isinstance(e, dict) and type(e.get("ignore", 0)) in (int, float) for e in extras):
+            return None
+        flagged = [int(e.get("ignore", 0)) != 0 for e in extras]
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
         return None
     if boxes.shape != (len(objs), 4) or vis.shape != (len(objs), 4):
         return None
@@ -45,7 +51,11 @@ def _fast_columns(objs: list) -> tuple[np.ndarray, np.ndarray, list[bool], list[
 def _parse_line(data: dict, index: int, first_ann_id: int, where: str) -> ImageRecord:
     if not isinstance(data, dict) or "ID" not in data:
         raise PedcrowdError(f"{where}: expected an object with an 'ID' field")
+    if isinstance(data["ID"], bool) or not isinstance(data["ID"], str | int):
+        raise PedcrowdError(f"{where}: 'ID' must be a string, got {data['ID']!r}")
     objs = data.get("gtboxes", [])
+    if not isinstance(objs, list) or not all(isinstance(o, dict) for o in objs):
+        raise PedcrowdError(f"{where}: 'gtboxes' must be a list of objects")
     fast = _fast_columns(objs) if isinstance(objs, list) and objs else None
     if fast is not None:
         box_arr, vis_arr, person, ignore = fast
@@ -59,13 +69,18 @@ def _parse_line(data: dict, index: int, first_ann_id: int, where: str) -> ImageR
         boxes.append(_box(obj, "fbox", where))
         vis.append(_box(obj, "vbox", where))
         extra = obj.get("extra") or {}
+        if not isinstance(extra, dict):
+            raise PedcrowdError(f"{where}: a gtbox 'extra' must be an object, got {extra!r}")
         # Anything that is not a person (masks and any tag we do not know) is
         # a region to ignore: treating it as background would teach the model
         # that people in crowds are negatives.
         is_person = tag == "person"
         categories.append(PEDESTRIAN if is_person else IGNORE_REGION)
         # CrowdDet (load_gt_boxes) ignores any non-zero extra.ignore.
-        ignore.append(not is_person or int(extra.get("ignore", 0)) != 0)
+        flag = extra.get("ignore", 0)
+        if flag is not None and (isinstance(flag, bool) or not isinstance(flag, int | float) or not math.isfinite(flag)):
+            raise PedcrowdError(f"{where}: a gtbox 'extra.ignore' must be a number, got {flag!r}")
+        ignore.append(not is_person or (flag or 0) != 0)
     box_arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     vis_arr = np.asarray(vis, dtype=np.float64).reshape(-1, 4)
     return _record(data, index, first_ann_id, where, box_arr, vis_arr, categories, ignore)
@@ -122,11 +137,12 @@ def read_odgt(path: str | Path) -> list[ImageRecord]:
     Args:
         path: the ``.odgt`` file.
     """
-    path = Path(path)
+    path = regular_file(path, "CrowdHuman .odgt file")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise PedcrowdError(f"{path}: cannot read CrowdHuman annotations ({exc.strerror})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PedcrowdError(f"{path}: cannot read CrowdHuman annotations ({exc})") from exc
+    seen: set[str] = set()
     records: list[ImageRecord] = []
     next_ann_id = 1
     for lineno, line in enumerate(lines, start=1):
@@ -138,6 +154,10 @@ def read_odgt(path: str | Path) -> list[ImageRecord]:
         except json.JSONDecodeError as exc:
             raise PedcrowdError(f"{where}: not a JSON object ({exc.msg})") from exc
         record = _parse_line(data, len(records) + 1, next_ann_id, where)
+        if record.file_name in seen:  # listed twice, its boxes would count twice
+            raise PedcrowdError(f"{where}: image {data['ID']!r} is listed twice")
+        seen.add(record.file_name)
+        validate.finite_rows(record.boxes, where, f"image {data['ID']!r}", "fbox")
         next_ann_id += len(record)
         records.append(record)
     return records
@@ -164,11 +184,11 @@ def read_crowddet_detections(
         PedcrowdError: unreadable file, bad line, unknown or repeated ``ID``,
             a box that is not 4 numbers, a NaN score or a negative size.
     """
-    path = Path(path)
+    path = regular_file(path, "detection file")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise PedcrowdError(f"{path}: cannot read detections ({exc.strerror})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PedcrowdError(f"{path}: cannot read detections ({exc})") from exc
     by_id = {odgt_id(r): r.id for r in records}
     dets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     sizes: dict[int, tuple[int, int]] = {}
@@ -192,12 +212,14 @@ def read_crowddet_detections(
             sizes[image] = (width, height)
         rows = data["dtboxes"]
         try:
-            boxes = np.array([d["box"] for d in rows], dtype=np.float64).reshape(len(rows), 4)
+            boxes = np.array([d["box"] for d in rows], dtype=np.float64).reshape(len(rows), -1)
             scores = np.array([d["score"] for d in rows], dtype=np.float64).reshape(len(rows))
+            if boxes.shape != (len(rows), 4) or any(np.ndim(d["box"]) != 1 for d in rows):
+                raise ValueError("not [x, y, w, h]")
         except (KeyError, TypeError, ValueError):
             raise PedcrowdError(f"{where}: every dtbox needs 'box' [x, y, w, h] and a numeric 'score'") from None
-        if np.isnan(scores).any() or np.isnan(boxes).any():
-            raise PedcrowdError(f"{where}: NaN score or coordinate")
+        if not np.isfinite(scores).all() or not np.isfinite(boxes).all():
+            raise PedcrowdError(f"{where}: NaN or infinite score or coordinate")
         if (boxes[:, 2:] < 0).any():
             raise PedcrowdError(f"{where}: negative box size")
         dets[image] = (boxes, scores)

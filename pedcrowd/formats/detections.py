@@ -8,7 +8,6 @@ order is kept within each image (it breaks score ties).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from pedcrowd.boxes import xyxy_to_xywh
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import existing_path, load_json
+from pedcrowd.formats import validate
 from pedcrowd.formats.records import ImageRecord
 
 Detections = dict[int, tuple[np.ndarray, np.ndarray]]
@@ -167,22 +167,29 @@ def output_to_xywh(output: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_rows(path: Path, boxes: np.ndarray, scores: np.ndarray, where: str) -> None:
-    if np.isnan(scores).any() or np.isnan(boxes).any():
-        raise PedcrowdError(f"{path}: {where}: NaN score or coordinate")
+    if not np.isfinite(scores).all() or not np.isfinite(boxes).all():
+        raise PedcrowdError(f"{path}: {where}: NaN or infinite score or coordinate")
     if (boxes[:, 2:] < 0).any():
         raise PedcrowdError(f"{path}: {where}: negative box size")
 
 
+
+
 def _read_fast(path: Path, data: list, images: list[ImageRecord]) -> Detections | None:
     """Column-wise read of a well-formed list keyed by ``image_id``; None if anything is unusual."""
-    try:
+    try:  # ids must already be plain ints: a float id is never truncated to another image
+        if not all(validate.is_integral(d["image_id"]) and validate.is_integral(d.get("category_id", 1))
+                   for d in data):
+            return None
         image_ids = np.array([d["image_id"] for d in data], dtype=np.int64)
         cats = np.array([d.get("category_id", 1) for d in data], dtype=np.int64)
-        boxes = np.array([d["bbox"] for d in data], dtype=np.float64).reshape(-1, 4)
+        boxes = np.array([d["bbox"] for d in data], dtype=np.float64)
         scores = np.array([d["score"] for d in data], dtype=np.float64)
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
         return None
-    if len(boxes) != len(data) or np.isnan(scores).any() or np.isnan(boxes).any() or (boxes[:, 2:] < 0).any():
+    if boxes.ndim != 2 or boxes.shape != (len(data), 4) or scores.shape != (len(data),):
+        return None  # nested or short bbox lists, list scores: the slow path names the entry
+    if not (np.isfinite(scores).all() and np.isfinite(boxes).all()) or (boxes[:, 2:] < 0).any():
         return None
     known = np.array(sorted(im.id for im in images), dtype=np.int64)
     keep = cats == 1
@@ -234,10 +241,10 @@ def read_detections_json(path: str | Path, images: list[ImageRecord]) -> Detecti
         where = f"detection {i}"
         if not isinstance(d, dict):
             raise PedcrowdError(f"{path}: {where} is not an object")
-        if int(d.get("category_id", 1)) != 1:
+        if validate.category_id(d.get("category_id", 1), path, where) != 1:
             continue
         if "image_id" in d:
-            image_id = d["image_id"]
+            image_id = validate.integer_id(d["image_id"], path, where)
             if image_id not in known:
                 raise PedcrowdError(f"{path}: {where} is for unknown image id {image_id}")
         elif "file_name" in d:
@@ -249,11 +256,8 @@ def read_detections_json(path: str | Path, images: list[ImageRecord]) -> Detecti
         for key in ("bbox", "score"):
             if key not in d:
                 raise PedcrowdError(f"{path}: {where} has no '{key}' field")
-        bbox, score = d["bbox"], d["score"]
-        if not (isinstance(bbox, list) and len(bbox) == 4):
-            raise PedcrowdError(f"{path}: {where}: 'bbox' must be [x, y, w, h]")
-        if score is None or (isinstance(score, float) and math.isnan(score)):
-            raise PedcrowdError(f"{path}: {where}: NaN score")
+        bbox = validate.xywh(d["bbox"], path, where)
+        score = validate.number(d["score"], path, where, "score")
         per_image.setdefault(int(image_id), []).append((bbox, score))
     out: Detections = {}
     for image_id, rows in per_image.items():

@@ -2,7 +2,7 @@
 and ``data stats`` alike.
 
 An entry names its reader (``"module:function"``, imported on first use so that
-this module stays torch- and scipy-free), the ground-truth file types it
+this module imports only the standard library), the ground-truth file types it
 claims, where its files live in the standard layout, and the MR^-2 protocol
 its ground truth is evaluated with by default. Adding a format is a reader
 module plus one entry in :data:`FORMATS`.
@@ -17,10 +17,12 @@ import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.formats.records import ImageRecord
+
+if TYPE_CHECKING:
+    from pedcrowd.formats.records import ImageRecord
 
 
 def _resolve(spec: str) -> Callable:

@@ -51,11 +51,12 @@ class NmsLossConfig:
     decided by the second stage's NMS.
     """
 
-    lambda_pull: float = 0.0  # weight of the pull term (0 skips NMS-Loss unless push > 0)
-    lambda_push: float = 0.0  # weight of the push term
+    # weight of the pull term (0 skips NMS-Loss unless push > 0)
+    lambda_pull: float = field(default=0.0, metadata={"range": ">= 0"})
+    lambda_push: float = field(default=0.0, metadata={"range": ">= 0"})  # weight of the push term
     # N_t of the simulated NMS. null: model.box_nms_thresh at the roi stage (the NMS the
     # loss simulates), the official 0.5 at the rpn stage
-    nms_thresh: float | None = None
+    nms_thresh: float | None = field(default=None, metadata={"range": "(0, 1]"})
     add_gt: bool = True  # GTs join as score-1.0 predictions and become b_max
     pull_relax: bool = True  # -ln(1 - N_t + IoU) (official); False: -ln(IoU) (paper)
     push_relax: bool = False  # -ln(1 + N_t - IoU); False: -ln(1 - IoU) (official)
@@ -100,8 +101,8 @@ class NmsLossConfig:
 class RepLossConfig:
     """Repulsion Loss (Wang et al., CVPR 2018); see ``pedcrowd.losses.repulsion``."""
 
-    alpha: float = 0.0  # weight of RepGT
-    beta: float = 0.0  # weight of RepBox
+    alpha: float = field(default=0.0, metadata={"range": ">= 0"})  # weight of RepGT
+    beta: float = field(default=0.0, metadata={"range": ">= 0"})  # weight of RepBox
     sigma_gt: float = 1.0  # Smooth_ln sigma of RepGT (paper 1.0: plain -ln(1 - IoG))
     sigma_box: float = 0.0  # Smooth_ln sigma of RepBox (paper 0.0: linear in IoU)
     # box_loss (paper-exact): scaled like the attraction term, which torchvision's box loss
@@ -115,6 +116,89 @@ class RepLossConfig:
 
     def stages(self) -> tuple[str, ...]:
         return ("roi",)
+
+
+# sample imbalance (issue 11)
+
+
+@dataclass
+class FocalConfig:
+    """Focal loss (Lin et al., ICCV 2017); see ``pedcrowd.losses.focal``. Used by
+    ``loss.cls: focal`` (RoI head) and ``loss.rpn_cls: focal`` (RPN objectness)."""
+
+    gamma: float = 2.0  # focusing parameter
+    alpha: float = 0.25  # weight of the positives (negatives 1 - alpha); < 0: none
+    # pi of the bias initialisation -log((1 - pi) / pi) of the classifier it trains
+    # (RoI head: b_ped - b_bg); null keeps the usual initialisation. Applied when the
+    # model starts from weights none / imagenet (a weights file brings its own bias).
+    prior: float | None = 0.01
+    # rows: sampled (the sampler's) or all (every anchor / proposal with label >= 0,
+    # RetinaNet's dense form); auto: RoI head sampled, RPN all
+    rows: Literal["auto", "sampled", "all"] = "auto"
+    # divide the sum by the rows (sampled, mmdetection's two-stage heads, torchvision's
+    # mean) or the positives among them (RetinaNet); auto: RoI sampled, RPN positives
+    normalize: Literal["auto", "sampled", "positives"] = "auto"
+
+
+@dataclass
+class GhmConfig:
+    """GHM-C (``loss.cls: ghm``) and GHM-R (``loss.box: ghm``) (Li et al., AAAI 2019);
+    see ``pedcrowd.losses.ghm``. Defaults: the official RetinaNet config."""
+
+    bins: int = 30  # GHM-C: unit regions of the gradient norm
+    momentum: float = 0.75  # GHM-C: EMA of the region counts; 0: this batch's counts
+    mu: float = 0.02  # GHM-R: Authentic Smooth L1 parameter
+    box_bins: int = 10  # GHM-R regions
+    box_momentum: float = 0.7  # GHM-R EMA momentum
+
+
+@dataclass
+class QflConfig:
+    """Quality Focal Loss (Li et al., NeurIPS 2020); see ``pedcrowd.losses.qfl``. ``loss.cls: qfl``."""
+
+    beta: float = 2.0  # exponent of |y - sigma|
+    prior: float | None = 0.01  # as loss.focal.prior (GFL initialises its classifier so)
+    # sampled: mean over the sampled rows (mmdetection's two-stage normaliser);
+    # positives: over the sampled positives (GFL's dense head)
+    normalize: Literal["auto", "sampled", "positives"] = "auto"
+
+
+@dataclass
+class OhemConfig:
+    """OHEM (Shrivastava et al., CVPR 2016); see ``pedcrowd.losses.ohem``. ``loss.sampler: ohem``."""
+
+    num: int | None = None  # B per image; null: model.box_batch_size_per_image
+    # RoIs scored per image, a random subset: null 4 x num ("128 of 512"); 0 every
+    # proposal (the paper; about 1.65x the default step on the CPU demo)
+    pool: int | None = None
+    nms_thresh: float = 0.7  # de-duplication IoU; >= 1 turns it off
+    with_box: bool = True  # hardness = cls + box loss (paper); false: cls only
+
+
+@dataclass
+class PisaConfig:
+    """PISA (Cao et al., CVPR 2020); see ``pedcrowd.losses.pisa``. ``loss.sampler: pisa``."""
+
+    isr_p: bool = True  # IoU-HLR weights on the positives
+    k: float = 2.0
+    bias: float = 0.0
+    isr_n: bool = True  # Score-HLR sampling and weights of the negatives
+    neg_k: float = 0.5
+    neg_bias: float = 0.0
+    score_thr: float = 0.05
+    iou_thr: float = 0.5
+    carl_weight: float = 1.0  # CARL, logged as loss_carl; 0 turns it off
+    carl_k: float = 1.0
+    carl_bias: float = 0.2
+
+
+@dataclass
+class KlLossConfig:
+    """KL-Loss (He et al., CVPR 2019); see ``pedcrowd.losses.kl``. Needs the KL box head
+    (``model.box_std_head: true``, which ``pedcrowd train --box-loss kl`` sets)."""
+
+    # smooth-L1 beta inside the loss: the official 1 (torchvision's box loss: 1/9)
+    beta: float = field(default=1.0, metadata={"range": "> 0"})
 
 
 # ----------------------------------------------------------------------------- registry
@@ -131,17 +215,24 @@ class TermSpec:
             the function itself (a term registered at run time by a user).
         stages: where it may run.
         options: the dataclass of its ``loss.<name>`` section, or None.
+        box_impl: a ``cls`` term that is also a ``box`` term under the same name
+            (``ghm``: GHM-C and GHM-R) names its box implementation here.
     """
 
     role: Role
     impl: str | Callable[..., Any]
     stages: tuple[Stage, ...] = ("roi",)
     options: type | None = None
+    box_impl: str | None = None
 
-    def load(self) -> Callable[..., Any]:
-        if callable(self.impl):
-            return self.impl
-        module, _, name = self.impl.partition(":")
+    def has_role(self, role: str) -> bool:
+        return role == self.role or (role == "box" and self.box_impl is not None)
+
+    def load(self, role: str | None = None) -> Callable[..., Any]:
+        impl = self.box_impl if role == "box" and self.box_impl is not None else self.impl
+        if callable(impl):
+            return impl
+        module, _, name = impl.partition(":")
         return getattr(importlib.import_module(module), name)
 
 
@@ -153,6 +244,13 @@ TERMS: dict[str, TermSpec] = {
     "random": TermSpec("sampler", "pedcrowd.losses.standard:random_sampler"),
     "nms": TermSpec("extra", "pedcrowd.losses.nms:nms_terms", ("roi", "rpn"), NmsLossConfig),
     "rep": TermSpec("extra", "pedcrowd.losses.repulsion:rep_terms", ("roi",), RepLossConfig),
+    "focal": TermSpec("cls", "pedcrowd.losses.focal:focal_term", ("roi", "rpn"), FocalConfig),
+    "ghm": TermSpec("cls", "pedcrowd.losses.ghm:ghmc_term", ("roi",), GhmConfig,
+                    box_impl="pedcrowd.losses.ghm:ghmr_term"),
+    "qfl": TermSpec("cls", "pedcrowd.losses.qfl:qfl_term", ("roi",), QflConfig),
+    "ohem": TermSpec("sampler", "pedcrowd.losses.ohem:OhemSampler", ("roi",), OhemConfig),
+    "pisa": TermSpec("sampler", "pedcrowd.losses.pisa:PisaSampler", ("roi",), PisaConfig),
+    "kl": TermSpec("box", "pedcrowd.losses.kl:kl_term", ("roi",), KlLossConfig),
 }
 
 
@@ -193,8 +291,8 @@ def _check_choices(self: Any) -> None:
     ):
         name = getattr(self, key)
         spec = TERMS.get(name)
-        if spec is None or spec.role != role or stage not in spec.stages:
-            known = [n for n, s in TERMS.items() if s.role == role and stage in s.stages]
+        if spec is None or not spec.has_role(role) or stage not in spec.stages:
+            known = [n for n, s in TERMS.items() if s.has_role(role) and stage in s.stages]
             raise PedcrowdError(
                 f"loss.{key}: unknown {role} term {name!r} (choose one of: {', '.join(known)})"
             )

@@ -57,7 +57,7 @@ class StageCriterion:
         self.stage = stage
         self.cls_term, self.box_term = getattr(cfg, cls_key), getattr(cfg, box_key)
         self.cls_fn = TERMS[getattr(cfg, cls_key)].load()
-        self.box_fn = TERMS[getattr(cfg, box_key)].load()
+        self.box_fn = TERMS[getattr(cfg, box_key)].load("box")
         self.cls_options = self._options(cfg, getattr(cfg, cls_key), context)
         self.box_options = self._options(cfg, getattr(cfg, box_key), context)
         self.sampler = None

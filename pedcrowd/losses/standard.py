@@ -4,7 +4,8 @@
 ``smooth_l1`` at the RPN its ``compute_loss``'s, ``random`` the
 ``BalancedPositiveNegativeSampler``: with no per-row weights the values are
 bit-identical to torchvision's (a test holds them to it). With ``s.weights``
-set (e.g. by PISA) each row's loss is scaled, the normaliser unchanged.
+(classification) or ``s.box_weights`` (box) set (e.g. by PISA) each row's loss is
+scaled, the normaliser unchanged.
 
 Shapes: N rows of the stage (:class:`pedcrowd.model.samples.StageSamples`),
 S of them sampled, P sampled positives.
@@ -69,11 +70,11 @@ def smooth_l1_term(s: StageSamples, options: None, state: dict) -> Tensor:
     if rows.numel() == 0:
         return zero_loss(s)
     pos = rows[s.positive[rows]]  # [P]
-    if s.weights is None:
+    if s.box_weights is None:
         loss = F.smooth_l1_loss(s.deltas[pos], s.target_deltas[pos], beta=BOX_BETA, reduction="sum")
         return loss / rows.numel()
     loss = F.smooth_l1_loss(s.deltas[pos], s.target_deltas[pos], beta=BOX_BETA, reduction="none")
-    return (loss * s.weights[pos, None]).sum() / rows.numel()
+    return (loss * s.box_weights[pos, None]).sum() / rows.numel()
 
 
 @dataclass

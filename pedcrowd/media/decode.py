@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from pedcrowd.data.datasets import bgr_to_tensor
-from pedcrowd.errors import PedcrowdError
 from pedcrowd.media.sources import Source
 
 
@@ -44,11 +43,31 @@ class Item:
 _DONE = object()
 
 
+_END_MARKERS = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND"}
+
+
+def truncated(path) -> bool:
+    """Whether a JPEG/PNG lacks its end marker in its last bytes (a cut-off file that
+    OpenCV would decode in part, with a grey or garbled bottom)."""
+    marker = _END_MARKERS.get(path.suffix.lower())
+    if marker is None:
+        return False
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4096))
+            return marker not in f.read()
+    except OSError:
+        return True
+
+
 def decode_image(source: Source, keep_image: bool) -> Item:
     """One image file -> :class:`Item` (``tensor`` None and ``error`` set if undecodable)."""
     image = cv2.imread(str(source.path), cv2.IMREAD_COLOR)
     if image is None:
         return Item(source.name, None, error="cannot decode image")
+    if truncated(source.path):
+        return Item(source.name, None, error="truncated file (no end marker)")
     return Item(source.name, bgr_to_tensor(image), image if keep_image else None)
 
 
@@ -68,14 +87,19 @@ def _produce(
                 out.put(pool.submit(decode_image, source, keep_image))
                 continue
             cap = cv2.VideoCapture(str(source.path))
-            if not cap.isOpened():
-                out.put(PedcrowdError(f"{source.path}: cannot open video"))
-                return
+            if not cap.isOpened():  # degraded input: skip it, keep the other inputs
+                out.put(Item(source.name, None, video=source.name, error="cannot open video"))
+                continue
             fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+            expected = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
             index = 0
             while not stop.is_set():
                 ok, frame = cap.read()
                 if not ok:
+                    # the header's count can be off by a few; far fewer frames: a corrupt video
+                    if expected and index < expected - max(2, expected // 100):
+                        out.put(Item(f"{source.name}#{index:06d}", None, video=source.name, frame=index,
+                                     error=f"video ends after {index} of {expected} frames (corrupt or cut off)"))
                     break
                 out.put(
                     Item(

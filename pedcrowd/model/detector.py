@@ -1,5 +1,7 @@
 """``build_model``: the one-class (pedestrian) torchvision Faster R-CNN of pedcrowd.
 
+``model.arch: fcos`` builds the one-stage FCOS of :mod:`pedcrowd.model.fcos` instead.
+
 torchvision's ``FasterRCNN`` with three parts swapped for pedcrowd's: the input
 transform (scales ignore boxes too), the RPN and the RoI heads (ignore-aware
 sampling and the crowd-loss seam). Parameter names are torchvision's, so its
@@ -34,8 +36,10 @@ IMAGE_STD = [0.229, 0.224, 0.225]
 ROI_OUTPUT_SIZE = 7
 
 
-def build_model(cfg: ModelConfig) -> FasterRCNN:
+def build_model(cfg: ModelConfig) -> torch.nn.Module:
     """The detector described by ``cfg``, with ``cfg.weights`` loaded.
+
+    ``cfg.arch == "fcos"``: :func:`pedcrowd.model.fcos.build_fcos`; otherwise:
 
     Returns a torchvision ``FasterRCNN`` (2 classes) whose ``rpn`` is a
     :class:`PedRegionProposalNetwork`, ``roi_heads`` a :class:`PedRoIHeads` and
@@ -46,6 +50,15 @@ def build_model(cfg: ModelConfig) -> FasterRCNN:
         PedcrowdError: unknown backbone, anchor sizes that do not fit its levels,
             missing or unreadable weights.
     """
+    if cfg.arch == "fcos":
+        from pedcrowd.model.fcos import build_fcos
+
+        return build_fcos(cfg)
+    if cfg.assigner != "fcos":
+        raise PedcrowdError(
+            f"model.assigner: {cfg.assigner!r} is for model.arch fcos (Faster R-CNN has its own "
+            "RPN and RoI matchers); set model.arch: fcos or model.assigner: fcos"
+        )
     levels = backbone_levels(cfg.backbone)
     if len(cfg.anchor_sizes) != levels:
         raise PedcrowdError(
@@ -111,6 +124,7 @@ def build_model(cfg: ModelConfig) -> FasterRCNN:
         nms_thresh=cfg.box_nms_thresh,
         detections_per_img=cfg.box_detections_per_img,
         drop_ignored_positives=cfg.ignore_positives == "drop",
+        box_std_head=cfg.box_std_head,
     )
     install_criteria(model, cfg)
     if weights not in ("none", "imagenet"):
@@ -119,14 +133,36 @@ def build_model(cfg: ModelConfig) -> FasterRCNN:
     return model
 
 
-def install_criteria(model: FasterRCNN, cfg: ModelConfig, loss: object | None = None) -> None:
+def install_criteria(model: torch.nn.Module, cfg: ModelConfig, loss: object | None = None) -> None:
     """Give the RPN and the RoI head the training criteria of the ``loss:`` section
     ``loss`` (None: torchvision's own losses, no crowd loss)."""
     from pedcrowd.losses.criterion import build_criteria
 
-    model.rpn.criterion, model.roi_heads.criterion = build_criteria(
-        loss, {"box_nms_thresh": cfg.box_nms_thresh}
-    )
+    rpn, roi = build_criteria(loss, {"box_nms_thresh": cfg.box_nms_thresh})
+    if not hasattr(model, "roi_heads"):  # model.arch fcos: its loss is model.assigner's
+        _check_no_two_stage_losses(loss, rpn, roi, cfg.arch)
+        return
+    model.rpn.criterion, model.roi_heads.criterion = rpn, roi
+
+
+def _check_no_two_stage_losses(loss: object | None, rpn, roi, arch: str) -> None:
+    """Refuse a ``loss:`` section that changes anything of Faster R-CNN's losses (FCOS has none)."""
+    from pedcrowd.losses.config import LossConfig
+
+    if loss is None:
+        return
+    default = LossConfig()
+    changed = [
+        f"loss.{key}={getattr(loss, key)}"
+        for key in ("cls", "box", "sampler", "rpn_cls", "rpn_box")
+        if getattr(loss, key) != getattr(default, key)
+    ]
+    changed += [f"loss.{name}" for name in {**rpn.extras, **roi.extras}]
+    if changed:
+        raise PedcrowdError(
+            f"loss: {', '.join(changed)} act on Faster R-CNN's RPN and RoI head; model.arch "
+            f"{arch} trains with model.assigner (leave the loss section at its defaults)"
+        )
 
 
 @dataclass

@@ -3,18 +3,24 @@
 Shapes: N images, P proposals of an image (the RPN's, GT boxes appended), R rows
 the box head runs on in training (R_all over the batch), K = 2 classes
 (background, pedestrian), G GT boxes and M ignore boxes of an image. ``deltas``
-are the box coder's (dx, dy, dw, dh) regression outputs.
+are the box coder's regression outputs ((dx, dy, dw, dh); edge offsets with the KL head).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.ops import boxes as box_ops
 
+from pedcrowd.errors import PedcrowdError
 from pedcrowd.losses.criterion import StageCriterion, build_criteria
 from pedcrowd.losses.standard import SamplerContext
+from pedcrowd.model.config import PostprocessConfig
 from pedcrowd.model.ignore import exclude_ignored
+from pedcrowd.model.kl_head import EdgeBoxCoder, KLBoxPredictor
+from pedcrowd.model.postprocess import suppress
 from pedcrowd.model.samples import StageSamples
 
 PEDESTRIAN = 1  # class index of the pedestrian (0 is background)
@@ -29,8 +35,15 @@ class PedRoIHeads(RoIHeads):
     criterion's sampler picks the training rows; the box head runs on them and, when
     a term reads every positive proposal (NMS-Loss ``candidates: all``), on the
     other positives too; the criterion turns the resulting :class:`StageSamples`
-    into the loss dict. Inference is ``RoIHeads.forward`` itself, so outputs do not
-    depend on the seam.
+    into the loss dict.
+
+    Inference (:meth:`detect`, :meth:`postprocess_detections`) follows
+    ``self.postprocess`` (a :class:`PostprocessConfig`, set with
+    :meth:`set_postprocess`); its default, hard NMS, is torchvision's ``RoIHeads``
+    inference op for op. ``box_std_head`` makes the box predictor a
+    :class:`KLBoxPredictor` (its third output ``box_log_var`` reaches the losses
+    as ``StageSamples.extras``) and the box coder the edge coder; detections then
+    carry ``box_std`` [D, 4], each edge's predicted standard deviation in pixels.
     """
 
     def __init__(
@@ -39,12 +52,35 @@ class PedRoIHeads(RoIHeads):
         ignore_ioa_thresh: float = 0.5,
         drop_ignored_positives: bool = True,
         criterion: StageCriterion | None = None,
+        box_std_head: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.ignore_ioa_thresh = ignore_ioa_thresh
         self.drop_ignored_positives = drop_ignored_positives
         self.criterion = criterion if criterion is not None else build_criteria()[1]
+        self.postprocess = PostprocessConfig()
+        if box_std_head:  # the KL layer is drawn after every other weight: those stay the same
+            self.box_predictor = KLBoxPredictor(self.box_predictor)
+            self.box_coder = EdgeBoxCoder()
+
+    @property
+    def has_box_std(self) -> bool:
+        """Whether the box predictor has the KL head (per-edge log-variances)."""
+        return isinstance(self.box_predictor, KLBoxPredictor)
+
+    def set_postprocess(self, cfg: PostprocessConfig) -> None:
+        """Use ``cfg`` at inference from now on.
+
+        Raises:
+            PedcrowdError: variance voting asked of a model without the KL head.
+        """
+        if cfg.var_voting and not self.has_box_std:
+            raise PedcrowdError(
+                "postprocess.var_voting: this model has no KL box head (box variances); "
+                "train one with --box-loss kl, or turn variance voting off"
+            )
+        self.postprocess = cfg
 
     def assign_proposals(
         self, proposals: list[Tensor], targets: list[dict[str, Tensor]]
@@ -157,7 +193,7 @@ class PedRoIHeads(RoIHeads):
         targets: list[dict[str, Tensor]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         if not self.training:
-            return super().forward(features, proposals, image_shapes, targets)
+            return self.detect(features, proposals, image_shapes), {}
         assert targets is not None
         proposals, matched_idxs, labels = self.assign_proposals(proposals, targets)
 
@@ -185,3 +221,108 @@ class PedRoIHeads(RoIHeads):
             features, proposals, matched_idxs, labels, rows, sampled, targets, image_shapes
         )
         return [], self.criterion(s)
+
+    # ------------------------------------------------------------------ inference
+
+    def detect(
+        self,
+        features: dict[str, torch.Tensor],
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> list[dict[str, torch.Tensor]]:
+        """Per image ``boxes`` [D, 4], ``labels`` [D], ``scores`` [D] (+ ``box_std`` [D, 4]).
+
+        The same modules in the same order as ``RoIHeads.forward`` at inference.
+        """
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        out = self.box_predictor(box_features)
+        class_logits, box_regression = out[0], out[1]  # [R_all,K], [R_all,K*4]
+        log_var = out[2]["box_log_var"] if len(out) > 2 else None  # [R_all,4]
+        boxes, scores, labels, stds = self.postprocess_detections(
+            class_logits, box_regression, proposals, image_shapes, box_log_var=log_var
+        )
+        result = []
+        for i in range(len(boxes)):
+            out = {"boxes": boxes[i], "labels": labels[i], "scores": scores[i]}
+            if stds[i] is not None:
+                out["box_std"] = stds[i]
+            result.append(out)
+        return result
+
+    def postprocess_detections(
+        self,
+        class_logits: torch.Tensor,
+        box_regression: torch.Tensor,
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+        box_log_var: torch.Tensor | None = None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None]]:
+        """Scored boxes -> detections, as ``self.postprocess`` says.
+
+        torchvision's steps (decode, clip, drop the background column, score
+        threshold, remove empty boxes), then hard NMS with ``batched_nms`` exactly
+        as torchvision (the default), or :func:`pedcrowd.model.postprocess.suppress`.
+
+        Args:
+            class_logits: [R_all, K]. box_regression: [R_all, K * 4].
+            proposals: per image [R, 4]. image_shapes: per image (h, w).
+            box_log_var: [R_all, 4] the KL head's alpha of the pedestrian box, or None.
+
+        Returns:
+            Per image boxes [D, 4], scores [D], labels [D] and box_std [D, 4]
+            (pixels of the network input; None without the KL head).
+        """
+        device = class_logits.device
+        num_classes = class_logits.shape[-1]
+        cfg = self.postprocess
+
+        boxes_per_image = [boxes_in_image.shape[0] for boxes_in_image in proposals]
+        pred_boxes = self.box_coder.decode(box_regression, proposals)
+        pred_scores = F.softmax(class_logits, -1)
+        pred_boxes_list = pred_boxes.split(boxes_per_image, 0)
+        pred_scores_list = pred_scores.split(boxes_per_image, 0)
+        if box_log_var is not None:
+            # one foreground class: candidate row i below is proposal i
+            std_list = self.box_coder.std_pixels(box_log_var, torch.cat(proposals)).split(
+                boxes_per_image, 0
+            )
+            var_list = torch.exp(box_log_var).split(boxes_per_image, 0)
+        else:
+            std_list = var_list = [None] * len(proposals)
+
+        all_boxes, all_scores, all_labels, all_stds = [], [], [], []
+        for boxes, scores, image_shape, stds, variances in zip(
+            pred_boxes_list, pred_scores_list, image_shapes, std_list, var_list, strict=True
+        ):
+            boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
+            labels = torch.arange(num_classes, device=device)
+            labels = labels.view(1, -1).expand_as(scores)
+            # remove predictions with the background label
+            boxes = boxes[:, 1:]
+            scores = scores[:, 1:]
+            labels = labels[:, 1:]
+            boxes = boxes.reshape(-1, 4)
+            scores = scores.reshape(-1)
+            labels = labels.reshape(-1)
+            # remove low scoring boxes, then empty ones
+            inds = torch.where(scores > self.score_thresh)[0]
+            boxes, scores, labels = boxes[inds], scores[inds], labels[inds]
+            small = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+            boxes, scores, labels = boxes[small], scores[small], labels[small]
+            rows = inds[small]
+            if cfg.nms == "hard" and not cfg.var_voting:
+                keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)
+                keep = keep[: self.detections_per_img]
+                boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            else:
+                keep, scores, boxes = suppress(
+                    boxes, scores, cfg, nms_thresh=self.nms_thresh,
+                    max_det=self.detections_per_img,
+                    variances=variances[rows] if variances is not None else None,
+                )
+                labels = labels[keep]
+            all_boxes.append(boxes)
+            all_scores.append(scores)
+            all_labels.append(labels)
+            all_stds.append(stds[rows[keep]] if stds is not None else None)
+        return all_boxes, all_scores, all_labels, all_stds

@@ -42,8 +42,10 @@ class StageSamples:
         ignore_boxes: per image [M, 4] ignore regions.
         image_sizes: per image (height, width) of the network input.
         sampled: [N] bool, the rows the sampler chose for the classification and box losses.
-        weights: [N] per-row loss weight, or None for all ones (then the standard terms
-            compute exactly torchvision's arithmetic).
+        weights: [N] per-row weight of the classification loss, or None for all ones
+            (then the standard terms compute exactly torchvision's arithmetic).
+        box_weights: [N] per-row weight of the box loss, or None for all ones (PISA
+            weights the classification only, as the official code).
         box_coder: decodes ``deltas`` against ``boxes``.
         extras: further per-row head outputs, e.g. ``"box_log_var"`` [N, 4].
     """
@@ -63,6 +65,7 @@ class StageSamples:
     sampled: Tensor
     box_coder: BoxCoder
     weights: Tensor | None = None
+    box_weights: Tensor | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
 
     @property
@@ -113,5 +116,6 @@ class StageSamples:
             sampled=self.sampled[rows],
             box_coder=self.box_coder,
             weights=None if self.weights is None else self.weights[rows],
+            box_weights=None if self.box_weights is None else self.box_weights[rows],
             extras={k: v[rows] for k, v in self.extras.items()},
         )

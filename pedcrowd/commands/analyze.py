@@ -1,0 +1,309 @@
+"""``pedcrowd analyze``: which misses the final NMS caused, which false positives it kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+MAX_PRE_NMS = 10_000  # detections_per_img while collecting the boxes before the final NMS
+
+
+def analyze_command(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A run directory or checkpoint (the model runs once with its final NMS off), or a "
+            "results JSON of boxes BEFORE the final NMS (with --gt and --nms-thresh).",
+            metavar="RUN_OR_PRE_NMS_DETS",
+            show_default=False,
+        ),
+    ],
+    gt: Annotated[
+        Path | None,
+        typer.Option("--gt", help="Ground truth (as for pedcrowd eval). Default for a run: its val split.",
+                     show_default=False),
+    ] = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option(help="citypersons, caltech or crowdhuman (default: from the run's data format, else citypersons)."),
+    ] = None,
+    setup: Annotated[str | None, typer.Option(help="Setup (default Reasonable; crowdhuman: All).")] = None,
+    at: Annotated[
+        list[str] | None,
+        typer.Option("--at", help="Operating point, repeatable: fppi=X (the score where FPPI reaches X) "
+                     "or score=X. Default: fppi=0.1.", show_default=False),
+    ] = None,
+    nms_thresh: Annotated[
+        float | None,
+        typer.Option(help="The final NMS IoU threshold to replay (default: the model's box_nms_thresh; 0.5 for a file)."),
+    ] = None,
+    max_dets: Annotated[
+        int | None,
+        typer.Option(help="Detections kept per image after NMS (default: the model's box_detections_per_img; 100)."),
+    ] = None,
+    image_root: Annotated[
+        Path | None,
+        typer.Option(help="Images of --gt (needed to run a model on --gt, for --vis and CrowdHuman sizes).",
+                     show_default=False),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="crowdhuman: image sizes file (as pedcrowd eval --images).", show_default=False),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Also write the JSON here.", show_default=False)] = None,
+    vis: Annotated[
+        Path | None,
+        typer.Option(help="Write images of NMS-caused misses here: the person (green), its suppressed "
+                     "box (orange) and the box that suppressed it (red).", show_default=False),
+    ] = None,
+    vis_max: Annotated[int, typer.Option(help="At most this many --vis images.")] = 50,
+) -> None:
+    """Attribute every miss and false positive at an operating point to NMS, score, proposals,
+    duplicates, localisation or background, with oracle MR^-2 / AP per fixed error type.
+
+    Example: pedcrowd analyze runs/baseline --at fppi=0.1 --at fppi=1 --vis nms_vis/
+    """
+    from pedcrowd.analyze import analyze, report_to_json
+    from pedcrowd.errors import PedcrowdError
+
+    log = Console(stderr=True)
+    points = tuple(at or ["fppi=0.1"])
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() == ".json":
+        if gt is None:
+            raise PedcrowdError(f"{path}: a pre-NMS detection file needs --gt")
+        protocol = protocol or "citypersons"
+        truth, sizes, image_root_used = _load_gt(gt, protocol, images, image_root)
+        from pedcrowd.formats.detections import read_detections
+
+        records = truth if isinstance(truth, list) else truth.records
+        pre = read_detections(path, records)
+        nms, cap = (0.5 if nms_thresh is None else nms_thresh), (100 if max_dets is None else max_dets)
+    else:
+        pre, truth, sizes, image_root_used, protocol, nms, cap = _pre_nms_from_model(
+            path, gt, protocol, images, image_root, device, log
+        )
+        nms = nms if nms_thresh is None else nms_thresh
+        cap = cap if max_dets is None else max_dets
+    if not 0.0 <= nms <= 1.0:
+        raise PedcrowdError(f"--nms-thresh {nms}: must be in [0, 1]")
+    if cap < 1:
+        raise PedcrowdError(f"--max-dets {cap}: must be at least 1")
+    report = analyze(truth, pre, protocol=protocol, nms_thresh=nms, max_dets=cap, setup=setup, points=points,
+                     sizes=sizes)
+    doc = report_to_json(report)
+    text = json.dumps(doc, indent=1)
+    if out is not None:
+        from pedcrowd.fileio import write_text_atomic
+
+        write_text_atomic(out, text + "\n")
+    if vis is not None:
+        n = _write_vis(report, truth, image_root_used, vis, vis_max)
+        log.print(f"[dim]wrote {n} images to {vis}[/dim]")
+    if as_json:
+        typer.echo(text)
+    else:
+        render(report)
+
+
+def _load_gt(gt: Path, protocol: str, images: Path | None, image_root: Path | None):
+    """(GT, CrowdHuman sizes or None, the image folder)."""
+    if protocol == "crowdhuman":
+        from pedcrowd.eval.crowdhuman import load_sizes
+        from pedcrowd.formats.crowdhuman import read_odgt
+
+        records = read_odgt(gt)
+        return records, load_sizes(records, gt, {}, images, image_root), image_root or gt.parent / "Images"
+    from pedcrowd.eval import load_ground_truth
+
+    return load_ground_truth(gt, protocol, images), None, image_root
+
+
+def _pre_nms_from_model(path, gt, protocol, images, image_root, device, log):
+    """Run the model once with its final NMS off; the boxes, the GT and the NMS to replay."""
+    from pedcrowd.engine.checkpoint import load_for_inference
+    from pedcrowd.engine.device import resolve_device
+    from pedcrowd.engine.train import predict
+    from pedcrowd.errors import PedcrowdError
+
+    dev = resolve_device(device)
+    model, cfg = load_for_inference(path, device=dev)
+    fmt = cfg.data.format
+    protocol = protocol or {"caltech": "caltech", "crowdhuman": "crowdhuman"}.get(fmt, "citypersons")
+    if gt is None:
+        from pedcrowd.data.config import build_dataset
+
+        dataset = build_dataset(cfg.data, "val", train=False)
+        truth, root = list(dataset.records), None
+        sizes = _dataset_sizes(dataset) if protocol == "crowdhuman" else None
+    else:
+        from pedcrowd.data.datasets import DetectionDataset
+
+        if image_root is None:
+            raise PedcrowdError("--gt with a model needs --image-root (the images to run the model on)")
+        truth, sizes, root = _load_gt(gt, protocol, images, image_root)
+        dataset = DetectionDataset(truth if isinstance(truth, list) else truth.records, image_root)
+    post = getattr(cfg, "postprocess", None)
+    if post is not None and (post.nms != "hard" or post.var_voting):
+        raise PedcrowdError(f"{path}: analyze replays a hard NMS; this run post-processes with {post.describe()}")
+    from pedcrowd.engine.inference import output_stage
+
+    # Faster R-CNN keeps its final NMS in roi_heads; FCOS (model.arch fcos) on the model itself.
+    heads = output_stage(model)
+    if not (hasattr(heads, "nms_thresh") and hasattr(heads, "detections_per_img")):
+        raise PedcrowdError(f"{path}: the model has no final NMS setting (nms_thresh) to turn off")
+    saved = (heads.nms_thresh, heads.detections_per_img)
+    log.print(f"[dim]running the model on {len(dataset)} images with the final NMS off[/dim]")
+    try:
+        heads.nms_thresh, heads.detections_per_img = 1.0, MAX_PRE_NMS
+        import torch
+
+        with torch.inference_mode():
+            pre = predict(model, dataset, dev)
+    finally:
+        heads.nms_thresh, heads.detections_per_img = saved
+    if root is None:
+        root = getattr(dataset, "image_root", None)
+    return pre, truth, sizes, root, protocol, float(saved[0]), int(saved[1])
+
+
+def _dataset_sizes(dataset) -> dict[int, tuple[int, int]]:
+    from PIL import Image
+
+    sizes = {}
+    for i, rec in enumerate(dataset.records):
+        with Image.open(dataset.image_path(i)) as im:
+            sizes[rec.id] = im.size
+    return sizes
+
+
+def render(report) -> None:
+    """The analysis as rich tables: one column per operating point."""
+    console = Console()
+    mr = "n/a" if report.mr is None else f"{100 * report.mr:.2f} %"
+    ap = "n/a" if report.ap is None else f"{100 * report.ap:.2f} %"
+    console.print(f"{report.protocol} / {report.setup}: MR^-2 {mr}, AP {ap}, {report.n_gt} people, "
+                  f"{report.n_images} images; NMS IoU > {report.nms_thresh:g} replayed, cap {report.max_dets}")
+    table = Table(title="errors at each operating point")
+    table.add_column("")
+    for p in report.points:
+        score = "-" if not p.score < float("inf") else f"{p.score:.3f}"
+        table.add_column(f"{p.name}\n(score {score})", justify="right")
+    rows = [("missed people", [str(p.n_missed) for p in report.points])]
+    labels = {"nms_other_person": "  NMS: by another person's box", "nms_false_positive": "  NMS: by a false positive",
+              "low_score": "  score too low", "never_proposed": "  never proposed", "other": "  other"}
+    for key, label in labels.items():
+        rows.append((label, [_share(p.misses[key], p.n_missed) for p in report.points]))
+    rows.append(("false positives", [str(p.n_fp) for p in report.points]))
+    fp_labels = {"duplicate": "  duplicates NMS kept", "localisation": "  localisation (IoU 0.1-0.5)",
+                 "background": "  background"}
+    for key, label in fp_labels.items():
+        rows.append((label, [_share(p.false_positives[key], p.n_fp) for p in report.points]))
+    rows.append(("    dup. below NMS overlap", [str(p.flags["duplicate_below_nms"]) for p in report.points]))
+    rows.append(("    loc. touching >= 2 people", [str(p.flags["localisation_crowd"]) for p in report.points]))
+    for label, values in rows:
+        table.add_row(label, *values)
+    console.print(table)
+    oracle = Table(title="oracle: MR^-2 / AP with one error type fixed at the operating point")
+    oracle.add_column("fixed")
+    for p in report.points:
+        oracle.add_column(p.name, justify="right")
+    for fix in report.points[0].oracle if report.points else ():
+        cells = []
+        for p in report.points:
+            o = p.oracle[fix]
+            m = "n/a" if o["mr"] is None else f"{100 * o['mr']:.2f}"
+            a = "n/a" if o["ap"] is None else f"{100 * o['ap']:.2f}"
+            cells.append(f"{m} / {a}")
+        oracle.add_row(fix, *cells)
+    console.print(oracle)
+
+
+def side_by_side(runs: list[str], as_json: bool = False) -> None:
+    """Several ``pedcrowd analyze --out`` files (``name=path`` or ``path``), one column per run
+    and operating point: the error counts and the oracle MR^-2."""
+    from pedcrowd.compare import parse_run
+    from pedcrowd.errors import PedcrowdError
+    from pedcrowd.fileio import load_json
+
+    docs = []
+    for text in runs:
+        name, path = parse_run(text)
+        doc = load_json(path)
+        if not isinstance(doc, dict) or not isinstance(doc.get("points"), list):
+            raise PedcrowdError(f"{path}: not a pedcrowd analyze --out file (no 'points')")
+        docs.append((name, doc))
+    if as_json:
+        typer.echo(json.dumps({"runs": [{"name": n, **d} for n, d in docs]}, indent=1))
+        return
+    table = Table(title="pedcrowd analyze, side by side")
+    table.add_column("")
+    columns = []
+    for name, doc in docs:
+        for p in doc["points"]:
+            score = "-" if p["score"] is None else f"{p['score']:.3f}"
+            table.add_column(f"{name}\n{p['name']} ({score})", justify="right")
+            columns.append((doc, p))
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    table.add_row("MR^-2 % (all points)", *[pct(d["mr"]) for d, _ in columns])
+    table.add_row("missed people", *[str(p["n_missed"]) for _, p in columns])
+    for key in ("nms_other_person", "nms_false_positive", "low_score", "never_proposed", "other"):
+        table.add_row(f"  {key}", *[_share(p["misses"][key], p["n_missed"]) for _, p in columns])
+    table.add_row("false positives", *[str(p["n_fp"]) for _, p in columns])
+    for key in ("duplicate", "localisation", "background"):
+        table.add_row(f"  {key}", *[_share(p["false_positives"][key], p["n_fp"]) for _, p in columns])
+    for fix in ("nms_all", "duplicate", "low_score", "never_proposed"):
+        table.add_row(f"MR^-2 % if {fix} fixed", *[pct(p["oracle"][fix]["mr"]) for _, p in columns])
+    Console().print(table)
+
+
+def _share(count: int, total: int) -> str:
+    return f"{count} ({100 * count / total:.0f} %)" if total else str(count)
+
+
+def _write_vis(report, truth, image_root, out_dir: Path, limit: int) -> int:
+    from pedcrowd.errors import PedcrowdError
+
+    if image_root is None:
+        raise PedcrowdError("--vis needs the images: pass --image-root")
+    import cv2
+
+    records = truth if isinstance(truth, list) else truth.records
+    names = {r.id: r.file_name for r in records}
+    by_image: dict[int, list[dict]] = {}
+    for p in report.points[:1]:
+        for ex in p.examples:
+            by_image.setdefault(ex["image_id"], []).append(ex)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for image_id, examples in by_image.items():
+        if written >= limit:
+            break
+        path = Path(image_root) / names[image_id]
+        image = cv2.imread(str(path))
+        if image is None:
+            continue
+        thick = max(1, round(max(image.shape[:2]) / 600))
+        for ex in examples:
+            for key, color in (("person", (0, 200, 0)), ("suppressed", (0, 165, 255)), ("suppressor", (0, 0, 255))):
+                x, y, w, h = ex[key]
+                cv2.rectangle(image, (round(x), round(y)), (round(x + w), round(y + h)), color, thick + 1)
+            x, y = round(ex["suppressed"][0]), max(12, round(ex["suppressed"][1]) - 3)
+            cv2.putText(image, f"{ex['score']:.2f}<{ex['suppressor_score']:.2f}", (x, y),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (0, 165, 255), 1, cv2.LINE_AA)
+        target = out_dir / f"{Path(names[image_id]).stem}_nms.jpg"
+        if not cv2.imwrite(str(target), image):
+            raise PedcrowdError(f"{target}: cannot write the image")
+        written += 1
+    return written
+
+
+def register(app: typer.Typer) -> None:
+    app.command("analyze", no_args_is_help=True)(analyze_command)

@@ -1,0 +1,170 @@
+"""Training curves of a run, drawn from its ``metrics.jsonl``: ``RUN/curves.png``.
+
+One panel per loss term (``loss`` is their sum; every ``loss_*`` key the run
+logged, so a technique's own terms appear by themselves) against the
+iteration, and one panel of the validation MR^-2 per evaluation (Reasonable
+and Reasonable_occ=heavy, plus whatever else the caller asks for). Dotted
+vertical lines mark the ends of the evaluated epochs.
+
+:func:`write_run_curves` is called by the training loop after every epoch, so
+the picture follows the run; ``pedcrowd compare --curves`` overlays several
+runs with :func:`plot_curves`. Matplotlib draws with the Agg backend (no
+display needed) and is imported only when a picture is drawn.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pedcrowd.engine.metrics import read_metrics
+
+log = logging.getLogger(__name__)
+
+MR_SETUPS = ("Reasonable", "Reasonable_occ=heavy")
+SMOOTH = 5  # logged points in the running mean of an overlay
+
+
+@dataclass
+class RunCurves:
+    """The series of one run.
+
+    Attributes:
+        losses: term (``loss``, ``loss_classifier``, ...) -> (iterations [P], values [P]).
+        mr: setup -> (iterations [E], MR^-2 fractions [E]) of the evaluations (NaN: no value).
+        eval_epochs: the epochs of the evaluations [E].
+    """
+
+    losses: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    mr: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    eval_epochs: list[int] = field(default_factory=list)
+
+
+def read_curves(run_dir: str | Path) -> RunCurves:
+    """The loss and MR^-2 series of ``run_dir/metrics.jsonl`` (empty when absent).
+
+    A resumed run may log an iteration twice; the later line wins.
+    """
+    train: dict[int, dict] = {}
+    evals: dict[int, dict] = {}
+    for rec in read_metrics(run_dir):
+        kind = rec.get("kind")
+        if kind == "train" and "iter" in rec:
+            train[int(rec["iter"])] = rec
+        elif kind == "eval" and "iter" in rec:
+            evals[int(rec["iter"])] = rec
+    out = RunCurves()
+    iters = sorted(train)
+    keys = sorted({k for it in iters for k in train[it] if k == "loss" or k.startswith("loss_")})
+    for key in keys:
+        xs = [it for it in iters if isinstance(train[it].get(key), int | float)]
+        out.losses[key] = (np.array(xs, float), np.array([train[it][key] for it in xs], float))
+    eval_iters = sorted(evals)
+    out.eval_epochs = [int(evals[it].get("epoch", 0)) for it in eval_iters]
+    setups = sorted({s for it in eval_iters for s in (evals[it].get("mr") or {})})
+    for s in setups:
+        ys = [(evals[it].get("mr") or {}).get(s) for it in eval_iters]
+        out.mr[s] = (
+            np.array(eval_iters, float), np.array([np.nan if y is None else y for y in ys], float)
+        )
+    return out
+
+
+def _running_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean of the last ``window`` values at every position (shorter at the start). [P] -> [P]"""
+    if len(values) == 0 or window <= 1:
+        return values
+    c = np.cumsum(np.insert(values, 0, 0.0))
+    idx = np.arange(1, len(values) + 1)
+    lo = np.maximum(idx - window, 0)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def plot_curves(
+    runs: dict[str, RunCurves], path: str | Path, *, setups: tuple[str, ...] = MR_SETUPS,
+    title: str | None = None,
+) -> Path:
+    """Draw the curves of one or more runs into the PNG ``path`` (written atomically).
+
+    One run: its logged losses as they are; several runs: a running mean over
+    :data:`SMOOTH` logged points per run (the raw lines would hide each other).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    terms = sorted({k for c in runs.values() for k in c.losses}, key=lambda k: (k != "loss", k))
+    panels = [*terms, "MR"]
+    cols = min(len(panels), 4)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.5 * rows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    overlay = len(runs) > 1
+    for ax, panel in zip(axes.ravel(), panels, strict=False):
+        for i, (name, c) in enumerate(runs.items()):
+            color = colors[i % len(colors)]
+            label = name if overlay else None
+            if panel == "MR":
+                for j, s in enumerate(setups):
+                    if s not in c.mr:
+                        continue
+                    x, y = c.mr[s]
+                    style = "-o" if j == 0 else "--s"
+                    lab = f"{name} {s}" if overlay else s
+                    ax.plot(x, 100 * y, style, color=color if overlay else colors[j % len(colors)],
+                            ms=3, lw=1.2, label=lab)
+                continue
+            if panel not in c.losses:
+                continue
+            x, y = c.losses[panel]
+            ax.plot(x, _running_mean(y, SMOOTH) if overlay else y, color=color, lw=1.0, label=label)
+        if not overlay:
+            first = next(iter(runs.values()), None)
+            if first is not None and panel == "MR":
+                for x in first.mr.get(setups[0], (np.zeros(0), None))[0]:
+                    ax.axvline(x, color="0.7", ls=":", lw=0.8)
+        ax.set_title("val MR$^{-2}$ % (lower is better)" if panel == "MR" else panel, fontsize=8)
+        ax.set_xlabel("iteration", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.grid(alpha=0.3)
+        if panel == "MR" and ax.lines:
+            ax.legend(fontsize=5)
+        elif overlay and panel == terms[0] and ax.lines:
+            ax.legend(fontsize=5)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    # fixed margins: tight_layout costs more than the drawing itself
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.1, top=0.86 if title else 0.92,
+                        wspace=0.3, hspace=0.55)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=72)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_run_curves(run_dir: str | Path) -> Path | None:
+    """(Re)draw ``run_dir/curves.png`` from its metrics; None when there is nothing to draw
+    yet or the picture cannot be written (a warning: a picture never stops a training run)."""
+    run_dir = Path(run_dir)
+    curves = read_curves(run_dir)
+    if not curves.losses and not curves.mr:
+        return None
+    try:
+        return plot_curves({run_dir.name: curves}, run_dir / "curves.png", title=str(run_dir.name))
+    except (OSError, ValueError, RuntimeError) as e:  # a full disk, a matplotlib failure
+        log.warning("%s: cannot draw curves.png (%s)", run_dir, e)
+        return None

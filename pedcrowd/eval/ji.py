@@ -1,0 +1,199 @@
+"""CrowdDet's Jaccard index (JI) of CrowdHuman detections, vectorised over all images.
+
+For each score threshold t in ``1e-1 * i`` (i = 0..9; ``0.30000000000000004``
+and friends included), the detections with score > t; per image a
+maximum-*weight* bipartite matching between them and the valid GT over the
+pairs with IoU > 0.5 (weight = IoU; CrowdDet's blossom code, here per
+connected component: stars and two-node sides in closed form, the rest by
+``linear_sum_assignment``); k = matched pairs, n = detections less the
+unmatched ones whose IoA (over their own area) with an ignore region is > 0.5,
+m = valid GT less the unmatched ones whose IoA over *their own* area is > 0.5;
+ratio k / (m + n - k + 1e-6) averaged over the images with m or n non-zero;
+JI = the largest of the 10 averages. See :mod:`pedcrowd.eval.crowdhuman`.
+
+Shapes: D detections, M GT, E edges (detection, valid GT) with IoU > 0.5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pedcrowd.eval.crowdhuman import EPS, JI_THRESHOLDS, THRESHOLD, Prepared, _area, intersections
+
+
+def _max_weight_matching(
+    ed: np.ndarray, eg: np.ndarray, w: np.ndarray, n_det: int, n_gt: int, edge_id: np.ndarray, cache: dict
+):
+    """A maximum-weight bipartite matching (weights > 0) of a graph of many small components.
+
+    A star (one side a single node) takes its heaviest edge; every other
+    component is one small ``linear_sum_assignment`` (maximise, non-edges 0):
+    its best assignment's non-zero pairs are a heaviest matching.
+
+    Thresholds only remove edges, so a component whose (first edge id, edge
+    count) was already solved is the same component: ``cache`` maps that key
+    to its matching, and is updated for the next call.
+
+    Args:
+        ed, eg, w: [E] edge endpoints (detection, GT index) and weights.
+        edge_id: [E] increasing ids of the edges, stable across calls.
+
+    Returns:
+        (det [k], gt [k]) the matched pairs.
+    """
+    if len(ed) == 0:
+        return ed, eg
+    from scipy.optimize import linear_sum_assignment
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(ed)), (ed, n_det + eg)), shape=(n_det + n_gt, n_det + n_gt))
+    _, label = connected_components(graph, directed=False)
+    comp = label[ed].astype(np.int64)
+    edges_in = np.bincount(comp)
+    star = np.zeros(len(edges_in), bool)
+    # One detection (or one GT) holds every edge of its component.
+    np.logical_or.at(star, comp, np.bincount(ed, minlength=n_det)[ed] == edges_in[comp])
+    np.logical_or.at(star, comp, np.bincount(eg, minlength=n_gt)[eg] == edges_in[comp])
+    on_star = star[comp]
+    idx = np.flatnonzero(on_star)
+    idx = idx[np.lexsort((-w[idx], comp[idx]))]
+    first = np.r_[True, comp[idx][1:] != comp[idx][:-1]] if len(idx) else np.zeros(0, bool)
+    out_d, out_g = [ed[idx[first]]], [eg[idx[first]]]
+    rest = np.flatnonzero(~on_star)
+    # Components with exactly two GT (or two detections): closed form.
+    for pair_side, other, n_nodes in ((eg, ed, n_gt), (ed, eg, n_det)):
+        nodes = np.unique(comp[rest] * n_nodes + pair_side[rest]) // n_nodes
+        two = (np.bincount(nodes, minlength=len(edges_in)) == 2)[comp[rest]]
+        sel = rest[two]
+        if len(sel):
+            got_other, got_pair = _two_node_side(comp[sel], pair_side[sel], other[sel], w[sel])
+            out_d.append(got_other if pair_side is eg else got_pair)
+            out_g.append(got_pair if pair_side is eg else got_other)
+        rest = rest[~two]
+    if len(rest):
+        rest = rest[np.argsort(comp[rest], kind="stable")]
+        c, d, g, wr = comp[rest], ed[rest], eg[rest], w[rest]
+        bounds = np.flatnonzero(np.r_[True, c[1:] != c[:-1], True])
+        # Local node numbers inside each component, from one sort per side.
+        keys_d, inv_d = np.unique(c * n_det + d, return_inverse=True)
+        keys_g, inv_g = np.unique(c * n_gt + g, return_inverse=True)
+        start_d = np.minimum.reduceat(inv_d, bounds[:-1])
+        start_g = np.minimum.reduceat(inv_g, bounds[:-1])
+        size_d = np.maximum.reduceat(inv_d, bounds[:-1]) - start_d + 1
+        size_g = np.maximum.reduceat(inv_g, bounds[:-1]) - start_g + 1
+        which = np.repeat(np.arange(len(start_d)), np.diff(bounds))
+        ld, lg = inv_d - start_d[which], inv_g - start_g[which]
+        # Every component's dense weight matrix in one flat buffer, filled at once.
+        cells = size_d * size_g
+        offset = np.concatenate([[0], np.cumsum(cells)[:-1]])
+        flat = np.zeros(int(cells.sum()))
+        flat[offset[which] + ld * size_g[which] + lg] = wr
+        first_id = edge_id[rest[bounds[:-1]]].tolist()
+        fresh, solved, got_r, got_c = {}, [], [], []
+        for k in range(len(start_d)):
+            key = (first_id[k], int(bounds[k + 1] - bounds[k]))
+            pair = cache.get(key)
+            if pair is not None:
+                fresh[key] = pair
+                out_d.append(pair[0])
+                out_g.append(pair[1])
+                continue
+            o = offset[k]
+            r, col = linear_sum_assignment(flat[o : o + cells[k]].reshape(size_d[k], size_g[k]), maximize=True)
+            solved.append(k)
+            got_r.append(r)
+            got_c.append(col)
+        if solved:
+            ks = np.repeat(np.array(solved), [len(r) for r in got_r])
+            r, col = np.concatenate(got_r), np.concatenate(got_c)
+            real = flat[offset[ks] + r * size_g[ks] + col] > 0
+            md = keys_d[start_d[ks] + r] % n_det
+            mg = keys_g[start_g[ks] + col] % n_gt
+            splits = np.cumsum([len(x) for x in got_r])[:-1]
+            for k, d_k, g_k, ok in zip(solved, np.split(md, splits), np.split(mg, splits), np.split(real, splits),
+                                       strict=True):
+                pair = (d_k[ok], g_k[ok])
+                fresh[(first_id[k], int(bounds[k + 1] - bounds[k]))] = pair
+                out_d.append(pair[0])
+                out_g.append(pair[1])
+        cache.clear()
+        cache.update(fresh)
+    return np.concatenate(out_d), np.concatenate(out_g)
+
+
+def _two_node_side(comp: np.ndarray, pair: np.ndarray, other: np.ndarray, w: np.ndarray):
+    """Heaviest matchings of components whose ``pair`` side has exactly two nodes.
+
+    Every weight lies in (0.5, 1], so two edges always outweigh one: each
+    component takes the best pair (u0, x), (u1, y) with x != y, from the best
+    and second-best partner of each of its two ``pair`` nodes.
+
+    Args:
+        comp, pair, other, w: [E] component, the two-node side's node, the other node, weight.
+
+    Returns:
+        (other [k], pair [k]) matched nodes.
+    """
+    order = np.lexsort((-w, pair, comp))
+    comp, pair, other, w = comp[order], pair[order], other[order], w[order]
+    lead = np.r_[True, (comp[1:] != comp[:-1]) | (pair[1:] != pair[:-1])]
+    starts = np.flatnonzero(lead)  # per (component, pair node), heaviest first; two per component
+    second = np.where(np.r_[starts[1:], len(w)] - starts > 1, starts + 1, -1)
+    s0, s1 = starts[0::2], starts[1::2]  # the two pair nodes of each component
+    t0, t1 = second[0::2], second[1::2]
+    wt = lambda i: np.where(i >= 0, w[i], -np.inf)  # noqa: E731
+    clash = other[s0] == other[s1]
+    alt_a = wt(s0) + wt(t1)  # u0 keeps its best, u1 takes its second
+    alt_b = wt(t0) + wt(s1)
+    use_a = clash & (alt_a >= alt_b)
+    use_b = clash & ~use_a
+    e0 = np.where(use_b, t0, s0)
+    e1 = np.where(use_a, t1, s1)
+    return np.concatenate([other[e0], other[e1]]), np.concatenate([pair[e0], pair[e1]])
+
+
+def jaccard_index(prep: Prepared) -> tuple[float | None, list[float | None]]:
+    """CrowdDet's ``compute_JI_with_ignore`` + ``gather`` over the 10 score thresholds.
+
+    Returns:
+        (JI = the largest defined mean ratio or None, [10] mean ratio per threshold).
+    """
+    n_det, valid = len(prep.det_scores), ~prep.gt_ignore
+    valid_idx, ign_idx = np.flatnonzero(valid), np.flatnonzero(prep.gt_ignore)
+    gv, gi = prep.gt_boxes[valid_idx], prep.gt_boxes[ign_idx]
+    position = np.cumsum(valid) - 1  # GT index -> index among the valid GT
+    pd, pg, inter = prep.det_gt_pairs()
+    # Detection x valid GT: IoU > 0.5 edges.
+    on_valid = valid[pg]
+    vd, vg, vi = pd[on_valid], pg[on_valid], inter[on_valid]
+    iou = vi / (_area(prep.det_boxes, False)[vd] + _area(prep.gt_boxes, False)[vg] - vi + EPS)
+    edge = iou > THRESHOLD
+    ed, eg, ew = vd[edge], position[vg[edge]], iou[edge]
+    # Detections and valid GT that an ignore region covers (IoA over their own, clamped, area).
+    det_cov = np.zeros(n_det, bool)
+    hd, hi = pd[~on_valid], inter[~on_valid]
+    det_cov[hd[hi / (_area(prep.det_boxes, True)[hd] + EPS) > THRESHOLD]] = True
+    a, _, gi_inter = intersections(gv, prep.gt_img[valid_idx], gi, prep.gt_img[ign_idx], prep.n_images)
+    gt_cov = np.zeros(len(valid_idx), bool)
+    gt_cov[a[gi_inter / (_area(gv, True)[a] + EPS) > THRESHOLD]] = True
+    gv_img = prep.gt_img[valid_idx]
+    n_valid = np.bincount(gv_img, minlength=prep.n_images)
+    means: list[float | None] = []
+    cache: dict = {}
+    for t in JI_THRESHOLDS:
+        active = prep.det_scores > t
+        e = active[ed]
+        md, mg = _max_weight_matching(ed[e], eg[e], ew[e], n_det, len(valid_idx), np.flatnonzero(e), cache)
+        det_matched = np.zeros(n_det, bool)
+        det_matched[md] = True
+        gt_matched = np.zeros(len(valid_idx), bool)
+        gt_matched[mg] = True
+        k = np.bincount(prep.det_img[md], minlength=prep.n_images)
+        n = np.bincount(prep.det_img[active & ~(~det_matched & det_cov)], minlength=prep.n_images)
+        m = n_valid - np.bincount(gv_img[~gt_matched & gt_cov], minlength=prep.n_images)
+        ratio = k / (m + n - k + EPS)
+        counted = int(((m != 0) | (n != 0)).sum())
+        means.append(float(ratio.sum() / counted) if counted else None)
+    defined = [v for v in means if v is not None]
+    return (max(defined) if defined else None), means

@@ -1,0 +1,338 @@
+"""``model.arch: fcos``: torchvision's FCOS as a one-class pedestrian detector.
+
+torchvision's :class:`~torchvision.models.detection.FCOS` on pedcrowd's
+backbones, with pedcrowd's input transform (:class:`PedTransform`, which
+rescales ignore boxes) and its own loss, chosen by ``model.assigner``:
+
+- ``fcos``: FCOS's own assignment, as torchvision does it (a location is a
+  positive of the smallest GT whose box holds its point, within
+  ``fcos_center_sampling_radius`` strides of the GT centre and in the
+  level's scale range ``[4s, 8s]`` of ``max(l, t, r, b)``), and torchvision's
+  loss (sigmoid focal loss, GIoU, centre-ness BCE, each divided by the number
+  of positives). With no ignore boxes the losses equal torchvision's.
+- ``dw``: Dual Weighting (:mod:`pedcrowd.losses.dw`).
+
+Ignore regions (one rule for both assigners): a location that is not a
+positive of any GT and whose *point* lies inside an ignore box is neither
+positive nor negative (it takes no classification loss). The point rule, not
+the IoA >= 0.5 rule of the two-stage detector (:mod:`pedcrowd.model.ignore`):
+a background location has no box of its own to measure an IoA with, and the
+point is what FCOS itself tests against GT boxes. Locations assigned to a GT
+stay positive even inside an ignore box (``model.ignore_positives`` is the
+two-stage detector's option; FCOS keeps them).
+
+One class logit (no background class); the detections carry label 1 like
+Faster R-CNN's. A location's anchor is a square of one stride centred on its
+point (torchvision's ``(8,), (16,), ...`` convention), so regression outputs
+are ``l, t, r, b`` in strides. Inference is torchvision's
+(score ``sqrt(sigmoid(cls) * sigmoid(ctr))``, ``box_score_thresh``,
+``box_nms_thresh``, ``box_detections_per_img``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection import FCOS
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.fcos import FCOSHead, FCOSRegressionHead
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+from pedcrowd.errors import PedcrowdError
+from pedcrowd.model.config import ModelConfig
+from pedcrowd.model.transform import PedTransform
+
+# feature strides of each backbone's levels, finest first (mobilenet_v3_fpn returns two
+# levels at stride 32, which FCOS's per-level scale ranges cannot tell apart)
+FCOS_STRIDES = {
+    "tiny_fpn": (8, 16, 32),
+    "resnet50_fpn": (4, 8, 16, 32, 64),
+    "resnet18_fpn": (4, 8, 16, 32, 64),
+}
+
+
+def build_fcos(cfg: ModelConfig) -> PedFCOS:
+    """The FCOS detector described by ``cfg`` (``cfg.arch == "fcos"``), weights loaded.
+
+    Raises:
+        PedcrowdError: a backbone FCOS cannot use, bad head settings, unreadable weights.
+    """
+    from pedcrowd.model.backbones import backbone_levels, build_backbone
+    from pedcrowd.model.detector import IMAGE_MEAN, IMAGE_STD, load_weights
+
+    backbone_levels(cfg.backbone)  # an unknown name: the one error of every architecture
+    strides = FCOS_STRIDES.get(cfg.backbone)
+    if strides is None:
+        raise PedcrowdError(
+            f"model.backbone: {cfg.backbone!r} does not fit model.arch fcos; choose one of "
+            f"{', '.join(FCOS_STRIDES)}"
+        )
+    for key, value, ok, want in (
+        ("fcos_num_convs", cfg.fcos_num_convs, cfg.fcos_num_convs >= 0, ">= 0"),
+        ("fcos_center_sampling_radius", cfg.fcos_center_sampling_radius,
+         cfg.fcos_center_sampling_radius > 0, "> 0"),
+        ("fcos_topk_candidates", cfg.fcos_topk_candidates, cfg.fcos_topk_candidates >= 1, ">= 1"),
+        ("dw_prior_sigma", cfg.dw_prior_sigma, cfg.dw_prior_sigma > 0, "> 0"),
+    ):
+        if not ok:
+            raise PedcrowdError(f"model.{key}: {value} must be {want}")
+    weights = str(cfg.weights)
+    backbone = build_backbone(cfg.backbone, weights, cfg.trainable_layers)
+    anchor_generator = AnchorGenerator(
+        sizes=tuple((s,) for s in strides), aspect_ratios=((1.0,),) * len(strides)
+    )
+    head = FCOSHead(backbone.out_channels, 1, 1, cfg.fcos_num_convs)
+    refine = cfg.assigner == "dw" and cfg.dw_refine
+    head.regression_head = PedFCOSRegressionHead(
+        backbone.out_channels, cfg.fcos_num_convs, refine=refine
+    )
+    if cfg.assigner == "dw":  # the official DW head's initialisation
+        nn.init.constant_(head.classification_head.cls_logits.bias, -math.log((1 - 0.02) / 0.02))
+        nn.init.constant_(head.regression_head.bbox_reg.bias, 4.0)
+    model = PedFCOS(
+        backbone,
+        num_classes=1,
+        anchor_generator=anchor_generator,
+        head=head,
+        center_sampling_radius=cfg.fcos_center_sampling_radius,
+        score_thresh=cfg.box_score_thresh,
+        nms_thresh=cfg.box_nms_thresh,
+        detections_per_img=cfg.box_detections_per_img,
+        topk_candidates=cfg.fcos_topk_candidates,
+    )
+    model.transform = PedTransform(
+        cfg.min_size, cfg.max_size, IMAGE_MEAN, IMAGE_STD, train_scale=cfg.train_scale
+    )
+    model.assigner = cfg.assigner
+    model.dw_prior_sigma = cfg.dw_prior_sigma
+    model.dw_neg_overlap = cfg.dw_neg_overlap
+    if weights not in ("none", "imagenet"):
+        load_weights(model, weights)
+    return model
+
+
+class PedFCOSRegressionHead(FCOSRegressionHead):
+    """torchvision's regression + centre-ness head, with DW's box refinement as an option.
+
+    Refinement (``refine=True``, DW's ``reg_refine``): a 3x3 conv on the
+    regression features predicts one (dy, dx) offset per box side; each side's
+    coordinate of the coarse box map is re-read (bilinearly, as the official
+    depthwise deformable 1x1 convolution with unit weights) at a point moved from the
+    location to near that side (``x1`` at ``(0, -l)`` plus its offset, ``y1``
+    at ``(-t, 0)``, ``x2`` at ``(0, r)``, ``y2`` at ``(b, 0)``); the refined box
+    gives the new ``l, t, r, b``. All in feature-map cells (one cell = one
+    stride = one anchor size).
+    """
+
+    def __init__(self, in_channels: int, num_convs: int, refine: bool = False) -> None:
+        super().__init__(in_channels, 1, num_convs)
+        self.refine = refine
+        if refine:
+            self.reg_offset = nn.Conv2d(in_channels, 8, kernel_size=3, padding=1)
+            nn.init.normal_(self.reg_offset.weight, std=0.01)
+            nn.init.zeros_(self.reg_offset.bias)
+
+    def forward(self, x: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Levels [N, C, H, W] -> (``l, t, r, b`` [N, sum HW, 4] in strides, logits [N, sum HW, 1])."""
+        regs, ctrs = [], []
+        for features in x:
+            feat = self.conv(features)
+            reg = F.relu(self.bbox_reg(feat))  # [N, 4, H, W]
+            if self.refine:
+                reg = refine_distances(reg, self.reg_offset(feat))
+            ctr = self.bbox_ctrness(feat)  # [N, 1, H, W]
+            regs.append(reg.flatten(2).transpose(1, 2))
+            ctrs.append(ctr.flatten(2).transpose(1, 2))
+        return torch.cat(regs, dim=1), torch.cat(ctrs, dim=1)
+
+
+def refine_distances(reg: Tensor, offset: Tensor) -> Tensor:
+    """DW's box refinement of one level.
+
+    The official code reads the box map with a depthwise deformable 1x1
+    convolution of unit weights; that is bilinear sampling of each channel at
+    its own points with zeros outside the map, done here by one ``grid_sample``
+    (equal to ``torchvision.ops.deform_conv2d`` to float rounding, 6x faster on
+    the CPU; a test checks the equality).
+
+    Args:
+        reg: [N, 4, H, W] ``l, t, r, b`` in cells, >= 0.
+        offset: [N, 8, H, W] learnt (dy, dx) per side: x1, y1, x2, y2.
+
+    Returns:
+        [N, 4, H, W] refined ``l, t, r, b`` (>= 0).
+    """
+    n, _, h, w = reg.shape
+    gy, gx = torch.meshgrid(
+        torch.arange(h, dtype=reg.dtype, device=reg.device),
+        torch.arange(w, dtype=reg.dtype, device=reg.device),
+        indexing="ij",
+    )
+    left, top, right, bottom = reg.unbind(1)
+    boxes = torch.stack([gx - left, gy - top, gx + right, gy + bottom], 1)  # [N, 4, H, W]
+    zero = torch.zeros_like(left)
+    move = torch.stack([zero, -left, -top, zero, zero, right, bottom, zero], 1)  # (dy, dx) x 4
+    sampled = sample_per_channel(boxes, (offset + move).view(n, 4, 2, h, w))
+    x1, y1, x2, y2 = sampled.unbind(1)
+    return F.relu(torch.stack([gx - x1, gy - y1, x2 - gx, y2 - gy], 1))
+
+
+def sample_per_channel(maps: Tensor, offsets: Tensor) -> Tensor:
+    """Bilinear samples of each channel at its own offset points (zeros outside).
+
+    Args:
+        maps: [N, C, H, W].
+        offsets: [N, C, 2, H, W] (dy, dx) in cells from each location.
+
+    Returns:
+        [N, C, H, W]: ``out[n, c, i, j] = maps[n, c](i + dy, j + dx)``.
+    """
+    n, c, h, w = maps.shape
+    gy, gx = torch.meshgrid(
+        torch.arange(h, dtype=maps.dtype, device=maps.device),
+        torch.arange(w, dtype=maps.dtype, device=maps.device),
+        indexing="ij",
+    )
+    y, x = gy + offsets[:, :, 0], gx + offsets[:, :, 1]  # [N, C, H, W] pixel coordinates
+    grid = torch.stack([(2 * x + 1) / w - 1, (2 * y + 1) / h - 1], dim=-1)  # align_corners=False
+    out = F.grid_sample(
+        maps.reshape(n * c, 1, h, w), grid.reshape(n * c, h, w, 2),
+        mode="bilinear", padding_mode="zeros", align_corners=False,
+    )
+    return out.view(n, c, h, w)
+
+
+class PedFCOS(FCOS):
+    """torchvision FCOS with pedcrowd's losses (``assigner``) and label 1 for pedestrians.
+
+    Training targets: ``boxes`` [K, 4] xyxy, ``labels`` [K] (unused: one class),
+    optional ``ignore_boxes`` [M, 4] xyxy.
+    """
+
+    assigner: str = "fcos"
+    dw_prior_sigma: float = 1.11
+    dw_neg_overlap: str = "min"
+
+    def compute_loss(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        num_anchors_per_level: list[int],
+    ) -> dict[str, Tensor]:
+        # the losses in float32 (under CUDA autocast the head's outputs are half precision)
+        head_outputs = {k: v.float() for k, v in head_outputs.items()}
+        if self.assigner == "dw":
+            from pedcrowd.losses.dw import dw_loss
+
+            return dw_loss(
+                head_outputs, anchors, targets, self.box_coder,
+                prior_sigma=self.dw_prior_sigma, neg_overlap=self.dw_neg_overlap,
+            )
+        matched = [
+            fcos_match(a, t["boxes"], num_anchors_per_level, self.center_sampling_radius)
+            for a, t in zip(anchors, targets, strict=True)
+        ]
+        return fcos_loss(head_outputs, anchors, targets, matched, self.box_coder)
+
+    def postprocess_detections(self, head_outputs, anchors, image_shapes):
+        dets = super().postprocess_detections(head_outputs, anchors, image_shapes)
+        for d in dets:
+            d["labels"] = d["labels"] + 1  # the one logit is the pedestrian class
+        return dets
+
+
+def points_in_boxes(points: Tensor, boxes: Tensor | None) -> Tensor:
+    """[N, 2] points x [M, 4] xyxy boxes -> [N, M] bool: strictly inside (l, t, r, b > 0)."""
+    if boxes is None or boxes.numel() == 0:
+        return torch.zeros(points.shape[0], 0, dtype=torch.bool, device=points.device)
+    boxes = boxes.reshape(-1, 4).to(points)
+    lt = points[:, None, :] - boxes[None, :, :2]
+    rb = boxes[None, :, 2:] - points[:, None, :]
+    return torch.cat([lt, rb], dim=2).min(dim=2).values > 0
+
+
+def ignored_points(anchors: Tensor, ignore_boxes: Tensor | None) -> Tensor:
+    """[N, 4] anchors -> [N] bool: the anchor's point lies inside an ignore box."""
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    return points_in_boxes(centres, ignore_boxes).any(dim=1)
+
+
+def fcos_match(
+    anchors: Tensor, gt_boxes: Tensor, num_anchors_per_level: list[int], radius: float
+) -> Tensor:
+    """FCOS's assignment of one image: [N, 4] anchors, [M, 4] GTs -> [N] GT index or -1.
+
+    A location matches a GT when its point is inside the box, within ``radius``
+    anchor sizes of the box centre (both axes), and ``max(l, t, r, b)`` lies in
+    the level's range ``(4 s, 8 s)`` (no lower bound on the finest level, no
+    upper bound on the coarsest); of several matches the smallest-area GT wins.
+    """
+    n = anchors.shape[0]
+    if gt_boxes.numel() == 0:
+        return torch.full((n,), -1, dtype=torch.int64, device=anchors.device)
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2  # [N, 2]
+    size = anchors[:, 2] - anchors[:, 0]  # [N]
+    gt_centres = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2  # [M, 2]
+    near = (centres[:, None] - gt_centres[None]).abs().amax(dim=2) < radius * size[:, None]
+    ltrb = torch.cat([centres[:, None] - gt_boxes[None, :, :2], gt_boxes[None, :, 2:] - centres[:, None]], 2)
+    low, high = size * 4, size * 8
+    low[: num_anchors_per_level[0]] = 0
+    high[n - num_anchors_per_level[-1]:] = math.inf
+    reach = ltrb.amax(dim=2)  # [N, M]
+    ok = near & (ltrb.amin(dim=2) > 0) & (reach > low[:, None]) & (reach < high[:, None])
+    area = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])  # [M]
+    cost = torch.where(ok, area[None].expand_as(ok), torch.full_like(reach, math.inf))
+    best, idx = cost.min(dim=1)
+    return torch.where(torch.isfinite(best), idx, torch.full_like(idx, -1))
+
+
+def fcos_loss(
+    head_outputs: dict[str, Tensor],
+    anchors: list[Tensor],
+    targets: list[dict[str, Tensor]],
+    matched: list[Tensor],
+    box_coder,
+) -> dict[str, Tensor]:
+    """torchvision's FCOS loss, with ignored background locations left out of the focal loss.
+
+    Args:
+        head_outputs: ``cls_logits`` [B, N, 1], ``bbox_regression`` [B, N, 4],
+            ``bbox_ctrness`` [B, N, 1].
+        anchors: per image [N, 4]; matched: per image [N] GT index or -1.
+
+    Returns:
+        ``loss_cls`` (focal, alpha 0.25, gamma 2), ``loss_giou``, ``loss_ctrness``,
+        each summed and divided by max(1, positives in the batch).
+    """
+    cls_logits = head_outputs["cls_logits"][..., 0]  # [B, N]
+    regression = head_outputs["bbox_regression"]  # [B, N, 4]
+    ctrness = head_outputs["bbox_ctrness"][..., 0]  # [B, N]
+    fg = torch.stack(matched) >= 0  # [B, N]
+    keep = torch.stack(
+        [m.ge(0) | ~ignored_points(a, t.get("ignore_boxes"))
+         for m, a, t in zip(matched, anchors, targets, strict=True)]
+    )  # [B, N]
+    gt = torch.stack([
+        t["boxes"][m.clamp(min=0)] if t["boxes"].numel() else a.new_zeros(a.shape)
+        for m, a, t in zip(matched, anchors, targets, strict=True)
+    ])  # [B, N, 4]
+    anchors_b = torch.stack(anchors)
+    num_fg = max(1, int(fg.sum()))
+    loss_cls = sigmoid_focal_loss(cls_logits[keep], fg[keep].to(cls_logits.dtype), reduction="sum")
+    pred = box_coder.decode(regression[fg], anchors_b[fg])
+    loss_giou = generalized_box_iou_loss(pred, gt[fg], reduction="sum")
+    enc = box_coder.encode(anchors_b[fg], gt[fg])  # [P, 4] l, t, r, b in anchor sizes
+    lr, tb = enc[:, [0, 2]], enc[:, [1, 3]]
+    target_ctr = torch.sqrt(
+        (lr.amin(1) / lr.amax(1)) * (tb.amin(1) / tb.amax(1))
+    )
+    loss_ctr = F.binary_cross_entropy_with_logits(ctrness[fg], target_ctr, reduction="sum")
+    return {
+        "loss_cls": loss_cls / num_fg,
+        "loss_giou": loss_giou / num_fg,
+        "loss_ctrness": loss_ctr / num_fg,
+    }

@@ -70,12 +70,12 @@ from pedcrowd.engine.loop import (  # noqa: F401 - train_one_epoch, make_loader 
 )
 from pedcrowd.engine.metrics import MetricsLog, to_jsonable
 from pedcrowd.engine.reporter import Reporter
-from pedcrowd.formats.registry import dataset_format
 from pedcrowd.engine.schedule import build_optimizer, build_scheduler
 from pedcrowd.engine.signals import Interrupted, StopOnSignal
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import write_text_atomic
 from pedcrowd.formats.detections import output_to_xywh, results_entries
+from pedcrowd.formats.registry import dataset_format
 from pedcrowd.model.config import PostprocessConfig
 
 PRIMARY_SETUP = "Reasonable"

@@ -11,7 +11,8 @@ format), ``val_eval.json`` (latest evaluation, the ``pedcrowd eval --json``
 schema), and per-epoch copies of both under ``eval/``.
 
 Determinism: on the CPU the same seed gives the same weights, and 2 epochs
-equal 1 epoch + ``resume`` 1 epoch bit for bit. The data order comes from
+equal 1 epoch + ``resume`` 1 epoch bit for bit (except with GHM, whose moving
+averages are not checkpointed and restart on a resume). The data order comes from
 ``DistributedSampler(seed, epoch)``, augmentations from ``(seed, epoch,
 index)``, DataLoader workers from a generator seeded by ``(seed, epoch)``, and
 the model's own randomness (the RPN and RoI samplers) from the global torch

@@ -92,23 +92,26 @@ def assert_metrics_once_each(run: Path) -> None:
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(crash_cfg, reference, tmp_path):
     run = tmp_path / "run"
     proc = start("-c", str(crash_cfg), "-o", str(run))
-    wait_for_iteration(proc, run, at_least=11)  # in epoch 2
+    wait_for_iteration(proc, run, at_least=10)  # in epoch 2 (iterations 9-16)
     proc.kill()
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    ckpt = load_checkpoint(run / "last.pt")
-    assert 10 <= ckpt["iteration"] < ITERS and ckpt["epoch"] == 1 and ckpt["epoch_state"]["steps"] > 0
+    # the kill may fall between keeping prev.pt and renaming the new last.pt into place
+    last = run / "last.pt" if (run / "last.pt").is_file() else run / "prev.pt"
+    ckpt = load_checkpoint(last)
+    assert 9 <= ckpt["iteration"] < ITERS and ckpt["epoch"] == 1 and ckpt["epoch_state"]["steps"] > 0
 
     # the worst case on top: last.pt torn, a killed write's temporary file left behind
     prev_iteration = load_checkpoint(run / "prev.pt")["iteration"]
-    assert prev_iteration == ckpt["iteration"] - 1
-    data = (run / "last.pt").read_bytes()
+    assert prev_iteration in (ckpt["iteration"] - 1, ckpt["iteration"])
+    data = (run / "last.pt").read_bytes() if (run / "last.pt").is_file() else b"\x00" * 1000
     (run / "last.pt").write_bytes(data[: len(data) // 2])
     (run / ".last.pt.tmp-99999").write_bytes(b"half a checkpoint")
 
     code, out, err = finish(start("-o", str(run), "--resume", "--json"))
     assert code == 0, err
-    assert "last.pt: not a readable checkpoint" in err and "resuming from the checkpoint before it" in err
+    flat = " ".join(err.split())  # rich wraps long log lines
+    assert "last.pt: not a readable checkpoint" in flat and "resuming from the checkpoint before it" in flat
     summary = json.loads(out)
     assert summary["iterations"] == ITERS
     assert summary["weights_digest"] == reference["weights_digest"]
@@ -285,3 +288,15 @@ def test_divergence_stops_after_n_nonfinite_steps_and_keeps_last_pt(one_epoch_ru
     assert ckpt["epoch"] == 1 and ckpt["iteration"] == 2  # written before the run stopped in epoch 2
     skipped = [m["iter"] for m in read_metrics(run) if m["kind"] == "train" and m.get("skipped")]
     assert len(skipped) >= 2 and skipped == list(range(skipped[0], skipped[0] + len(skipped)))
+
+
+def test_interrupted_exit_codes_and_message(tmp_path):
+    from pedcrowd.engine.signals import Interrupted
+
+    stopped = Interrupted(signal.SIGINT, tmp_path, tmp_path / "last.pt", 7)
+    assert stopped.exit_code == 130
+    assert str(stopped) == (
+        f"SIGINT: training stopped, checkpoint {tmp_path / 'last.pt'} written at iteration 7; "
+        f"continue with: pedcrowd train --out {tmp_path} --resume"
+    )
+    assert Interrupted(signal.SIGTERM, tmp_path, None, 7).exit_code == 143

@@ -251,17 +251,25 @@ def test_infer_video_cli_with_vis(tmp_path: Path, model: FasterRCNN):
     assert ok and first.shape == (H, W, 3)
 
 
-def test_infer_unopenable_video_is_an_error(folder: Path, tmp_path: Path, model: FasterRCNN):
+def test_infer_unopenable_video_is_skipped_like_an_unreadable_image(
+    folder: Path, tmp_path: Path, model: FasterRCNN
+):
     bad = tmp_path / "bad.avi"
     bad.write_bytes(b"definitely not a video" * 20)
     out = tmp_path / "o"
     result = runner.invoke(
         app, ["infer", str(folder), str(bad), "--weights", "run", "--out", str(out)]
     )
+    assert result.exit_code == 0, result.output
+    assert "skipped bad.avi: cannot open video" in result.output
+    # the images were processed; the video is counted among the skipped inputs
+    dets = json.loads((out / "detections.json").read_text())
+    assert dets and not any(d["file_name"].startswith("bad.avi") for d in dets)
+    assert "2 unreadable skipped (b/broken.png, bad.avi)" in " ".join(result.output.split())
+    # only the video: nothing could be read, exit 2
+    result = runner.invoke(app, ["infer", str(bad), "--weights", "run", "--out", str(tmp_path / "o2")])
     assert result.exit_code == 2
-    assert "bad.avi: cannot open video" in result.output
-    # Checked before any work: the images before it were not processed either.
-    assert not out.exists()
+    assert "none of the 1 inputs could be read (bad.avi)" in result.output
 
 
 def test_vis_images_and_gt_overlay(folder: Path, model: FasterRCNN, tmp_path: Path):

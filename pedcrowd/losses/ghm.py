@@ -16,7 +16,9 @@ number of non-empty regions. The loss is ``sum(w * l) / tot``.
 
 The moving average lives in a :class:`GHMState` owned by whoever builds the
 loss (the loss builder), never on the modules and never in the graph: ``g``
-and the weights are computed without gradient. Guards against the NaN and
+and the weights are computed without gradient. It is not part of the
+checkpoint: ``--resume`` restarts it from zero (official mmdetection keeps it
+as a module buffer, so its checkpoints carry it). Guards against the NaN and
 stalls users of public ports report: non-finite ``g`` is not counted; a batch
 with no valid sample gives weights 0 and ``tot`` 1 (loss 0, not 0/0); an
 empty region neither divides nor decays (its average is left as it was, as

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from pedcrowd.data.datasets import bgr_to_tensor
-from pedcrowd.errors import PedcrowdError
 from pedcrowd.media.sources import Source
 
 
@@ -88,9 +87,9 @@ def _produce(
                 out.put(pool.submit(decode_image, source, keep_image))
                 continue
             cap = cv2.VideoCapture(str(source.path))
-            if not cap.isOpened():
-                out.put(PedcrowdError(f"{source.path}: cannot open video"))
-                return
+            if not cap.isOpened():  # degraded input: skip it, keep the other inputs
+                out.put(Item(source.name, None, video=source.name, error="cannot open video"))
+                continue
             fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
             expected = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
             index = 0

@@ -109,8 +109,8 @@ def collect_sources(inputs: Sequence[str | Path]) -> list[Source]:
 def count_frames(sources: Sequence[Source]) -> int:
     """Images plus (approximate, from the container header) video frames.
 
-    Raises:
-        PedcrowdError: a video that cannot be opened, before any work is done.
+    A video that cannot be opened counts 0 (the decoder reports it as skipped,
+    like an unreadable image).
     """
     import cv2
 
@@ -118,9 +118,8 @@ def count_frames(sources: Sequence[Source]) -> int:
     for s in sources:
         if s.is_video:
             cap = cv2.VideoCapture(str(s.path))
-            if not cap.isOpened():
-                raise PedcrowdError(f"{s.path}: cannot open video")
-            total += max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+            if cap.isOpened():
+                total += max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
             cap.release()
         else:
             total += 1

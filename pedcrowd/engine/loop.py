@@ -1,0 +1,198 @@
+"""One pass over the training data: the step, skipped non-finite steps, the epoch's loader.
+
+:func:`train_one_epoch` is the inner loop of :func:`pedcrowd.engine.train.fit`
+(also used alone by the benchmarks); :func:`make_loader` builds an epoch's
+DataLoader whose order depends only on ``(seed, epoch)`` and can start part-way
+through the epoch (a mid-epoch resume); :class:`EpochState` is what a
+mid-epoch checkpoint stores of the epoch so far.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from pedcrowd.engine import distributed as ddp
+from pedcrowd.errors import PedcrowdError
+
+
+def _to_device(images: list[torch.Tensor], targets: list[dict], device: torch.device):
+    images = [img.to(device, non_blocking=True) for img in images]
+    targets = [
+        {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+        for t in targets
+    ]
+    return images, targets
+
+
+def _quiet_worker(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process (which checkpoints)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def make_loader(
+    dataset, batch_size: int, num_workers: int, seed: int, epoch: int,
+    info: ddp.DistInfo, shuffle: bool = True, skip_batches: int = 0,
+) -> DataLoader:
+    """The epoch's DataLoader; its order and worker seeds depend only on (seed, epoch).
+
+    ``skip_batches``: leave out the epoch's first batches (a mid-epoch resume);
+    the remaining ones are exactly those an uninterrupted epoch would still yield.
+    """
+    if hasattr(dataset, "set_epoch"):  # augmentations are seeded by (seed, epoch, index)
+        dataset.set_epoch(epoch)
+    sampler = DistributedSampler(
+        dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=seed,
+        drop_last=True,
+    )
+    sampler.set_epoch(epoch)
+    order: Any = sampler
+    if skip_batches > 0:
+        order = list(sampler)[skip_batches * batch_size:]
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=order, num_workers=num_workers,
+        collate_fn=dataset.collate_fn, generator=generator,
+        drop_last=True, pin_memory=torch.cuda.is_available(),
+        persistent_workers=False, worker_init_fn=_quiet_worker if num_workers > 0 else None,
+    )
+
+
+class Diverged(PedcrowdError):
+    """Too many consecutive steps with a non-finite loss."""
+
+
+@dataclasses.dataclass
+class EpochState:
+    """What one epoch has accumulated so far (stored in mid-epoch checkpoints).
+
+    ``sums``: loss term -> sum over the finite steps; ``steps``: batches done in
+    this epoch; ``finite_steps``: how many of them had a finite loss;
+    ``nonfinite_run``: non-finite steps in a row up to now.
+    """
+
+    sums: dict[str, float] = dataclasses.field(default_factory=dict)
+    steps: int = 0
+    finite_steps: int = 0
+    nonfinite_run: int = 0
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.finite_steps, 1) for k, v in self.sums.items()}
+
+
+def _nonfinite_terms(values: dict[str, float]) -> str:
+    bad = [f"{k}={v}" for k, v in values.items() if not math.isfinite(v)]
+    return ", ".join(bad) or "the sum of finite terms overflows"
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    loader: Iterable,
+    device: torch.device,
+    epoch: int,
+    *,
+    iteration: int = 0,
+    amp: bool = False,
+    grad_clip: float | None = None,
+    log_every: int = 20,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+    world_size: int = 1,
+    state: EpochState | None = None,
+    max_nonfinite: int = 5,
+    should_stop: Callable[[], bool] | None = None,
+    any_rank: Callable[[bool], bool] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[int, dict[str, float]]:
+    """One pass over ``loader``; returns the next global iteration and mean losses.
+
+    Args:
+        loader: yields ``(images, targets)``: lists of [3, H, W] tensors and
+            torchvision target dicts (``boxes`` [K, 4] xyxy, ``labels`` [K],
+            ``ignore_boxes`` [M, 4]).
+        iteration: global iteration at the start of the epoch (for the logs).
+        on_step: called after every step with the step's record (losses, lr,
+            images/s, data wait); the record is logged when ``log`` is True.
+        state: the epoch's running sums (continued from a mid-epoch checkpoint;
+            updated in place).
+        max_nonfinite: a step with a non-finite loss (or gradient norm) is
+            skipped with a warning (no optimiser update; the lr schedule still
+            advances); this many in a row raise :class:`Diverged`.
+        should_stop: checked after every step; True ends the pass early.
+        any_rank: under DDP, "is this flag true on any rank" (so that every rank
+            skips the same steps and stops at the same one).
+    """
+    model.train()
+    state = state if state is not None else EpochState()
+    any_rank = any_rank or (lambda flag: flag)
+    warn = warn or (lambda message: None)
+    use_amp = amp and device.type == "cuda"
+    end = time.perf_counter()
+    for images, targets in loader:
+        data_wait = time.perf_counter() - end
+        images, targets = _to_device(list(images), list(targets), device)
+        with torch.autocast(device.type, enabled=use_amp):
+            loss_dict = model(images, targets)
+        loss = sum(loss_dict.values())
+        values = {k: float(v.detach()) for k, v in loss_dict.items()}
+        total = sum(values.values())
+        optimizer.zero_grad(set_to_none=True)
+        bad = any_rank(not math.isfinite(total))
+        if not bad:
+            scaler.scale(loss).backward()
+            if grad_clip is not None and grad_clip > 0:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                if not use_amp and any_rank(not math.isfinite(float(norm))):
+                    bad, values = True, {**values, "grad_norm": float(norm)}
+                    optimizer.zero_grad(set_to_none=True)
+        if bad:
+            state.nonfinite_run += 1
+            where = f"epoch {epoch + 1}, iteration {iteration + 1}"
+            if state.nonfinite_run >= max_nonfinite:
+                raise Diverged(
+                    f"training diverged at {where}: {state.nonfinite_run} steps in a row with a "
+                    f"non-finite loss ({_nonfinite_terms(values)}); lower optim.lr or check the data"
+                )
+            warn(f"{where}: non-finite loss ({_nonfinite_terms(values)}); step skipped "
+                 f"({state.nonfinite_run} in a row, stopping at {max_nonfinite})")
+        else:
+            scaler.step(optimizer)
+            scaler.update()
+            state.nonfinite_run = 0
+            state.finite_steps += 1
+            for k, v in values.items():
+                state.sums[k] = state.sums.get(k, 0.0) + v
+        lr = optimizer.param_groups[0]["lr"]
+        with warnings.catch_warnings():  # torch warns when a skipped first step precedes this
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        step_time = time.perf_counter() - end
+        end = time.perf_counter()
+
+        state.steps += 1
+        iteration += 1
+        if on_step is not None:
+            record = {
+                "epoch": epoch + 1, "iter": iteration, "lr": lr, "loss": total, **values,
+                "images_per_s": len(images) * world_size / max(step_time, 1e-9),
+                "step_s": step_time, "data_wait_s": data_wait,
+                "log": iteration % log_every == 0, "skipped": bad,
+            }
+            on_step(record)
+        if should_stop is not None and should_stop():
+            break
+    return iteration, state.means()

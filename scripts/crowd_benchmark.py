@@ -22,7 +22,7 @@ false positives, timings, ``pedcrowd analyze`` where it exists) and writes
 
 Usage::
 
-    python scripts/crowd_benchmark.py                       # everything, 3 seeds, ~90 min on 2 cores
+    python scripts/crowd_benchmark.py                       # everything, 3 seeds (1.5-2 h on 2 idle cores, estimated)
     python scripts/crowd_benchmark.py --rows none,nms_roi,rep --seeds 2 --minutes 2
     python scripts/crowd_benchmark.py --list                # rows and their availability
 """

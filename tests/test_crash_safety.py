@@ -92,23 +92,26 @@ def assert_metrics_once_each(run: Path) -> None:
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(crash_cfg, reference, tmp_path):
     run = tmp_path / "run"
     proc = start("-c", str(crash_cfg), "-o", str(run))
-    wait_for_iteration(proc, run, at_least=11)  # in epoch 2
+    wait_for_iteration(proc, run, at_least=10)  # in epoch 2 (iterations 9-16)
     proc.kill()
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    ckpt = load_checkpoint(run / "last.pt")
-    assert 10 <= ckpt["iteration"] < ITERS and ckpt["epoch"] == 1 and ckpt["epoch_state"]["steps"] > 0
+    # the kill may fall between keeping prev.pt and renaming the new last.pt into place
+    last = run / "last.pt" if (run / "last.pt").is_file() else run / "prev.pt"
+    ckpt = load_checkpoint(last)
+    assert 9 <= ckpt["iteration"] < ITERS and ckpt["epoch"] == 1 and ckpt["epoch_state"]["steps"] > 0
 
     # the worst case on top: last.pt torn, a killed write's temporary file left behind
     prev_iteration = load_checkpoint(run / "prev.pt")["iteration"]
-    assert prev_iteration == ckpt["iteration"] - 1
-    data = (run / "last.pt").read_bytes()
+    assert prev_iteration in (ckpt["iteration"] - 1, ckpt["iteration"])
+    data = (run / "last.pt").read_bytes() if (run / "last.pt").is_file() else b"\x00" * 1000
     (run / "last.pt").write_bytes(data[: len(data) // 2])
     (run / ".last.pt.tmp-99999").write_bytes(b"half a checkpoint")
 
     code, out, err = finish(start("-o", str(run), "--resume", "--json"))
     assert code == 0, err
-    assert "last.pt: not a readable checkpoint" in err and "resuming from the checkpoint before it" in err
+    flat = " ".join(err.split())  # rich wraps long log lines
+    assert "last.pt: not a readable checkpoint" in flat and "resuming from the checkpoint before it" in flat
     summary = json.loads(out)
     assert summary["iterations"] == ITERS
     assert summary["weights_digest"] == reference["weights_digest"]

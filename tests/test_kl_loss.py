@@ -46,7 +46,7 @@ def test_kl_reduces_to_smooth_l1_at_alpha_zero():
 class _Samples:  # the StageSamples fields kl_term reads
     def __init__(self, deltas, targets, labels, sampled, log_var=None):
         self.stage, self.deltas, self.target_deltas = "roi", deltas, targets
-        self.labels, self.sampled, self.weights = labels, sampled, None
+        self.labels, self.sampled, self.weights, self.box_weights = labels, sampled, None, None
         self.positive = labels == 1
         self.class_logits = torch.zeros(len(labels), 2)
         self.extras = {} if log_var is None else {"box_log_var": log_var}
@@ -63,6 +63,25 @@ def test_kl_term_sums_sampled_positives_over_sampled_rows():
     assert value.item() == pytest.approx((0.125 + 0.375 + math.log(2.0)) / 3, rel=1e-6)
     with pytest.raises(PedcrowdError, match="box_std_head"):
         kl_term(_Samples(deltas, torch.zeros(4, 4), labels, sampled), KlLossConfig(), {})
+    # per-row box weights scale it; the classification weights (PISA's ISR) do not
+    s.weights = torch.tensor([5.0, 5.0, 5.0, 5.0])
+    assert kl_term(s, KlLossConfig(), {}).item() == pytest.approx(value.item(), rel=1e-6)
+    s.box_weights = torch.tensor([2.0, 0.0, 1.0, 1.0])
+    assert kl_term(s, KlLossConfig(), {}).item() == pytest.approx(2 * 0.125 / 3, rel=1e-6)
+
+
+def test_the_kl_head_follows_the_box_loss():
+    import dataclasses
+
+    from pedcrowd.engine.config import Config, apply_overrides
+    from pedcrowd.engine.train import _head_for_box_loss
+
+    cfg = _head_for_box_loss(apply_overrides(Config(), ["loss.box=kl"]))  # a YAML or --set
+    assert cfg.model.box_std_head
+    assert _head_for_box_loss(Config()) == Config()
+    bad = dataclasses.replace(Config(), model=dataclasses.replace(Config().model, box_std_head=True))
+    with pytest.raises(PedcrowdError, match="box_std_head: true needs loss.box: kl"):
+        _head_for_box_loss(bad)
 
 
 # --------------------------------------------------------------------------- end to end

@@ -229,7 +229,8 @@ def test_rpn_samples_are_every_anchor_with_torchvision_labels():
     decoded = model.rpn.box_coder.decode(deltas.detach()[pos], [anchors[pos]])[:, 0]
     torch.testing.assert_close(s.pred_boxes[pos].detach(), decoded)
     torch.testing.assert_close(s.scores().detach(), objectness.detach()[:, 0].sigmoid())
-    # torchvision's sampler: at most 256 anchors, half positives at most
+    # torchvision's sampler: at most 256 anchors, half positives at most (a bool mask)
+    assert s.sampled.dtype == torch.bool
     assert 0 < int(s.sampled.sum()) <= 256 and int((s.sampled & s.positive).sum()) <= 128
     (s.pred_boxes[pos].sum() + s.scores()[pos].sum()).backward()
     assert model.rpn.head.bbox_pred.weight.grad.abs().sum() > 0

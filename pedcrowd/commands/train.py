@@ -48,7 +48,7 @@ def train_command(
         typer.Option(
             "--box-loss",
             help="RoI-head box loss: smooth_l1 (default) | ghm | kl, a registered term; "
-            "the same as --set loss.box=NAME. kl (KL-Loss) also sets model.box_std_head=true; "
+            "the same as --set loss.box=NAME. kl (KL-Loss) also turns on model.box_std_head; "
             "add --set postprocess.var_voting=true to evaluate with variance voting.",
         ),
     ] = None,
@@ -109,8 +109,6 @@ def train_command(
     for key, value in (("cls", cls_loss), ("box", box_loss), ("sampler", sampler)):
         if value is not None:
             sets.insert(0, f"loss.{key}={value}")  # before --set, after --loss
-    if box_loss == "kl":  # KL-Loss needs the box head that predicts the variances
-        sets.insert(0, "model.box_std_head=true")
     cfg = apply_overrides(cfg, sets)
 
     from pedcrowd.engine.reporter import RichReporter

@@ -11,7 +11,8 @@ format), ``val_eval.json`` (latest evaluation, the ``pedcrowd eval --json``
 schema), and per-epoch copies of both under ``eval/``.
 
 Determinism: on the CPU the same seed gives the same weights, and 2 epochs
-equal 1 epoch + ``resume`` 1 epoch bit for bit. The data order comes from
+equal 1 epoch + ``resume`` 1 epoch bit for bit (except with GHM, whose moving
+averages are not checkpointed and restart on a resume). The data order comes from
 ``DistributedSampler(seed, epoch)``, augmentations from ``(seed, epoch,
 index)``, DataLoader workers from a generator seeded by ``(seed, epoch)``, and
 the model's own randomness (the RPN and RoI samplers) from the global torch
@@ -75,6 +76,7 @@ from pedcrowd.engine.signals import Interrupted, StopOnSignal
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import write_text_atomic
 from pedcrowd.formats.detections import output_to_xywh, results_entries
+from pedcrowd.formats.registry import dataset_format
 from pedcrowd.model.config import PostprocessConfig
 
 PRIMARY_SETUP = "Reasonable"
@@ -189,6 +191,7 @@ def fit(
         PedcrowdError: bad input, a locked or occupied run directory, divergence.
         Interrupted: SIGTERM/SIGINT; ``last.pt`` was written first.
     """
+    cfg = _head_for_box_loss(cfg)
     tcfg = cfg.train
     run_dir = Path(out_dir if out_dir is not None else tcfg.out_dir)
     device = ddp.resolve_device(tcfg.device, ddp.local_rank_from_env())
@@ -211,6 +214,21 @@ def fit(
             lock.release()
         if owns_group:
             ddp.cleanup(info)
+
+
+def _head_for_box_loss(cfg: Config) -> Config:
+    """``cfg`` with the box head that ``loss.box`` needs: KL-Loss trains the KL head's
+    variances, so ``loss.box: kl`` turns ``model.box_std_head`` on (and the saved config
+    records it, so the checkpoint loads with its head); a KL head without KL-Loss would
+    never train its variances, and is refused."""
+    if cfg.loss.box == "kl" and not cfg.model.box_std_head:
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, box_std_head=True))
+    if cfg.model.box_std_head and cfg.loss.box != "kl":
+        raise PedcrowdError(
+            f"model.box_std_head: true needs loss.box: kl (with loss.box: {cfg.loss.box} the "
+            "box variances would never be trained); use --box-loss kl or turn the head off"
+        )
+    return cfg
 
 
 def _same_on_all_ranks(run_dir: Path, info: ddp.DistInfo) -> Path:
@@ -300,7 +318,7 @@ def _run(
                 rundir.truncate_metrics(run_dir, iteration, eval_done=state.steps == 0)
             save_config(cfg, run_dir / "config.yaml")
         log = MetricsLog(run_dir, enabled=main)
-        protocol = "caltech" if cfg.data.format == "caltech" else "citypersons"
+        protocol = dataset_format(cfg.data.format).protocol
         any_rank = _any_rank(info, device)
         t0 = time.perf_counter()
 

@@ -50,7 +50,7 @@ def kl_loss(deltas: Tensor, targets: Tensor, log_var: Tensor, *, beta: float = 1
 
 def kl_term(s: StageSamples, options: KlLossConfig, state: dict) -> Tensor:
     """RoI head box loss: :func:`kl_loss` of the sampled positives, summed, divided by
-    the number of sampled rows (per-row ``s.weights`` scale it, as in smooth_l1)."""
+    the number of sampled rows (per-row ``s.box_weights`` scale it, as in smooth_l1)."""
     log_var = s.extras.get("box_log_var")
     if log_var is None:
         raise PedcrowdError(
@@ -62,6 +62,6 @@ def kl_term(s: StageSamples, options: KlLossConfig, state: dict) -> Tensor:
         return zero_loss(s) + log_var.sum() * 0.0
     pos = rows[s.positive[rows]]  # [P]
     loss = kl_loss(s.deltas[pos], s.target_deltas[pos], log_var[pos], beta=options.beta)
-    if s.weights is not None:
-        loss = loss * s.weights[pos, None]
+    if s.box_weights is not None:
+        loss = loss * s.box_weights[pos, None]
     return loss.sum() / rows.numel()

@@ -300,19 +300,9 @@ def nms_terms(s: StageSamples, options: NmsLossConfig, state: dict) -> dict[str,
 
 def roi_candidates(s: StageSamples, options: NmsLossConfig):
     """The RoI head's positives NMS-Loss sees (``options.candidates``)."""
-    from pedcrowd.losses.positives import Positives
+    from pedcrowd.losses.positives import positives_of
 
-    rows = s.positive if options.candidates == "all" else s.positive & s.sampled  # [N]
-    return Positives(
-        pred_boxes=s.pred_boxes[rows],
-        scores=s.scores()[rows],
-        proposals=s.boxes[rows],
-        gt_index=s.matched_gt[rows],
-        gt_boxes=s.gt_boxes,
-        image_index=s.image_index[rows],
-        gt_image_index=s.gt_image_index,
-        num_images=s.num_images,
-    )
+    return positives_of(s, s.positive if options.candidates == "all" else s.positive & s.sampled)
 
 
 def rpn_candidates(s: StageSamples, options: NmsLossConfig):

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from pedcrowd.model.samples import StageSamples
 
 MAX_BATCHED_POSITIVES = 2048
 
@@ -31,6 +35,20 @@ class Positives:
     image_index: Tensor  # [n] in [0, num_images)
     gt_image_index: Tensor  # [g]
     num_images: int
+
+
+def positives_of(s: StageSamples, rows: Tensor) -> Positives:
+    """The rows ``rows`` ([N] bool, positives only) of a stage's samples as :class:`Positives`."""
+    return Positives(
+        pred_boxes=s.pred_boxes[rows],
+        scores=s.scores()[rows],
+        proposals=s.boxes[rows],
+        gt_index=s.matched_gt[rows],
+        gt_boxes=s.gt_boxes,
+        image_index=s.image_index[rows],
+        gt_image_index=s.gt_image_index,
+        num_images=s.num_images,
+    )
 
 
 def image_groups(

@@ -169,19 +169,10 @@ def rep_terms(s: StageSamples, options: RepLossConfig, state: dict) -> dict[str,
     Returns:
         ``{"rep_gt": ..., "rep_box": ...}`` unweighted.
     """
-    from pedcrowd.losses.positives import Positives, image_groups
+    from pedcrowd.losses.positives import image_groups, positives_of
 
     rows = s.positive & s.sampled  # [N]
-    p = Positives(
-        pred_boxes=s.pred_boxes[rows],
-        scores=s.scores()[rows],
-        proposals=s.boxes[rows],
-        gt_index=s.matched_gt[rows],
-        gt_boxes=s.gt_boxes,
-        image_index=s.image_index[rows],
-        gt_image_index=s.gt_image_index,
-        num_images=s.num_images,
-    )
+    p = positives_of(s, rows)
     rep_gts, rep_boxes = [], []
     for g in image_groups(p):
         rep_gt, rep_box = batched_repulsion_loss(

@@ -77,7 +77,7 @@ class ModelConfig:
     # width of the two-layer MLP box head
     representation_size: int = field(default=256, metadata={"range": ">= 1"})
     # fcos: convolutions (+ GroupNorm 32) in each head branch (torchvision: 4)
-    fcos_num_convs: int = field(default=4, metadata={"range": ">= 1"})
+    fcos_num_convs: int = field(default=4, metadata={"range": ">= 0"})
     # fcos assigner: a positive's point lies within this many strides of its GT's centre
     fcos_center_sampling_radius: float = field(default=1.5, metadata={"range": "> 0"})
     # fcos inference: top-scoring locations kept per level before NMS

@@ -140,7 +140,7 @@ class PedRegionProposalNetwork(RegionProposalNetwork):
                 t.get("ignore_boxes", torch.zeros((0, 4), dtype=dtype, device=device)) for t in targets
             ],
             image_sizes=list(images.image_sizes),
-            sampled=torch.cat(sampled_pos) | torch.cat(sampled_neg),
+            sampled=(torch.cat(sampled_pos) | torch.cat(sampled_neg)).bool(),  # torchvision: uint8
             box_coder=self.box_coder,
         )
         return boxes, self.criterion(s)

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from tiny_run import SMALL  # tests/ is on sys.path under pytest
 from torchvision.models.detection._utils import BoxCoder
 
 import pedcrowd.losses
@@ -23,7 +24,7 @@ from pedcrowd.losses import (
     repulsion_loss,
 )
 from pedcrowd.losses.criterion import StageCriterion
-from pedcrowd.model import ModelConfig, build_model, install_criteria
+from pedcrowd.model import build_model, install_criteria
 from pedcrowd.model.samples import StageSamples
 
 
@@ -275,16 +276,6 @@ def test_nms_options_reach_the_loss():
 
 # ----------------------------------------------------------------------------- in the model
 
-SMALL = ModelConfig(
-    min_size=96,
-    max_size=192,
-    rpn_pre_nms_top_n_train=200,
-    rpn_post_nms_top_n_train=100,
-    rpn_pre_nms_top_n_test=100,
-    rpn_post_nms_top_n_test=50,
-    box_batch_size_per_image=64,
-    representation_size=64,
-)
 CROWD = [[20.0, 20.0, 40.0, 70.0], [30.0, 22.0, 50.0, 72.0], [36.0, 18.0, 56.0, 70.0]]
 
 

@@ -12,7 +12,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_run import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
+from tiny_run import (  # tests/ is on sys.path under pytest
+    SMALL,  # tests/ is on sys.path under pytest
+    TINY_SYNTH,
+    tiny_overrides,
+)
 from typer.testing import CliRunner
 
 from pedcrowd.cli import app
@@ -23,18 +27,8 @@ from pedcrowd.losses import LossConfig
 from pedcrowd.losses.config import set_loss_fields
 from pedcrowd.losses.focal import init_classifier_priors, prior_bias
 from pedcrowd.losses.ohem import ohem_row_loss, ohem_select
-from pedcrowd.model import ModelConfig, build_model, install_criteria
+from pedcrowd.model import build_model, install_criteria
 
-SMALL = ModelConfig(
-    min_size=96,
-    max_size=192,
-    rpn_pre_nms_top_n_train=200,
-    rpn_post_nms_top_n_train=100,
-    rpn_pre_nms_top_n_test=100,
-    rpn_post_nms_top_n_test=50,
-    box_batch_size_per_image=64,
-    representation_size=64,
-)
 CROWD = [[20.0, 20.0, 40.0, 70.0], [30.0, 22.0, 50.0, 72.0], [36.0, 18.0, 56.0, 70.0]]
 
 # option name -> loss fields it sets

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from tiny_run import SMALL  # tests/ is on sys.path under pytest
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import box_iou
@@ -21,16 +22,6 @@ from pedcrowd.model import (
 from pedcrowd.model.transform import PedTransform
 
 # small and fast: 96 x 192 inputs, few proposals
-SMALL = ModelConfig(
-    min_size=96,
-    max_size=192,
-    rpn_pre_nms_top_n_train=200,
-    rpn_post_nms_top_n_train=100,
-    rpn_pre_nms_top_n_test=100,
-    rpn_post_nms_top_n_test=50,
-    box_batch_size_per_image=64,
-    representation_size=64,
-)
 
 
 def _model(seed: int = 0, **overrides) -> torch.nn.Module:
@@ -424,29 +415,6 @@ def test_anchor_sizes_must_match_levels():
 
 
 # --- equivalence with plain torchvision --------------------------------------------------------
-
-
-def _plain_torchvision_twin(model, cfg: ModelConfig):
-    """A stock torchvision FasterRCNN sharing ``model``'s modules (so the same weights)."""
-    from torchvision.models.detection import FasterRCNN
-
-    return FasterRCNN(
-        model.backbone,
-        num_classes=None,
-        min_size=cfg.min_size,
-        max_size=cfg.max_size,
-        rpn_anchor_generator=model.rpn.anchor_generator,
-        rpn_head=model.rpn.head,
-        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
-        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
-        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-        box_roi_pool=model.roi_heads.box_roi_pool,
-        box_head=model.roi_heads.box_head,
-        box_predictor=model.roi_heads.box_predictor,
-        box_batch_size_per_image=cfg.box_batch_size_per_image,
-        box_score_thresh=cfg.box_score_thresh,
-    )
 
 
 def _plain_torchvision_twin(model, cfg: ModelConfig):

@@ -7,7 +7,19 @@ from pathlib import Path
 
 from pedcrowd.data.config import SynthConfig
 from pedcrowd.model.backbones import NUM_LEVELS
+from pedcrowd.model.config import ModelConfig
 
+# the small two-stage detector of the model and loss tests: 96 x 192 inputs, few proposals
+SMALL = ModelConfig(
+    min_size=96,
+    max_size=192,
+    rpn_pre_nms_top_n_train=200,
+    rpn_post_nms_top_n_train=100,
+    rpn_pre_nms_top_n_test=100,
+    rpn_post_nms_top_n_test=50,
+    box_batch_size_per_image=64,
+    representation_size=64,
+)
 TINY_SYNTH = SynthConfig(train_images=4, val_images=2, height=96, width=160, seed=3)
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -122,6 +124,23 @@ def _size(data: dict, key: str, where: str) -> int | None:
     return size
 
 
+def json_lines(path: Path, what: str) -> Iterator[tuple[str, Any]]:
+    """``("FILE:LINE", parsed JSON)`` per non-blank line of a JSON-lines file (``.odgt``,
+    CrowdDet dumps); PedcrowdError naming the file and line for anything unreadable."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PedcrowdError(f"{path}: cannot read {what} ({exc})") from exc
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PedcrowdError(f"{where}: not a JSON object ({exc.msg})") from exc
+
+
 def odgt_id(record: ImageRecord) -> str:
     """The ``.odgt`` ``ID`` of a record from :func:`read_odgt` (its file name is ``{ID}.jpg``)."""
     return record.file_name[: -len(".jpg")]
@@ -138,21 +157,10 @@ def read_odgt(path: str | Path) -> list[ImageRecord]:
         path: the ``.odgt`` file.
     """
     path = regular_file(path, "CrowdHuman .odgt file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PedcrowdError(f"{path}: cannot read CrowdHuman annotations ({exc})") from exc
     seen: set[str] = set()
     records: list[ImageRecord] = []
     next_ann_id = 1
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PedcrowdError(f"{where}: not a JSON object ({exc.msg})") from exc
+    for where, data in json_lines(path, "CrowdHuman annotations"):
         record = _parse_line(data, len(records) + 1, next_ann_id, where)
         if record.file_name in seen:  # listed twice, its boxes would count twice
             raise PedcrowdError(f"{where}: image {data['ID']!r} is listed twice")
@@ -185,21 +193,10 @@ def read_crowddet_detections(
             a box that is not 4 numbers, a NaN score or a negative size.
     """
     path = regular_file(path, "detection file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PedcrowdError(f"{path}: cannot read detections ({exc})") from exc
     by_id = {odgt_id(r): r.id for r in records}
     dets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     sizes: dict[int, tuple[int, int]] = {}
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PedcrowdError(f"{where}: not a JSON object ({exc.msg})") from exc
+    for where, data in json_lines(path, "detections"):
         if not isinstance(data, dict) or "ID" not in data or "dtboxes" not in data:
             raise PedcrowdError(f"{where}: expected an object with 'ID' and 'dtboxes' fields")
         image = by_id.get(str(data["ID"]))

@@ -124,14 +124,6 @@ def greedy_suppress(
     return keep[valid], kept_scores[valid]
 
 
-def _step(x: torch.Tensor) -> torch.Tensor:
-    """1.0 where x > 0 else 0.0, in float arithmetic (cheaper on the CPU than a bool mask).
-
-    Exact for |x| > 1e-30 (smaller positive differences count as 0).
-    """
-    return (x * 1e30).clamp_(0.0, 1.0)
-
-
 def vote(
     boxes: torch.Tensor,
     scores: torch.Tensor,
@@ -151,8 +143,10 @@ def vote(
     there when a box is selected. Here that set is rebuilt afterwards: box j
     leaves at selection t when j itself is selected at t, or when t decays it
     below the floor (hard: IoU > N_t); j votes in selection k iff it has not
-    left at any t < k and IoU > ``vote_iou``. Counting "left before k" is a
-    product with a [D, D] lower-triangular matrix; then two matrix products.
+    left at any t < k and IoU > ``vote_iou``. Scores only fall, so "has not
+    left before k" is "k <= the first t at which j leaves": one reduction over
+    the [D, N] matrix (soft-NMS's decayed scores are a cumulative sum of log
+    factors down the selections), then two [D, N] x [N, 4] products.
     Vote weights below exp(-80) (a float32 denormal is slow) become exp(-80);
     next to a box's own weight 1 they are nothing either way.
 
@@ -174,23 +168,23 @@ def vote(
     ih = (torch.minimum(l2, y2) - torch.maximum(l1, y1)).clamp_(min=0)  # [D,N]
     inter = iw.mul_(ih)
     areas = (x2 - x1) * (y2 - y1)  # [N]
-    iou = inter / ((k2 - k1) * (l2 - l1) + areas - inter)  # [D,N]
+    iou = inter.div_((k2 - k1) * (l2 - l1) + areas - inter)  # [D,N]
     if method == "hard":
-        leaves = _step(iou - nms_thresh)  # [D,N] 1 where selection t suppresses j
+        leaves = iou > nms_thresh  # [D,N] selection t suppresses j
     else:
         if method == "soft-linear":
-            log_f = torch.log1p(-iou.clamp(max=1 - 1e-7)) * _step(iou - nms_thresh)
+            log_f = torch.log1p(-iou.clamp(max=1 - 1e-7)) * (iou > nms_thresh)
         else:
             log_f = iou * iou * (-1.0 / sigma)
-        upto = torch.ones(d, d, dtype=boxes.dtype, device=boxes.device).tril_()  # t' <= t
-        log_score = torch.log(scores) + upto @ log_f  # [D,N] j's score after selection t
+        log_score = torch.log(scores) + log_f.cumsum_(0)  # [D,N] j's score after selection t
         floor = math.log(score_floor) if score_floor > 0 else float("-inf")
-        leaves = _step(floor - log_score) * _step(iou)  # dropped by t (only touched boxes drop)
-    leaves[positions, keep] = 1.0  # a selected box leaves at its own selection
-    before = torch.ones(d, d, dtype=boxes.dtype, device=boxes.device).tril_(-1)  # t < k
-    member = _step(0.5 - before @ leaves) * _step(iou - vote_iou)  # [D,N]
-    member[positions, keep] = 1.0  # a box always votes for itself
-    p = torch.exp(((1 - iou) ** 2).mul_(-1.0 / sigma_t).clamp_(min=-80.0)).mul_(member)
+        leaves = (log_score < floor) & (iou > 0)  # dropped by t (only touched boxes drop)
+    leaves[positions, keep] = True  # a selected box leaves at its own selection
+    rows = positions[:, None]
+    first = torch.where(leaves, rows, d).amin(0)  # [N] the selection at which j leaves (d: never)
+    member = (rows <= first) & (iou > vote_iou)  # [D,N]
+    member[positions, keep] = True  # a box always votes for itself
+    p = iou.sub_(1).square_().mul_(-1.0 / sigma_t).clamp_(min=-80.0).exp_().mul_(member)
     inv = variances.reciprocal()  # [N,4]
     return (p @ (boxes * inv)) / (p @ inv)  # [D,4]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,29 @@ def regular_file(path: str | Path, what: str = "file") -> Path:
     return p
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """The cyclic garbage collector off inside (as it was before, after).
+
+    Parsing a large JSON file creates millions of lists and dicts and no
+    cycles; the collector, triggered every few hundred allocations, walks all
+    of them again and again (500k detections: 1.1 s parsing with it, 0.5 s
+    without).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def load_json(path: str | Path) -> Any:
     """Parse a JSON file; PedcrowdError naming the file on a missing file or bad JSON."""
     p = regular_file(path, "JSON file")
     try:
-        with open(p, "rb") as f:
+        with open(p, "rb") as f, gc_paused():
             return json.load(f)
     except json.JSONDecodeError as e:
         raise PedcrowdError(f"{p}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None

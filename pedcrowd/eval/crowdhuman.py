@@ -190,10 +190,12 @@ def intersections(
     """
     as_xywh = lambda x: np.column_stack([x[:, :2], x[:, 2:] - x[:, :2]])  # noqa: E731
     pa, pb = x_overlap_pairs(as_xywh(a), a_img, as_xywh(b), b_img, n_images)
-    iw = np.minimum(a[pa, 2], b[pb, 2]) - np.maximum(a[pa, 0], b[pb, 0])
+    ax1, ay1, ax2, ay2 = np.ascontiguousarray(a.T)  # 1-D gathers from contiguous columns
+    bx1, by1, bx2, by2 = np.ascontiguousarray(b.T)
+    iw = np.minimum(ax2[pa], bx2[pb]) - np.maximum(ax1[pa], bx1[pb])
     hit = iw > 0
     pa, pb, iw = pa[hit], pb[hit], iw[hit]
-    ih = np.minimum(a[pa, 3], b[pb, 3]) - np.maximum(a[pa, 1], b[pb, 1])
+    ih = np.minimum(ay2[pa], by2[pb]) - np.maximum(ay1[pa], by1[pb])
     hit = ih > 0
     return pa[hit], pb[hit], iw[hit] * ih[hit]
 
@@ -337,12 +339,13 @@ def load_crowdhuman(
     file (matched by file name), the image file ``image_root/{ID}.jpg|.png``
     (default ``Images/`` beside the ``.odgt``).
     """
-    from pedcrowd.fileio import existing_path
+    from pedcrowd.fileio import existing_path, gc_paused
     from pedcrowd.formats.crowdhuman import read_odgt
 
     gt_path = existing_path(gt_path)
-    records = read_odgt(gt_path)
-    dets, det_sizes = load_detections(dets_path, records)
+    with gc_paused():  # the JSON-lines files too (see gc_paused)
+        records = read_odgt(gt_path)
+        dets, det_sizes = load_detections(dets_path, records)
     return records, dets, load_sizes(records, gt_path, det_sizes, images, image_root)
 
 

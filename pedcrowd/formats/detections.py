@@ -9,6 +9,8 @@ order is kept within each image (it breaks score ties).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -173,26 +175,38 @@ def _check_rows(path: Path, boxes: np.ndarray, scores: np.ndarray, where: str) -
         raise PedcrowdError(f"{path}: {where}: negative box size")
 
 
-
-
 def _read_fast(path: Path, data: list, images: list[ImageRecord]) -> Detections | None:
-    """Column-wise read of a well-formed list keyed by ``image_id``; None if anything is unusual."""
-    try:  # ids must already be plain ints: a float id is never truncated to another image
-        if not all(validate.is_integral(d["image_id"]) and validate.is_integral(d.get("category_id", 1))
-                   for d in data):
-            return None
-        image_ids = np.array([d["image_id"] for d in data], dtype=np.int64)
-        cats = np.array([d.get("category_id", 1) for d in data], dtype=np.int64)
-        boxes = np.array([d["bbox"] for d in data], dtype=np.float64)
-        scores = np.array([d["score"] for d in data], dtype=np.float64)
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+    """Column-wise read of a well-formed list keyed by ``image_id``; None if anything is unusual.
+
+    Only plain ``int`` ids and categories take this path (a float id, even an
+    integral one, goes to the slow path, which never truncates it); the
+    per-entry work is C-level ``map`` calls, so 500k entries read in well under
+    a second after ``json.load``.
+    """
+    try:  # one column at a time: lists of the parsed objects, no per-entry tuples
+        ids, bboxes, score_list = (
+            list(map(itemgetter(key), data)) for key in ("image_id", "bbox", "score")
+        )
+        cats = list(map(dict.get, data, repeat("category_id"), repeat(1)))
+    except (KeyError, TypeError):  # a missing field or an entry that is not an object
+        return None
+    if not set(map(type, ids)) | set(map(type, cats)) <= {int}:
+        return None  # bools, floats, strings: the slow path validates or names the entry
+    try:
+        image_ids = np.array(ids, dtype=np.int64)
+        cat_ids = np.array(cats, dtype=np.int64)
+        boxes = np.array(bboxes, dtype=np.float64)
+        scores = np.array(score_list, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
         return None
     if boxes.ndim != 2 or boxes.shape != (len(data), 4) or scores.shape != (len(data),):
         return None  # nested or short bbox lists, list scores: the slow path names the entry
+    if (image_ids < 0).any() or (cat_ids < 0).any():
+        return None
     if not (np.isfinite(scores).all() and np.isfinite(boxes).all()) or (boxes[:, 2:] < 0).any():
         return None
     known = np.array(sorted(im.id for im in images), dtype=np.int64)
-    keep = cats == 1
+    keep = cat_ids == 1
     image_ids, boxes, scores = image_ids[keep], boxes[keep], scores[keep]
     if not np.isin(image_ids, known).all():
         return None

@@ -74,6 +74,9 @@ synth: null
     assert cfg.optim.name == "adamw" and cfg.optim.grad_clip is None
     assert cfg.model.anchor_sizes == (8, 16, 32, 64)  # list in YAML, tuple in the schema
     assert cfg.model.min_size == 96 and cfg.model.max_size == Config().model.max_size
+    # the rest of the model section is the demo's (Config().model), not ModelConfig()'s
+    assert (cfg.model.box_batch_size_per_image, cfg.model.box_positive_fraction) == (64, 0.5)
+    assert cfg.model == dataclasses.replace(Config().model, min_size=96, anchor_sizes=(8, 16, 32, 64))
     assert cfg.schedule.steps == [3, 5]
     assert cfg.train.epochs == 2 and cfg.train.amp is True
     assert cfg.synth is None

@@ -1,8 +1,10 @@
 """The ``model:`` section of the training config.
 
-The defaults are the CPU demo detector (``tiny_fpn`` on ~192 x 384 inputs)
-except ``box_batch_size_per_image``: 256 here, 64 in the demo (its override is
-``DEMO_MODEL`` in :mod:`pedcrowd.engine.config`). The paper-sized configs
+The defaults are the CPU demo detector (``tiny_fpn``) except the input size
+(192 x 384 here, 256 x 512 in the demo), ``box_batch_size_per_image`` (256
+here, 64 in the demo) and ``box_positive_fraction`` (0.25 here, 0.5 in the
+demo): the demo's values are ``DEMO_MODEL`` in :mod:`pedcrowd.engine.config`,
+and a config file's model section starts from them. The paper-sized configs
 override ``backbone``, ``weights``, the input sizes and
 ``anchor_sizes`` (one size per feature level of the chosen backbone, see
 :data:`pedcrowd.model.backbones.NUM_LEVELS`).

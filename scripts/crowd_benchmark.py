@@ -95,10 +95,12 @@ ROWS: tuple[Row, ...] = (
     Row("softnms", None, ("postprocess.nms=soft-gaussian",),
         "soft-NMS (Gaussian) at test time on the baseline's weights", test_time=True,
         training_only=False),
-    # FCOS as configs/fcos_cpu_demo.yaml: 2 conv layers per head branch on the CPU
-    Row("fcos", None, ("model.arch=fcos", "model.fcos_num_convs=2"), "FCOS (one stage)",
-        training_only=False),
-    Row("fcos+dw", None, ("model.arch=fcos", "model.fcos_num_convs=2", "model.assigner=dw"),
+    # FCOS as configs/fcos_cpu_demo.yaml: 2 conv layers per head branch on the CPU, lr 0.02
+    # (at the Faster R-CNN demo's 0.08 FCOS's focal loss spikes and DW collapses)
+    Row("fcos", None, ("model.arch=fcos", "model.fcos_num_convs=2", "optim.lr=0.02"),
+        "FCOS (one stage)", training_only=False),
+    Row("fcos+dw", None, ("model.arch=fcos", "model.fcos_num_convs=2", "optim.lr=0.02",
+                          "model.assigner=dw"),
         "FCOS + Dual Weighting", training_only=False),
     Row("bg_drop", None, ("data.background.policy=drop",), "background-only training images dropped"),
     Row("bg_ratio", None, ("data.background.policy=ratio", "data.background.ratio=0.5"),
@@ -156,6 +158,61 @@ def config_digest(cfg) -> str:
     d = config_to_dict(cfg)
     d.get("train", {}).pop("out_dir", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_backbone(args: argparse.Namespace, log) -> Path | None:
+    """The backbone every row starts from (``--backbone-from``), as ``OUT/backbone-SHA.pt``.
+
+    ``demo``: the CPU demo (``pedcrowd train``'s defaults, on its own default-preset
+    synthetic data in ``OUT/pretrain_data``) trained once into ``OUT/pretrain``;
+    a path: that checkpoint; ``none``: every row from scratch. Only the backbone
+    and FPN tensors are kept, so every row (FCOS too) trains its heads with its
+    own technique, as the papers' detectors start from ImageNet weights. The
+    file name carries the source's hash, so runs from another backbone are
+    never reused.
+    """
+    if args.backbone_from == "none":
+        return None
+    if args.backbone_from == "demo":
+        from pedcrowd.data.synth import ensure_synth
+        from pedcrowd.engine.config import load_config
+
+        cfg = load_config(None, [f"data.root={args.out / 'pretrain_data'}"])
+        ensure_synth(cfg.data.root, cfg.synth)
+        source = args.out / "pretrain" / "last.pt"
+        if not (args.out / "pretrain" / "done.json").is_file():
+            log(f"pretraining the demo detector into {source.parent} (--backbone-from demo)")
+        run_training(cfg, source.parent, log)
+    else:
+        source = Path(args.backbone_from).resolve()
+        if not source.is_file():
+            raise PedcrowdError(f"--backbone-from: {source} is not a file")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    target = args.out / f"backbone-{digest}.pt"
+    if not target.is_file():
+        import torch
+
+        from pedcrowd.safeload import load_tensor_file
+
+        obj = load_tensor_file(source, "--backbone-from")
+        state = obj["model"] if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
+        backbone = {k: v for k, v in state.items() if k.startswith("backbone.")}
+        if not backbone:
+            raise PedcrowdError(f"--backbone-from: {source} holds no backbone.* tensors")
+        tmp = target.with_suffix(".tmp")
+        torch.save({"model": backbone, "source": str(source)}, tmp)
+        tmp.replace(target)
+        log(f"backbone: {len(backbone)} tensors of {source} -> {target}")
+    return target
+
+
+def with_backbone(base, path: Path | None):
+    """``base`` starting from the backbone file (``model.weights``), or unchanged."""
+    if path is None:
+        return base
+    from pedcrowd.engine.config import apply_overrides
+
+    return apply_overrides(base, [f"model.weights={path}"])
 
 
 # ----------------------------------------------------------------------------- budget
@@ -275,6 +332,93 @@ def run_test_time(base_run: Path, sets: tuple[str, ...], run_dir: Path, log) -> 
     return info | {"reused": False}
 
 
+def run_path(args: argparse.Namespace, row: Row, seed: int) -> Path:
+    return args.out / "runs" / row.name / f"seed{seed}"
+
+
+def _row_failed(row: Row, seed: int, error: Exception, results: dict, unavailable: dict, log) -> None:
+    log(f"{row.name} seed {seed}: failed ({error}); row skipped")
+    unavailable[row.name] = f"failed: {error}"
+    results.pop(row.name, None)
+
+
+def train_parallel(args: argparse.Namespace, rows: list[Row], results: dict, unavailable: dict,
+                   log) -> None:
+    """Every (row, seed) run in ``--jobs`` child processes at once (``OMP_NUM_THREADS`` = the
+    CPU's cores / jobs each); a child's output goes to ``OUT/runs/ROW/seedK.log``.
+
+    Several small CPU trainings side by side keep the cores busier than one
+    two-thread training (the detector's convolutions are too small to use
+    two threads well). The same resume rules hold: each child runs
+    :func:`run_training` for its one run.
+    """
+    import os
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+    def one(row: Row, seed: int) -> dict:
+        run_dir = run_path(args, row, seed)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        log(f"{row.name} seed {seed}: training into {run_dir} (log: {run_dir}.log)")
+        with open(f"{run_dir}.log", "w") as out:
+            proc = subprocess.run(
+                [sys.executable, __file__, *args.argv, "--run-one", f"{row.name}:{seed}"],
+                stdout=out, stderr=subprocess.STDOUT, env=env,
+            )
+        tail = Path(f"{run_dir}.log").read_text(errors="replace").strip().splitlines()[-1:]
+        if proc.returncode != 0:
+            raise PedcrowdError(tail[0] if tail else f"exit code {proc.returncode}")
+        return {"dir": str(run_dir), **json.loads(tail[0])}  # run_one's last line
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {(row, seed): pool.submit(one, row, seed) for row in rows for seed in range(args.seeds)}
+        for (row, seed), future in futures.items():
+            try:
+                info = future.result()
+            except PedcrowdError as e:
+                if row.name == "none":
+                    raise
+                if row.name in results:
+                    _row_failed(row, seed, e, results, unavailable, log)
+                continue
+            log(f"{row.name} seed {seed}: {'reused' if info.get('reused') else 'done'}")
+            if row.name in results:
+                results[row.name][seed] = info
+
+
+def run_one(args: argparse.Namespace) -> int:
+    """``--run-one ROW:SEED`` (a child of :func:`train_parallel`): that run; its done.json
+    (and whether it was reused) as the last line of stdout."""
+    name, _, seed = args.run_one.rpartition(":")
+    row = ROW_BY_NAME[name]
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    base = with_backbone(base_config(args), prepare_backbone(args, log))  # made by the parent
+    ipe = iters_per_epoch(row_config(base, ROW_BY_NAME["none"], seed=0, epochs=1, eval_every=1))
+    epochs, eval_every = budget_epochs(args, base, ipe)[:2]
+    cfg = row_config(base, row, seed=int(seed), epochs=epochs, eval_every=eval_every)
+    info = run_training(cfg, run_path(args, row, int(seed)), log)
+    print(json.dumps(info), flush=True)
+    return 0
+
+
+def budget_epochs(args: argparse.Namespace, base, ipe: int) -> tuple[int, int, int, float | None]:
+    """(epochs, eval_every, asked steps, calibrated step seconds) of every run."""
+    if args.minutes is not None:
+        step_s = calibrate_step_s(base, args.out)
+        target = max(1, int(args.minutes * 60 / step_s))
+    else:
+        step_s, target = None, args.iters if args.iters is not None else ipe
+    epochs = max(1, round(target / ipe))
+    eval_every = args.eval_every if 0 < args.eval_every < epochs else epochs
+    return epochs, eval_every, target, step_s
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -303,9 +447,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the report (its plots go to RESULTS_DIR/results/)")
     p.add_argument("--note", default="", help="a sentence put at the top of the report")
     p.add_argument("--list", action="store_true", help="print the rows and their availability")
+    p.add_argument("--backbone-from", default="demo", metavar="demo|none|CKPT",
+                   help="the backbone + FPN every row starts from: demo (train the CPU demo once, "
+                        "on its own data), none (from scratch) or a pedcrowd checkpoint")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="training runs at once, each in its own process with cores/jobs threads "
+                        "(2 on a 2-core CPU gets more done than 1)")
+    p.add_argument("--run-one", default=None, help=argparse.SUPPRESS)  # ROW:SEED, for --jobs
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
     return args
 
 
@@ -334,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     try:
+        if args.run_one is not None:
+            return run_one(args)
         rows = select_rows(args.rows)
         base = base_config(args)
         unavailable = {r.name: why for r in rows if (why := availability(base, r)) is not None}
@@ -355,44 +511,48 @@ def main(argv: list[str] | None = None) -> int:
         summary = ensure_synth(base.data.root, base.synth)
         log(f"data: {base.data.root} ({'reused' if summary.reused else 'generated'}, "
             f"{time.perf_counter() - t0:.0f} s)")
+        base = with_backbone(base, prepare_backbone(args, log))
 
         ipe = iters_per_epoch(row_config(base, ROW_BY_NAME["none"], seed=0, epochs=1, eval_every=1))
-        if args.minutes is not None:
-            step_s = calibrate_step_s(base, args.out)
-            target = max(1, int(args.minutes * 60 / step_s))
+        epochs, eval_every, target, step_s = budget_epochs(args, base, ipe)
+        if step_s is not None:
             log(f"budget: {args.minutes} min at {step_s:.3f} s/step -> {target} steps")
-        else:
-            step_s, target = None, args.iters if args.iters is not None else ipe
-        epochs = max(1, round(target / ipe))
-        eval_every = args.eval_every if 0 < args.eval_every < epochs else epochs
         log(f"budget: {epochs} epoch(s) of {ipe} steps per run (asked {target} steps)")
 
-        results: dict[str, dict[int, dict]] = {}
+        results: dict[str, dict[int, dict]] = {r.name: {} for r in rows}
         t_runs = time.perf_counter()
-        for row in rows:
-            if row.test_time and row.base in unavailable:
-                unavailable[row.name] = f"its base row {row.base} failed"
-                continue
-            results[row.name] = {}
-            for seed in range(args.seeds):
-                run_dir = args.out / "runs" / row.name / f"seed{seed}"
-                try:
-                    if row.test_time:
-                        base_run = args.out / "runs" / row.base / f"seed{seed}"
-                        info = run_test_time(base_run, row.sets, run_dir, log)
-                    else:
-                        cfg = row_config(base, row, seed=seed, epochs=epochs, eval_every=eval_every)
-                        log(f"{row.name} seed {seed}: training ({epochs} epochs) into {run_dir}")
+        trained = [r for r in rows if not r.test_time]
+        if args.jobs > 1:
+            train_parallel(args, trained, results, unavailable, log)
+        else:
+            for row in trained:
+                for seed in range(args.seeds):
+                    cfg = row_config(base, row, seed=seed, epochs=epochs, eval_every=eval_every)
+                    run_dir = run_path(args, row, seed)
+                    log(f"{row.name} seed {seed}: training ({epochs} epochs) into {run_dir}")
+                    try:
                         info = run_training(cfg, run_dir, log)
-                except PedcrowdError as e:  # one broken technique does not stop the others
-                    if row.name == "none":
-                        raise
-                    log(f"{row.name} seed {seed}: failed ({e}); row skipped")
-                    unavailable[row.name] = f"failed: {e}"
-                    del results[row.name]
+                    except PedcrowdError as e:  # one broken technique does not stop the others
+                        if row.name == "none":
+                            raise
+                        _row_failed(row, seed, e, results, unavailable, log)
+                        break
+                    log(f"{row.name} seed {seed}: {'reused' if info.get('reused') else 'done'}")
+                    results[row.name][seed] = {"dir": str(run_dir), **info}
+        for row in (r for r in rows if r.test_time):
+            if row.base not in results or row.base in unavailable:
+                unavailable[row.name] = f"its base row {row.base} failed"
+                del results[row.name]
+                continue
+            for seed in range(args.seeds):
+                run_dir = run_path(args, row, seed)
+                try:
+                    info = run_test_time(run_path(args, ROW_BY_NAME[row.base], seed), row.sets,
+                                         run_dir, log)
+                except PedcrowdError as e:
+                    _row_failed(row, seed, e, results, unavailable, log)
                     break
-                state = "reused" if info.get("reused") else "done"
-                log(f"{row.name} seed {seed}: {state}")
+                log(f"{row.name} seed {seed}: {'reused' if info.get('reused') else 'done'}")
                 results[row.name][seed] = {"dir": str(run_dir), **info}
         rows = [r for r in rows if r.name in results]
         runs_s = time.perf_counter() - t_runs

@@ -33,7 +33,8 @@ BROKEN = bench.Row("broken", None, ("postprocess.var_voting=true",), "a run that
 def _argv(tmp: Path, rows: str = "none,rep,future,broken") -> list[str]:
     argv = ["--out", str(tmp / "bench"), "--rows", rows, "--seeds", "1", "--iters", "2",
             "--train-images", "4", "--val-images", "4", "--bootstrap", "20",
-            "--time-images", "1", "--results", str(tmp / "docs" / "RESULTS.md")]
+            "--time-images", "1", "--results", str(tmp / "docs" / "RESULTS.md"),
+            "--backbone-from", "none"]
     for s in TOY:
         argv += ["--set", s]
     return argv
@@ -129,3 +130,40 @@ def test_killed_runs_are_continued_or_redone_never_counted(toy, capsys):
 def test_unknown_row_is_an_error(tmp_path, capsys):
     assert bench.main(["--out", str(tmp_path), "--rows", "nms,bogus"]) == 2
     assert "unknown row(s) nms, bogus" in capsys.readouterr().err
+
+
+def test_parallel_jobs_give_the_same_runs_as_one_process(toy, tmp_path, capsys):
+    """--jobs 2: each run in its own process (log beside it), the same weights as in-process
+    (training on the CPU is deterministic), and a second invocation reuses them."""
+    argv = _argv(tmp_path, rows="none,rep") + ["--jobs", "2"]
+    assert bench.main(argv) == 0
+    runs = tmp_path / "bench" / "runs"
+    for name in ("none", "rep"):
+        assert (runs / name / "seed0.log").is_file()
+        done = json.loads((runs / name / "seed0" / "done.json").read_text())
+        serial = json.loads((toy / "bench" / "runs" / name / "seed0" / "done.json").read_text())
+        assert done["iterations"] == 2  # (the digests differ: the data folder is another)
+        assert done["final_mr"] == pytest.approx(serial["final_mr"])
+    report = json.loads((tmp_path / "bench" / "report.json").read_text())
+    assert set(report["rows"]) == {"none", "rep"}
+    capsys.readouterr()
+    assert bench.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "none seed 0: reused" in err and "rep seed 0: reused" in err
+
+
+def test_rows_start_from_the_backbone_of_a_checkpoint(toy, tmp_path):
+    """--backbone-from CKPT: only its backbone.* tensors, in a file named by the source's hash,
+    become every row's model.weights; the heads start fresh."""
+    import torch
+
+    source = toy / "bench" / "runs" / "none" / "seed0" / "last.pt"
+    argv = _argv(tmp_path, rows="none") + ["--backbone-from", str(source)]
+    assert bench.main(argv) == 0
+    files = list((tmp_path / "bench").glob("backbone-*.pt"))
+    assert len(files) == 1
+    state = torch.load(files[0], weights_only=True)["model"]
+    full = torch.load(source, weights_only=True)["model"]
+    assert set(state) == {k for k in full if k.startswith("backbone.")} and state
+    cfg = (tmp_path / "bench" / "runs" / "none" / "seed0" / "config.yaml").read_text()
+    assert f"weights: {files[0]}" in cfg

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import platform
 import shlex
 import statistics
@@ -328,7 +329,14 @@ def render_markdown(args, rep: dict, rows, cmp_md: str, images: dict) -> str:
         f"(asked {b['asked_steps']} steps"
         + (f", from a measured baseline step of {b['calibrated_step_s']:.3f} s" if b["calibrated_step_s"] else "")
         + f"), {seeds} seed(s) per row, training wall time of all runs {b['runs_wall_s'] / 60:.1f} min. "
-        "Detector and recipe: `configs/crowd_benchmark.yaml` (the CPU demo's) on the `crowded` preset.",
+        "Detector and recipe: `configs/crowd_benchmark.yaml` (the CPU demo's) on the `crowded` preset"
+        + ("; every row starts from the backbone + FPN of "
+           + ("the CPU demo trained once on its own default-preset data (`OUT/pretrain`)"
+              if args.backbone_from == "demo" else f"`{args.backbone_from}`")
+           + " and trains its heads (RPN, RoI head; FCOS's head) from scratch with its technique"
+           if args.backbone_from != "none" else "; every row from scratch")
+        + (f". {args.jobs} runs trained side by side, each on {max(1, (os.cpu_count() or 1) // args.jobs)}"
+           " thread(s)" if args.jobs > 1 else "") + ".",
         "",
         "## Data (`pedcrowd data stats`, val split)",
         "",

@@ -32,8 +32,8 @@ class TinyFPNBackbone(nn.Module):
     Four stages at strides 4, 8, 16, 32 with 16, 32, 64, 128 channels (two 3x3
     convolutions each, the first strided) and a 64-channel FPN on the last three
     (strides 8, 16, 32): a stride-4 level would cost 4x the other levels together
-    in the FPN, RPN head and RoIAlign, for people the demo (>= 25 px tall at
-    192 x 384) does not have. GroupNorm, not
+    in the FPN, RPN head and RoIAlign, for people the demo (>= 33 px tall at
+    256 x 512) does not need. GroupNorm, not
     BatchNorm: training runs 1-8 images per process, and GroupNorm does not
     depend on the batch, so results are the same whatever the batch split
     across DDP processes and identical between train and eval statistics.

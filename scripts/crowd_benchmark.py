@@ -354,7 +354,7 @@ def train_parallel(args: argparse.Namespace, rows: list[Row], results: dict, una
     """
     import os
     import subprocess
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -374,15 +374,23 @@ def train_parallel(args: argparse.Namespace, rows: list[Row], results: dict, una
         return {"dir": str(run_dir), **json.loads(tail[0])}  # run_one's last line
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {(row, seed): pool.submit(one, row, seed) for row in rows for seed in range(args.seeds)}
-        for (row, seed), future in futures.items():
+        futures = {pool.submit(one, row, seed): (row, seed) for row in rows for seed in range(args.seeds)}
+        for future in as_completed(futures):
+            row, seed = futures[future]
+            if future.cancelled():
+                continue
             try:
                 info = future.result()
             except PedcrowdError as e:
                 if row.name == "none":
+                    for other in futures:
+                        other.cancel()
                     raise
                 if row.name in results:
                     _row_failed(row, seed, e, results, unavailable, log)
+                    for other, (r, _) in futures.items():  # its seeds not started yet
+                        if r.name == row.name:
+                            other.cancel()
                 continue
             log(f"{row.name} seed {seed}: {'reused' if info.get('reused') else 'done'}")
             if row.name in results:
@@ -446,6 +454,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=REPO / "docs" / "RESULTS.md",
                    help="the report (its plots go to RESULTS_DIR/results/)")
     p.add_argument("--note", default="", help="a sentence put at the top of the report")
+    p.add_argument("--reading", type=Path, default=None,
+                   help="a Markdown file put at the top of the report (the hand-written summary)")
     p.add_argument("--list", action="store_true", help="print the rows and their availability")
     p.add_argument("--backbone-from", default="demo", metavar="demo|none|CKPT",
                    help="the backbone + FPN every row starts from: demo (train the CPU demo once, "
@@ -460,6 +470,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--seeds must be >= 1")
     if args.jobs < 1:
         p.error("--jobs must be >= 1")
+    if args.reading is not None and not args.reading.is_file():
+        p.error(f"--reading: {args.reading} is not a file")
     return args
 
 

@@ -319,6 +319,9 @@ def render_markdown(args, rep: dict, rows, cmp_md: str, images: dict) -> str:
     L = ["# Crowd benchmark results", ""]
     if args.note:
         L += [f"**{args.note}**", ""]
+    reading = getattr(args, "reading", None)
+    if reading is not None:  # the hand-written reading of these numbers, kept across regenerations
+        L += [Path(reading).read_text().strip(), ""]
     L += [
         f"Produced by `{rep['command']}` at commit `{rep['commit'][:12]}`"
         f"{' (with uncommitted changes)' if rep['dirty'] else ''} on {rep['date']} ({rep['machine']}).",

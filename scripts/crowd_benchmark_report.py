@@ -284,7 +284,9 @@ def write_report(args, base, rows, unavailable, results, budget, log) -> Path:
     report = {
         "command": " ".join(shlex.quote(a) for a in ["python", "scripts/crowd_benchmark.py",
                                                       *sys.argv[1:]]),
-        "commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain")),
+        "commit": _git("rev-parse", "HEAD"), "dirty": bool(_git(  # the report and its plots, being rewritten, do not count
+            "status", "--porcelain", "--", ".", f":!{args.results.resolve()}",
+            f":!{args.results.resolve().parent / 'results'}")),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}",
         "budget": budget, "seeds": seeds, "val_images": len(gt.records), "background_images": n_bg,
@@ -334,7 +336,8 @@ def render_markdown(args, rep: dict, rows, cmp_md: str, images: dict) -> str:
         f"Budget: {b['epochs']} epoch(s) x {b['iters_per_epoch']} steps per run "
         f"(asked {b['asked_steps']} steps"
         + (f", from a measured baseline step of {b['calibrated_step_s']:.3f} s" if b["calibrated_step_s"] else "")
-        + f"), {seeds} seed(s) per row, training wall time of all runs {b['runs_wall_s'] / 60:.1f} min. "
+        + f"), {seeds} seed(s) per row, training wall time summed over the runs "
+        f"{b['runs_wall_s'] / 60:.1f} min. "
         "Detector and recipe: `configs/crowd_benchmark.yaml` (the CPU demo's) on the `crowded` preset"
         + ("; every row starts from the backbone + FPN of "
            + ("the CPU demo trained once on its own default-preset data (`OUT/pretrain`)"

@@ -192,6 +192,16 @@ def _pct(x, signed=False, digits=2):
     return f"{100 * x:+.{digits}f}" if signed else f"{100 * x:.{digits}f}"
 
 
+def _report_files(args) -> list[str]:
+    """git pathspecs leaving out the report and its plots (being rewritten, they do not count)."""
+    results = args.results.resolve()
+    try:
+        rel = results.relative_to(REPO)
+    except ValueError:  # written outside the repository
+        return []
+    return [f":(exclude){rel.as_posix()}", f":(exclude){(rel.parent / 'results').as_posix()}"]
+
+
 def _git(*args: str) -> str:
     try:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
@@ -284,9 +294,7 @@ def write_report(args, base, rows, unavailable, results, budget, log) -> Path:
     report = {
         "command": " ".join(shlex.quote(a) for a in ["python", "scripts/crowd_benchmark.py",
                                                       *sys.argv[1:]]),
-        "commit": _git("rev-parse", "HEAD"), "dirty": bool(_git(  # the report and its plots, being rewritten, do not count
-            "status", "--porcelain", "--", ".", f":!{args.results.resolve()}",
-            f":!{args.results.resolve().parent / 'results'}")),
+        "commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--", ".", *_report_files(args))),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}",
         "budget": budget, "seeds": seeds, "val_images": len(gt.records), "background_images": n_bg,

@@ -22,7 +22,10 @@ false positives, timings, ``pedcrowd analyze`` where it exists) and writes
 
 Usage::
 
-    python scripts/crowd_benchmark.py                       # everything, 3 seeds (1.5-2 h on 2 idle cores, estimated)
+    # docs/RESULTS.md: every row, 3 seeds, 250 steps each from the demo's backbone,
+    # two runs at a time (about 65 min on 2 cores, after a demo training)
+    python scripts/crowd_benchmark.py --iters 250 --jobs 2 --set schedule.warmup_iters=50 \
+        --backbone-from runs/demo/last.pt --reading docs/results_reading.md
     python scripts/crowd_benchmark.py --rows none,nms_roi,rep --seeds 2 --minutes 2
     python scripts/crowd_benchmark.py --list                # rows and their availability
 """
@@ -349,7 +352,8 @@ def train_parallel(args: argparse.Namespace, rows: list[Row], results: dict, una
 
     Several small CPU trainings side by side keep the cores busier than one
     two-thread training (the detector's convolutions are too small to use
-    two threads well). The same resume rules hold: each child runs
+    two threads well: two one-thread demo runs side by side took 8.7 min each,
+    one two-thread run about 7). The same resume rules hold: each child runs
     :func:`run_training` for its one run.
     """
     import os

@@ -335,6 +335,11 @@ def run_test_time(base_run: Path, sets: tuple[str, ...], run_dir: Path, log) -> 
     return info | {"reused": False}
 
 
+def log(msg: str) -> None:
+    """A timestamped progress line on stderr."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
 def run_path(args: argparse.Namespace, row: Row, seed: int) -> Path:
     return args.out / "runs" / row.name / f"seed{seed}"
 
@@ -406,9 +411,6 @@ def run_one(args: argparse.Namespace) -> int:
     (and whether it was reused) as the last line of stdout."""
     name, _, seed = args.run_one.rpartition(":")
     row = ROW_BY_NAME[name]
-
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     base = with_backbone(base_config(args), prepare_backbone(args, log))  # made by the parent
     ipe = iters_per_epoch(row_config(base, ROW_BY_NAME["none"], seed=0, epochs=1, eval_every=1))
@@ -499,9 +501,6 @@ def select_rows(spec: str) -> list[Row]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out = args.out.resolve()
-
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     try:
         if args.run_one is not None:

@@ -294,7 +294,8 @@ def write_report(args, base, rows, unavailable, results, budget, log) -> Path:
     report = {
         "command": " ".join(shlex.quote(a) for a in ["python", "scripts/crowd_benchmark.py",
                                                       *sys.argv[1:]]),
-        "commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--", ".", *_report_files(args))),
+        "commit": _git("rev-parse", "HEAD"),
+        "dirty": bool(_git("status", "--porcelain", "--", ".", *_report_files(args))),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {platform.system()}, Python {platform.python_version()}",
         "budget": budget, "seeds": seeds, "val_images": len(gt.records), "background_images": n_bg,

@@ -133,7 +133,7 @@ def test_unknown_row_is_an_error(tmp_path, capsys):
 
 
 def test_parallel_jobs_give_the_same_runs_as_one_process(toy, tmp_path, capsys):
-    """--jobs 2: each run in its own process (log beside it), the same weights as in-process
+    """--jobs 2: each run in its own process (log beside it), the same MR^-2 as in-process
     (training on the CPU is deterministic), and a second invocation reuses them."""
     argv = _argv(tmp_path, rows="none,rep") + ["--jobs", "2"]
     assert bench.main(argv) == 0

@@ -236,6 +236,39 @@ def test_matching_oracles_agree():
         assert sum(w[i, j] for i, j in pairs) == pytest.approx(brute_force_matching(w), abs=1e-12)
 
 
+def test_star_matchings_equal_a_loop_per_threshold():
+    """Every threshold at once equals, threshold by threshold, the heaviest active edge of each star."""
+    from pedcrowd.eval.ji import _star_matchings
+
+    rng = np.random.default_rng(0)
+    comp = np.sort(rng.integers(0, 40, 300))
+    w = rng.choice([0.6, 0.7, 0.8, 0.9], 300)  # many exact ties: the earlier edge wins
+    level = rng.integers(0, 11, 300)
+    edge, first, stop = _star_matchings(comp, w, level)
+    got = {(int(e), t) for e, a, b in zip(edge, first, stop, strict=True) for t in range(a, b)}
+    want = set()
+    for t in range(10):
+        for c in np.unique(comp):
+            active = np.flatnonzero((comp == c) & (level > t))
+            if len(active):
+                want.add((int(active[np.argmax(w[active])]), t))  # argmax: the first heaviest
+    assert got == want
+
+
+def test_pair_blocks_equal_one_block(tmp_path, monkeypatch):
+    """Overlaps computed a few candidate pairs at a time equal those computed at once."""
+    import pedcrowd.eval.crowdhuman as ch
+
+    gt, dt, sizes = synthetic_crowdhuman(tmp_path, 12, 120, 700, seed=0, ignore_fraction=0.15)
+    loaded = load_crowdhuman(gt, dt, sizes)
+    whole = ch.prepare(*loaded).overlaps()
+    monkeypatch.setattr(ch, "_PAIR_CHUNK", 97)
+    blocks = ch.prepare(*loaded).overlaps()
+    assert len(whole[0]) > 500
+    for a, b in zip(whole, blocks, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_agrees_with_plain_loops(tmp_path, seed):
     gt, dt, sizes = synthetic_crowdhuman(tmp_path, 12, 120, 700, seed=seed, ignore_fraction=0.15)

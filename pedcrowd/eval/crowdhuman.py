@@ -38,6 +38,7 @@ Shapes: D detections, M GT boxes (both over all images, image-major), I images.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,9 +48,11 @@ from pedcrowd.errors import PedcrowdError
 from pedcrowd.eval.matching import (
     MatchDetails,
     OverlapPairs,
+    expand_ranges,
     greedy_match,
+    same_image_pairs,
     source_positions,
-    x_overlap_pairs,
+    x_overlap_ranges,
 )
 from pedcrowd.eval.mr import SetupMatches
 from pedcrowd.formats.records import ImageRecord
@@ -82,11 +85,25 @@ class Prepared:
     n_images: int
     det_order: np.ndarray | None = None  # sorted position -> position in the image-major concatenation
 
-    def det_gt_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(det [P], gt [P], intersection [P]) of every same-image pair that intersects (cached)."""
-        if not hasattr(self, "_pairs"):
-            self._pairs = intersections(self.det_boxes, self.det_img, self.gt_boxes, self.gt_img, self.n_images)
-        return self._pairs
+    def overlaps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(det [P], gt [P], IoU [P], IoA [P]) of every same-image pair with IoU or IoA > 0.5 (cached).
+
+        IoA is over the detection's area. A pair that intersects has a positive
+        width and height, so areas need no clamping here.
+        """
+        if not hasattr(self, "_overlaps"):
+            a_det, a_gt = _area(self.det_boxes, False), _area(self.gt_boxes, False)
+            parts = []
+            for pd, pg, inter in intersection_blocks(
+                self.det_boxes, self.det_img, self.gt_boxes, self.gt_img, self.n_images
+            ):
+                a_d = a_det[pd]
+                iou = inter / (a_d + a_gt[pg] - inter + EPS)
+                ioa = inter / (a_d + EPS)
+                keep = (iou > THRESHOLD) | (ioa > THRESHOLD)
+                parts.append((pd[keep], pg[keep], iou[keep], ioa[keep]))
+            self._overlaps = _concat(parts, 4)
+        return self._overlaps
 
     @property
     def global_order(self) -> np.ndarray:
@@ -176,28 +193,63 @@ def _area(boxes: np.ndarray, clamp: bool) -> np.ndarray:
     return np.maximum(w, 0) * np.maximum(h, 0) if clamp else w * h
 
 
-def intersections(
+_PAIR_CHUNK = 1 << 19  # candidate pairs per block: blocks reuse memory instead of touching 100s of MB
+
+
+def intersection_blocks(
     a: np.ndarray, a_img: np.ndarray, b: np.ndarray, b_img: np.ndarray, n_images: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Same-image pairs (i, j) of ``xyxy`` boxes with a positive intersection, and that intersection.
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Same-image pairs (i, j) of ``xyxy`` boxes with a positive intersection, and that intersection,
+    a block of rows of ``a`` at a time.
+
+    Candidates (x ranges, :func:`~pedcrowd.eval.matching.x_overlap_ranges`) are
+    expanded and filtered about ``_PAIR_CHUNK`` at once: blocks reuse memory
+    instead of touching hundreds of MB (twice as fast on 500k detections).
 
     Args:
         a: [A, 4]; a_img: [A]; b: [B, 4]; b_img: [B] non-decreasing.
 
-    Returns:
+    Yields:
         (ia [P], jb [P], inter [P]) with CrowdDet's arithmetic
         ``max(0, min(x2) - max(x1)) * max(0, min(y2) - max(y1))``.
     """
     as_xywh = lambda x: np.column_stack([x[:, :2], x[:, 2:] - x[:, :2]])  # noqa: E731
-    pa, pb = x_overlap_pairs(as_xywh(a), a_img, as_xywh(b), b_img, n_images)
+    ranges = x_overlap_ranges(as_xywh(a), a_img, as_xywh(b), b_img, n_images)
     ax1, ay1, ax2, ay2 = np.ascontiguousarray(a.T)  # 1-D gathers from contiguous columns
     bx1, by1, bx2, by2 = np.ascontiguousarray(b.T)
-    iw = np.minimum(ax2[pa], bx2[pb]) - np.maximum(ax1[pa], bx1[pb])
-    hit = iw > 0
-    pa, pb, iw = pa[hit], pb[hit], iw[hit]
-    ih = np.minimum(ay2[pa], by2[pb]) - np.maximum(ay1[pa], by1[pb])
-    hit = ih > 0
-    return pa[hit], pb[hit], iw[hit] * ih[hit]
+    if ranges is None:
+        blocks = iter([same_image_pairs(a_img, b_img, n_images)])
+    else:
+        lo, count, order = ranges
+        ends = np.searchsorted(np.cumsum(count), np.arange(1, int(count.sum()) // _PAIR_CHUNK + 1) * _PAIR_CHUNK)
+        bounds = np.unique(np.r_[0, np.minimum(ends, len(lo)), len(lo)])
+        blocks = (_expand_rows(lo, count, order, s, e) for s, e in zip(bounds[:-1], bounds[1:], strict=True))
+    for pa, pb in blocks:
+        iw = np.minimum(ax2[pa], bx2[pb]) - np.maximum(ax1[pa], bx1[pb])
+        hit = iw > 0
+        pa, pb, iw = pa[hit], pb[hit], iw[hit]
+        ih = np.minimum(ay2[pa], by2[pb]) - np.maximum(ay1[pa], by1[pb])
+        hit = ih > 0
+        yield pa[hit], pb[hit], iw[hit] * ih[hit]
+
+
+def intersections(
+    a: np.ndarray, a_img: np.ndarray, b: np.ndarray, b_img: np.ndarray, n_images: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All of :func:`intersection_blocks` at once: (ia [P], jb [P], inter [P])."""
+    return _concat(list(intersection_blocks(a, a_img, b, b_img, n_images)), 3)
+
+
+def _concat(parts: list[tuple], width: int) -> tuple:
+    """Column-wise concatenation of blocks (int64 indices, float64 values; empty if no block)."""
+    if not parts:
+        return (np.zeros(0, np.int64),) * 2 + (np.zeros(0),) * (width - 2)
+    return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
+
+
+def _expand_rows(lo: np.ndarray, count: np.ndarray, order: np.ndarray, start: int, end: int):
+    pa, pb = expand_ranges(lo[start:end], count[start:end], order)
+    return pa + start, pb
 
 
 def match(prep: Prepared, return_gt: bool = False):
@@ -207,12 +259,7 @@ def match(prep: Prepared, return_gt: bool = False):
         tp [D] bool, ignored [D] bool (dropped: IoA > 0.5 with an ignore region);
         with ``return_gt`` also [D] the valid GT each true positive took (else -1).
     """
-    pd, pg, inter = prep.det_gt_pairs()
-    a_d, a_g = _area(prep.det_boxes, False)[pd], _area(prep.gt_boxes, False)[pg]
-    iou = inter / (a_d + a_g - inter + EPS)
-    ioa = inter / (a_d + EPS)
-    keep = (iou > THRESHOLD) | (ioa > THRESHOLD)
-    pairs = OverlapPairs(pd[keep], pg[keep], iou[keep], ioa[keep])
+    pairs = OverlapPairs(*prep.overlaps())
     valid = np.ones(len(prep.det_scores), dtype=bool)
     return greedy_match(pairs, valid, prep.gt_ignore, strict=True, ties="first", return_gt=return_gt)
 

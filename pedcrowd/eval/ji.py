@@ -153,47 +153,117 @@ def _two_node_side(comp: np.ndarray, pair: np.ndarray, other: np.ndarray, w: np.
     return np.concatenate([other[e0], other[e1]]), np.concatenate([pair[e0], pair[e1]])
 
 
+def _star_matchings(comp: np.ndarray, w: np.ndarray, level: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Matchings of star components at every score threshold at once.
+
+    A star's matching is its heaviest active edge (ties: the earlier edge), and
+    removing edges leaves a star. With the edges of each component heaviest
+    first, edge e is the heaviest active one at the thresholds ``prev <= L < level[e]``,
+    where ``prev`` is the largest level of the edges before it in its component
+    (0 if none).
+
+    Args:
+        comp: [S] component of each edge; w: [S] weights; level: [S] the edge is
+            active at thresholds ``L < level`` (its detection's score level).
+
+    Returns:
+        (edge [k], first [k], stop [k]): edge ``edge`` is matched at thresholds
+        ``first <= L < stop``.
+    """
+    order = np.lexsort((-w, comp))
+    c, lv = comp[order], level[order].astype(np.int64)
+    span = int(lv.max(initial=0)) + 1
+    running = np.maximum.accumulate(c * span + lv) - c * span  # the largest level so far, per component
+    prev = np.r_[0, running[:-1]]
+    prev[np.r_[True, c[1:] != c[:-1]]] = 0
+    new = lv > prev
+    return order[new], prev[new], lv[new]
+
+
 def jaccard_index(prep: Prepared) -> tuple[float | None, list[float | None]]:
     """CrowdDet's ``compute_JI_with_ignore`` + ``gather`` over the 10 score thresholds.
+
+    Counts k, n, m per (image, threshold) are built from matched edges: the
+    components of the graph at the lowest threshold that are stars are solved
+    for every threshold at once (:func:`_star_matchings`); the others, one
+    threshold at a time (:func:`_max_weight_matching`; higher thresholds only
+    remove edges, so they stay apart).
 
     Returns:
         (JI = the largest defined mean ratio or None, [10] mean ratio per threshold).
     """
-    n_det, valid = len(prep.det_scores), ~prep.gt_ignore
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n_det, valid, n_img, n_t = len(prep.det_scores), ~prep.gt_ignore, prep.n_images, len(JI_THRESHOLDS)
     valid_idx, ign_idx = np.flatnonzero(valid), np.flatnonzero(prep.gt_ignore)
     gv, gi = prep.gt_boxes[valid_idx], prep.gt_boxes[ign_idx]
     position = np.cumsum(valid) - 1  # GT index -> index among the valid GT
-    pd, pg, inter = prep.det_gt_pairs()
-    # Detection x valid GT: IoU > 0.5 edges.
+    # Detection "level": active (score > t) at the thresholds t = JI_THRESHOLDS[L], L < level.
+    level = np.searchsorted(JI_THRESHOLDS, prep.det_scores, side="left")
+    pd, pg, iou, ioa = prep.overlaps()
+    # Detection x valid GT: IoU > 0.5 edges between detections active at some threshold.
     on_valid = valid[pg]
-    vd, vg, vi = pd[on_valid], pg[on_valid], inter[on_valid]
-    iou = vi / (_area(prep.det_boxes, False)[vd] + _area(prep.gt_boxes, False)[vg] - vi + EPS)
-    edge = iou > THRESHOLD
-    ed, eg, ew = vd[edge], position[vg[edge]], iou[edge]
-    # Detections and valid GT that an ignore region covers (IoA over their own, clamped, area).
+    edge = on_valid & (iou > THRESHOLD) & (level[pd] > 0)
+    ed, eg, ew = pd[edge], position[pg[edge]], iou[edge]
+    # Detections that an ignore region covers (IoA over their own area; positive, as they intersect).
     det_cov = np.zeros(n_det, bool)
-    hd, hi = pd[~on_valid], inter[~on_valid]
-    det_cov[hd[hi / (_area(prep.det_boxes, True)[hd] + EPS) > THRESHOLD]] = True
+    det_cov[pd[~on_valid & (ioa > THRESHOLD)]] = True
     a, _, gi_inter = intersections(gv, prep.gt_img[valid_idx], gi, prep.gt_img[ign_idx], prep.n_images)
     gt_cov = np.zeros(len(valid_idx), bool)
     gt_cov[a[gi_inter / (_area(gv, True)[a] + EPS) > THRESHOLD]] = True
     gv_img = prep.gt_img[valid_idx]
-    n_valid = np.bincount(gv_img, minlength=prep.n_images)
-    means: list[float | None] = []
+
+    # Matched edges as (edge, first threshold, stop threshold): stars at once, the rest per threshold.
+    nodes_d, ld = np.unique(ed, return_inverse=True)
+    nodes_g, lg = np.unique(eg, return_inverse=True)
+    n_d, n_g = len(nodes_d), len(nodes_g)
+    graph = coo_matrix((np.ones(len(ed)), (ld, n_d + lg)), shape=(n_d + n_g, n_d + n_g))
+    comp = connected_components(graph, directed=False)[1][ld].astype(np.int64) if len(ed) else ld
+    edges_in = np.bincount(comp)
+    star = np.zeros(len(edges_in), bool)
+    np.logical_or.at(star, comp, np.bincount(ld, minlength=n_d)[ld] == edges_in[comp])
+    np.logical_or.at(star, comp, np.bincount(lg, minlength=n_g)[lg] == edges_in[comp])
+    on_star = np.flatnonzero(star[comp])
+    got, first, stop = _star_matchings(comp[on_star], ew[on_star], level[ed[on_star]])
+    events = [(on_star[got], first, stop)]
+    other = np.flatnonzero(~star[comp])
     cache: dict = {}
-    for t in JI_THRESHOLDS:
-        active = prep.det_scores > t
-        e = active[ed]
-        md, mg = _max_weight_matching(ed[e], eg[e], ew[e], n_det, len(valid_idx), np.flatnonzero(e), cache)
-        det_matched = np.zeros(n_det, bool)
-        det_matched[md] = True
-        gt_matched = np.zeros(len(valid_idx), bool)
-        gt_matched[mg] = True
-        k = np.bincount(prep.det_img[md], minlength=prep.n_images)
-        n = np.bincount(prep.det_img[active & ~(~det_matched & det_cov)], minlength=prep.n_images)
-        m = n_valid - np.bincount(gv_img[~gt_matched & gt_cov], minlength=prep.n_images)
-        ratio = k / (m + n - k + EPS)
-        counted = int(((m != 0) | (n != 0)).sum())
-        means.append(float(ratio.sum() / counted) if counted else None)
+    for t in range(n_t):
+        e = other[level[ed[other]] > t]
+        md, mg = _max_weight_matching(ld[e], lg[e], ew[e], n_d, n_g, e, cache)
+        # Edge ids back from the matched (local det, local GT) pairs.
+        key = ld[e] * n_g + lg[e]
+        hit = e[np.isin(key, md * n_g + mg)]
+        events.append((hit, np.full(len(hit), t), np.full(len(hit), t + 1)))
+    m_edge = np.concatenate([x[0] for x in events])
+    m_first = np.concatenate([x[1] for x in events])
+    m_stop = np.concatenate([x[2] for x in events])
+
+    def per_image_threshold(img: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """[I, T] how many of the items (image img, counted at thresholds lo <= L < hi) fall in each cell."""
+        diff = np.bincount(img * (n_t + 1) + lo, minlength=n_img * (n_t + 1))
+        diff -= np.bincount(img * (n_t + 1) + hi, minlength=n_img * (n_t + 1))
+        return np.cumsum(diff.reshape(n_img, n_t + 1), axis=1)[:, :n_t]
+
+    det_img = prep.det_img
+    k = per_image_threshold(det_img[ed[m_edge]], m_first, m_stop)
+    zeros = np.zeros(n_det, np.int64)
+    active = per_image_threshold(det_img, zeros, level)
+    cov = np.flatnonzero(det_cov)
+    cov_active = per_image_threshold(det_img[cov], zeros[cov], level[cov])
+    on_cov = det_cov[ed[m_edge]]
+    cov_matched = per_image_threshold(det_img[ed[m_edge][on_cov]], m_first[on_cov], m_stop[on_cov])
+    n = active - cov_active + cov_matched  # less the unmatched detections an ignore region covers
+    g_on_cov = gt_cov[eg[m_edge]]
+    gcov = np.flatnonzero(gt_cov)
+    gt_cov_all = per_image_threshold(gv_img[gcov], np.zeros(len(gcov), np.int64), np.full(len(gcov), n_t))
+    gt_cov_matched = per_image_threshold(gv_img[eg[m_edge][g_on_cov]], m_first[g_on_cov], m_stop[g_on_cov])
+    m = np.bincount(gv_img, minlength=n_img)[:, None] - gt_cov_all + gt_cov_matched
+    ratio = k / (m + n - k + EPS)
+    counted = ((m != 0) | (n != 0)).sum(axis=0)
+    means: list[float | None] = [
+        float(ratio[:, t].sum() / counted[t]) if counted[t] else None for t in range(n_t)
+    ]
     defined = [v for v in means if v is not None]
     return (max(defined) if defined else None), means

@@ -48,32 +48,43 @@ def same_image_pairs(det_img: np.ndarray, gt_img: np.ndarray, n_images: int) -> 
     """
     ng = np.bincount(gt_img, minlength=n_images)
     gt_start = np.concatenate([[0], np.cumsum(ng)[:-1]]).astype(np.int64)
-    return _expand(gt_start[det_img], ng[det_img], np.arange(len(gt_img)))
+    return expand_ranges(gt_start[det_img], ng[det_img], np.arange(len(gt_img)))
 
 
-def _expand(lo: np.ndarray, count: np.ndarray, gt_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (d, gt_index[lo[d] + k]) for k < count[d]."""
+def expand_ranges(lo: np.ndarray, count: np.ndarray, gt_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (d, gt_index[lo[d] + k]) for k < count[d] (int64 arrays).
+
+    Two sequential ``repeat`` passes instead of gathers by ``d``, in int32
+    while every index fits (about 8x faster than gathering int64 at 3.7M pairs).
+    """
     total = int(count.sum())
-    pd = np.repeat(np.arange(len(lo)), count)
-    first = np.cumsum(count) - count
-    return pd, gt_index[lo[pd] + (np.arange(total) - first[pd])]
+    it = np.int32 if max(total, len(lo), len(gt_index)) < 2**31 - 1 else np.int64
+    count = count.astype(it, copy=False)
+    first = np.cumsum(count, dtype=np.int64) - count
+    pd = np.repeat(np.arange(len(lo), dtype=it), count)
+    pos = np.repeat((lo - first).astype(it), count) + np.arange(total, dtype=it)
+    return pd.astype(np.int64), np.asarray(gt_index, dtype=np.int64)[pos]
 
 
 _KEY_SCALE = 1e6  # image index * scale + x: a sortable key while |x| < scale / 4
 
 
-def x_overlap_pairs(
+def x_overlap_ranges(
     det_boxes: np.ndarray, det_img: np.ndarray, gt_boxes: np.ndarray, gt_img: np.ndarray, n_images: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Same-image (det, gt) pairs that may overlap in x; a superset of the overlapping pairs.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Per detection, the GT that may overlap it in x, as a range of a sorted GT order.
 
     GT are sorted by (image, x1); a GT can only overlap a detection if
     ``det.x1 - max_w(image) < gt.x1 < det.x2``, a contiguous range found by
-    binary search. Falls back to all same-image pairs for huge coordinates.
+    binary search. None for huge or non-finite coordinates (no sortable key).
+
+    Returns:
+        (lo [N], count [N], order [M]): detection d may overlap the GT
+        ``order[lo[d] : lo[d] + count[d]]`` (see :func:`expand_ranges`).
     """
     coords = np.concatenate([det_boxes[:, [0, 2]].ravel(), gt_boxes[:, [0, 2]].ravel()])
     if len(coords) == 0 or not np.isfinite(coords).all() or np.abs(coords).max() > _KEY_SCALE / 8:
-        return same_image_pairs(det_img, gt_img, n_images)
+        return None
     order = np.lexsort((gt_boxes[:, 0], gt_img))
     key = gt_img[order] * _KEY_SCALE + gt_boxes[order, 0]
     max_w = np.zeros(n_images)
@@ -82,7 +93,20 @@ def x_overlap_pairs(
     # One pixel of margin on both sides keeps the range conservative under rounding.
     lo = np.searchsorted(key, base + det_boxes[:, 0] - max_w[det_img] - 1.0, side="left")
     hi = np.searchsorted(key, base + det_boxes[:, 0] + det_boxes[:, 2] + 1.0, side="right")
-    return _expand(lo, np.maximum(hi - lo, 0), order)
+    return lo, np.maximum(hi - lo, 0), order
+
+
+def x_overlap_pairs(
+    det_boxes: np.ndarray, det_img: np.ndarray, gt_boxes: np.ndarray, gt_img: np.ndarray, n_images: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Same-image (det, gt) pairs that may overlap in x; a superset of the overlapping pairs.
+
+    From :func:`x_overlap_ranges`; all same-image pairs where it has no ranges.
+    """
+    ranges = x_overlap_ranges(det_boxes, det_img, gt_boxes, gt_img, n_images)
+    if ranges is None:
+        return same_image_pairs(det_img, gt_img, n_images)
+    return expand_ranges(*ranges)
 
 
 def overlap_pairs(

@@ -9,7 +9,7 @@ order is kept within each image (it breaks score ties).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import chain, repeat
 from operator import itemgetter
 from pathlib import Path
 
@@ -192,15 +192,16 @@ def _read_fast(path: Path, data: list, images: list[ImageRecord]) -> Detections 
         return None
     if not set(map(type, ids)) | set(map(type, cats)) <= {int}:
         return None  # bools, floats, strings: the slow path validates or names the entry
-    try:
-        image_ids = np.array(ids, dtype=np.int64)
-        cat_ids = np.array(cats, dtype=np.int64)
-        boxes = np.array(bboxes, dtype=np.float64)
-        scores = np.array(score_list, dtype=np.float64)
+    if not set(map(type, bboxes)) <= {list} or not set(map(len, bboxes)) <= {4}:
+        return None  # short bbox lists or other objects: the slow path names the entry
+    n = len(data)
+    try:  # fromiter: about twice as fast as np.array on nested lists
+        image_ids = np.fromiter(ids, dtype=np.int64, count=n)
+        cat_ids = np.fromiter(cats, dtype=np.int64, count=n)
+        boxes = np.fromiter(chain.from_iterable(bboxes), dtype=np.float64, count=4 * n).reshape(n, 4)
+        scores = np.fromiter(score_list, dtype=np.float64, count=n)
     except (TypeError, ValueError, OverflowError):
-        return None
-    if boxes.ndim != 2 or boxes.shape != (len(data), 4) or scores.shape != (len(data),):
-        return None  # nested or short bbox lists, list scores: the slow path names the entry
+        return None  # nested lists, list scores, big ints: the slow path names the entry
     if (image_ids < 0).any() or (cat_ids < 0).any():
         return None
     if not (np.isfinite(scores).all() and np.isfinite(boxes).all()) or (boxes[:, 2:] < 0).any():

@@ -92,20 +92,24 @@ def _crowd(seed: int, n: int):
 @pytest.mark.parametrize("method", ["soft-linear", "soft-gaussian", "hard"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("vote", [False, True])
-def test_greedy_and_vote_match_per_box_loop(method, seed, vote):
+# the official rule with a floor; the seed's IoU > N_t rule with no floor (nothing ever drops)
+@pytest.mark.parametrize("floor, vote_iou", [(0.001, 0.01), (0.0, 0.5)])
+def test_greedy_and_vote_match_per_box_loop(method, seed, vote, floor, vote_iou):
+    if method == "hard" and floor == 0:
+        pytest.skip("with no floor the per-box loop keeps hard-suppressed boxes at score 0; hard NMS drops them")
     boxes, scores, variances = _crowd(seed, 120)
-    kw = dict(nt=0.5, sigma=0.5, floor=0.001, max_det=80)
+    kw = dict(nt=0.5, sigma=0.5, floor=floor, max_det=80)
     ref = reference_soft_nms(
         boxes.tolist(), scores.tolist(), method=method, **kw,
-        variances=variances.tolist() if vote else None, sigma_t=0.05, vote_iou=0.01,
+        variances=variances.tolist() if vote else None, sigma_t=0.05, vote_iou=vote_iou,
     )
     keep, kept_scores = greedy_suppress(
-        boxes, scores, method=method, nms_thresh=0.5, sigma=0.5, score_floor=0.001, max_det=80,
+        boxes, scores, method=method, nms_thresh=0.5, sigma=0.5, score_floor=floor, max_det=80,
     )
     kept_boxes = boxes[keep]
     if vote:
         kept_boxes = vote_fn(boxes, scores, keep, variances, method=method, nms_thresh=0.5,
-                             sigma=0.5, score_floor=0.001, sigma_t=0.05, vote_iou=0.01)
+                             sigma=0.5, score_floor=floor, sigma_t=0.05, vote_iou=vote_iou)
     assert len(ref) == (80 if method != "hard" else len(ref)) and len(ref) > 30
     assert keep.tolist() == [m for m, _, _ in ref]
     np.testing.assert_allclose(kept_scores.numpy(), [s for _, s, _ in ref], rtol=1e-12)

@@ -143,10 +143,10 @@ def vote(
     there when a box is selected. Here that set is rebuilt afterwards: box j
     leaves at selection t when j itself is selected at t, or when t decays it
     below the floor (hard: IoU > N_t); j votes in selection k iff it has not
-    left at any t < k and IoU > ``vote_iou``. Scores only fall, so "has not
-    left before k" is "k <= the first t at which j leaves": one reduction over
-    the [D, N] matrix (soft-NMS's decayed scores are a cumulative sum of log
-    factors down the selections), then two [D, N] x [N, 4] products.
+    left at any t < k and IoU > ``vote_iou``: a cumulative count of the
+    departures down the selections of the [D, N] matrix (soft-NMS's decayed
+    scores are a cumulative sum of log factors the same way), then one
+    [D, N] x [N, 8] product for the weighted sums and the weights.
     Vote weights below exp(-80) (a float32 denormal is slow) become exp(-80);
     next to a box's own weight 1 they are nothing either way.
 
@@ -162,31 +162,44 @@ def vote(
     if d == 0:
         return boxes.new_zeros((0, 4))
     positions = torch.arange(d, device=boxes.device)
-    x1, y1, x2, y2 = boxes.unbind(1)  # [N] each
-    k1, l1, k2, l2 = boxes[keep, :, None].unbind(1)  # [D,1] each
+    cols = boxes.t().contiguous()  # [4, N]: contiguous operands keep the [D, N] passes vectorised
+    x1, y1, x2, y2 = cols  # [N] each
+    k1, l1, k2, l2 = cols[:, keep, None]  # [D,1] each
     iw = (torch.minimum(k2, x2) - torch.maximum(k1, x1)).clamp_(min=0)  # [D,N]
     ih = (torch.minimum(l2, y2) - torch.maximum(l1, y1)).clamp_(min=0)  # [D,N]
     inter = iw.mul_(ih)
     areas = (x2 - x1) * (y2 - y1)  # [N]
     iou = inter.div_((k2 - k1) * (l2 - l1) + areas - inter)  # [D,N]
+    # Masks as 0/1 floats, from sign() (exact: 1 iff x > 0): bool masks cost
+    # a dtype conversion per use, a fifth of the whole vote.
+    step = lambda x: x.sign_().clamp_(min=0)  # noqa: E731  (in place)
     if method == "hard":
-        leaves = iou > nms_thresh  # [D,N] selection t suppresses j
+        leaves = step(iou - nms_thresh)  # [D,N] 1: selection t suppresses j
     else:
         if method == "soft-linear":
-            log_f = torch.log1p(-iou.clamp(max=1 - 1e-7)) * (iou > nms_thresh)
+            log_f = torch.log1p(-iou.clamp(max=1 - 1e-7)).mul_(step(iou - nms_thresh))
         else:
             log_f = iou * iou * (-1.0 / sigma)
-        log_score = torch.log(scores) + log_f.cumsum_(0)  # [D,N] j's score after selection t
-        floor = math.log(score_floor) if score_floor > 0 else float("-inf")
-        leaves = (log_score < floor) & (iou > 0)  # dropped by t (only touched boxes drop)
-    leaves[positions, keep] = True  # a selected box leaves at its own selection
-    rows = positions[:, None]
-    first = torch.where(leaves, rows, d).amin(0)  # [N] the selection at which j leaves (d: never)
-    member = (rows <= first) & (iou > vote_iou)  # [D,N]
-    member[positions, keep] = True  # a box always votes for itself
-    p = iou.sub_(1).square_().mul_(-1.0 / sigma_t).clamp_(min=-80.0).exp_().mul_(member)
+        if score_floor > 0:
+            log_score = torch.log(scores) + log_f.cumsum_(0)  # [D,N] j's score after selection t
+            # 1: dropped by t (below the floor; only touched boxes, IoU > 0, drop)
+            leaves = step(log_score.sub_(math.log(score_floor)).neg_()).mul_(iou.sign())
+        else:
+            leaves = torch.zeros_like(iou)  # no floor: nothing drops
+    leaves[positions, keep] = 1.0  # a selected box leaves at its own selection
+    # j is still there at selection k iff no selection before k made it leave: a
+    # cumulative count down the selections (a min-reduction over dim 0 is 7x
+    # slower), read one row up. In place: [D, N] temporaries are the cost at 5,000 boxes.
+    gone = leaves.cumsum_(0)[:-1].clamp_(max=1)  # [D-1,N] row k-1: 1 if j left at or before k-1
+    neighbour = step(iou - vote_iou)  # [D,N] 1: IoU > vote_iou
+    neighbour[1:].sub_(gone).clamp_(min=0)  # 1: a neighbour still there
+    neighbour[positions, keep] = 1.0  # a box always votes for itself
+    p = iou.sub_(1).square_().mul_(-1.0 / sigma_t).clamp_(min=-80.0).exp_().mul_(neighbour)
     inv = variances.reciprocal()  # [N,4]
-    return (p @ (boxes * inv)) / (p @ inv)  # [D,4]
+    # Numerators and denominators in one product, [8, N] x [N, D] (the transposed
+    # form of [D, N] x [N, 8], which is 3x faster on the CPU).
+    sums = torch.mm(torch.cat([boxes * inv, inv], 1).t(), p.t()).t()  # [D,8]
+    return sums[:, :4] / sums[:, 4:]
 
 
 def suppress(

@@ -146,3 +146,19 @@ def test_resampled_mr_equals_mr_of_duplicated_images(scene, counts):
     expected = evaluate(copies, copy_dets, setups=["All"]).results["All"].mr
     got = m.mr(counts)
     assert got == pytest.approx(expected, abs=1e-12) if expected is not None else got is None
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.sampled_from([0.5, 0.6, 0.7]), st.integers(0, 4)), max_size=40),
+       st.booleans())
+def test_sort_within_detection_runs_equals_lexsort(rows, presorted):
+    """The run-wise sort greedy matching uses equals a full lexsort, ties and all."""
+    from pedcrowd.eval.matching import _lexsort_within
+
+    group = np.array([r[0] for r in rows], dtype=np.int64)
+    key = np.array([r[1] for r in rows], dtype=np.float64)
+    tie = np.array([r[2] for r in rows], dtype=np.int64)
+    if presorted:
+        o = np.argsort(group, kind="stable")
+        group, key, tie = group[o], key[o], tie[o]
+    np.testing.assert_array_equal(_lexsort_within(group, key, tie), np.lexsort((tie, key, group)))

@@ -161,18 +161,25 @@ def prepare(records: list[ImageRecord], dets: Detections, sizes: dict[int, tuple
     if missing:
         raise PedcrowdError(f"no image size for image {missing[0].file_name!r} ({len(missing)} images lack one)")
     wh = np.array([sizes[r.id] for r in records], dtype=np.float64).reshape(n, 2)
-    boxes, scores, img = [], [], []
+    # Per image: score descending, stable. One small argsort per image is 4x
+    # faster than a lexsort of the whole concatenation (500k detections: 20 vs 80 ms).
+    boxes, scores, orders, counts, which = [], [], [], [], []
+    start = 0
     for i, rec in enumerate(records):
         entry = dets.get(rec.id)
         if entry is not None and len(entry[1]):
-            boxes.append(np.asarray(entry[0], dtype=np.float64).reshape(-1, 4))
-            scores.append(np.asarray(entry[1], dtype=np.float64).reshape(-1))
-            img.append(np.full(len(scores[-1]), i, dtype=np.int64))
+            s = np.asarray(entry[1], dtype=np.float64).reshape(-1)
+            o = np.argsort(-s, kind="stable")
+            boxes.append(np.asarray(entry[0], dtype=np.float64).reshape(-1, 4)[o])
+            scores.append(s[o])
+            orders.append(o + start)
+            counts.append(len(s))
+            which.append(i)
+            start += len(s)
     det_boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
     det_scores = np.concatenate(scores) if scores else np.zeros(0)
-    det_img = np.concatenate(img) if img else np.zeros(0, dtype=np.int64)
-    order = np.lexsort((-det_scores, det_img))  # per image: score descending, stable
-    det_boxes, det_scores, det_img = det_boxes[order], det_scores[order], det_img[order]
+    order = np.concatenate(orders) if orders else np.zeros(0, dtype=np.int64)
+    det_img = np.repeat(np.array(which, dtype=np.int64), counts)
     gt_img = np.repeat(np.arange(n), [len(r) for r in records]).astype(np.int64)
     gt_raw = np.concatenate([np.asarray(r.boxes, dtype=np.float64).reshape(-1, 4) for r in records]) if n else np.zeros((0, 4))
     gt_ignore = np.concatenate([np.asarray(r.ignore, dtype=bool).reshape(-1) for r in records]) if n else np.zeros(0, bool)
@@ -193,7 +200,7 @@ def _area(boxes: np.ndarray, clamp: bool) -> np.ndarray:
     return np.maximum(w, 0) * np.maximum(h, 0) if clamp else w * h
 
 
-_PAIR_CHUNK = 1 << 19  # candidate pairs per block: blocks reuse memory instead of touching 100s of MB
+_PAIR_CHUNK = 1 << 15  # candidate pairs per block (fresh process, 500k detections: 1 << 15 0.20 s, 1 << 19 0.24-0.34 s)
 
 
 def intersection_blocks(

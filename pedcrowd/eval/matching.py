@@ -138,6 +138,23 @@ def overlap_pairs(
     return OverlapPairs(pd[keep], pg[keep], iou[keep], ioa[keep])
 
 
+def _lexsort_within(group: np.ndarray, key: np.ndarray, tie: np.ndarray) -> np.ndarray:
+    """``np.lexsort((tie, key, group))``, faster when ``group`` is already non-decreasing.
+
+    Pairs come detection-major from the overlap search, and most detections
+    have one pair: only the runs of two or more are sorted (500k detections:
+    15 ms instead of 75 ms).
+    """
+    n = len(group)
+    if n < 2 or not (group[1:] >= group[:-1]).all():
+        return np.lexsort((tie, key, group))
+    run = np.cumsum(np.r_[True, group[1:] != group[:-1]]) - 1
+    idx = np.flatnonzero(np.bincount(run)[run] > 1)
+    order = np.arange(n)
+    order[idx] = idx[np.lexsort((tie[idx], key[idx], group[idx]))]
+    return order
+
+
 def greedy_match(
     pairs: OverlapPairs,
     det_valid: np.ndarray,
@@ -183,7 +200,7 @@ def greedy_match(
     # Within a detection, its pairs sorted by (IoU, GT order): the last active
     # pair is its choice (ties go to the later GT, as `ov < best: continue` does;
     # with ties="first" the GT order is reversed so the earlier GT comes last).
-    order = np.lexsort((pg if ties == "last" else -pg, ov, pd))
+    order = _lexsort_within(pd, ov, pg if ties == "last" else -pg)
     pd, pg = pd[order], pg[order]
     tp = np.zeros(n, dtype=bool)
     taken = np.full(n, -1, dtype=np.int64)  # the GT each true positive took

@@ -17,7 +17,7 @@ import numpy as np
 
 from pedcrowd.boxes import xyxy_to_xywh
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.fileio import existing_path, load_json
+from pedcrowd.fileio import existing_path, json_list_chunks, load_json
 from pedcrowd.formats import validate
 from pedcrowd.formats.records import ImageRecord
 
@@ -175,13 +175,16 @@ def _check_rows(path: Path, boxes: np.ndarray, scores: np.ndarray, where: str) -
         raise PedcrowdError(f"{path}: {where}: negative box size")
 
 
-def _read_fast(path: Path, data: list, images: list[ImageRecord]) -> Detections | None:
-    """Column-wise read of a well-formed list keyed by ``image_id``; None if anything is unusual.
+_Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _columns(data: list) -> _Columns | None:
+    """(image ids, category ids, boxes [n, 4], scores) of a well-formed slice keyed by ``image_id``;
+    None if anything is unusual.
 
     Only plain ``int`` ids and categories take this path (a float id, even an
     integral one, goes to the slow path, which never truncates it); the
-    per-entry work is C-level ``map`` calls, so 500k entries read in well under
-    a second after ``json.load``.
+    per-entry work is C-level ``map`` calls.
     """
     try:  # one column at a time: lists of the parsed objects, no per-entry tuples
         ids, bboxes, score_list = (
@@ -206,6 +209,14 @@ def _read_fast(path: Path, data: list, images: list[ImageRecord]) -> Detections 
         return None
     if not (np.isfinite(scores).all() and np.isfinite(boxes).all()) or (boxes[:, 2:] < 0).any():
         return None
+    return image_ids, cat_ids, boxes, scores
+
+
+def _group(parts: list[_Columns], images: list[ImageRecord]) -> Detections | None:
+    """The slices' columns -> image id -> (boxes, scores) in file order; None for an unknown image id."""
+    if not parts:
+        return {}
+    image_ids, cat_ids, boxes, scores = (np.concatenate(col) for col in zip(*parts, strict=True))
     known = np.array(sorted(im.id for im in images), dtype=np.int64)
     keep = cat_ids == 1
     image_ids, boxes, scores = image_ids[keep], boxes[keep], scores[keep]
@@ -220,16 +231,39 @@ def _read_fast(path: Path, data: list, images: list[ImageRecord]) -> Detections 
     return {int(image_ids[a]): (boxes[a:b], scores[a:b]) for a, b in zip(starts, ends, strict=True)}
 
 
-def _ids_from_file_names(path: Path, data: list, images: list[ImageRecord]) -> list:
+def _read_fast(path: Path, images: list[ImageRecord]) -> Detections | None:
+    """Column-wise read of a well-formed list, a slice at a time (:func:`json_list_chunks`);
+    None if anything is unusual (the caller then reads it entry by entry).
+
+    Entries are re-keyed by ``file_name`` when the first one has it (as the slow
+    path). 500k entries: about 0.7 s with the parsing, 110 MB at the peak.
+    """
+    parts: list[_Columns] = []
+    by_name, seen = None, 0
+    for chunk in json_list_chunks(path, "detections"):
+        if by_name is None:
+            by_name = bool(chunk) and isinstance(chunk[0], dict) and "file_name" in chunk[0]
+        if by_name:
+            chunk = _ids_from_file_names(path, chunk, images, first=seen)
+        seen += len(chunk)
+        cols = _columns(chunk)
+        if cols is None:
+            return None
+        parts.append(cols)
+    return _group(parts, images)
+
+
+def _ids_from_file_names(path: Path, data: list, images: list[ImageRecord], first: int = 0) -> list:
     """Re-key entries that carry ``file_name`` by the GT's id for that name.
 
     A file name is the identity two tools share (``pedcrowd infer`` numbers the
     images it reads 1..N, which need not be the GT's ids), so it wins over
-    ``image_id`` whenever an entry has one.
+    ``image_id`` whenever an entry has one. ``first``: the index of ``data[0]``
+    in the file (for messages).
     """
     index = file_name_index(images)
     out = []
-    for i, d in enumerate(data):
+    for i, d in enumerate(data, start=first):
         if isinstance(d, dict) and "file_name" in d:
             name = str(d["file_name"]).replace("\\", "/")
             d = {**d, "image_id": _image_id_by_name(path, index, i, name)}
@@ -240,14 +274,12 @@ def _ids_from_file_names(path: Path, data: list, images: list[ImageRecord]) -> l
 def read_detections_json(path: str | Path, images: list[ImageRecord]) -> Detections:
     """Read a results JSON list; see :func:`read_detections`."""
     path = Path(path)
-    data = load_json(path)
-    if not isinstance(data, list):
-        raise PedcrowdError(f"{path}: expected a JSON list of detections")
-    if data and isinstance(data[0], dict) and "file_name" in data[0]:
-        data = _ids_from_file_names(path, data, images)
-    fast = _read_fast(path, data, images)
+    fast = _read_fast(path, images)
     if fast is not None:
         return fast
+    data = load_json(path)
+    if data and isinstance(data[0], dict) and "file_name" in data[0]:
+        data = _ids_from_file_names(path, data, images)
     # Slow path: one entry at a time, to name the first bad entry precisely.
     known = {im.id for im in images}
     index: FileNameIndex | None = None

@@ -236,7 +236,8 @@ def _read_fast(path: Path, images: list[ImageRecord]) -> Detections | None:
     None if anything is unusual (the caller then reads it entry by entry).
 
     Entries are re-keyed by ``file_name`` when the first one has it (as the slow
-    path). 500k entries: about 0.7 s with the parsing, 110 MB at the peak.
+    path). 500k entries (46 MiB): about 0.55 s with the parsing in a fresh
+    process; the slices keep the peak memory ~145 MiB below one ``json.load``.
     """
     parts: list[_Columns] = []
     by_name, seen = None, 0

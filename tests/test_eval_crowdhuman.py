@@ -269,6 +269,36 @@ def test_pair_blocks_equal_one_block(tmp_path, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+def test_overlaps_equal_all_pairs():
+    """The pruned pair search (only GT that may cover half a detection) finds every pair an all-pairs loop finds."""
+    from pedcrowd.eval.crowdhuman import EPS, Prepared
+
+    rng = np.random.default_rng(1)
+    n_img, n_det, n_gt = 6, 300, 80
+    def boxes(n):  # integer corners: many exact ties at the IoA / IoU = 0.5 boundary
+        xy = rng.integers(0, 60, (n, 2)).astype(float)
+        return np.column_stack([xy, xy + rng.integers(1, 40, (n, 2))])
+    det, gt = boxes(n_det), boxes(n_gt)
+    det_img, gt_img = np.sort(rng.integers(0, n_img, n_det)), np.sort(rng.integers(0, n_img, n_gt))
+    prep = Prepared(det, rng.random(n_det), det_img, gt, gt_img, rng.random(n_gt) < 0.3, n_img)
+    got = {(int(d), int(g)): (iou, ioa) for d, g, iou, ioa in zip(*prep.overlaps(), strict=True)}
+    want = {}
+    for d in range(n_det):
+        for g in np.flatnonzero(gt_img == det_img[d]):
+            iw = min(det[d, 2], gt[g, 2]) - max(det[d, 0], gt[g, 0])
+            ih = min(det[d, 3], gt[g, 3]) - max(det[d, 1], gt[g, 1])
+            if iw <= 0 or ih <= 0:
+                continue
+            inter, a_d = iw * ih, (det[d, 2] - det[d, 0]) * (det[d, 3] - det[d, 1])
+            iou = inter / (a_d + (gt[g, 2] - gt[g, 0]) * (gt[g, 3] - gt[g, 1]) - inter + EPS)
+            ioa = inter / (a_d + EPS)
+            if iou > 0.5 or ioa > 0.5:
+                want[(d, int(g))] = (iou, ioa)
+    assert len(want) > 100 and got.keys() == want.keys()
+    for key, (iou, ioa) in want.items():
+        assert got[key] == (iou, ioa)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_agrees_with_plain_loops(tmp_path, seed):
     gt, dt, sizes = synthetic_crowdhuman(tmp_path, 12, 120, 700, seed=seed, ignore_fraction=0.15)

@@ -89,13 +89,15 @@ class Prepared:
         """(det [P], gt [P], IoU [P], IoA [P]) of every same-image pair with IoU or IoA > 0.5 (cached).
 
         IoA is over the detection's area. A pair that intersects has a positive
-        width and height, so areas need no clamping here.
+        width and height, so areas need no clamping here. IoU > 0.5 implies
+        IoA > 0.5 (the union is at least the detection's area), so only pairs
+        that may cover half the detection are searched.
         """
         if not hasattr(self, "_overlaps"):
             a_det, a_gt = _area(self.det_boxes, False), _area(self.gt_boxes, False)
             parts = []
             for pd, pg, inter in intersection_blocks(
-                self.det_boxes, self.det_img, self.gt_boxes, self.gt_img, self.n_images
+                self.det_boxes, self.det_img, self.gt_boxes, self.gt_img, self.n_images, min_ioa=THRESHOLD
             ):
                 a_d = a_det[pd]
                 iou = inter / (a_d + a_gt[pg] - inter + EPS)
@@ -204,7 +206,7 @@ _PAIR_CHUNK = 1 << 15  # candidate pairs per block (fresh process, 500k detectio
 
 
 def intersection_blocks(
-    a: np.ndarray, a_img: np.ndarray, b: np.ndarray, b_img: np.ndarray, n_images: int
+    a: np.ndarray, a_img: np.ndarray, b: np.ndarray, b_img: np.ndarray, n_images: int, min_ioa: float = 0.0
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Same-image pairs (i, j) of ``xyxy`` boxes with a positive intersection, and that intersection,
     a block of rows of ``a`` at a time.
@@ -215,13 +217,15 @@ def intersection_blocks(
 
     Args:
         a: [A, 4]; a_img: [A]; b: [B, 4]; b_img: [B] non-decreasing.
+        min_ioa: only pairs whose intersection may exceed this fraction of the
+            ``a`` box's area need to be found (others may or may not be returned).
 
     Yields:
         (ia [P], jb [P], inter [P]) with CrowdDet's arithmetic
         ``max(0, min(x2) - max(x1)) * max(0, min(y2) - max(y1))``.
     """
     as_xywh = lambda x: np.column_stack([x[:, :2], x[:, 2:] - x[:, :2]])  # noqa: E731
-    ranges = x_overlap_ranges(as_xywh(a), a_img, as_xywh(b), b_img, n_images)
+    ranges = x_overlap_ranges(as_xywh(a), a_img, as_xywh(b), b_img, n_images, min_ioa)
     ax1, ay1, ax2, ay2 = np.ascontiguousarray(a.T)  # 1-D gathers from contiguous columns
     bx1, by1, bx2, by2 = np.ascontiguousarray(b.T)
     if ranges is None:
@@ -241,10 +245,10 @@ def intersection_blocks(
 
 
 def intersections(
-    a: np.ndarray, a_img: np.ndarray, b: np.ndarray, b_img: np.ndarray, n_images: int
+    a: np.ndarray, a_img: np.ndarray, b: np.ndarray, b_img: np.ndarray, n_images: int, min_ioa: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All of :func:`intersection_blocks` at once: (ia [P], jb [P], inter [P])."""
-    return _concat(list(intersection_blocks(a, a_img, b, b_img, n_images)), 3)
+    return _concat(list(intersection_blocks(a, a_img, b, b_img, n_images, min_ioa)), 3)
 
 
 def _concat(parts: list[tuple], width: int) -> tuple:

@@ -220,7 +220,9 @@ def jaccard_index(prep: Prepared) -> tuple[float | None, list[float | None]]:
     # Detections that an ignore region covers (IoA over their own area; positive, as they intersect).
     det_cov = np.zeros(n_det, bool)
     det_cov[pd[~on_valid & (ioa > THRESHOLD)]] = True
-    a, _, gi_inter = intersections(gv, prep.gt_img[valid_idx], gi, prep.gt_img[ign_idx], prep.n_images)
+    a, _, gi_inter = intersections(
+        gv, prep.gt_img[valid_idx], gi, prep.gt_img[ign_idx], prep.n_images, min_ioa=THRESHOLD
+    )
     gt_cov = np.zeros(len(valid_idx), bool)
     gt_cov[a[gi_inter / (_area(gv, True)[a] + EPS) > THRESHOLD]] = True
     gv_img = prep.gt_img[valid_idx]

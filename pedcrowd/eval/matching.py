@@ -70,13 +70,21 @@ _KEY_SCALE = 1e6  # image index * scale + x: a sortable key while |x| < scale / 
 
 
 def x_overlap_ranges(
-    det_boxes: np.ndarray, det_img: np.ndarray, gt_boxes: np.ndarray, gt_img: np.ndarray, n_images: int
+    det_boxes: np.ndarray,
+    det_img: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_img: np.ndarray,
+    n_images: int,
+    min_ioa: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Per detection, the GT that may overlap it in x, as a range of a sorted GT order.
 
     GT are sorted by (image, x1); a GT can only overlap a detection if
     ``det.x1 - max_w(image) < gt.x1 < det.x2``, a contiguous range found by
-    binary search. None for huge or non-finite coordinates (no sortable key).
+    binary search. With ``min_ioa`` = f, only GT that may cover more than f
+    of the detection's area: their x-overlap must exceed f * det.w, so
+    ``det.x1 + f * det.w - max_w < gt.x1 < det.x2 - f * det.w`` (half the
+    window at f = 0.5). None for huge or non-finite coordinates (no sortable key).
 
     Returns:
         (lo [N], count [N], order [M]): detection d may overlap the GT
@@ -90,9 +98,10 @@ def x_overlap_ranges(
     max_w = np.zeros(n_images)
     np.maximum.at(max_w, gt_img, gt_boxes[:, 2])
     base = det_img * _KEY_SCALE
+    x, shrink = det_boxes[:, 0], min_ioa * np.maximum(det_boxes[:, 2], 0)
     # One pixel of margin on both sides keeps the range conservative under rounding.
-    lo = np.searchsorted(key, base + det_boxes[:, 0] - max_w[det_img] - 1.0, side="left")
-    hi = np.searchsorted(key, base + det_boxes[:, 0] + det_boxes[:, 2] + 1.0, side="right")
+    lo = np.searchsorted(key, base + x + shrink - max_w[det_img] - 1.0, side="left")
+    hi = np.searchsorted(key, base + x + det_boxes[:, 2] - shrink + 1.0, side="right")
     return lo, np.maximum(hi - lo, 0), order
 
 

@@ -23,7 +23,7 @@ from pedcrowd.eval.crowdhuman import EPS, JI_THRESHOLDS, THRESHOLD, Prepared, _a
 
 def _max_weight_matching(
     ed: np.ndarray, eg: np.ndarray, w: np.ndarray, n_det: int, n_gt: int, edge_id: np.ndarray, cache: dict
-):
+) -> np.ndarray:
     """A maximum-weight bipartite matching (weights > 0) of a graph of many small components.
 
     A star (one side a single node) takes its heaviest edge; every other
@@ -39,10 +39,10 @@ def _max_weight_matching(
         edge_id: [E] increasing ids of the edges, stable across calls.
 
     Returns:
-        (det [k], gt [k]) the matched pairs.
+        [k] the ids (``edge_id``) of the matched edges.
     """
     if len(ed) == 0:
-        return ed, eg
+        return edge_id[:0]
     from scipy.optimize import linear_sum_assignment
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -59,45 +59,47 @@ def _max_weight_matching(
     idx = np.flatnonzero(on_star)
     idx = idx[np.lexsort((-w[idx], comp[idx]))]
     first = np.r_[True, comp[idx][1:] != comp[idx][:-1]] if len(idx) else np.zeros(0, bool)
-    out_d, out_g = [ed[idx[first]]], [eg[idx[first]]]
+    out = [edge_id[idx[first]]]
     rest = np.flatnonzero(~on_star)
     # Components with exactly two GT (or two detections): closed form.
-    for pair_side, other, n_nodes in ((eg, ed, n_gt), (ed, eg, n_det)):
+    for pair_side, n_nodes in ((eg, n_gt), (ed, n_det)):
+        other = ed if pair_side is eg else eg
         nodes = np.unique(comp[rest] * n_nodes + pair_side[rest]) // n_nodes
         two = (np.bincount(nodes, minlength=len(edges_in)) == 2)[comp[rest]]
         sel = rest[two]
         if len(sel):
-            got_other, got_pair = _two_node_side(comp[sel], pair_side[sel], other[sel], w[sel])
-            out_d.append(got_other if pair_side is eg else got_pair)
-            out_g.append(got_pair if pair_side is eg else got_other)
+            out.append(edge_id[sel[_two_node_side(comp[sel], pair_side[sel], other[sel], w[sel])]])
         rest = rest[~two]
     if len(rest):
         rest = rest[np.argsort(comp[rest], kind="stable")]
         c, d, g, wr = comp[rest], ed[rest], eg[rest], w[rest]
         bounds = np.flatnonzero(np.r_[True, c[1:] != c[:-1], True])
         # Local node numbers inside each component, from one sort per side.
-        keys_d, inv_d = np.unique(c * n_det + d, return_inverse=True)
-        keys_g, inv_g = np.unique(c * n_gt + g, return_inverse=True)
+        _, inv_d = np.unique(c * n_det + d, return_inverse=True)
+        _, inv_g = np.unique(c * n_gt + g, return_inverse=True)
         start_d = np.minimum.reduceat(inv_d, bounds[:-1])
         start_g = np.minimum.reduceat(inv_g, bounds[:-1])
         size_d = np.maximum.reduceat(inv_d, bounds[:-1]) - start_d + 1
         size_g = np.maximum.reduceat(inv_g, bounds[:-1]) - start_g + 1
         which = np.repeat(np.arange(len(start_d)), np.diff(bounds))
         ld, lg = inv_d - start_d[which], inv_g - start_g[which]
-        # Every component's dense weight matrix in one flat buffer, filled at once.
+        # Every component's dense weight matrix in one flat buffer, filled at
+        # once, and beside it which edge each cell is (-1: none).
         cells = size_d * size_g
         offset = np.concatenate([[0], np.cumsum(cells)[:-1]])
         flat = np.zeros(int(cells.sum()))
-        flat[offset[which] + ld * size_g[which] + lg] = wr
+        cell_edge = np.full(len(flat), -1, dtype=np.int64)
+        at = offset[which] + ld * size_g[which] + lg
+        flat[at] = wr
+        cell_edge[at] = edge_id[rest]
         first_id = edge_id[rest[bounds[:-1]]].tolist()
         fresh, solved, got_r, got_c = {}, [], [], []
         for k in range(len(start_d)):
             key = (first_id[k], int(bounds[k + 1] - bounds[k]))
-            pair = cache.get(key)
-            if pair is not None:
-                fresh[key] = pair
-                out_d.append(pair[0])
-                out_g.append(pair[1])
+            ids = cache.get(key)
+            if ids is not None:
+                fresh[key] = ids
+                out.append(ids)
                 continue
             o = offset[k]
             r, col = linear_sum_assignment(flat[o : o + cells[k]].reshape(size_d[k], size_g[k]), maximize=True)
@@ -107,24 +109,21 @@ def _max_weight_matching(
         if solved:
             lens = [len(r) for r in got_r]
             ks = np.repeat(np.array(solved), lens)
-            r, col = np.concatenate(got_r), np.concatenate(got_c)
-            real = flat[offset[ks] + r * size_g[ks] + col] > 0
-            md = (keys_d[start_d[ks] + r] % n_det)[real]
-            mg = (keys_g[start_g[ks] + col] % n_gt)[real]
-            out_d.append(md)
-            out_g.append(mg)
-            # Each solved component's pairs for the cache: slices of md, mg (np.split is 10x slower).
+            ids = cell_edge[offset[ks] + np.concatenate(got_r) * size_g[ks] + np.concatenate(got_c)]
+            real = ids >= 0  # an assignment may pair nodes without an edge (weight 0)
+            out.append(ids[real])
+            # Each solved component's edges for the cache: slices (np.split is 10x slower).
             ends = np.cumsum(np.bincount(np.repeat(np.arange(len(solved)), lens)[real], minlength=len(solved))).tolist()
-            begin = 0
+            kept, begin = ids[real], 0
             for k, end in zip(solved, ends, strict=True):
-                fresh[(first_id[k], int(bounds[k + 1] - bounds[k]))] = (md[begin:end], mg[begin:end])
+                fresh[(first_id[k], int(bounds[k + 1] - bounds[k]))] = kept[begin:end]
                 begin = end
         cache.clear()
         cache.update(fresh)
-    return np.concatenate(out_d), np.concatenate(out_g)
+    return np.concatenate(out)
 
 
-def _two_node_side(comp: np.ndarray, pair: np.ndarray, other: np.ndarray, w: np.ndarray):
+def _two_node_side(comp: np.ndarray, pair: np.ndarray, other: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Heaviest matchings of components whose ``pair`` side has exactly two nodes.
 
     Every weight lies in (0.5, 1], so two edges always outweigh one: each
@@ -135,7 +134,7 @@ def _two_node_side(comp: np.ndarray, pair: np.ndarray, other: np.ndarray, w: np.
         comp, pair, other, w: [E] component, the two-node side's node, the other node, weight.
 
     Returns:
-        (other [k], pair [k]) matched nodes.
+        [k] positions (into the arguments) of the matched edges.
     """
     order = np.lexsort((-w, pair, comp))
     comp, pair, other, w = comp[order], pair[order], other[order], w[order]
@@ -152,7 +151,7 @@ def _two_node_side(comp: np.ndarray, pair: np.ndarray, other: np.ndarray, w: np.
     use_b = clash & ~use_a
     e0 = np.where(use_b, t0, s0)
     e1 = np.where(use_a, t1, s1)
-    return np.concatenate([other[e0], other[e1]]), np.concatenate([pair[e0], pair[e1]])
+    return order[np.concatenate([e0, e1])]
 
 
 def _renumber(ids: np.ndarray, n: int) -> tuple[np.ndarray, int]:
@@ -246,6 +245,8 @@ def jaccard_index(prep: Prepared) -> tuple[float | None, list[float | None]]:
     other_level, other_comp = level[ed[other]], comp[other]
     # A component whose edges all outlive threshold t keeps its matching from
     # t - 1; only those that lose an edge at t are matched again.
+    position_in_other = np.zeros(len(ed), np.int64)
+    position_in_other[other] = np.arange(len(other))
     cache: dict = {}
     matched = np.zeros(len(other), bool)
     for t in range(n_t):
@@ -255,10 +256,9 @@ def jaccard_index(prep: Prepared) -> tuple[float | None, list[float | None]]:
             redo[other_comp[other_level == t]] = True
         s = np.flatnonzero((other_level > t) & redo[other_comp])
         e = other[s]
-        md, mg = _max_weight_matching(od[s], og[s], ew[e], n_od, n_og, e, cache)
+        got = _max_weight_matching(od[s], og[s], ew[e], n_od, n_og, e, cache)
         matched &= ~redo[other_comp]
-        # Edge ids back from the matched (det, GT) pairs.
-        matched[s[np.isin(od[s] * n_og + og[s], md * n_og + mg)]] = True
+        matched[position_in_other[got]] = True
         hit = other[matched]
         events.append((hit, np.full(len(hit), t), np.full(len(hit), t + 1)))
     m_edge = np.concatenate([x[0] for x in events])

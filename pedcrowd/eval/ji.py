@@ -21,6 +21,27 @@ import numpy as np
 from pedcrowd.eval.crowdhuman import EPS, JI_THRESHOLDS, THRESHOLD, Prepared, _area, intersections
 
 
+def _components(ed: np.ndarray, eg: np.ndarray, n_det: int, n_gt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Connected components of a bipartite edge list.
+
+    Returns:
+        (comp [E] each edge's component, edges_in [C] edges per component,
+        star [C] one detection or one GT holds every edge of the component).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if len(ed) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+    graph = coo_matrix((np.ones(len(ed)), (ed, n_det + eg)), shape=(n_det + n_gt, n_det + n_gt))
+    comp = connected_components(graph, directed=False)[1][ed].astype(np.int64)
+    edges_in = np.bincount(comp)
+    star = np.zeros(len(edges_in), bool)
+    star[comp[np.bincount(ed, minlength=n_det)[ed] == edges_in[comp]]] = True
+    star[comp[np.bincount(eg, minlength=n_gt)[eg] == edges_in[comp]]] = True
+    return comp, edges_in, star
+
+
 def _max_weight_matching(
     ed: np.ndarray, eg: np.ndarray, w: np.ndarray, n_det: int, n_gt: int, edge_id: np.ndarray, cache: dict
 ) -> np.ndarray:
@@ -44,17 +65,8 @@ def _max_weight_matching(
     if len(ed) == 0:
         return edge_id[:0]
     from scipy.optimize import linear_sum_assignment
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
-    graph = coo_matrix((np.ones(len(ed)), (ed, n_det + eg)), shape=(n_det + n_gt, n_det + n_gt))
-    _, label = connected_components(graph, directed=False)
-    comp = label[ed].astype(np.int64)
-    edges_in = np.bincount(comp)
-    star = np.zeros(len(edges_in), bool)
-    # One detection (or one GT) holds every edge of its component.
-    star[comp[np.bincount(ed, minlength=n_det)[ed] == edges_in[comp]]] = True
-    star[comp[np.bincount(eg, minlength=n_gt)[eg] == edges_in[comp]]] = True
+    comp, edges_in, star = _components(ed, eg, n_det, n_gt)
     on_star = star[comp]
     idx = np.flatnonzero(on_star)
     idx = idx[np.lexsort((-w[idx], comp[idx]))]
@@ -202,9 +214,6 @@ def jaccard_index(prep: Prepared) -> tuple[float | None, list[float | None]]:
     Returns:
         (JI = the largest defined mean ratio or None, [10] mean ratio per threshold).
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     n_det, valid, n_img, n_t = len(prep.det_scores), ~prep.gt_ignore, prep.n_images, len(JI_THRESHOLDS)
     valid_idx, ign_idx = np.flatnonzero(valid), np.flatnonzero(prep.gt_ignore)
     gv, gi = prep.gt_boxes[valid_idx], prep.gt_boxes[ign_idx]
@@ -229,12 +238,7 @@ def jaccard_index(prep: Prepared) -> tuple[float | None, list[float | None]]:
     # Matched edges as (edge, first threshold, stop threshold): stars at once, the rest per threshold.
     ld, n_d = _renumber(ed, n_det)
     lg, n_g = _renumber(eg, len(valid_idx))
-    graph = coo_matrix((np.ones(len(ed)), (ld, n_d + lg)), shape=(n_d + n_g, n_d + n_g))
-    comp = connected_components(graph, directed=False)[1][ld].astype(np.int64) if len(ed) else ld
-    edges_in = np.bincount(comp)
-    star = np.zeros(len(edges_in), bool)
-    star[comp[np.bincount(ld, minlength=n_d)[ld] == edges_in[comp]]] = True
-    star[comp[np.bincount(lg, minlength=n_g)[lg] == edges_in[comp]]] = True
+    comp, edges_in, star = _components(ld, lg, n_d, n_g)
     on_star = np.flatnonzero(star[comp])
     got, first, stop = _star_matchings(comp[on_star], ew[on_star], level[ed[on_star]])
     events = [(on_star[got], first, stop)]
@@ -250,10 +254,8 @@ def jaccard_index(prep: Prepared) -> tuple[float | None, list[float | None]]:
     cache: dict = {}
     matched = np.zeros(len(other), bool)
     for t in range(n_t):
-        redo = np.ones(len(edges_in), bool)
-        if t:
-            redo[:] = False
-            redo[other_comp[other_level == t]] = True
+        redo = np.full(len(edges_in), t == 0)
+        redo[other_comp[other_level == t]] = True  # (none at t = 0: those edges were left out)
         s = np.flatnonzero((other_level > t) & redo[other_comp])
         e = other[s]
         got = _max_weight_matching(od[s], og[s], ew[e], n_od, n_og, e, cache)

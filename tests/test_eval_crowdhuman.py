@@ -312,6 +312,42 @@ def test_agrees_with_plain_loops(tmp_path, seed):
     assert 0.05 < r.mr < 0.95 and 0.05 < r.ji < 0.95  # a scene where all three numbers are informative
 
 
+def test_crowddet_dump_with_images_without_detections(tmp_path):
+    """CrowdDet writes a line with ``"dtboxes": []`` for an image without detections: it is
+    an image without detections, and the numbers equal the plain loops' on the same set."""
+    gt, dt, sizes = synthetic_crowdhuman(tmp_path, 12, 120, 700, seed=4, ignore_fraction=0.15)
+    entries = json.loads(dt.read_text())
+    empty = {2, 5, 11}  # these images lose every detection
+    kept = [d for d in entries if d["image_id"] not in empty]
+    dt.write_text(json.dumps(kept))
+    size_of = {im["id"]: im for im in json.loads(sizes.read_text())["images"]}
+    ids = [json.loads(line)["ID"] for line in gt.read_text().splitlines()]
+    dump = tmp_path / "dump.odgt"
+    dump.write_text("".join(json.dumps({
+        "ID": name, "width": size_of[k]["width"], "height": size_of[k]["height"],
+        "dtboxes": [{"box": d["bbox"], "score": d["score"], "tag": 1} for d in kept if d["image_id"] == k],
+    }) + "\n" for k, name in enumerate(ids, start=1)))
+    assert dump.read_text().count('"dtboxes": []') == len(empty)
+    r = evaluate_crowdhuman(*load_crowdhuman(gt, dump))
+    images = load(gt, dt, sizes)
+    assert all(not images[k - 1]["dets"] for k in empty) and images[2]["dets"]
+    ap, mr = reference_apmr(images)
+    ji, per_t = reference_ji(images)
+    assert r.ap == pytest.approx(ap, abs=1e-12) and r.mr == pytest.approx(mr, abs=1e-12)
+    assert r.ji == pytest.approx(ji, abs=1e-12)
+    assert r.ji_per_threshold == pytest.approx(per_t, abs=1e-12)
+    assert r.n_images == 12
+    result = runner.invoke(app, ["eval", "--protocol", "crowdhuman", "--gt", str(gt), "--dets", str(dump),
+                                 "--metric", "all", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["results"]["All"]["ap"] == pytest.approx(ap, abs=1e-12)
+    bad = tmp_path / "bad.odgt"
+    bad.write_text(json.dumps({"ID": ids[0], "dtboxes": {}}) + "\n")
+    result = runner.invoke(app, ["eval", "--protocol", "crowdhuman", "--gt", str(gt), "--dets", str(bad),
+                                 "--images", str(sizes)])
+    assert result.exit_code == 2 and "bad.odgt:1: 'dtboxes' must be a list" in result.output
+
+
 # ----- properties -----
 
 box = st.tuples(st.integers(0, 150), st.integers(0, 150), st.integers(5, 60), st.integers(5, 60))

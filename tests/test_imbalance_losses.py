@@ -259,6 +259,14 @@ def test_isr_n_by_hand():
     assert pick.numel() == 1 and w.tolist() == [1.0]
 
 
+def test_isr_n_with_nothing_to_sample_selects_nothing():
+    scores = t([0.9, 0.5, 0.01])
+    boxes = t([[0, 0, 10, 20], [1, 0, 11, 20], [50, 0, 60, 20]])
+    for num, q in ((0, 3), (5, 0)):  # no room left for negatives; no negative at all
+        pick, w = isr_n_select(scores[:q], boxes[:q], -torch.log1p(-scores[:q]), num=num)
+        assert pick.numel() == 0 and w.numel() == 0 and pick.dtype == torch.int64
+
+
 def test_carl_values_and_gradients_by_hand():
     p = t([0.9, 0.4], grad=True)
     b = t([2.0, 1.0], grad=True)
@@ -314,10 +322,15 @@ def test_ohem_row_loss_by_hand():
     labels = torch.tensor([1, 0, -1])
     loss = ohem_row_loss(logits, deltas, labels, targets)
     ce0 = math.log(1 + math.exp(-1.0))
-    sl1 = 0.5 * 0.05**2 / (1 / 9) + (
-        0.5 - 0.5 / 9
-    )  # |d| < beta: 0.5 d^2 / beta; else |d| - beta / 2
+    # the authors' smooth L1 (sigma 1 = beta 1): |d| < 1: 0.5 d^2, so 0.00125 + 0.125
+    sl1 = 0.5 * 0.05**2 + 0.5 * 0.5**2
     assert loss[0].item() == pytest.approx(ce0 + sl1, rel=1e-12)
+    # torchvision's beta 1/9 as an option: 0.5 d^2 / beta below beta, |d| - beta / 2 above
+    old = ohem_row_loss(logits, deltas, labels, targets, beta=1 / 9)
+    assert old[0].item() == pytest.approx(ce0 + 0.5 * 0.05**2 * 9 + (0.5 - 0.5 / 9), rel=1e-12)
+    # the issue's minimal input: a positive with a 0.5 delta error scores 0.125 (not 0.444)
+    one = ohem_row_loss(t([[0.0, 50.0]]), t([[0.5, 0, 0, 0]]), torch.tensor([1]), t([[0.0] * 4]))
+    assert one.item() == pytest.approx(0.125 + math.log1p(math.exp(-50.0)), abs=1e-12)
     assert loss[1].item() == pytest.approx(math.log(1 + math.exp(-3.0)), rel=1e-12)  # no box term
     assert loss[2].item() == float("-inf")
     assert ohem_row_loss(logits, deltas, labels, targets, with_box=False)[
@@ -326,24 +339,33 @@ def test_ohem_row_loss_by_hand():
 
 
 def brute_force_ohem(loss, boxes, labels, num, thr):
+    """The authors' loop (minibatch.py): greedy NMS per label, then the num hardest kept."""
     from pedcrowd.box_ops import box_iou
 
     iou = box_iou(boxes, boxes).tolist()
-    order = sorted((i for i in range(len(loss)) if labels[i] >= 0), key=lambda i: -loss[i])
     kept = []
-    for i in order:
-        if all(iou[i][j] <= thr for j in kept):
-            kept.append(i)
-    return sorted(kept[:num])
+    for label in sorted({x for x in labels if x >= 0}):
+        order = sorted((i for i in range(len(loss)) if labels[i] == label), key=lambda i: -loss[i])
+        mine = []
+        for i in order:
+            if all(iou[i][j] <= thr for j in mine):
+                mine.append(i)
+        kept += mine
+    return sorted(sorted(kept, key=lambda i: -loss[i])[:num])
 
 
 def test_ohem_select_hardest_after_dedup_ignored_never_hard():
     boxes = t([[0, 0, 10, 20], [0, 0, 10, 19], [30, 0, 40, 20], [60, 0, 70, 20], [90, 0, 99, 20]])
     loss = t([3.0, 2.9, 1.0, 2.0, 9.0])
     labels = torch.tensor([1, 0, 0, 0, -1])  # the hardest row is ignored
+    # row 1 (background) overlaps row 0 (a positive) by IoU 0.95 but has another label:
+    # the authors' per-label NMS keeps it (one NMS over all labels would drop it for row 3)
     mask = ohem_select(loss, boxes, labels, num=2, nms_thresh=0.7)
-    assert torch.nonzero(mask).flatten().tolist() == [0, 3]  # row 1 duplicates row 0 (IoU 0.95)
-    mask = ohem_select(loss, boxes, labels, num=2, nms_thresh=1.0)  # NMS off
+    assert torch.nonzero(mask).flatten().tolist() == [0, 1]
+    same = torch.tensor([0, 0, 0, 0, -1])  # same label: row 1 duplicates row 0
+    mask = ohem_select(loss, boxes, same, num=2, nms_thresh=0.7)
+    assert torch.nonzero(mask).flatten().tolist() == [0, 3]
+    mask = ohem_select(loss, boxes, same, num=2, nms_thresh=1.0)  # NMS off
     assert torch.nonzero(mask).flatten().tolist() == [0, 1]
     assert ohem_select(loss, boxes, torch.full((5,), -1), num=2).sum() == 0
     gen = torch.Generator().manual_seed(3)

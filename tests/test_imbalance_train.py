@@ -287,3 +287,143 @@ def test_example_configs_are_the_demo_with_one_technique(name, fields):
         train=dataclasses.replace(Config().train, out_dir=f"runs/demo-{name}"),
     )
     assert cfg == expected
+
+
+# ---------------------------------------------------------------- the authors' settings (issue 21)
+
+
+def test_ohem_defaults_are_the_authors():
+    from pedcrowd.losses.config import OhemConfig
+
+    o = OhemConfig()
+    # fast_rcnn_ohem.yml: B = 64 per image; every RoI scored; sigma-1 smooth L1; NMS 0.7
+    assert (o.num, o.pool, o.beta, o.nms_thresh, o.with_box) == (64, 0, 1.0, 0.7, True)
+    model = model_with({"sampler": "ohem"})
+    sampler = model.roi_heads.criterion.sampler
+    seen = {}
+    original = sampler.select
+
+    def spy(ctx):
+        inner = ctx.score
+
+        def score(rows):
+            seen["pools"] = [r.clone() for r in rows]
+            return inner(rows)
+
+        ctx.score = score
+        seen["ctx"] = ctx
+        return original(ctx)
+
+    sampler.select = spy
+    model(*batch())
+    for labels, pool in zip(seen["ctx"].labels, seen["pools"], strict=True):
+        assert torch.equal(pool, torch.where(labels >= 0)[0])  # every trainable RoI scored
+
+
+def test_pisa_box_loss_and_carl_use_beta_one():
+    from pedcrowd.losses.config import PisaConfig
+
+    assert PisaConfig().box_beta == 1.0
+    model = model_with({"sampler": "pisa"})
+    captured = {}
+    criterion = model.roi_heads.criterion
+    original = criterion.box_fn
+
+    def spy(s, options, state):
+        captured["s"], captured["value"] = s, original(s, options, state)
+        return captured["value"]
+
+    criterion.box_fn = spy
+    losses = model(*batch())
+    s = captured["s"]
+    assert s.box_beta == 1.0
+    rows = torch.where(s.sampled)[0]
+    pos = rows[s.positive[rows]]
+    d = (s.deltas[pos] - s.target_deltas[pos]).detach().abs()
+    by_hand = torch.where(d < 1.0, 0.5 * d**2, d - 0.5).sum() / rows.numel()  # beta 1
+    assert captured["value"].item() == pytest.approx(by_hand.item(), rel=1e-5)
+    # CARL: the same beta-1 smooth L1, weighted by ((1 - 0.2) p + 0.2) / mean and over S rows
+    p = s.scores()[pos].detach()
+    w = 0.8 * p + 0.2
+    w = w * (pos.numel() / w.sum())
+    per = torch.where(d < 1.0, 0.5 * d**2, d - 0.5).sum(dim=1)
+    assert losses["loss_carl"].item() == pytest.approx((w * per).sum().item() / rows.numel(), rel=1e-5)
+
+
+@pytest.mark.parametrize("cls", ["focal", "qfl"])
+def test_pisa_isr_p_keeps_the_heads_own_classification_loss(cls):
+    from pedcrowd.box_ops import paired_iou
+    from pedcrowd.losses.focal import focal_rows
+    from pedcrowd.losses.pisa import isr_p_weights
+    from pedcrowd.losses.qfl import qfl_rows
+
+    model = model_with({"sampler": "pisa", "cls": cls})
+    criterion = model.roi_heads.criterion
+    captured = {}
+    original = criterion.cls_fn
+
+    def spy(s, options, state):
+        captured["s"], captured["options"] = s, options
+        return original(s, options, state)
+
+    criterion.cls_fn = spy
+    model(*batch())
+    s, options = captured["s"], captured["options"]
+    pos = torch.where(s.sampled & (s.labels == 1))[0]
+    own = (focal_rows if cls == "focal" else qfl_rows)(s, pos, options).detach()
+    assert (own * s.weights[pos]).sum().item() == pytest.approx(own.sum().item(), rel=1e-5)
+    gt = s.gt_boxes[s.matched_gt[pos]]
+    ious = paired_iou(s.pred_boxes[pos].detach(), gt)
+    expected = isr_p_weights(ious, s.matched_gt[pos], own, k=2.0, bias=0.0)
+    torch.testing.assert_close(s.weights[pos], expected.to(s.weights.dtype), rtol=1e-6, atol=0)
+    # the cross-entropy sum (what ISR-P kept before) gives other weights
+    ce = isr_p_weights(ious, s.matched_gt[pos], -F.logsigmoid(s.ped_logit()[pos].detach()))
+    assert (ce / expected - 1).abs().max().item() > 1e-4
+
+
+def test_pisa_with_nothing_to_sample_trains():
+    # box_positive_fraction 1 and more positives than rows: ISR-N has no negative to pick
+    cfg = dataclasses.replace(SMALL, box_batch_size_per_image=2, box_positive_fraction=1.0)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    install_criteria(model, cfg, set_loss_fields(LossConfig(), {"sampler": "pisa"}))
+    criterion = model.roi_heads.criterion
+    captured = {}
+    original = criterion.cls_fn
+
+    def spy(s, options, state):
+        captured["s"] = s
+        return original(s, options, state)
+
+    criterion.cls_fn = spy
+    losses = model(*batch())
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_carl"].item() > 0
+    s = captured["s"]
+    assert s.sampled.sum().item() == 4 and (s.labels[s.sampled] == 1).all()  # 2 positives each
+
+
+def test_ghmr_on_raw_deltas_with_the_official_weight():
+    from types import SimpleNamespace
+
+    from torchvision.models.detection._utils import BoxCoder
+
+    from pedcrowd.losses.config import GhmConfig
+    from pedcrowd.losses.ghm import ghmr_term
+
+    # one positive whose weighted deltas are off by (1, 1, 0.5, 0.5): raw 0.1 each
+    deltas = torch.tensor([[1.0, 1.0, 0.5, 0.5], [3.0, 3.0, 3.0, 3.0]], requires_grad=True)
+    s = SimpleNamespace(
+        stage="roi", sampled=torch.tensor([True, True]), labels=torch.tensor([1, 0]),
+        positive=torch.tensor([True, False]), class_logits=torch.zeros(2, 2, requires_grad=True),
+        deltas=deltas, target_deltas=torch.zeros(2, 4), box_coder=BoxCoder((10.0, 10.0, 5.0, 5.0)),
+    )
+    o = GhmConfig()
+    assert (o.mu, o.box_weight, o.raw_deltas) == (0.02, 10.0, True)
+    # every coordinate has g = 0.1 / sqrt(0.01 + 0.0004) = 0.98: one region; its first-step
+    # moving average is (1 - 0.7) * 4, so each weight is tot / (1.2 * 1 region) = 1 / 0.3
+    value = ghmr_term(s, o, {})
+    assert value.item() == pytest.approx(10.0 / 0.3 * (math.sqrt(0.0104) - 0.02), rel=1e-6)
+    # the weighted deltas (the old form, no loss weight): ASL1 of (1, 1, 0.5, 0.5), g 0.9998/0.9992
+    old = ghmr_term(s, dataclasses.replace(o, raw_deltas=False, box_weight=1.0), {})
+    expected = (2 * (math.sqrt(1.0004) - 0.02) + 2 * (math.sqrt(0.2504) - 0.02)) / 4 / 0.3
+    assert old.item() == pytest.approx(expected, rel=1e-6)

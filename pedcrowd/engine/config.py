@@ -16,7 +16,8 @@ scalars and type-checked like the file.
 Value ranges are declared on the fields themselves, as dataclass metadata:
 ``lr: float = field(default=0.08, metadata={"range": "> 0"})``; the forms are
 ``"> a"``, ``">= a"``, ``"< a"``, ``"<= a"`` and intervals ``"(a, b]"``,
-``"[a, b)"``, ... (``inf`` allowed). The loader checks them after the type, for
+``"[a, b)"``, ... (``inf`` allowed), alternatives joined by ``or`` with a bare
+number for one allowed value (``"[0, 1] or -1"``). The loader checks them after the type, for
 every number of a list or tuple too, so ``box_nms_thresh: 1.5``, ``epochs: 0``
 or a NaN are one-line errors naming the file and the key.
 """
@@ -321,7 +322,16 @@ _RANGE = re.compile(
 
 
 def in_range(spec: str, value: float) -> bool:
-    """Whether ``value`` lies in the range ``spec`` (``"> 0"``, ``"(0, 1]"``, ...); NaN never does."""
+    """Whether ``value`` lies in the range ``spec`` (``"> 0"``, ``"(0, 1]"``, ``"[0, 1] or -1"``:
+    a bare number is that value exactly; ``or`` joins alternatives); NaN never does."""
+    return any(_in_one_range(part, value) for part in spec.split(" or "))
+
+
+def _in_one_range(spec: str, value: float) -> bool:
+    try:
+        return value == float(spec)
+    except ValueError:
+        pass
     m = _RANGE.match(spec)
     if m is None:
         raise ValueError(f"bad range spec {spec!r}")

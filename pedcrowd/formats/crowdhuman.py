@@ -186,7 +186,8 @@ def read_crowddet_detections(
 
     Returns:
         (record id -> (boxes [D, 4] float64 xywh, scores [D] float64) in file
-        order, record id -> (width, height) for lines that give both).
+        order; an empty ``dtboxes`` list gives zero rows), record id -> (width, height)
+        for lines that give both).
 
     Raises:
         PedcrowdError: unreadable file, bad line, unknown or repeated ``ID``,
@@ -208,6 +209,11 @@ def read_crowddet_detections(
         if width is not None and height is not None:
             sizes[image] = (width, height)
         rows = data["dtboxes"]
+        if not isinstance(rows, list):
+            raise PedcrowdError(f"{where}: 'dtboxes' must be a list")
+        if not rows:  # an image without detections (CrowdDet writes such lines)
+            dets[image] = (np.zeros((0, 4)), np.zeros(0))
+            continue
         try:
             boxes = np.array([d["box"] for d in rows], dtype=np.float64).reshape(len(rows), -1)
             scores = np.array([d["score"] for d in rows], dtype=np.float64).reshape(len(rows))

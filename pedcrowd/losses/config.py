@@ -127,7 +127,8 @@ class FocalConfig:
     ``loss.cls: focal`` (RoI head) and ``loss.rpn_cls: focal`` (RPN objectness)."""
 
     gamma: float = 2.0  # focusing parameter
-    alpha: float = 0.25  # weight of the positives (negatives 1 - alpha); < 0: none
+    # weight of the positives (negatives 1 - alpha); -1: no balance (torchvision's switch)
+    alpha: float = field(default=0.25, metadata={"range": "[0, 1] or -1"})
     # pi of the bias initialisation -log((1 - pi) / pi) of the classifier it trains
     # (RoI head: b_ped - b_bg); null keeps the usual initialisation. Applied when the
     # model starts from weights none / imagenet (a weights file brings its own bias).
@@ -150,6 +151,10 @@ class GhmConfig:
     mu: float = 0.02  # GHM-R: Authentic Smooth L1 parameter
     box_bins: int = 10  # GHM-R regions
     box_momentum: float = 0.7  # GHM-R EMA momentum
+    box_weight: float = field(default=10.0, metadata={"range": ">= 0"})  # GHM-R loss_weight
+    # GHM-R on the raw deltas (the box coder's weights divided out: the official
+    # target_stds 1); false: on torchvision's (10, 10, 5, 5)-weighted deltas
+    raw_deltas: bool = True
 
 
 @dataclass
@@ -167,12 +172,15 @@ class QflConfig:
 class OhemConfig:
     """OHEM (Shrivastava et al., CVPR 2016); see ``pedcrowd.losses.ohem``. ``loss.sampler: ohem``."""
 
-    num: int | None = None  # B per image; null: model.box_batch_size_per_image
-    # RoIs scored per image, a random subset: null 4 x num ("128 of 512"); 0 every
-    # proposal (the paper; about 1.65x the default step on the CPU demo)
-    pool: int | None = None
-    nms_thresh: float = 0.7  # de-duplication IoU; >= 1 turns it off
+    # B per image (the authors' 64, fast_rcnn_ohem.yml); null: model.box_batch_size_per_image
+    num: int | None = field(default=64, metadata={"range": ">= 1"})
+    # RoIs scored per image: 0 every proposal (the authors'); n > 0 a random subset of n
+    # (cheaper: scoring every proposal costs about 1.65x a default step on the CPU demo)
+    pool: int = field(default=0, metadata={"range": ">= 0"})
+    nms_thresh: float = 0.7  # de-duplication IoU, per image and label; >= 1 turns it off
     with_box: bool = True  # hardness = cls + box loss (paper); false: cls only
+    # smooth-L1 beta of the hardness's box part (the authors' sigma 1)
+    beta: float = field(default=1.0, metadata={"range": "> 0"})
 
 
 @dataclass
@@ -190,6 +198,8 @@ class PisaConfig:
     carl_weight: float = 1.0  # CARL, logged as loss_carl; 0 turns it off
     carl_k: float = 1.0
     carl_bias: float = 0.2
+    # smooth-L1 beta of the box loss and of CARL (the official config's 1.0; torchvision 1/9)
+    box_beta: float = field(default=1.0, metadata={"range": "> 0"})
 
 
 @dataclass
@@ -217,6 +227,8 @@ class TermSpec:
         options: the dataclass of its ``loss.<name>`` section, or None.
         box_impl: a ``cls`` term that is also a ``box`` term under the same name
             (``ghm``: GHM-C and GHM-R) names its box implementation here.
+        rows_impl: a ``cls`` term's unweighted per-row loss ``fn(s, rows, options) -> [S]``
+            (what PISA's ISR-P keeps the sum of), or None.
     """
 
     role: Role
@@ -224,13 +236,16 @@ class TermSpec:
     stages: tuple[Stage, ...] = ("roi",)
     options: type | None = None
     box_impl: str | None = None
+    rows_impl: str | None = None
 
     def has_role(self, role: str) -> bool:
         return role == self.role or (role == "box" and self.box_impl is not None)
 
     def load(self, role: str | None = None) -> Callable[..., Any]:
         impl = self.box_impl if role == "box" and self.box_impl is not None else self.impl
-        if callable(impl):
+        if role == "rows":
+            impl = self.rows_impl
+        if impl is None or callable(impl):
             return impl
         module, _, name = impl.partition(":")
         return getattr(importlib.import_module(module), name)
@@ -238,16 +253,19 @@ class TermSpec:
 
 # name -> spec. One line per technique.
 TERMS: dict[str, TermSpec] = {
-    "ce": TermSpec("cls", "pedcrowd.losses.standard:cross_entropy_term"),
+    "ce": TermSpec("cls", "pedcrowd.losses.standard:cross_entropy_term",
+                   rows_impl="pedcrowd.losses.standard:cross_entropy_rows"),
     "bce": TermSpec("cls", "pedcrowd.losses.standard:binary_cross_entropy_term", ("rpn",)),
     "smooth_l1": TermSpec("box", "pedcrowd.losses.standard:smooth_l1_term", ("rpn", "roi")),
     "random": TermSpec("sampler", "pedcrowd.losses.standard:random_sampler"),
     "nms": TermSpec("extra", "pedcrowd.losses.nms:nms_terms", ("roi", "rpn"), NmsLossConfig),
     "rep": TermSpec("extra", "pedcrowd.losses.repulsion:rep_terms", ("roi",), RepLossConfig),
-    "focal": TermSpec("cls", "pedcrowd.losses.focal:focal_term", ("roi", "rpn"), FocalConfig),
+    "focal": TermSpec("cls", "pedcrowd.losses.focal:focal_term", ("roi", "rpn"), FocalConfig,
+                      rows_impl="pedcrowd.losses.focal:focal_rows"),
     "ghm": TermSpec("cls", "pedcrowd.losses.ghm:ghmc_term", ("roi",), GhmConfig,
                     box_impl="pedcrowd.losses.ghm:ghmr_term"),
-    "qfl": TermSpec("cls", "pedcrowd.losses.qfl:qfl_term", ("roi",), QflConfig),
+    "qfl": TermSpec("cls", "pedcrowd.losses.qfl:qfl_term", ("roi",), QflConfig,
+                    rows_impl="pedcrowd.losses.qfl:qfl_rows"),
     "ohem": TermSpec("sampler", "pedcrowd.losses.ohem:OhemSampler", ("roi",), OhemConfig),
     "pisa": TermSpec("sampler", "pedcrowd.losses.pisa:PisaSampler", ("roi",), PisaConfig),
     "kl": TermSpec("box", "pedcrowd.losses.kl:kl_term", ("roi",), KlLossConfig),

@@ -15,6 +15,7 @@ section (:mod:`pedcrowd.losses.config`); the criterion keeps each term's state
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,7 @@ class StageCriterion:
         self.cls_term, self.box_term = getattr(cfg, cls_key), getattr(cfg, box_key)
         self.cls_fn = TERMS[getattr(cfg, cls_key)].load()
         self.box_fn = TERMS[getattr(cfg, box_key)].load("box")
+        self.cls_rows_fn = TERMS[getattr(cfg, cls_key)].load("rows")
         self.cls_options = self._options(cfg, getattr(cfg, cls_key), context)
         self.box_options = self._options(cfg, getattr(cfg, box_key), context)
         self.sampler = None
@@ -91,7 +93,10 @@ class StageCriterion:
         prefix = "loss_rpn_" if self.stage == "rpn" else "loss_"
         losses: dict[str, Tensor] = {}
         if self.sampler is not None:  # may set s.weights before the cls and box terms
-            for key, value in self.sampler.reweight(s).items():
+            cls_rows = None
+            if self.cls_rows_fn is not None:  # cls_rows(rows): the cls term's per-row loss
+                cls_rows = functools.partial(self.cls_rows_fn, s, options=self.cls_options)
+            for key, value in self.sampler.reweight(s, cls_rows).items():
                 losses[prefix + key] = value
         losses[self.cls_name] = self.cls_fn(s, self.cls_options, self.state[self.cls_term])
         losses[self.box_name] = self.box_fn(s, self.box_options, self.state[self.box_term])

@@ -193,6 +193,9 @@ def dw_image_terms(
         neg_norm = ((1 - p_neg) * keep).sum()
     cls_pos = (-log_s[pt].clamp(min=-100) * w_pos).sum() * POS_LOSS_SCALE
     loc = (LOC_SCALE * giou).clamp(max=100).mul(w_pos).sum() * POS_LOSS_SCALE
+    # Departure: a saturated negative (s rounds to 1) costs -log(1e-7) = 16.1 here, where the
+    # official F.binary_cross_entropy(s, 0) clamps its log at -100 (a cost of 100); the clamp
+    # on s keeps log1p's gradient finite. Below s = 1 - 1e-7 the two are equal.
     bce_neg = -torch.log1p(-s.clamp(max=1 - 1e-7)).clamp(max=100)
     neg = (p_neg * s**NEG_BETA * bce_neg).sum()
     return cls_pos, loc, neg, neg_norm

@@ -2,8 +2,10 @@
 
 ``FL(p_t) = -alpha_t (1 - p_t)^gamma log(p_t)`` on the sigmoid probability of
 one binary logit, with ``alpha_t = alpha`` for positives and ``1 - alpha`` for
-negatives (a negative ``alpha`` turns the balance off). Defaults are the
-paper's and mmdetection's: gamma 2, alpha 0.25. The classifier's bias starts
+negatives (``alpha = -1`` turns the balance off: torchvision's
+``sigmoid_focal_loss`` accepts [0, 1] or -1 and raises on any other value, so the
+config allows exactly those). Defaults are the paper's and mmdetection's: gamma 2,
+alpha 0.25. The classifier's bias starts
 at :func:`prior_bias` ``= -log((1 - pi) / pi)`` so that every sample begins
 with probability ``pi`` (0.01).
 
@@ -44,7 +46,7 @@ def focal_loss(
         logits: [N] binary logits (with gradient).
         targets: [N] float, 1 for positives, 0 for negatives.
         gamma: focusing parameter (0 gives alpha-balanced cross-entropy).
-        alpha: weight of the positives (negatives get ``1 - alpha``); < 0: no weighting.
+        alpha: weight of the positives (negatives get ``1 - alpha``), in [0, 1]; -1: no weighting.
     """
     return sigmoid_focal_loss(
         logits, targets.to(logits.dtype), alpha=alpha, gamma=gamma, reduction="none"
@@ -87,14 +89,17 @@ def normaliser(s: StageSamples, rows: Tensor, normalize: str) -> float:
     return float(max(count, 1))
 
 
+def focal_rows(s: StageSamples, rows: Tensor, options: FocalConfig) -> Tensor:
+    """Each of ``rows``' unweighted focal loss of ``s.ped_logit()``. [S] -> [S]."""
+    return focal_loss(s.ped_logit()[rows], s.positive[rows], gamma=options.gamma, alpha=options.alpha)
+
+
 def focal_term(s: StageSamples, options: FocalConfig, state: dict) -> Tensor:
     """Classification term ``focal``: focal loss of ``s.ped_logit()`` over the term's rows."""
     rows = term_rows(s, options.rows)
     if rows.numel() == 0:
         return zero_loss(s)
-    loss = focal_loss(
-        s.ped_logit()[rows], s.positive[rows], gamma=options.gamma, alpha=options.alpha
-    )  # [S]
+    loss = focal_rows(s, rows, options)  # [S]
     if s.weights is not None:
         loss = loss * s.weights[rows]
     return loss.sum() / normaliser(s, rows, options.normalize)

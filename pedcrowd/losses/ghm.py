@@ -12,7 +12,14 @@ number of non-empty regions. The loss is ``sum(w * l) / tot``.
   last region includes g = 1 (edge 1 + 1e-6, as official).
 * GHM-R: Authentic Smooth L1 ``ASL1(d) = sqrt(d^2 + mu^2) - mu`` of
   ``d = delta - target``, ``g = |d| / sqrt(d^2 + mu^2)`` per coordinate;
-  mu 0.02, bins 10, momentum 0.7; the last edge is 1e3 (as official).
+  mu 0.02, bins 10, momentum 0.7, loss weight 10; the last edge is 1e3 (as
+  official). The official RetinaNet config (libuyu/GHM_Detection,
+  ``experiments/cfg_retinanet_ghm_r50_fpn_1x.py:29-42``) regresses raw deltas
+  (``target_stds`` 1) with ``loss_weight=10.0``; torchvision's RoI box coder
+  scales them by (10, 10, 5, 5), under which ``mu`` 0.02 would act like
+  0.002-0.004 and most coordinates would land in the top region. So the term
+  divides the coder's weights out of deltas and targets first
+  (``loss.ghm.raw_deltas``, default true; false keeps the weighted deltas).
 
 The moving average lives in a :class:`GHMState` owned by whoever builds the
 loss (the loss builder), never on the modules and never in the graph: ``g``
@@ -199,20 +206,25 @@ def ghmc_term(s: StageSamples, options: GhmConfig, state: dict) -> Tensor:
 
 
 def ghmr_term(s: StageSamples, options: GhmConfig, state: dict) -> Tensor:
-    """Box term ``ghm``: GHM-R of the sampled positives' deltas, ``sum / tot``
+    """Box term ``ghm``: GHM-R of the sampled positives' deltas (raw: the box coder's
+    weights divided out, unless ``raw_deltas`` is off), ``box_weight * sum / tot``
     (tot = 4 x positives, official), 0 when the batch has no positive."""
     rows = sampled_rows(s)
     if rows.numel() == 0:
         return zero_loss(s)
     pos = rows[s.positive[rows]]  # [P]
+    deltas, targets = s.deltas[pos], s.target_deltas[pos].to(s.deltas.dtype)  # [P,4]
+    if options.raw_deltas:
+        scale = torch.tensor(s.box_coder.weights, dtype=deltas.dtype, device=deltas.device)  # [4]
+        deltas, targets = deltas / scale, targets / scale
     ghm = state.setdefault("ghmr", GHMState(bins=options.box_bins))
     per, tot = ghmr_loss(
-        s.deltas[pos],
-        s.target_deltas[pos],
+        deltas,
+        targets,
         torch.ones(pos.numel(), dtype=torch.bool, device=pos.device),
         mu=options.mu,
         bins=options.box_bins,
         momentum=options.box_momentum,
         state=ghm,
     )
-    return per.sum() / tot + zero_loss(s)
+    return options.box_weight * per.sum() / tot + zero_loss(s)

@@ -22,19 +22,37 @@ PISA weights the second stage's samples by how much they matter for AP:
   pedestrian probability, with gradient, scaled to sum to the number of
   positives; the loss is ``sum_i w_i * L_box(i) / avg_factor`` (k 1, bias 0.2).
 
-One class only: positives are ``labels == 1``. (mmdetection tests ``labels <
-80`` for "positive"; with ``num_classes = 1`` its background label 1 passes
-that test: the known bug of ports. Its ISR-P also offsets GT indices per image
-by the previous image's largest index only, so GT groups of different images
-can merge; pedcrowd uses one global GT index.) Group membership in mmcv's
-``nms_match`` is IoU >= thr; here torchvision's ``nms`` (IoU > thr): they
-differ only at exactly IoU = thr.
+One class only: positives are ``labels == 1``. (mmdetection's ``isr_p`` and
+``carl_loss`` take ``num_class`` with a default of 80 and test ``labels <
+num_class`` for "positive"; its PISA heads pass the head's ``num_classes``, so
+a one-class config is right there, and only a direct call that leaves the
+default 80 with one-class labels counts background as positive. Its ISR-P also
+offsets GT indices per image by the previous image's largest index only, so GT
+groups of different images can merge; pedcrowd uses one global GT index.)
+Group membership in mmcv's ``nms_match`` is IoU >= thr; here torchvision's
+``nms`` (IoU > thr): they differ only at exactly IoU = thr.
+
+Settings of mmdetection 3.3's ``configs/pisa/faster-rcnn_r50_fpn_pisa_1x_coco.py``
+(the defaults here): the box loss is smooth L1 with beta 1.0 (its line 7,
+``loss_bbox=dict(type='SmoothL1Loss', beta=1.0)``), and CARL uses that same
+box loss (``pisa_roi_head.py``: ``carl_loss(..., self.bbox_head.loss_bbox)``),
+so ``box_beta`` 1 replaces torchvision's 1/9 for both; ``isr=dict(k=2,
+bias=0)``, ``carl=dict(k=1, bias=0.2)``, ``ScoreHLRSampler(k=0.5, bias=0)``,
+score_thr 0.05 and iou_thr 0.5 (the sampler's defaults). ISR-P keeps the sum
+of the head's own classification loss on the positives
+(``pisa_loss.py``: ``loss_cls(..., reduction_override='none')``): with
+``loss.cls`` focal or QFL that is the focal / QFL per-row loss; GHM-C has no
+per-row form outside its batch statistics, so there ISR-P uses cross-entropy.
+When no negative is to be sampled (``box_positive_fraction`` 1 and the batch
+full of positives) ISR-N selects nothing (mmdetection fails on the empty
+``imp_weights.min()`` there).
 
 Shapes: P positives, Q negatives, num selected negatives; boxes xyxy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -42,7 +60,7 @@ from torch import Tensor
 from torchvision.ops import nms
 
 from pedcrowd.box_ops import box_iou, paired_iou
-from pedcrowd.losses.standard import BOX_BETA, RandomSampler, SamplerContext, zero_loss
+from pedcrowd.losses.standard import RandomSampler, SamplerContext, zero_loss
 
 if TYPE_CHECKING:
     from pedcrowd.losses.config import PisaConfig
@@ -162,6 +180,9 @@ def isr_n_select(
     """
     q = scores.shape[0]
     num = min(num, q)
+    if num <= 0:  # nothing to sample (official: crashes on an empty min())
+        empty = torch.zeros(0, dtype=torch.int64, device=scores.device)
+        return empty, neg_loss.new_zeros(0)
     valid = torch.nonzero(scores > score_thr).flatten()
     invalid = torch.nonzero(scores <= score_thr).flatten()
     if valid.numel() == 0:
@@ -258,8 +279,11 @@ class PisaSampler(RandomSampler):
             self._neg_weights.append(weights[order])
         return chosen
 
-    def reweight(self, s: StageSamples) -> dict[str, Tensor]:
+    def reweight(
+        self, s: StageSamples, cls_rows: Callable[[Tensor], Tensor] | None = None
+    ) -> dict[str, Tensor]:
         opts = self.options
+        s.box_beta = opts.box_beta
         weights = torch.ones(s.labels.shape[0], dtype=s.class_logits.dtype, device=s.labels.device)
         if self._neg_weights:  # the sampled rows come first in each image, in select's order
             weights[s.sampled] = torch.cat(self._neg_weights).to(weights.dtype)
@@ -269,7 +293,10 @@ class PisaSampler(RandomSampler):
             with torch.no_grad():
                 gt = s.gt_boxes[s.matched_gt[pos]].to(s.deltas.dtype)
                 ious = paired_iou(s.pred_boxes[pos].detach(), gt)
-                pos_loss = -torch.nn.functional.logsigmoid(s.ped_logit()[pos].detach())
+                if cls_rows is None:  # cross-entropy with label 1
+                    pos_loss = -torch.nn.functional.logsigmoid(s.ped_logit()[pos])
+                else:  # the head's own classification loss (official)
+                    pos_loss = cls_rows(pos)
                 weights[pos] = isr_p_weights(
                     ious, s.matched_gt[pos], pos_loss, k=opts.k, bias=opts.bias
                 ).to(weights.dtype)
@@ -278,7 +305,7 @@ class PisaSampler(RandomSampler):
             return {}
         sampled = int(s.sampled.sum().item())
         box = torch.nn.functional.smooth_l1_loss(
-            s.deltas[pos], s.target_deltas[pos], beta=BOX_BETA, reduction="none"
+            s.deltas[pos], s.target_deltas[pos], beta=opts.box_beta, reduction="none"
         ).sum(dim=1)
         carl = carl_loss(
             s.scores()[pos], box, k=opts.carl_k, bias=opts.carl_bias, avg_factor=float(sampled)

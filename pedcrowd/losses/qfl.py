@@ -5,7 +5,11 @@ Dense Object Detection (Li et al., NeurIPS 2020) -- the Quality Focal Loss part.
 beta 2: binary cross-entropy of the sigmoid score against a soft target y,
 scaled by the distance to the target. y is the IoU of the sample's decoded
 (regressed) box with its matched GT for a positive, 0 for a negative; it is
-computed without gradient (official: the IoU target is detached). A
+computed without gradient (official: the IoU target is detached). The IoU is
+mmdetection's (``bbox_overlaps`` on the decoded boxes, continuous coordinates);
+GFocal's own code (implus/GFocal) measures it with the legacy ``+1``-pixel
+widths on stride-scaled boxes, which lowers small boxes' IoU: a documented
+departure, kept because pedcrowd's boxes are continuous everywhere else. A
 background-only image is all negatives: QFL is then
 ``sigma^beta * BCE(x, 0)`` on every row.
 
@@ -68,15 +72,20 @@ def matched_gt_boxes(s: StageSamples, rows: Tensor) -> Tensor:
     return s.gt_boxes[s.matched_gt[rows].clamp(min=0)].to(s.deltas.dtype)
 
 
+def qfl_rows(s: StageSamples, rows: Tensor, options: QflConfig) -> Tensor:
+    """Each of ``rows``' unweighted QFL against its IoU target. [S] -> [S]."""
+    positive = s.positive[rows]
+    quality = quality_targets(s.pred_boxes[rows], matched_gt_boxes(s, rows), positive)
+    return quality_focal_loss(s.ped_logit()[rows], quality, beta=options.beta)
+
+
 def qfl_term(s: StageSamples, options: QflConfig, state: dict) -> Tensor:
     """Classification term ``qfl``: QFL of ``s.ped_logit()`` against the IoU of each
     sampled positive's decoded box with its GT (0 for negatives), over the sampled rows."""
     rows = sampled_rows(s)
     if rows.numel() == 0:
         return zero_loss(s)
-    positive = s.positive[rows]
-    quality = quality_targets(s.pred_boxes[rows], matched_gt_boxes(s, rows), positive)
-    loss = quality_focal_loss(s.ped_logit()[rows], quality, beta=options.beta)  # [S]
+    loss = qfl_rows(s, rows, options)  # [S]
     if s.weights is not None:
         loss = loss * s.weights[rows]
     return loss.sum() / normaliser(s, rows, options.normalize)

@@ -40,6 +40,11 @@ def zero_loss(s: StageSamples) -> Tensor:
     return s.class_logits.sum() * 0.0 + s.deltas.sum() * 0.0
 
 
+def cross_entropy_rows(s: StageSamples, rows: Tensor, options: None = None) -> Tensor:
+    """RoI head: each of ``rows``' unweighted softmax cross-entropy. [S] -> [S]."""
+    return F.cross_entropy(s.class_logits[rows], s.labels[rows], reduction="none")
+
+
 def cross_entropy_term(s: StageSamples, options: None, state: dict) -> Tensor:
     """RoI head: softmax cross-entropy over the sampled rows, their mean."""
     rows = sampled_rows(s)
@@ -47,7 +52,7 @@ def cross_entropy_term(s: StageSamples, options: None, state: dict) -> Tensor:
         return zero_loss(s)
     if s.weights is None:
         return F.cross_entropy(s.class_logits[rows], s.labels[rows])
-    loss = F.cross_entropy(s.class_logits[rows], s.labels[rows], reduction="none")  # [S]
+    loss = cross_entropy_rows(s, rows)  # [S]
     return (loss * s.weights[rows]).sum() / rows.numel()
 
 
@@ -64,16 +69,18 @@ def binary_cross_entropy_term(s: StageSamples, options: None, state: dict) -> Te
 
 
 def smooth_l1_term(s: StageSamples, options: None, state: dict) -> Tensor:
-    """Both stages: smooth-L1 (beta 1/9) of the sampled positives' deltas, summed and
-    divided by the number of sampled rows (torchvision's normaliser, not the positives')."""
+    """Both stages: smooth-L1 (beta 1/9, or ``s.box_beta`` when a sampler set it) of the
+    sampled positives' deltas, summed and divided by the number of sampled rows
+    (torchvision's normaliser, not the positives')."""
     rows = sampled_rows(s)
     if rows.numel() == 0:
         return zero_loss(s)
     pos = rows[s.positive[rows]]  # [P]
+    beta = BOX_BETA if s.box_beta is None else s.box_beta
     if s.box_weights is None:
-        loss = F.smooth_l1_loss(s.deltas[pos], s.target_deltas[pos], beta=BOX_BETA, reduction="sum")
+        loss = F.smooth_l1_loss(s.deltas[pos], s.target_deltas[pos], beta=beta, reduction="sum")
         return loss / rows.numel()
-    loss = F.smooth_l1_loss(s.deltas[pos], s.target_deltas[pos], beta=BOX_BETA, reduction="none")
+    loss = F.smooth_l1_loss(s.deltas[pos], s.target_deltas[pos], beta=beta, reduction="none")
     return (loss * s.box_weights[pos, None]).sum() / rows.numel()
 
 
@@ -109,8 +116,16 @@ class RandomSampler:
         sampled_pos, sampled_neg = ctx.fg_bg_sampler(ctx.labels)
         return [torch.where(p | n)[0] for p, n in zip(sampled_pos, sampled_neg, strict=True)]
 
-    def reweight(self, s: StageSamples) -> dict[str, Tensor]:
-        """After the box head ran: may set ``s.weights``; returns extra loss terms."""
+    def reweight(
+        self, s: StageSamples, cls_rows: Callable[[Tensor], Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """After the box head ran: may set ``s.weights``; returns extra loss terms.
+
+        Args:
+            s: the stage's samples.
+            cls_rows: ``cls_rows(rows)`` -> [len(rows)] the stage's own classification
+                loss of those rows, unweighted (None where the term has no per-row form).
+        """
         return {}
 
 

@@ -47,6 +47,8 @@ class StageSamples:
         box_weights: [N] per-row weight of the box loss, or None for all ones (PISA
             weights the classification only, as the official code).
         box_coder: decodes ``deltas`` against ``boxes``.
+        box_beta: smooth-L1 beta of the ``smooth_l1`` box term set by a sampler (PISA's
+            official 1.0), or None for torchvision's 1/9.
         extras: further per-row head outputs, e.g. ``"box_log_var"`` [N, 4].
     """
 
@@ -66,6 +68,7 @@ class StageSamples:
     box_coder: BoxCoder
     weights: Tensor | None = None
     box_weights: Tensor | None = None
+    box_beta: float | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
 
     @property

@@ -92,8 +92,8 @@ OPTIONS: dict[str, tuple[dict[str, object], float]] = {
     "rpn-focal": ({"rpn_cls": "focal"}, 1.05),
     "pisa": ({"sampler": "pisa"}, 1.05),
     "pisa-no-isr-n": ({"sampler": "pisa", "pisa.isr_n": False}, 1.05),  # random negatives
-    "ohem": ({"sampler": "ohem"}, 1.3),
-    "ohem-all": ({"sampler": "ohem", "ohem.pool": 0}, 1.3),  # every proposal scored (paper)
+    "ohem": ({"sampler": "ohem"}, 1.3),  # the authors': every proposal scored
+    "ohem-pool": ({"sampler": "ohem", "ohem.pool": 256}, 1.3),  # a random 256 per image
 }
 
 

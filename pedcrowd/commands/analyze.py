@@ -25,14 +25,14 @@ def analyze_command(
     ],
     gt: Annotated[
         Path | None,
-        typer.Option("--gt", help="Ground truth (as for pedcrowd eval). Default for a run: its val split.",
+        typer.Option("--gt", help="Ground truth (as for pedcrowd eval) [default: a run's val split].",
                      show_default=False),
     ] = None,
     protocol: Annotated[
         str | None,
-        typer.Option(help="citypersons, caltech or crowdhuman (default: from the run's data format, else citypersons)."),
+        typer.Option(help="citypersons, caltech or crowdhuman [default: from the run's data format, else citypersons]."),
     ] = None,
-    setup: Annotated[str | None, typer.Option(help="Setup (default Reasonable; crowdhuman: All).")] = None,
+    setup: Annotated[str | None, typer.Option(help="Setup [default: Reasonable; crowdhuman: All].")] = None,
     at: Annotated[
         list[str] | None,
         typer.Option("--at", help="Operating point, repeatable: fppi=X (the score where FPPI reaches X) "
@@ -40,35 +40,40 @@ def analyze_command(
     ] = None,
     nms_thresh: Annotated[
         float | None,
-        typer.Option(help="The final NMS IoU threshold to replay (default: the model's box_nms_thresh; 0.5 for a file)."),
+        typer.Option(help="The final NMS IoU threshold to replay [default: the model's box_nms_thresh; 0.5 for a file]."),
     ] = None,
     max_dets: Annotated[
         int | None,
-        typer.Option(help="Detections kept per image after NMS (default: the model's box_detections_per_img; 100)."),
+        typer.Option(help="Detections kept per image after NMS [default: the model's box_detections_per_img; 100]."),
     ] = None,
     image_root: Annotated[
         Path | None,
-        typer.Option(help="Images of --gt (needed to run a model on --gt, for --vis and CrowdHuman sizes).",
+        typer.Option(help="Images of --gt (needed to run a model on --gt, for --vis and CrowdHuman "
+                     "sizes) [default: a run's own image folder].",
                      show_default=False),
     ] = None,
     images: Annotated[
         Path | None,
-        typer.Option(help="crowdhuman: image sizes file (as pedcrowd eval --images).", show_default=False),
+        typer.Option(help="crowdhuman: image sizes file (as pedcrowd eval --images) [default: none].",
+                     show_default=False),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
-    out: Annotated[Path | None, typer.Option(help="Also write the JSON here.", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the JSON here [default: none].", show_default=False)] = None,
     vis: Annotated[
         Path | None,
         typer.Option(help="Write images of NMS-caused misses here: the person (green), its suppressed "
-                     "box (orange) and the box that suppressed it (red).", show_default=False),
+                     "box (orange) and the box that suppressed it (red) [default: none].",
+                     show_default=False),
     ] = None,
     vis_max: Annotated[int, typer.Option(help="At most this many --vis images.")] = 50,
 ) -> None:
     """Attribute every miss and false positive at an operating point to NMS, score, proposals,
     duplicates, localisation or background, with oracle MR^-2 / AP per fixed error type.
 
-    Example: pedcrowd analyze runs/baseline --at fppi=0.1 --at fppi=1 --vis nms_vis/
+    \b
+    Example:
+      pedcrowd analyze runs/baseline --at fppi=0.1 --at fppi=1 --vis nms_vis/
     """
     from pedcrowd.analyze import analyze, report_to_json
     from pedcrowd.errors import PedcrowdError
@@ -306,4 +311,6 @@ def _write_vis(report, truth, image_root, out_dir: Path, limit: int) -> int:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("analyze", no_args_is_help=True)(analyze_command)
+    app.command(
+        "analyze", no_args_is_help=True, short_help="Which misses and false positives NMS caused."
+    )(analyze_command)

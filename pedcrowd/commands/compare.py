@@ -24,7 +24,7 @@ def compare_command(
     gt: Annotated[
         Path | None,
         typer.Option("--gt", help="Ground-truth file (as for pedcrowd eval); needed for the "
-                     "table, not for --curves or --analysis.", show_default=False),
+                     "table, not for --curves or --analysis [default: none].", show_default=False),
     ] = None,
     protocol: Annotated[
         str,
@@ -41,24 +41,27 @@ def compare_command(
         typer.Option(
             "--setups", "--setup",
             help="Setups to compare (repeatable or comma-separated): official names or "
-            "NAME:HMIN-HMAX:VMIN-VMAX. Default: all of the protocol.",
+            "NAME:HMIN-HMAX:VMIN-VMAX [default: all of the protocol].",
             show_default=False,
         ),
     ] = None,
     images: Annotated[
         Path | None,
-        typer.Option(help="Image list for Caltech GT caches (as pedcrowd eval --images).",
+        typer.Option(help="Image list for Caltech GT caches (as pedcrowd eval --images) "
+                     "[default: none].",
                      show_default=False),
     ] = None,
     plot: Annotated[
         Path | None,
-        typer.Option(help="Write MR vs FPPI curves here (PNG, one panel per setup).",
+        typer.Option(help="Write MR vs FPPI curves here (PNG, one panel per setup) "
+                     "[default: none].",
                      show_default=False),
     ] = None,
     curves: Annotated[
         Path | None,
         typer.Option(help="Overlay the training curves (every loss term, val MR^-2) of the "
-                     "run directories in this PNG (their metrics.jsonl).", show_default=False),
+                     "run directories in this PNG (their metrics.jsonl) [default: none].",
+                     show_default=False),
     ] = None,
     fmt: Annotated[
         str, typer.Option("--format", "-f", help="table, markdown, csv or json (JSON only on stdout).")
@@ -84,7 +87,10 @@ def compare_command(
     """Compare runs: MR^-2 per setup (lower is better) and AP, each run's difference to the
     first, with 95 % bootstrap intervals (paired for the differences).
 
-    Example: pedcrowd compare base=runs/baseline nms=runs/nmsloss --gt val_gt.json --plot cmp.png
+    \b
+    Example:
+      pedcrowd compare base=runs/baseline nms=runs/nmsloss --gt val_gt.json \\
+          --plot cmp.png
     """
     from pedcrowd.compare import compare
     from pedcrowd.compare_render import dumps_json, plot_comparison, to_csv, to_markdown
@@ -199,4 +205,6 @@ def _rich_table(result):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("compare")(compare_command)
+    app.command("compare", short_help="Compare runs: MR^-2 and AP with intervals.")(
+        compare_command
+    )

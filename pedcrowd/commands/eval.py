@@ -50,19 +50,20 @@ def eval_command(
         typer.Option(
             "--setup",
             help="Setup to evaluate (repeatable): an official name such as Reasonable, or "
-            "NAME:HMIN-HMAX:VMIN-VMAX. Default: all setups of the protocol.",
+            "NAME:HMIN-HMAX:VMIN-VMAX [default: all setups of the protocol].",
         ),
     ] = None,
     images: Annotated[
         Path | None,
         typer.Option(
             help='{"images": [{"id", "file_name"}]} naming the frames of Caltech gt caches, in order; '
-            'crowdhuman: {"images": [{"id", "file_name", "height", "width"}]} giving the image sizes.'
+            'crowdhuman: {"images": [{"id", "file_name", "height", "width"}]} giving the image sizes '
+            "[default: none]."
         ),
     ] = None,
     image_root: Annotated[
         Path | None,
-        typer.Option(help="crowdhuman: read missing image sizes from the images here (default: Images/ beside the .odgt)."),
+        typer.Option(help="crowdhuman: read missing image sizes from the images here [default: Images/ beside the .odgt]."),
     ] = None,
     resize_dets: Annotated[
         bool,
@@ -73,10 +74,20 @@ def eval_command(
         ),
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
-    out: Annotated[Path | None, typer.Option(help="Also write the JSON results to this file.")] = None,
-    plot: Annotated[Path | None, typer.Option(help="Draw miss rate vs FPPI curves to this PNG.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the JSON results to this file [default: none].")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Draw miss rate vs FPPI curves to this PNG [default: none].")] = None,
 ) -> None:
-    """Evaluate detections: log-average miss rate (MR^-2) per setup, optionally COCO AP; CrowdHuman: AP, MR^-2, JI."""
+    """Evaluate detections: log-average miss rate (MR^-2) per setup, optionally COCO AP; CrowdHuman: AP, MR^-2, JI.
+
+    --dets are detections in a file (pedcrowd infer writes OUT/detections.json, a
+    training run RUN/val_dets.json); to detect on images first, run pedcrowd infer.
+
+    \b
+    Examples:
+      pedcrowd eval --gt data/synth/annotations/val_gt.json \\
+          --dets runs/demo/val_dets.json
+      pedcrowd eval --gt gt.odgt --dets dets.json --protocol crowdhuman
+    """
     from pedcrowd.errors import PedcrowdError
     from pedcrowd.eval import coco_ap, evaluate, load_ground_truth, report_to_json
     from pedcrowd.formats.detections import read_detections
@@ -178,4 +189,6 @@ def _render(report, ap: dict | None, protocol: str) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval", no_args_is_help=True)(eval_command)
+    app.command(
+        "eval", no_args_is_help=True, short_help="Evaluate detections: MR^-2, AP, JI."
+    )(eval_command)

@@ -50,7 +50,7 @@ def infer_command(
         typer.Option(
             "--gt",
             help="Ground truth to overlay in green on the --vis images (ignore regions grey); "
-            "its image ids are used in detections.json for the images it names.",
+            "its image ids are used in detections.json for the images it names [default: none].",
         ),
     ] = None,
     protocol: Annotated[
@@ -104,12 +104,14 @@ def infer_command(
     workers: Annotated[
         int | None,
         typer.Option(help="Background threads decoding images while the model runs "
-                     "(default: one per CPU core, at most 8).", show_default=False),
+                     "[default: one per CPU core, at most 8].", show_default=False),
     ] = None,
 ) -> None:
     """Detect pedestrians in images and videos; write detections.json (and --vis images).
 
-    Example: pedcrowd infer data/val/ clip.mp4 --weights runs/exp1 --vis --out preds
+    \b
+    Example:
+      pedcrowd infer data/val/ clip.mp4 --weights runs/exp1 --vis --out preds
     """
     from rich.progress import (
         BarColumn,
@@ -198,4 +200,4 @@ def infer_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("infer")(infer_command)
+    app.command("infer", short_help="Detect pedestrians in images and videos.")(infer_command)

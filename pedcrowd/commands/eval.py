@@ -102,6 +102,7 @@ def eval_command(
     start = time.perf_counter()
     if protocol not in ("citypersons", "caltech", "crowdhuman"):
         raise PedcrowdError(f"--protocol {protocol!r}: expected one of citypersons, caltech, crowdhuman")
+    _refuse_images_as_detections(dets)
     if protocol == "crowdhuman":
         _crowdhuman(gt, dets, metric, setup, images, image_root, as_json, out, plot, log, start)
         return
@@ -109,6 +110,9 @@ def eval_command(
         raise PedcrowdError("--metric JI: the Jaccard index is a CrowdHuman metric; use it with --protocol crowdhuman")
     truth = load_ground_truth(gt, protocol, images)
     detections = read_detections(dets, truth.records)
+    warning = missing_detections_warning(truth.records, detections)
+    if warning:
+        log.print(f"warning: {warning}", style="yellow", highlight=False)
     report = None
     if metric in ("MR-2", "all"):
         report = evaluate(truth, detections, protocol=protocol, setups=setup or None, resize_dets=resize_dets)
@@ -124,6 +128,38 @@ def eval_command(
     else:
         _render(report, ap, protocol)
     log.print(f"[dim]evaluated {len(truth.records)} images in {time.perf_counter() - start:.2f} s[/dim]")
+
+
+def _refuse_images_as_detections(dets: Path) -> None:
+    """--dets naming images (a file or a folder of them): say to run ``pedcrowd infer`` first."""
+    from pedcrowd.errors import PedcrowdError
+    from pedcrowd.media.sources import IMAGE_EXTS
+
+    if dets.is_dir():
+        files = [p for p in dets.rglob("*") if p.is_file()]
+        images = [p for p in files if p.suffix.lower() in IMAGE_EXTS]
+        is_images = bool(images) and not any(p.suffix.lower() == ".txt" for p in files)
+    else:
+        is_images = dets.suffix.lower() in IMAGE_EXTS
+    if is_images:
+        raise PedcrowdError(
+            f"--dets {dets}: images, not detections; detect first with "
+            f"'pedcrowd infer {dets} --weights RUN --out preds', then evaluate "
+            "'--dets preds/detections.json'"
+        )
+
+
+def missing_detections_warning(records, detections) -> str:
+    """A warning when most GT images with pedestrians have no detection at all (detections of a
+    subset of the GT's images, or of other images): those images count as all missed."""
+    with_people = [r.id for r in records if (~r.ignore).any()]
+    missing = sum(1 for i in with_people if i not in detections)
+    if not with_people or 2 * missing <= len(with_people):
+        return ""
+    return (
+        f"{missing} of the {len(with_people)} GT images with pedestrians have no detections; "
+        "they count as all missed (are --dets for a subset of --gt's images?)"
+    )
 
 
 def _write(text: str, out: Path | None) -> None:

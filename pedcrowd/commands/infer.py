@@ -183,6 +183,13 @@ def infer_command(
         names = ", ".join(name for name, _ in result.skipped[:3])
         more = ", ..." if len(result.skipped) > 3 else ""
         skipped = f", [yellow]{len(result.skipped)} unreadable skipped ({names}{more})[/]"
+    for (h, w), scale in result.input_scales.items():  # said once per input size
+        if scale is not None and not 0.5 <= scale <= 2.0:
+            console.print(
+                f"note: {w} x {h} inputs are resized x{scale:.2f} to {round(w * scale)} x "
+                f"{round(h * scale)} for the model (its model.min_size / max_size): a 50-pixel "
+                f"person becomes {50 * scale:.0f} pixels", highlight=False,
+            )
     videos = f" ({result.n_videos} videos)" if result.n_videos else ""
     console.print(
         f"{result.n_images} images{videos}, {len(result.detections)} detections in "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -25,6 +26,8 @@ import pytest
 
 from pedcrowd.data.synth import generate
 from pedcrowd.engine.config import Config
+
+REPO = Path(__file__).resolve().parents[1]
 
 # sha256 of the first 3 train and 2 val images of the demo's data set and their
 # annotations (see _digest); made with pedcrowd.data.synth VERSION 2.
@@ -102,3 +105,31 @@ def test_demo_first_training_steps_are_the_readme_runs(tmp_path):
     assert [it for it, _ in steps] == [it for it, _ in FIRST_STEPS]
     for (_, got), (_, want) in zip(steps, FIRST_STEPS, strict=True):
         assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_cpu_demo_yaml_states_every_default_key():
+    """configs/cpu_demo.yaml says it states the defaults in full: every key, not only the values."""
+    import yaml
+
+    from pedcrowd.engine.config import config_keys, load_config
+
+    path = REPO / "configs" / "cpu_demo.yaml"
+    stated = config_keys(load_config(path))  # the loaded config has every key ...
+    assert stated == config_keys()
+    raw = yaml.safe_load(path.read_text())  # ... and so has the file itself
+
+    def keys(d, prefix=""):
+        out = []
+        for k, v in d.items():
+            out += keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+        return out
+
+    assert keys(raw) == config_keys()
+
+
+def test_faster_rcnn_config_names_no_fcos_assigner():
+    from pedcrowd.engine.config import apply_overrides, config_to_dict
+
+    assert config_to_dict(Config())["model"]["assigner"] is None
+    fcos = apply_overrides(Config(), ["model.arch=fcos"])
+    assert config_to_dict(fcos)["model"]["assigner"] == "fcos"

@@ -87,6 +87,10 @@ class TrainConfig:
     checkpoint_every: int = field(default=0, metadata={"range": ">= 0"})
     # stop after this many steps in a row with a non-finite loss
     max_nonfinite_steps: int = field(default=5, metadata={"range": ">= 1"})
+    # torch CPU threads per process; null: torch's default (one per core). The float
+    # rounding of a CPU step depends on it, so runs compare bit for bit only at the same
+    # count (the README's demo table says which it used)
+    threads: int | None = field(default=None, metadata={"range": ">= 1"})
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out_dir: str = "runs/demo"
 

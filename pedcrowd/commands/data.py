@@ -33,7 +33,7 @@ def synth(
         int | None,
         typer.Option("--val-images", min=0, help="Number of val images [default: --images / 5]."),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed; same seed and version, same files.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed and generator version give the same pixels and boxes.")] = 0,
     preset: Annotated[
         str,
         typer.Option(
@@ -73,7 +73,7 @@ def synth(
     Writes OUT/leftImg8bit/{train,val}/CITY/*.png, OUT/annotations/anno_{train,val}.mat,
     OUT/annotations/val_gt.json and OUT/synth.json; prints a JSON summary on stdout.
     The images are drawn with numpy only: the same seed and version give the same
-    pixels on every machine and with every opencv/numpy version.
+    pixels on every machine and with any opencv version (numpy < 3, as pinned).
 
     \b
     Example:

@@ -21,6 +21,7 @@ def config_command(
         list[str] | None,
         typer.Option(
             "--set",
+            metavar="KEY=VALUE",
             help="Override one value, KEY=VALUE, as for pedcrowd train (repeatable) "
             "[default: none].",
         ),

@@ -68,6 +68,7 @@ def train_command(
         list[str] | None,
         typer.Option(
             "--set",
+            metavar="KEY=VALUE",
             help="Override one config value, KEY=VALUE with a dotted key, the value read as "
             "YAML (repeatable): --set optim.lr=0.01 --set train.epochs=2. Every key and its "
             "value: pedcrowd config [default: none].",

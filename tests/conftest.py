@@ -45,6 +45,8 @@ def pytest_terminal_summary(terminalreporter):
             if report.nodeid in _parity and (report.when == "call" or outcome == "skipped"):
                 counts[outcome] += 1
     ran = counts["passed"] + counts["failed"]
+    if ran + counts["skipped"] == 0:  # all deselected (-m, -k)
+        return
     terminalreporter.write_line(
         f"parity tests (official data at {SHARED_DATA}): {ran} ran "
         f"({counts['failed']} failed), {counts['skipped']} skipped"

@@ -178,7 +178,8 @@ class RichReporter(Reporter):
         self.console.print(line, soft_wrap=not self.console.is_terminal, highlight=False)
 
     def start(self, run_dir, cfg, total_iters, done_iters, epoch):
-        self.info(f"training into {run_dir} ({cfg.model.backbone}, {cfg.train.epochs} epochs)")
+        n = cfg.train.epochs
+        self.info(f"training into {run_dir} ({cfg.model.backbone}, {n} epoch{'s' if n != 1 else ''})")
         self._state = ProgressState(
             epoch=epoch + 1, epochs=cfg.train.epochs, done=done_iters, total=total_iters
         )

@@ -29,6 +29,11 @@ from typer.core import TyperGroup
 from pedcrowd import __version__
 from pedcrowd.errors import PedcrowdError
 
+try:  # typer >= 0.24 vendors click
+    from typer._click.exceptions import NoSuchOption
+except ImportError:  # pragma: no cover - older typer
+    from click.exceptions import NoSuchOption
+
 _debug = os.environ.get("PEDCROWD_DEBUG", "") not in ("", "0")
 
 
@@ -43,6 +48,30 @@ def _command_modules() -> list[str]:
     return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
+def unknown_option_hint(option: str, args: list[str]) -> str:
+    """For ``train --epochs 2``: "Config values are set with --set: --set train.epochs=2".
+
+    ``option`` is the unknown option, ``args`` the command line after the program
+    name (the option's value is read from it). Empty when no config key is named so.
+    """
+    if not args or args[0] not in ("train", "config"):
+        return ""
+    from pedcrowd.engine.config import config_keys
+
+    name = option.lstrip("-").replace("-", "_")
+    keys = [k for k in config_keys() if k.rsplit(".", 1)[-1] == name]
+    if not keys:
+        return ""
+    value = ""
+    for i, arg in enumerate(args):  # --epochs 2 or --epochs=2
+        if arg.startswith(option + "="):
+            value = arg.split("=", 1)[1]
+        elif arg == option and i + 1 < len(args) and not args[i + 1].startswith("-"):
+            value = args[i + 1]
+    sets = " or ".join(f"--set {k}={value or 'VALUE'}" for k in keys[:3])
+    return f"Config values are set with --set: {sets} (every key: pedcrowd config)."
+
+
 class _Group(TyperGroup):
     """Top-level group: loads command modules on demand; bad input becomes one
     line on stderr and exit code 2."""
@@ -55,7 +84,7 @@ class _Group(TyperGroup):
             if name in loaded:
                 continue
             loaded.add(name)
-            sub = typer.Typer()
+            sub = typer.Typer(rich_markup_mode=None)
             importlib.import_module(f"pedcrowd.commands.{name}").register(sub)
             for cmd_name, cmd in typer.main.get_group(sub).commands.items():
                 self.commands.setdefault(cmd_name, cmd)
@@ -81,9 +110,18 @@ class _Group(TyperGroup):
 
         return sorted(self.commands, key=key)
 
+    def parse_args(self, ctx, args):
+        ctx.meta["pedcrowd.args"] = list(args)  # for the hints on unknown options
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except NoSuchOption as e:
+            hint = unknown_option_hint(e.option_name, ctx.meta.get("pedcrowd.args", []))
+            if hint:
+                e.message, e.possibilities = f"No such option: {e.option_name}. {hint}", None
+            raise
         except PedcrowdError as e:
             if _debug:
                 traceback.print_exception(e, file=sys.stderr)
@@ -91,8 +129,11 @@ class _Group(TyperGroup):
             raise typer.Exit(2) from None
 
 
+# Plain (click) help, not rich's: rich renders a value placeholder on every flag
+# (--vis <bool>) and reads "[default: ...]" in help texts as markup and drops it.
 app = typer.Typer(
     cls=_Group,
+    rich_markup_mode=None,
     name="pedcrowd",
     help="Train and evaluate pedestrian detectors in crowds (NMS-Loss, RepLoss, MR^-2).",
     no_args_is_help=True,

@@ -131,8 +131,14 @@ def plot_comparison(c: Comparison, path: str | Path) -> Path:
     for ax, s in zip(axes.ravel(), c.setups, strict=False):
         curves = {r.name: (*r.curves[s], r.mr[s]) for r in c.runs}
         plot_mr_fppi(curves, ax=ax, title=s, sort_by_mr=False)  # run order = colour order
-    for ax in axes.ravel()[n:]:
+    for k, ax in enumerate(axes.ravel()[n:]):
         ax.axis("off")
+        if k == 0:  # a spare panel: what the pictures show, instead of blank space
+            ax.text(0.05, 0.5, "miss rate against false positives per image,\n"
+                    "one curve per run (legends: MR$^{-2}$ %, lower is better);\n"
+                    "shaded: the FPPI range [0.01, 1] over which\n"
+                    "MR$^{-2}$ averages the miss rate (9 points)", fontsize=11,
+                    va="center", transform=ax.transAxes)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

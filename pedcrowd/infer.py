@@ -61,6 +61,8 @@ class InferResult:
         vis_dir: where annotated images/videos were written, or None.
         postprocess: the post-processing used (the ``postprocess:`` fields, ``method``
             such as ``soft-gaussian+var-voting``, the thresholds, ``box_std``).
+        input_scales: (height, width) of each distinct input size -> the factor the
+            model's transform resizes it by (model.min_size / max_size); None if unknown.
     """
 
     detections: list[dict[str, Any]]
@@ -71,10 +73,21 @@ class InferResult:
     out_file: Path | None = None
     vis_dir: Path | None = None
     postprocess: dict[str, Any] = field(default_factory=dict)  # what post-processing ran
+    input_scales: dict[tuple[int, int], float | None] = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
         return self.n_images / self.seconds if self.seconds > 0 else 0.0
+
+
+def input_scale(model: torch.nn.Module, height: int, width: int) -> float | None:
+    """The factor by which the model's transform resizes an image of this size (torchvision's
+    rule: short side to ``min_size``, long side at most ``max_size``); None without one."""
+    transform = getattr(model, "transform", None)
+    if transform is None or not hasattr(transform, "min_size"):
+        return None
+    min_size = transform.min_size[-1] if isinstance(transform.min_size, tuple | list) else transform.min_size
+    return min(min_size / min(height, width), transform.max_size / max(height, width))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -231,6 +244,9 @@ def infer(
         for batch in run_detector(model, decoded(items), lambda it: it.tensor, device=dev,
                                   batch_size=batch_size):
             for it, output in batch:
+                size = tuple(it.tensor.shape[-2:])
+                if size not in result.input_scales:
+                    result.input_scales[size] = input_scale(model, *size)
                 image_id, gt_record = ids.assign(it.name)
                 records = output_records(output, image_id, it.name)
                 if it.video is not None:

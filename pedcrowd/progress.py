@@ -9,7 +9,7 @@ from rich.console import Console
 
 def synth_with_progress(out: str | Path, cfg, console: Console, label: str, force: bool = False):
     """Generate (``force``) or reuse-else-generate the synthetic set ``cfg`` at ``out``,
-    with a transient bar of images drawn.
+    with a transient bar of images drawn (on a terminal; one line elsewhere), none when reused.
 
     Args:
         cfg: a :class:`pedcrowd.data.config.SynthConfig`.
@@ -28,10 +28,28 @@ def synth_with_progress(out: str | Path, cfg, console: Console, label: str, forc
 
     from pedcrowd.data.synth import ensure_synth, generate
 
-    with Progress(
-        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=True,
-    ) as bar:
-        task = bar.add_task("synth", total=cfg.train_images + cfg.val_images)
-        run = generate if force else ensure_synth
-        return run(out, cfg, progress=lambda done, total: bar.update(task, completed=done))
+    bar = None
+    task = None
+
+    def progress(done: int, total: int) -> None:
+        # The bar appears with the first image drawn: a set reused from the cache draws nothing.
+        nonlocal bar, task
+        if bar is None and not console.is_terminal:  # a log: one line, no bar
+            console.print(f"{label}: {total} images", soft_wrap=True, markup=False, highlight=False)
+            bar = False
+        if bar is None:
+            bar = Progress(
+                TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                console=console, transient=True,
+            )
+            bar.start()
+            task = bar.add_task("synth", total=total)
+        if bar:
+            bar.update(task, completed=done)
+
+    run = generate if force else ensure_synth
+    try:
+        return run(out, cfg, progress=progress)
+    finally:
+        if bar:
+            bar.stop()

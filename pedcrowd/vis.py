@@ -89,20 +89,57 @@ def draw_detections(
     font_scale = max(0.4, 0.35 * thick)
     for i in order:
         x0, y0, x1, y1 = (round(float(v)) for v in boxes[i])
-        color = tuple(int(c) for c in colors[i])
-        cv2.rectangle(out, (x0, y0), (x1, y1), color, thick + 1)
-        if label_scores:
+        cv2.rectangle(out, (x0, y0), (x1, y1), tuple(int(c) for c in colors[i]), thick + 1)
+    if label_scores:
+        # Labels after every box, most confident first, each where it overlaps no label
+        # placed before: in a dense group they would otherwise cover one another.
+        taken: list[tuple[int, int, int, int]] = []
+        for i in order[::-1]:
+            color = tuple(int(c) for c in colors[i])
             text = f"{scores[i]:.2f}"
             (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
-            ty = max(y0, th + base + 1)  # keep the label inside the image at the top edge
-            cv2.rectangle(out, (x0, ty - th - base - 1), (x0 + tw + 2, ty), color, -1)
+            lx, ly = place_label(taken, boxes[i], tw + 2, th + base + 1, out.shape[1], out.shape[0])
+            cv2.rectangle(out, (lx, ly), (lx + tw + 2, ly + th + base + 1), color, -1)
             # Dark text on the bright end of the ramp, white on the dark end.
             ink = (0, 0, 0) if sum(color) > 380 else (255, 255, 255)
             cv2.putText(
-                out, text, (x0 + 1, ty - base), cv2.FONT_HERSHEY_SIMPLEX, font_scale, ink, 1,
+                out, text, (lx + 1, ly + th), cv2.FONT_HERSHEY_SIMPLEX, font_scale, ink, 1,
                 cv2.LINE_AA,
             )
     return out
+
+
+def place_label(
+    taken: list[tuple[int, int, int, int]], box, w: int, h: int, width: int, height: int
+) -> tuple[int, int]:
+    """Top-left corner of a ``w`` x ``h`` label for ``box`` (``xyxy``) that overlaps none of
+    the ``taken`` label rectangles (``x0, y0, x1, y1``, exclusive ends), inside the image.
+
+    Tried in order: above the box's top-left corner, above its top-right corner, then
+    down the box's left and right edges one label height at a time, then below the
+    box; when all overlap, the one overlapping least. The chosen rectangle is
+    appended to ``taken``.
+    """
+    x0, y0, x1, y1 = (round(float(v)) for v in box)
+    right = max(x0, x1 - w)
+    candidates = [(x0, y0 - h), (right, y0 - h)]
+    for k in range(max(1, (y1 - y0) // max(h, 1))):
+        candidates += [(x0, y0 + k * h), (right, y0 + k * h)]
+    candidates += [(x0, y1), (right, y1)]
+
+    def clip(x: int, y: int) -> tuple[int, int]:
+        return min(max(x, 0), max(width - w, 0)), min(max(y, 0), max(height - h, 0))
+
+    def overlap(x: int, y: int) -> int:
+        return sum(
+            max(0, min(x + w, tx1) - max(x, tx0)) * max(0, min(y + h, ty1) - max(y, ty0))
+            for tx0, ty0, tx1, ty1 in taken
+        )
+
+    best = min((clip(x, y) for x, y in candidates), key=lambda c: (overlap(*c) > 0, overlap(*c)))
+    # min keeps the first of equals: the earliest free candidate in the order above
+    taken.append((best[0], best[1], best[0] + w, best[1] + h))
+    return best
 
 
 class VisWriter:

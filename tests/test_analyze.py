@@ -134,7 +134,7 @@ def test_cli_pre_nms_file_and_crowdhuman(tmp_path):
     # fppi=1: the last kept detection with FPPI <= 1 is the background box (0.75).
     assert second["score"] == 0.75 and second["n_fp"] == 1
     table = runner.invoke(app, ["analyze", str(dets), "--gt", str(gt), "--protocol", "crowdhuman"])
-    assert table.exit_code == 0 and "NMS: by another person's box" in table.stdout
+    assert table.exit_code == 0 and "removed by NMS (another person)" in table.stdout
     import cv2
 
     (tmp_path / "Images").mkdir()
@@ -220,7 +220,7 @@ def test_compare_analysis_side_by_side(tmp_path):
         assert r.exit_code == 0, r.output
     result = runner.invoke(app, ["compare", "--analysis", f"base={base}", f"nms1={nms1}"])
     assert result.exit_code == 0, result.output
-    row = next(ln for ln in result.stdout.splitlines() if "nms_other_person" in ln)
+    row = next(ln for ln in result.stdout.splitlines() if "NMS (another person)" in ln)
     assert [c.strip() for c in row.split("│")][2:4] == ["1 (33 %)", "0 (0 %)"]
     doc = json.loads(runner.invoke(app, ["compare", "--analysis", str(base), str(nms1), "--json"]).stdout)
     assert [r["name"] for r in doc["runs"]] == ["base", "nms1"]

@@ -91,7 +91,7 @@ def test_unknown_key_names_file_dotted_key_and_suggestion(tmp_path):
     assert str(path) in msg and "'optim.lerning_rate'" in msg
     path = write(tmp_path / "typo2.yaml", "data:\n  gt_filter:\n    min_heigth: 30\n")
     with pytest.raises(
-        PedcrowdError, match=r"'data\.gt_filter\.min_heigth'.*did you mean 'min_height'"
+        PedcrowdError, match=r"'data\.gt_filter\.min_heigth'.*did you mean 'data\.gt_filter\.min_height'"
     ):
         load_config(path)
     with pytest.raises(PedcrowdError, match=r"unknown key 'trian'.*did you mean 'train'"):
@@ -181,7 +181,7 @@ def test_overrides():
     [
         (
             "optim.lrr=0.1",
-            r"--set optim\.lrr=0\.1: unknown key 'optim\.lrr' \(did you mean 'lr'\?\)",
+            r"--set optim\.lrr=0\.1: unknown key 'optim\.lrr' \(did you mean 'optim\.lr'\?\)",
         ),
         ("train.epochs=two", r"'train\.epochs' must be an integer"),
         ("optim.lr", r"expected KEY=VALUE"),

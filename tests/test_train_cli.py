@@ -118,7 +118,7 @@ def test_default_run_dir_moves_on_instead_of_overwriting(tmp_path):
     ("args", "message"),
     [
         (["--loss", "focal"], "unknown loss preset 'focal'"),
-        (["--set", "optim.lrr=0.1"], "did you mean 'lr'"),
+        (["--set", "optim.lrr=0.1"], "did you mean 'optim.lr'"),
         (["--device", "tpu"], "--device 'tpu'"),
         (["--resume"], "no last.pt to resume from"),
     ],

@@ -25,14 +25,14 @@ def analyze_command(
     ],
     gt: Annotated[
         Path | None,
-        typer.Option("--gt", help="Ground truth (as for pedcrowd eval). Default for a run: its val split.",
+        typer.Option("--gt", help="Ground truth (as for pedcrowd eval) [default: a run's val split].",
                      show_default=False),
     ] = None,
     protocol: Annotated[
         str | None,
-        typer.Option(help="citypersons, caltech or crowdhuman (default: from the run's data format, else citypersons)."),
+        typer.Option(help="citypersons, caltech or crowdhuman [default: from the run's data format, else citypersons]."),
     ] = None,
-    setup: Annotated[str | None, typer.Option(help="Setup (default Reasonable; crowdhuman: All).")] = None,
+    setup: Annotated[str | None, typer.Option(help="Setup [default: Reasonable; crowdhuman: All].")] = None,
     at: Annotated[
         list[str] | None,
         typer.Option("--at", help="Operating point, repeatable: fppi=X (the score where FPPI reaches X) "
@@ -40,35 +40,40 @@ def analyze_command(
     ] = None,
     nms_thresh: Annotated[
         float | None,
-        typer.Option(help="The final NMS IoU threshold to replay (default: the model's box_nms_thresh; 0.5 for a file)."),
+        typer.Option(help="The final NMS IoU threshold to replay [default: the model's box_nms_thresh; 0.5 for a file]."),
     ] = None,
     max_dets: Annotated[
         int | None,
-        typer.Option(help="Detections kept per image after NMS (default: the model's box_detections_per_img; 100)."),
+        typer.Option(help="Detections kept per image after NMS [default: the model's box_detections_per_img; 100]."),
     ] = None,
     image_root: Annotated[
         Path | None,
-        typer.Option(help="Images of --gt (needed to run a model on --gt, for --vis and CrowdHuman sizes).",
+        typer.Option(help="Images of --gt (needed to run a model on --gt, for --vis and CrowdHuman "
+                     "sizes) [default: a run's own image folder].",
                      show_default=False),
     ] = None,
     images: Annotated[
         Path | None,
-        typer.Option(help="crowdhuman: image sizes file (as pedcrowd eval --images).", show_default=False),
+        typer.Option(help="crowdhuman: image sizes file (as pedcrowd eval --images) [default: none].",
+                     show_default=False),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
-    out: Annotated[Path | None, typer.Option(help="Also write the JSON here.", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the JSON here [default: none].", show_default=False)] = None,
     vis: Annotated[
         Path | None,
         typer.Option(help="Write images of NMS-caused misses here: the person (green), its suppressed "
-                     "box (orange) and the box that suppressed it (red).", show_default=False),
+                     "box (orange) and the box that suppressed it (red) [default: none].",
+                     show_default=False),
     ] = None,
     vis_max: Annotated[int, typer.Option(help="At most this many --vis images.")] = 50,
 ) -> None:
     """Attribute every miss and false positive at an operating point to NMS, score, proposals,
     duplicates, localisation or background, with oracle MR^-2 / AP per fixed error type.
 
-    Example: pedcrowd analyze runs/baseline --at fppi=0.1 --at fppi=1 --vis nms_vis/
+    \b
+    Example:
+      pedcrowd analyze runs/baseline --at fppi=0.1 --at fppi=1 --vis nms_vis/
     """
     from pedcrowd.analyze import analyze, report_to_json
     from pedcrowd.errors import PedcrowdError
@@ -184,34 +189,62 @@ def _dataset_sizes(dataset) -> dict[int, tuple[int, int]]:
     return sizes
 
 
+# What the analysis keys mean, in the tables (the JSON keeps the keys).
+MISS_LABELS = {
+    "nms_other_person": "removed by NMS (another person)",
+    "nms_false_positive": "removed by NMS (a false positive)",
+    "low_score": "scored below the threshold",
+    "never_proposed": "never proposed",
+    "other": "other",
+}
+FP_LABELS = {
+    "duplicate": "duplicates NMS kept",
+    "localisation": "poorly localised (IoU 0.1-0.5)",
+    "background": "background",
+}
+FIX_LABELS = {
+    "nms_other_person": "NMS misses (another person)",
+    "nms_false_positive": "NMS misses (a false positive)",
+    "nms_all": "all NMS misses",
+    "low_score": "low-score misses",
+    "never_proposed": "never-proposed misses",
+    "duplicate": "kept duplicates",
+    "localisation": "poor localisation",
+    "background": "background FPs",
+}
+
+
+def ap_name(protocol: str) -> str:
+    """The analysis's AP is the protocol matching's (IoU 0.5, trapezoid over its
+    precision/recall points), not the COCO AP 0.5:0.95 of eval and compare."""
+    return "CrowdDet AP" if protocol == "crowdhuman" else "AP50 (trapezoid, not COCO AP)"
+
+
 def render(report) -> None:
     """The analysis as rich tables: one column per operating point."""
     console = Console()
     mr = "n/a" if report.mr is None else f"{100 * report.mr:.2f} %"
     ap = "n/a" if report.ap is None else f"{100 * report.ap:.2f} %"
-    console.print(f"{report.protocol} / {report.setup}: MR^-2 {mr}, AP {ap}, {report.n_gt} people, "
-                  f"{report.n_images} images; NMS IoU > {report.nms_thresh:g} replayed, cap {report.max_dets}")
+    console.print(f"{report.protocol} / {report.setup}: MR^-2 {mr}, {ap_name(report.protocol)} {ap}, "
+                  f"{report.n_gt} people, {report.n_images} images; NMS IoU > {report.nms_thresh:g} "
+                  f"replayed, cap {report.max_dets}", highlight=False)
     table = Table(title="errors at each operating point")
     table.add_column("")
     for p in report.points:
         score = "-" if not p.score < float("inf") else f"{p.score:.3f}"
         table.add_column(f"{p.name}\n(score {score})", justify="right")
     rows = [("missed people", [str(p.n_missed) for p in report.points])]
-    labels = {"nms_other_person": "  NMS: by another person's box", "nms_false_positive": "  NMS: by a false positive",
-              "low_score": "  score too low", "never_proposed": "  never proposed", "other": "  other"}
-    for key, label in labels.items():
-        rows.append((label, [_share(p.misses[key], p.n_missed) for p in report.points]))
+    for key, label in MISS_LABELS.items():
+        rows.append((f"  {label}", [_share(p.misses[key], p.n_missed) for p in report.points]))
     rows.append(("false positives", [str(p.n_fp) for p in report.points]))
-    fp_labels = {"duplicate": "  duplicates NMS kept", "localisation": "  localisation (IoU 0.1-0.5)",
-                 "background": "  background"}
-    for key, label in fp_labels.items():
-        rows.append((label, [_share(p.false_positives[key], p.n_fp) for p in report.points]))
+    for key, label in FP_LABELS.items():
+        rows.append((f"  {label}", [_share(p.false_positives[key], p.n_fp) for p in report.points]))
     rows.append(("    dup. below NMS overlap", [str(p.flags["duplicate_below_nms"]) for p in report.points]))
     rows.append(("    loc. touching >= 2 people", [str(p.flags["localisation_crowd"]) for p in report.points]))
     for label, values in rows:
         table.add_row(label, *values)
     console.print(table)
-    oracle = Table(title="oracle: MR^-2 / AP with one error type fixed at the operating point")
+    oracle = Table(title=f"if one error type were fixed: MR^-2 % / {ap_name(report.protocol)} %")
     oracle.add_column("fixed")
     for p in report.points:
         oracle.add_column(p.name, justify="right")
@@ -222,7 +255,7 @@ def render(report) -> None:
             m = "n/a" if o["mr"] is None else f"{100 * o['mr']:.2f}"
             a = "n/a" if o["ap"] is None else f"{100 * o['ap']:.2f}"
             cells.append(f"{m} / {a}")
-        oracle.add_row(fix, *cells)
+        oracle.add_row(FIX_LABELS.get(fix, fix), *cells)
     console.print(oracle)
 
 
@@ -254,18 +287,42 @@ def side_by_side(runs: list[str], as_json: bool = False) -> None:
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"  # noqa: E731
     table.add_row("MR^-2 % (all points)", *[pct(d["mr"]) for d, _ in columns])
     table.add_row("missed people", *[str(p["n_missed"]) for _, p in columns])
-    for key in ("nms_other_person", "nms_false_positive", "low_score", "never_proposed", "other"):
-        table.add_row(f"  {key}", *[_share(p["misses"][key], p["n_missed"]) for _, p in columns])
+    for key, label in MISS_LABELS.items():
+        table.add_row(f"  {label}", *[_share(p["misses"][key], p["n_missed"]) for _, p in columns])
     table.add_row("false positives", *[str(p["n_fp"]) for _, p in columns])
-    for key in ("duplicate", "localisation", "background"):
-        table.add_row(f"  {key}", *[_share(p["false_positives"][key], p["n_fp"]) for _, p in columns])
+    for key, label in FP_LABELS.items():
+        table.add_row(f"  {label}", *[_share(p["false_positives"][key], p["n_fp"]) for _, p in columns])
     for fix in ("nms_all", "duplicate", "low_score", "never_proposed"):
-        table.add_row(f"MR^-2 % if {fix} fixed", *[pct(p["oracle"][fix]["mr"]) for _, p in columns])
+        table.add_row(f"MR^-2 % w/o {FIX_LABELS[fix]}", *[pct(p["oracle"][fix]["mr"]) for _, p in columns])
     Console().print(table)
 
 
 def _share(count: int, total: int) -> str:
     return f"{count} ({100 * count / total:.0f} %)" if total else str(count)
+
+
+PERSON, SUPPRESSED, SUPPRESSOR = (0, 200, 0), (0, 165, 255), (0, 0, 255)  # BGR
+
+
+def _with_legend(image, point, font: float):
+    """``image`` with a band below naming the operating point and the three box colours."""
+    import cv2
+    import numpy as np
+
+    score = "" if point is None or not point.score < float("inf") else f", score >= {point.score:.3f}"
+    lines = [
+        (f"NMS-caused misses at {point.name if point else '?'}{score}", (255, 255, 255)),
+        ("green: the missed person", PERSON),
+        ("orange: its box, removed by NMS (label: its score < the suppressor's)", SUPPRESSED),
+        ("red: the box that suppressed it", SUPPRESSOR),
+    ]
+    (_, th), base = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, font, 1)
+    step = th + base + 4
+    band = np.full((step * len(lines) + 4, image.shape[1], 3), 30, np.uint8)
+    for k, (text, color) in enumerate(lines):
+        cv2.putText(band, text, (4, 2 + th + k * step), cv2.FONT_HERSHEY_SIMPLEX, font,
+                    tuple(min(255, c + 60) for c in color), 1, cv2.LINE_AA)
+    return np.vstack([image, band])  # below: the image keeps its pixel coordinates
 
 
 def _write_vis(report, truth, image_root, out_dir: Path, limit: int) -> int:
@@ -275,9 +332,12 @@ def _write_vis(report, truth, image_root, out_dir: Path, limit: int) -> int:
         raise PedcrowdError("--vis needs the images: pass --image-root")
     import cv2
 
+    from pedcrowd.vis import place_label
+
     records = truth if isinstance(truth, list) else truth.records
     names = {r.id: r.file_name for r in records}
     by_image: dict[int, list[dict]] = {}
+    point = report.points[0] if report.points else None
     for p in report.points[:1]:
         for ex in p.examples:
             by_image.setdefault(ex["image_id"], []).append(ex)
@@ -291,13 +351,22 @@ def _write_vis(report, truth, image_root, out_dir: Path, limit: int) -> int:
         if image is None:
             continue
         thick = max(1, round(max(image.shape[:2]) / 600))
+        font = 0.45 * thick
+        taken: list[tuple[int, int, int, int]] = []
         for ex in examples:
-            for key, color in (("person", (0, 200, 0)), ("suppressed", (0, 165, 255)), ("suppressor", (0, 0, 255))):
+            for key, color in (("person", PERSON), ("suppressed", SUPPRESSED), ("suppressor", SUPPRESSOR)):
                 x, y, w, h = ex[key]
                 cv2.rectangle(image, (round(x), round(y)), (round(x + w), round(y + h)), color, thick + 1)
-            x, y = round(ex["suppressed"][0]), max(12, round(ex["suppressed"][1]) - 3)
-            cv2.putText(image, f"{ex['score']:.2f}<{ex['suppressor_score']:.2f}", (x, y),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (0, 165, 255), 1, cv2.LINE_AA)
+        for ex in examples:  # labels after the boxes, placed so that they do not cover each other
+            text = f"{ex['score']:.2f} < {ex['suppressor_score']:.2f}"
+            (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 1)
+            x, y, w, h = ex["suppressed"]
+            lx, ly = place_label(taken, (x, y, x + w, y + h), tw + 2, th + base + 1,
+                                 image.shape[1], image.shape[0])
+            cv2.rectangle(image, (lx, ly), (lx + tw + 2, ly + th + base + 1), SUPPRESSED, -1)
+            cv2.putText(image, text, (lx + 1, ly + th), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), 1,
+                        cv2.LINE_AA)
+        image = _with_legend(image, point, font)
         target = out_dir / f"{Path(names[image_id]).stem}_nms.jpg"
         if not cv2.imwrite(str(target), image):
             raise PedcrowdError(f"{target}: cannot write the image")
@@ -306,4 +375,6 @@ def _write_vis(report, truth, image_root, out_dir: Path, limit: int) -> int:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("analyze", no_args_is_help=True)(analyze_command)
+    app.command(
+        "analyze", no_args_is_help=True, short_help="Which misses and false positives NMS caused."
+    )(analyze_command)

@@ -24,7 +24,7 @@ def compare_command(
     gt: Annotated[
         Path | None,
         typer.Option("--gt", help="Ground-truth file (as for pedcrowd eval); needed for the "
-                     "table, not for --curves or --analysis.", show_default=False),
+                     "table, not for --curves or --analysis [default: none].", show_default=False),
     ] = None,
     protocol: Annotated[
         str,
@@ -41,24 +41,27 @@ def compare_command(
         typer.Option(
             "--setups", "--setup",
             help="Setups to compare (repeatable or comma-separated): official names or "
-            "NAME:HMIN-HMAX:VMIN-VMAX. Default: all of the protocol.",
+            "NAME:HMIN-HMAX:VMIN-VMAX [default: all of the protocol].",
             show_default=False,
         ),
     ] = None,
     images: Annotated[
         Path | None,
-        typer.Option(help="Image list for Caltech GT caches (as pedcrowd eval --images).",
+        typer.Option(help="Image list for Caltech GT caches (as pedcrowd eval --images) "
+                     "[default: none].",
                      show_default=False),
     ] = None,
     plot: Annotated[
         Path | None,
-        typer.Option(help="Write MR vs FPPI curves here (PNG, one panel per setup).",
+        typer.Option(help="Write MR vs FPPI curves here (PNG, one panel per setup) "
+                     "[default: none].",
                      show_default=False),
     ] = None,
     curves: Annotated[
         Path | None,
         typer.Option(help="Overlay the training curves (every loss term, val MR^-2) of the "
-                     "run directories in this PNG (their metrics.jsonl).", show_default=False),
+                     "run directories in this PNG (their metrics.jsonl) [default: none].",
+                     show_default=False),
     ] = None,
     fmt: Annotated[
         str, typer.Option("--format", "-f", help="table, markdown, csv or json (JSON only on stdout).")
@@ -84,7 +87,10 @@ def compare_command(
     """Compare runs: MR^-2 per setup (lower is better) and AP, each run's difference to the
     first, with 95 % bootstrap intervals (paired for the differences).
 
-    Example: pedcrowd compare base=runs/baseline nms=runs/nmsloss --gt val_gt.json --plot cmp.png
+    \b
+    Example:
+      pedcrowd compare base=runs/baseline nms=runs/nmsloss --gt val_gt.json \\
+          --plot cmp.png
     """
     from pedcrowd.compare import compare
     from pedcrowd.compare_render import dumps_json, plot_comparison, to_csv, to_markdown
@@ -133,7 +139,8 @@ def compare_command(
     elif fmt == "csv":
         typer.echo(to_csv(result), nl=False)
     else:
-        Console().print(_rich_table(result))
+        out = Console()
+        out.print(_rich_table(result, out.width))
 
 
 def _overlay_curves(runs: list[str], path: Path) -> Path:
@@ -156,12 +163,49 @@ def _overlay_curves(runs: list[str], path: Path) -> Path:
         raise PedcrowdError(f"{path}: cannot write the curves ({e.strerror or e})") from None
 
 
-def _rich_table(result):
-    from rich.table import Table
+def _cells(result, narrow: bool) -> dict[str, list[str]]:
+    """Per row label (each setup, ``AP %``, ``JI %``): one rich-markup cell per run.
 
+    ``narrow``: intervals on a line of their own, so that a column is about 13
+    characters wide.
+    """
     from pedcrowd.compare_render import best_per_setup, format_cell
 
     best = best_per_setup(result)
+    sep = "\n" if narrow else " "
+    rows: dict[str, list[str]] = {}
+    for s in result.setups:
+        rows[s] = []
+        for i, r in enumerate(result.runs):
+            mr, diff = format_cell(r, s, i == 0, ci_digits=1)
+            mr = mr.replace(" [", f"{sep}[", 1)
+            if r.mr[s] is not None and r.mr[s] == best[s] and len(result.runs) > 1:
+                mr = f"[bold green]{mr}[/]"
+            if diff:
+                ci = r.delta_ci.get(s)
+                # Colour a difference only when its interval excludes 0.
+                style = "" if ci is None or ci[0] <= 0 <= ci[1] else ("red" if ci[0] > 0 else "green")
+                diff = "Δ " + diff.replace(" [", f"{sep}[", 1)
+                mr = f"{mr}\n[{style}]{diff}[/]" if style else f"{mr}\n{diff}"
+            rows[s].append(mr)  # "[24.1, 28.3]" is not markup: rich tags start with a letter
+    rows["AP %"] = []
+    for i, r in enumerate(result.runs):
+        ap = "-" if r.ap is None else f"{100 * r.ap:.2f}"
+        if i > 0 and r.ap is not None and result.runs[0].ap is not None:
+            ap += f"\nΔ {100 * (r.ap - result.runs[0].ap):+.2f}"
+        rows["AP %"].append(ap)
+    if result.protocol == "crowdhuman":
+        rows["JI %"] = ["-" if r.ji is None else f"{100 * r.ji:.2f}" for r in result.runs]
+    return rows
+
+
+def _rich_table(result, width: int = 80):
+    """The comparison as a rich table: one row per run and a column per setup when that
+    fits ``width``, else one row per setup and a column per run (nothing is cut: a long
+    name wraps)."""
+    from rich.console import Console
+    from rich.table import Table
+
     caption = (
         f"MR⁻² %, lower is better, best in bold green; [95 % bootstrap interval over "
         f"{result.n_images} images, {result.bootstrap} resamples, seed {result.seed}]; "
@@ -169,34 +213,29 @@ def _rich_table(result):
         if result.bootstrap
         else "MR⁻² %, lower is better, best in bold green; Δ vs the first run."
     )
-    table = Table(title=f"pedcrowd compare ({result.protocol})", caption=caption)
-    table.add_column("run", style="bold")
-    for s in result.setups:
-        table.add_column(s, justify="right")
-    table.add_column("AP %", justify="right")
-    with_ji = result.protocol == "crowdhuman"
-    if with_ji:
-        table.add_column("JI %", justify="right")
+    title = f"pedcrowd compare ({result.protocol})"
+
+    wide = Table(title=title, caption=caption)
+    wide.add_column("run", style="bold", overflow="fold")
+    rows = _cells(result, narrow=False)
+    for label in rows:
+        wide.add_column(label, justify="right", overflow="fold")
     for i, r in enumerate(result.runs):
-        cells = []
-        for s in result.setups:
-            mr, diff = format_cell(r, s, i == 0, ci_digits=1)
-            if r.mr[s] is not None and r.mr[s] == best[s] and len(result.runs) > 1:
-                mr = f"[bold green]{mr}[/]"
-            if diff:
-                ci = r.delta_ci.get(s)
-                # Colour a difference only when its interval excludes 0.
-                style = "" if ci is None or ci[0] <= 0 <= ci[1] else ("red" if ci[0] > 0 else "green")
-                diff = f"[{style}]Δ {diff}[/]" if style else f"Δ {diff}"
-                mr = f"{mr}\n{diff}"
-            cells.append(mr)
-        ap = "-" if r.ap is None else f"{100 * r.ap:.2f}"
-        if i > 0 and r.ap is not None and result.runs[0].ap is not None:
-            ap += f"\nΔ {100 * (r.ap - result.runs[0].ap):+.2f}"
-        ji = ["-" if r.ji is None else f"{100 * r.ji:.2f}"] if with_ji else []
-        table.add_row(r.name, *cells, ap, *ji)
-    return table
+        wide.add_row(r.name, *(cells[i] for cells in rows.values()))
+    measure = Console(width=10**4).measure(wide)
+    if measure.maximum <= width:
+        return wide
+
+    tall = Table(title=title, caption=caption)
+    tall.add_column("setup", style="bold", overflow="fold")
+    for r in result.runs:
+        tall.add_column(r.name, justify="right", overflow="fold")
+    for label, cells in _cells(result, narrow=True).items():
+        tall.add_row(label, *cells)
+    return tall
 
 
 def register(app: typer.Typer) -> None:
-    app.command("compare")(compare_command)
+    app.command("compare", short_help="Compare runs: MR^-2 and AP with intervals.")(
+        compare_command
+    )

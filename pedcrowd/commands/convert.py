@@ -18,14 +18,22 @@ from pedcrowd.errors import PedcrowdError
 
 
 def convert_command(
-    old: Annotated[Path, typer.Argument(help="The checkpoint to convert (loading it can run code in it).")],
-    new: Annotated[Path, typer.Argument(help="Where to write the safe copy.")],
+    old: Annotated[
+        Path,
+        typer.Argument(help="The checkpoint to convert (loading it can run code in it).", metavar="OLD"),
+    ],
+    new: Annotated[Path, typer.Argument(help="Where to write the safe copy.", metavar="NEW")],
     trust: Annotated[
         bool,
         typer.Option("--trust", help="Confirm that you trust OLD: it is unpickled in full."),
     ] = False,
 ) -> None:
-    """Rewrite a trusted old checkpoint into the safe format pedcrowd loads."""
+    """Rewrite a trusted old checkpoint into the safe format pedcrowd loads.
+
+    \b
+    Example:
+      pedcrowd convert-checkpoint old_run/last.pt runs/converted.pt --trust
+    """
     if not trust:
         raise PedcrowdError(
             f"{old}: converting unpickles the file in full, which runs any code in it; "
@@ -38,4 +46,6 @@ def convert_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("convert-checkpoint")(convert_command)
+    app.command("convert-checkpoint", short_help="Make a trusted old checkpoint safe to load.")(
+        convert_command
+    )

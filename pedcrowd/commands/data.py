@@ -14,12 +14,14 @@ from pedcrowd.formats.registry import FORMATS
 
 data_app = typer.Typer(
     help="Data sets: generate synthetic crowds, print statistics, draw samples.",
+    short_help="Synthetic crowds, data set statistics and samples.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 err = Console(stderr=True)
 
 
-@data_app.command("synth")
+@data_app.command("synth", short_help="Generate a synthetic crowded-street data set.")
 def synth(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output directory (CityPersons layout).")
@@ -31,7 +33,7 @@ def synth(
         int | None,
         typer.Option("--val-images", min=0, help="Number of val images [default: --images / 5]."),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed; same seed and version, same files.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed and generator version give the same pixels and boxes.")] = 0,
     preset: Annotated[
         str,
         typer.Option(
@@ -70,6 +72,12 @@ def synth(
 
     Writes OUT/leftImg8bit/{train,val}/CITY/*.png, OUT/annotations/anno_{train,val}.mat,
     OUT/annotations/val_gt.json and OUT/synth.json; prints a JSON summary on stdout.
+    The images are drawn with numpy only: the same seed and version give the same
+    pixels on every machine and with any opencv version (numpy < 3, as pinned).
+
+    \b
+    Example:
+      pedcrowd data synth --out data/crowded --preset crowded --images 500
     """
     from pedcrowd.data.config import synth_preset
     from pedcrowd.data.synth import DENSITY_PRESETS, OCCLUSION_PRESETS, parse_level
@@ -111,9 +119,11 @@ def synth(
     )
 
 
-@data_app.command("stats")
+@data_app.command("stats", short_help="Statistics and sample pictures of a data set.")
 def stats(
-    root: Annotated[Path, typer.Argument(help="Data set root in the format's layout.")],
+    root: Annotated[
+        Path, typer.Argument(help="Data set root in the format's layout.", metavar="ROOT")
+    ],
     split: Annotated[str, typer.Option(help="Split to inspect: train or val.")] = "val",
     fmt: Annotated[
         str, typer.Option("--format", help="The data set's format: " + " | ".join(FORMATS) + ".")
@@ -131,6 +141,10 @@ def stats(
 
     Sample images show full boxes in green, visible boxes in blue, ignore regions
     in magenta and group boxes in red.
+
+    \b
+    Example:
+      pedcrowd data stats data/synth --split train --samples 4
     """
     from pedcrowd.data.stats import dataset_stats, write_samples
 

@@ -50,19 +50,20 @@ def eval_command(
         typer.Option(
             "--setup",
             help="Setup to evaluate (repeatable): an official name such as Reasonable, or "
-            "NAME:HMIN-HMAX:VMIN-VMAX. Default: all setups of the protocol.",
+            "NAME:HMIN-HMAX:VMIN-VMAX [default: all setups of the protocol].",
         ),
     ] = None,
     images: Annotated[
         Path | None,
         typer.Option(
             help='{"images": [{"id", "file_name"}]} naming the frames of Caltech gt caches, in order; '
-            'crowdhuman: {"images": [{"id", "file_name", "height", "width"}]} giving the image sizes.'
+            'crowdhuman: {"images": [{"id", "file_name", "height", "width"}]} giving the image sizes '
+            "[default: none]."
         ),
     ] = None,
     image_root: Annotated[
         Path | None,
-        typer.Option(help="crowdhuman: read missing image sizes from the images here (default: Images/ beside the .odgt)."),
+        typer.Option(help="crowdhuman: read missing image sizes from the images here [default: Images/ beside the .odgt]."),
     ] = None,
     resize_dets: Annotated[
         bool,
@@ -73,10 +74,20 @@ def eval_command(
         ),
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
-    out: Annotated[Path | None, typer.Option(help="Also write the JSON results to this file.")] = None,
-    plot: Annotated[Path | None, typer.Option(help="Draw miss rate vs FPPI curves to this PNG.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the JSON results to this file [default: none].")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Draw miss rate vs FPPI curves to this PNG [default: none].")] = None,
 ) -> None:
-    """Evaluate detections: log-average miss rate (MR^-2) per setup, optionally COCO AP; CrowdHuman: AP, MR^-2, JI."""
+    """Evaluate detections: log-average miss rate (MR^-2) per setup, optionally COCO AP; CrowdHuman: AP, MR^-2, JI.
+
+    --dets are detections in a file (pedcrowd infer writes OUT/detections.json, a
+    training run RUN/val_dets.json); to detect on images first, run pedcrowd infer.
+
+    \b
+    Examples:
+      pedcrowd eval --gt data/synth/annotations/val_gt.json \\
+          --dets runs/demo/val_dets.json
+      pedcrowd eval --gt gt.odgt --dets dets.json --protocol crowdhuman
+    """
     from pedcrowd.errors import PedcrowdError
     from pedcrowd.eval import coco_ap, evaluate, load_ground_truth, report_to_json
     from pedcrowd.formats.detections import read_detections
@@ -91,6 +102,7 @@ def eval_command(
     start = time.perf_counter()
     if protocol not in ("citypersons", "caltech", "crowdhuman"):
         raise PedcrowdError(f"--protocol {protocol!r}: expected one of citypersons, caltech, crowdhuman")
+    _refuse_images_as_detections(dets)
     if protocol == "crowdhuman":
         _crowdhuman(gt, dets, metric, setup, images, image_root, as_json, out, plot, log, start)
         return
@@ -98,6 +110,9 @@ def eval_command(
         raise PedcrowdError("--metric JI: the Jaccard index is a CrowdHuman metric; use it with --protocol crowdhuman")
     truth = load_ground_truth(gt, protocol, images)
     detections = read_detections(dets, truth.records)
+    warning = missing_detections_warning(truth.records, detections)
+    if warning:
+        log.print(f"warning: {warning}", style="yellow", highlight=False)
     report = None
     if metric in ("MR-2", "all"):
         report = evaluate(truth, detections, protocol=protocol, setups=setup or None, resize_dets=resize_dets)
@@ -113,6 +128,38 @@ def eval_command(
     else:
         _render(report, ap, protocol)
     log.print(f"[dim]evaluated {len(truth.records)} images in {time.perf_counter() - start:.2f} s[/dim]")
+
+
+def _refuse_images_as_detections(dets: Path) -> None:
+    """--dets naming images (a file or a folder of them): say to run ``pedcrowd infer`` first."""
+    from pedcrowd.errors import PedcrowdError
+    from pedcrowd.media.sources import IMAGE_EXTS
+
+    if dets.is_dir():
+        files = [p for p in dets.rglob("*") if p.is_file()]
+        images = [p for p in files if p.suffix.lower() in IMAGE_EXTS]
+        is_images = bool(images) and not any(p.suffix.lower() == ".txt" for p in files)
+    else:
+        is_images = dets.suffix.lower() in IMAGE_EXTS
+    if is_images:
+        raise PedcrowdError(
+            f"--dets {dets}: images, not detections; detect first with "
+            f"'pedcrowd infer {dets} --weights RUN --out preds', then evaluate "
+            "'--dets preds/detections.json'"
+        )
+
+
+def missing_detections_warning(records, detections) -> str:
+    """A warning when most GT images with pedestrians have no detection at all (detections of a
+    subset of the GT's images, or of other images): those images count as all missed."""
+    with_people = [r.id for r in records if (~r.ignore).any()]
+    missing = sum(1 for i in with_people if i not in detections)
+    if not with_people or 2 * missing <= len(with_people):
+        return ""
+    return (
+        f"{missing} of the {len(with_people)} GT images with pedestrians have no detections; "
+        "they count as all missed (are --dets for a subset of --gt's images?)"
+    )
 
 
 def _write(text: str, out: Path | None) -> None:
@@ -178,4 +225,6 @@ def _render(report, ap: dict | None, protocol: str) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval", no_args_is_help=True)(eval_command)
+    app.command(
+        "eval", no_args_is_help=True, short_help="Evaluate detections: MR^-2, AP, JI."
+    )(eval_command)

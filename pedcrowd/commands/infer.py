@@ -50,7 +50,7 @@ def infer_command(
         typer.Option(
             "--gt",
             help="Ground truth to overlay in green on the --vis images (ignore regions grey); "
-            "its image ids are used in detections.json for the images it names.",
+            "its image ids are used in detections.json for the images it names [default: none].",
         ),
     ] = None,
     protocol: Annotated[
@@ -104,12 +104,14 @@ def infer_command(
     workers: Annotated[
         int | None,
         typer.Option(help="Background threads decoding images while the model runs "
-                     "(default: one per CPU core, at most 8).", show_default=False),
+                     "[default: one per CPU core, at most 8].", show_default=False),
     ] = None,
 ) -> None:
     """Detect pedestrians in images and videos; write detections.json (and --vis images).
 
-    Example: pedcrowd infer data/val/ clip.mp4 --weights runs/exp1 --vis --out preds
+    \b
+    Example:
+      pedcrowd infer data/val/ clip.mp4 --weights runs/exp1 --vis --out preds
     """
     from rich.progress import (
         BarColumn,
@@ -181,6 +183,13 @@ def infer_command(
         names = ", ".join(name for name, _ in result.skipped[:3])
         more = ", ..." if len(result.skipped) > 3 else ""
         skipped = f", [yellow]{len(result.skipped)} unreadable skipped ({names}{more})[/]"
+    for (h, w), scale in result.input_scales.items():  # said once per input size
+        if scale is not None and not 0.5 <= scale <= 2.0:
+            console.print(
+                f"note: {w} x {h} inputs are resized x{scale:.2f} to {round(w * scale)} x "
+                f"{round(h * scale)} for the model (its model.min_size / max_size): a 50-pixel "
+                f"person becomes {50 * scale:.0f} pixels", highlight=False,
+            )
     videos = f" ({result.n_videos} videos)" if result.n_videos else ""
     console.print(
         f"{result.n_images} images{videos}, {len(result.detections)} detections in "
@@ -198,4 +207,4 @@ def infer_command(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("infer")(infer_command)
+    app.command("infer", short_help="Detect pedestrians in images and videos.")(infer_command)

@@ -23,8 +23,9 @@ def train_command(
         Path | None,
         typer.Option(
             "--config", "-c",
-            help="YAML config (e.g. configs/nms_ped_citypersons.yaml). Default: the CPU demo "
-            "on synthetic crowds; with --resume, the run directory's config.yaml.",
+            help="YAML config (e.g. configs/nms_ped_citypersons.yaml); a base: path in it is "
+            "relative to the file [default: the CPU demo on synthetic crowds; with --resume, "
+            "the run directory's config.yaml].",
         ),
     ] = None,
     loss: Annotated[
@@ -32,45 +33,50 @@ def train_command(
         typer.Option(
             "--loss",
             help="Crowd-loss preset: none | nms | rep | nms+rep (the papers' weights); "
-            "applied after the config file, before --set.",
+            "applied after the config file, before --set [default: the config's loss section].",
         ),
     ] = None,
     cls_loss: Annotated[
         str | None,
         typer.Option(
             "--cls-loss",
-            help="RoI-head classification loss: ce (default) | focal | ghm | qfl, a "
-            "registered term (pedcrowd.losses.config.TERMS); the same as --set loss.cls=NAME.",
+            help="RoI-head classification loss: ce | focal | ghm | qfl, a "
+            "registered term (pedcrowd.losses.config.TERMS); the same as --set loss.cls=NAME "
+            "[default: the config's loss.cls, ce].",
         ),
     ] = None,
     box_loss: Annotated[
         str | None,
         typer.Option(
             "--box-loss",
-            help="RoI-head box loss: smooth_l1 (default) | ghm | kl, a registered term; "
+            help="RoI-head box loss: smooth_l1 | ghm | kl, a registered term; "
             "the same as --set loss.box=NAME. kl (KL-Loss) also turns on model.box_std_head; "
-            "add --set postprocess.var_voting=true to evaluate with variance voting.",
+            "add --set postprocess.var_voting=true to evaluate with variance voting "
+            "[default: the config's loss.box, smooth_l1].",
         ),
     ] = None,
     sampler: Annotated[
         str | None,
         typer.Option(
             "--sampler",
-            help="How the RoI head picks its training RoIs: random (default, torchvision's) "
-            "| ohem | pisa; the same as --set loss.sampler=NAME.",
+            help="How the RoI head picks its training RoIs: random (torchvision's) "
+            "| ohem | pisa; the same as --set loss.sampler=NAME [default: the config's "
+            "loss.sampler, random].",
         ),
     ] = None,
     overrides: Annotated[
         list[str] | None,
         typer.Option(
             "--set",
+            metavar="KEY=VALUE",
             help="Override one config value, KEY=VALUE with a dotted key, the value read as "
-            "YAML (repeatable): --set optim.lr=0.01 --set train.epochs=2.",
+            "YAML (repeatable): --set optim.lr=0.01 --set train.epochs=2. Every key and its "
+            "value: pedcrowd config [default: none].",
         ),
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Run directory (default: the config's train.out_dir)."),
+        typer.Option("--out", "-o", help="Run directory [default: the config's train.out_dir]."),
     ] = None,
     resume: Annotated[
         bool,
@@ -78,13 +84,24 @@ def train_command(
     ] = False,
     device: Annotated[
         str | None,
-        typer.Option("--device", help="auto | cpu | cuda (default: the config's train.device)."),
+        typer.Option("--device", help="auto | cpu | cuda [default: the config's train.device]."),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the run summary as JSON on stdout.")
     ] = False,
 ) -> None:
-    """Train a pedestrian detector; with no arguments, the 10-minute CPU demo."""
+    """Train a pedestrian detector; with no arguments, the 10-minute CPU demo.
+
+    The config is the defaults (the CPU demo, configs/cpu_demo.yaml), or --config's
+    file, then --loss/--cls-loss/--box-loss/--sampler, then each --set. Every key
+    and its value: pedcrowd config (the same options print the resolved config).
+
+    \b
+    Examples:
+      pedcrowd train
+      pedcrowd train --set train.epochs=2 --out runs/short
+      pedcrowd train -c configs/nms_ped_citypersons.yaml --loss nms
+    """
     from pedcrowd.engine.config import apply_overrides, load_config
     from pedcrowd.engine.train import train
 
@@ -145,4 +162,6 @@ def mr_table(summary: dict) -> Table:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train_command)
+    app.command("train", short_help="Train a detector (no arguments: the CPU demo).")(
+        train_command
+    )

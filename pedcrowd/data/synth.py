@@ -40,7 +40,7 @@ from pedcrowd.formats.records import GROUP, IGNORE_REGION, PEDESTRIAN, ImageReco
 # Bump when the drawn pixels or annotations change for the same parameters:
 # ensure_synth() then regenerates cached sets. A cached set also records a
 # digest of the generator's source, so a forgotten bump cannot reuse stale data.
-VERSION = "1"
+VERSION = "2"  # 2: pure-numpy drawing (no opencv), the same pixels everywhere
 _GENERATOR_MODULES = ("synth.py", "synth_scene.py", "synth_draw.py")
 
 

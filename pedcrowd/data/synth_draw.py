@@ -8,16 +8,27 @@ which is how visible boxes are measured from the pixels actually visible.
 
 All randomness comes from the ``np.random.Generator`` passed in, so a scene is
 a pure function of its seed. Colours are BGR uint8 as cv2 writes them.
-Drawing uses cv2 primitives on small patches and numpy array ops only (no
-per-pixel Python loops), which keeps 1,000 images well under a minute.
+Drawing uses the pure-numpy primitives of :mod:`pedcrowd.data.raster` on small
+patches (no per-pixel Python loops, no opencv), so the pixels are the same with
+every opencv and numpy version and on every CPU.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
+
+from pedcrowd.data.raster import (
+    draw_line,
+    fill_circle,
+    fill_ellipse,
+    fill_polygon,
+    fill_rect,
+    resize_linear,
+    to_uint8,
+)
 
 # Palettes shared by clothing and the background on purpose: a detector must
 # not be able to separate people from the street by colour alone.
@@ -121,7 +132,7 @@ def smooth_noise(
     gh, gw = max(2, h // cell + 2), max(2, w // cell + 2)
     shape = (gh, gw) if channels == 1 else (gh, gw, channels)
     grid = rng.uniform(-scale, scale, shape).astype(np.float32)
-    return cv2.resize(grid, (w, h), interpolation=cv2.INTER_LINEAR)
+    return resize_linear(grid, h, w)
 
 
 _GRAIN: np.ndarray | None = None
@@ -149,15 +160,15 @@ def grain_u8(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """[h, w, 3] uint8 film grain around 128: smooth noise of a few pixels plus pixel noise.
 
     A random window of a fixed tile, like :func:`grain`, in uint8 so that adding
-    it to an image is one saturating cv2 pass.
+    it to an image is one saturating pass.
     """
     global _GRAIN_U8
     if _GRAIN_U8 is None:
         tile_rng = np.random.default_rng(20261122)
         fine = smooth_noise(tile_rng, 1024, 2048, 6, scale=8.0)
         fine += 4.0 * tile_rng.standard_normal((1024, 2048), dtype=np.float32)
-        one = cv2.convertScaleAbs(fine, beta=128.0)  # |fine + 128|, always positive here
-        _GRAIN_U8 = cv2.merge([one, one, one])
+        one = to_uint8(fine + 128.0)
+        _GRAIN_U8 = np.repeat(one[..., None], 3, axis=2)
     th, tw = _GRAIN_U8.shape[:2]
     if h > th or w > tw:
         reps = (h // th + 1, w // tw + 1, 1)
@@ -186,11 +197,13 @@ def draw_background(
     Returns:
         [h, w, 3] uint8 BGR image.
     """
-    half = cv2.convertScaleAbs(_street(rng, (h + 1) // 2, (w + 1) // 2, horizon // 2, ground // 2))
-    img = cv2.resize(half, (w, h), interpolation=cv2.INTER_LINEAR)
+    half = to_uint8(_street(rng, (h + 1) // 2, (w + 1) // 2, horizon // 2, ground // 2))
+    img = to_uint8(resize_linear(half, h, w)).astype(np.int16)
     # Grain and sensor noise at full resolution (people's patches get the same grain):
-    # img + grain - 128, saturating, in one uint8 pass.
-    return cv2.addWeighted(img, 1.0, np.ascontiguousarray(grain_u8(rng, h, w)), 1.0, -128.0)
+    # img + grain - 128, saturating.
+    img += grain_u8(rng, h, w)
+    img -= 128
+    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def _street(rng: np.random.Generator, h: int, w: int, horizon: int, ground: int) -> np.ndarray:
@@ -198,9 +211,7 @@ def _street(rng: np.random.Generator, h: int, w: int, horizon: int, ground: int)
     # Sky: vertical gradient, sometimes overcast grey (one column resized across).
     top = np.array(_pick(rng, np.array([(200, 170, 120), (190, 190, 190), (220, 200, 170)])))
     t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
-    img = cv2.resize(
-        (top * (1 - 0.25 * t)).astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST
-    )
+    img = np.repeat((top * (1 - 0.25 * t)).astype(np.float32), w, axis=1)  # [h, w, 3]
 
     # Facades from a random top line down to the ground line.
     x = 0
@@ -252,13 +263,12 @@ def _street(rng: np.random.Generator, h: int, w: int, horizon: int, ground: int)
         for lx in range(int(rng.integers(0, 60)), w, 120):
             img[ly : ly + 3, lx : lx + 60] = (220, 220, 220)
 
-    # Lighting and colour blotches, so flat areas are not flat; cv2 arithmetic in
-    # place (dst=) is several times faster than numpy broadcasting here.
+    # Lighting and colour blotches, so flat areas are not flat (in place).
     light = smooth_noise(rng, h, w, 24, scale=0.12)
-    light += rng.uniform(0.8, 1.15)
-    cv2.multiply(img, cv2.merge([light, light, light]), dst=img)
-    cv2.add(img, smooth_noise(rng, h, w, 12, 3, scale=5.0), dst=img)
-    cv2.add(img, smooth_noise(rng, h, w, 3, 3, scale=4.0), dst=img)  # texture at a few pixels
+    light += np.float32(rng.uniform(0.8, 1.15))
+    img *= light[..., None]
+    img += smooth_noise(rng, h, w, 12, 3, scale=5.0)
+    img += smooth_noise(rng, h, w, 3, 3, scale=4.0)  # texture at a few pixels
     return img
 
 
@@ -272,7 +282,7 @@ def draw_shadow(img: np.ndarray, cx: float, y: float, width: float) -> None:
         return
     roi = img[y0:y1, x0:x1]  # blend only around the ellipse, not the whole image
     dark = np.zeros(roi.shape[:2], np.uint8)
-    cv2.ellipse(dark, (int(cx) - x0, int(y) - y0), (ax, ay), 0, 0, 360, 1, -1)
+    fill_ellipse(dark, (int(cx) - x0, int(y) - y0), (ax, ay), 1)
     roi[dark.astype(bool)] = (roi[dark.astype(bool)] * 0.7).astype(np.uint8)
 
 
@@ -297,22 +307,18 @@ def draw_person(rng: np.random.Generator, height: float) -> tuple[np.ndarray, np
     mask = np.zeros((ph, pw), np.uint8)
 
     def fill_poly(pts, col):
-        p = np.round(np.array(pts) * 16).astype(np.int32)  # 4 fractional bits: smooth small people
-        cv2.fillPoly(color, [p], col, cv2.LINE_8, 4)
-        cv2.fillPoly(mask, [p], 1, cv2.LINE_8, 4)
+        fill_polygon(color, pts, col)  # sub-pixel vertices: smooth small people
+        fill_polygon(mask, pts, 1)
 
     def limb(p0, p1, thick, col):
-        t = max(1, int(round(thick)))
-        a = (int(round(p0[0])), int(round(p0[1])))
-        b = (int(round(p1[0])), int(round(p1[1])))
-        cv2.line(color, a, b, col, t)
-        cv2.line(mask, a, b, 1, t)
+        t = max(1.0, thick)
+        draw_line(color, p0, p1, t, col)
+        draw_line(mask, p0, p1, t, 1)
 
     def ellipse(c, axes, col):
-        cc = (int(round(c[0])), int(round(c[1])))
-        ax = (max(1, int(round(axes[0]))), max(1, int(round(axes[1]))))
-        cv2.ellipse(color, cc, ax, 0, 0, 360, col, -1)
-        cv2.ellipse(mask, cc, ax, 0, 0, 360, 1, -1)
+        ax = (max(1.0, axes[0]), max(1.0, axes[1]))
+        fill_ellipse(color, c, ax, col)
+        fill_ellipse(mask, c, ax, 1)
 
     skin = _pick(rng, SKIN_TONES, 10)
     shirt = _pick(rng, CLOTH_COLORS)
@@ -371,10 +377,10 @@ def draw_person(rng: np.random.Generator, height: float) -> tuple[np.ndarray, np
     ellipse(head_c, (0.052 * s, 0.066 * s), skin)
     hat = rng.random() < 0.2
     hair = _pick(rng, CLOTH_COLORS if hat else HAIR_COLORS, 10)
-    cc = (int(round(head_c[0])), int(round(head_c[1] - 0.01 * s)))
-    ax = (max(1, int(round(0.056 * s))), max(1, int(round(0.058 * s))))
-    cv2.ellipse(color, cc, ax, 0, 180, 360, hair, -1)
-    cv2.ellipse(mask, cc, ax, 0, 180, 360, 1, -1)
+    cc = (head_c[0], head_c[1] - 0.01 * s)
+    ax = (max(1.0, 0.056 * s), max(1.0, 0.058 * s))
+    fill_ellipse(color, cc, ax, hair, upper_half=True)
+    fill_ellipse(mask, cc, ax, 1, upper_half=True)
 
     # A bag: backpack beside the torso or a hand bag.
     if rng.random() < 0.3:
@@ -398,15 +404,16 @@ def draw_person(rng: np.random.Generator, height: float) -> tuple[np.ndarray, np
     shade = 1.0 - 0.25 * np.clip(xs * xs, 0, 1)  # [pw]
     if rng.random() < 0.35:
         period = max(2.0, rng.uniform(0.03, 0.07) * s)
-        rows = np.sin(np.arange(ph, dtype=np.float32) * (2 * np.pi / period))  # [ph]
+        # math.sin on scalars: numpy's vectorised sin differs by CPU in the last bits
+        rows = np.array([math.sin(i * (2 * math.pi / period)) for i in range(ph)], np.float32)
         rows[: int(top_y)] = 0.0
         rows[int(bottom) :] = 0.0
-        cols = np.sin(np.arange(pw, dtype=np.float32) * (2 * np.pi / period))
+        cols = np.array([math.sin(i * (2 * math.pi / period)) for i in range(pw)], np.float32)
         cols = cols if rng.random() < 0.4 else np.ones_like(cols)  # checks or stripes
         col *= (1.0 + 0.25 * rows[:, None] * cols[None, :])[..., None]
     col *= shade[None, :, None]
     col += 5.0 * grain(rng, ph, pw)[..., None]
-    return cv2.convertScaleAbs(col), mask.astype(bool), cx
+    return to_uint8(col), mask.astype(bool), cx
 
 
 # ---------------------------------------------------------------- occluders
@@ -426,8 +433,8 @@ def draw_car(rng: np.random.Generator, person_h: float) -> tuple[np.ndarray, np.
     glass = (70, 60, 50)
     wheel_r = max(2, int(ch * 0.2))
     body_top = int(ch * 0.45)
-    cv2.rectangle(color, (0, body_top), (cw - 1, ch - wheel_r), body, -1)
-    cv2.rectangle(mask, (0, body_top), (cw - 1, ch - wheel_r), 1, -1)
+    fill_rect(color, 0, body_top, cw - 1, ch - wheel_r, body)
+    fill_rect(mask, 0, body_top, cw - 1, ch - wheel_r, 1)
     cabin = np.array(
         [
             (int(cw * 0.2), body_top),
@@ -437,8 +444,8 @@ def draw_car(rng: np.random.Generator, person_h: float) -> tuple[np.ndarray, np.
         ],
         np.int32,
     )
-    cv2.fillPoly(color, [cabin], body)
-    cv2.fillPoly(mask, [cabin], 1)
+    fill_polygon(color, cabin, body)
+    fill_polygon(mask, cabin, 1)
     win = np.array(
         [
             (int(cw * 0.25), body_top - 1),
@@ -448,11 +455,11 @@ def draw_car(rng: np.random.Generator, person_h: float) -> tuple[np.ndarray, np.
         ],
         np.int32,
     )
-    cv2.fillPoly(color, [win], glass)
+    fill_polygon(color, win, glass)
     for wx in (int(cw * 0.2), int(cw * 0.8)):
-        cv2.circle(color, (wx, ch - wheel_r - 1), wheel_r, (25, 25, 25), -1)
-        cv2.circle(mask, (wx, ch - wheel_r - 1), wheel_r, 1, -1)
-        cv2.circle(color, (wx, ch - wheel_r - 1), max(1, wheel_r // 2), (150, 150, 150), -1)
+        fill_circle(color, (wx, ch - wheel_r - 1), wheel_r, (25, 25, 25))
+        fill_circle(mask, (wx, ch - wheel_r - 1), wheel_r, 1)
+        fill_circle(color, (wx, ch - wheel_r - 1), max(1, wheel_r // 2), (150, 150, 150))
     col = color.astype(np.float32)
     col[:body_top] *= 1.1
     col += 4.0 * rng.standard_normal(col.shape, dtype=np.float32)
@@ -514,15 +521,15 @@ def draw_tree(rng: np.random.Generator, person_h: float) -> tuple[np.ndarray, np
     trunk_w = max(2, int(person_h * rng.uniform(0.06, 0.12)))
     cx = tw // 2
     bark = _pick(rng, np.array([(40, 60, 80), (60, 70, 80), (30, 45, 60)]), 10)
-    cv2.rectangle(color, (cx - trunk_w // 2, th // 3), (cx + trunk_w // 2, th - 1), bark, -1)
-    cv2.rectangle(mask, (cx - trunk_w // 2, th // 3), (cx + trunk_w // 2, th - 1), 1, -1)
+    fill_rect(color, cx - trunk_w // 2, th // 3, cx + trunk_w // 2, th - 1, bark)
+    fill_rect(mask, cx - trunk_w // 2, th // 3, cx + trunk_w // 2, th - 1, 1)
     leaf = np.array(_pick(rng, np.array([(40, 110, 50), (30, 80, 40), (60, 130, 90)]), 15))
     for _ in range(6):  # the crown: overlapping blobs
         c = (int(cx + rng.uniform(-0.3, 0.3) * tw), int(th * rng.uniform(0.12, 0.4)))
         ax = (max(2, int(tw * rng.uniform(0.2, 0.35))), max(2, int(th * rng.uniform(0.08, 0.18))))
         shade = tuple(float(v) for v in np.clip(leaf * rng.uniform(0.7, 1.2), 0, 255))
-        cv2.ellipse(color, c, ax, 0, 0, 360, shade, -1)
-        cv2.ellipse(mask, c, ax, 0, 0, 360, 1, -1)
+        fill_ellipse(color, c, ax, shade)
+        fill_ellipse(mask, c, ax, 1)
     col = color.astype(np.float32)
     col += 12.0 * grain(rng, th, tw)[..., None]
     return np.clip(col, 0, 255).astype(np.uint8), mask.astype(bool)

@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
+from pedcrowd.data.raster import fill_rect, frame_rect, gaussian_blur3
 from pedcrowd.data.synth_draw import (
     Sprite,
     draw_background,
@@ -197,8 +197,8 @@ def _poster(rng: np.random.Generator, bg: np.ndarray, ground: int, scene: Scene)
     pw = int(ph * rng.uniform(0.55, 0.9))
     py, px = int(rng.integers(2, max(3, ground - ph - 2))), int(rng.integers(0, w - pw))
     panel = tuple(float(v) for v in rng.uniform(120, 250, 3))
-    cv2.rectangle(bg, (px, py), (px + pw - 1, py + ph - 1), panel, -1)
-    cv2.rectangle(bg, (px, py), (px + pw - 1, py + ph - 1), (40, 40, 40), max(1, ph // 40))
+    fill_rect(bg, px, py, px + pw - 1, py + ph - 1, panel)
+    frame_rect(bg, px, py, px + pw - 1, py + ph - 1, (40, 40, 40), max(1, ph // 40))
     ht = int(ph * rng.uniform(0.7, 0.9))
     color, mask, cx = draw_person(rng, ht)
     xc = px + pw / 2 + rng.uniform(-0.1, 0.1) * pw
@@ -332,7 +332,7 @@ def render_scene(
         cats.append(cat)
 
     # Camera blur: anti-aliasing, and small people lose their crisp edges as in real footage.
-    image = cv2.GaussianBlur(comp.image, (3, 3), 0.7)
+    image = gaussian_blur3(comp.image, 0.7)
 
     k = len(boxes)
     b = np.array(boxes, np.float64).reshape(k, 4)

@@ -88,6 +88,10 @@ class TrainConfig:
     checkpoint_every: int = field(default=0, metadata={"range": ">= 0"})
     # stop after this many steps in a row with a non-finite loss
     max_nonfinite_steps: int = field(default=5, metadata={"range": ">= 1"})
+    # torch CPU threads per process; null: torch's default (one per core). The float
+    # rounding of a CPU step depends on it, so runs compare bit for bit only at the same
+    # count (the README's demo table says which it used)
+    threads: int | None = field(default=None, metadata={"range": ">= 1"})
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out_dir: str = "runs/demo"
 
@@ -208,7 +212,7 @@ def from_dict(cls: type, data: Any, source: str, prefix: str = "", base: Any = N
     defaults = base if base is not None else _default_instance(cls)
     for key, value in data.items():
         if key not in names:
-            raise PedcrowdError(f"{source}: unknown key '{prefix}{key}'{_suggest(str(key), names)}")
+            raise PedcrowdError(f"{source}: unknown key '{prefix}{key}'{_suggest(str(key), names, prefix)}")
         section = getattr(defaults, key, None)
         if isinstance(value, dict) and dataclasses.is_dataclass(hints[key]) and section is not None:
             kwargs[key] = from_dict(hints[key], value, source, prefix=f"{prefix}{key}.", base=section)
@@ -229,10 +233,11 @@ def _default_instance(cls: type) -> Any:
         return None
 
 
-def _suggest(key: str, names: list[str]) -> str:
+def _suggest(key: str, names: list[str], prefix: str = "") -> str:
+    """`` (did you mean 'train.epochs'?)``: the full dotted key of the closest name."""
     close = difflib.get_close_matches(key, names, n=1)
     if close:
-        return f" (did you mean '{close[0]}'?)"
+        return f" (did you mean '{prefix}{close[0]}'?)"
     return f" (known: {', '.join(names)})"
 
 
@@ -388,7 +393,7 @@ def _set_path(obj: Any, parts: list[str], value: Any, source: str, prefix: str) 
     names = [f.name for f in dataclasses.fields(obj) if f.init]
     key = parts[0]
     if key not in names:
-        raise PedcrowdError(f"{source}: unknown key '{prefix}{key}'{_suggest(key, names)}")
+        raise PedcrowdError(f"{source}: unknown key '{prefix}{key}'{_suggest(key, names, prefix)}")
     tp = typing.get_type_hints(type(obj))[key]
     if len(parts) == 1:
         new = _check(tp, value, source, f"{prefix}{key}")
@@ -402,6 +407,18 @@ def _set_path(obj: Any, parts: list[str], value: Any, source: str, prefix: str) 
 
 
 # ----------------------------------------------------------------------------- saving
+
+
+def config_keys(cfg: Any = None) -> list[str]:
+    """Every dotted key of the config tree (``train.epochs``, ``loss.nms.lambda_pull``, ...)."""
+
+    def walk(data: dict[str, Any], prefix: str) -> list[str]:
+        keys = []
+        for k, v in data.items():
+            keys += walk(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+        return keys
+
+    return walk(config_to_dict(Config() if cfg is None else cfg), "")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -100,9 +100,10 @@ def plot_curves(
 
     terms = sorted({k for c in runs.values() for k in c.losses}, key=lambda k: (k != "loss", k))
     panels = [*terms, "MR"]
-    cols = min(len(panels), 4)
+    # three panels a row (one row up to four): 6 panels fill 3 x 2, nothing left empty
+    cols = len(panels) if len(panels) <= 4 else 3
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     overlay = len(runs) > 1
     for ax, panel in zip(axes.ravel(), panels, strict=False):
@@ -117,38 +118,44 @@ def plot_curves(
                     style = "-o" if j == 0 else "--s"
                     lab = f"{name} {s}" if overlay else s
                     ax.plot(x, 100 * y, style, color=color if overlay else colors[j % len(colors)],
-                            ms=3, lw=1.2, label=lab)
+                            ms=5, lw=1.6, label=lab)
                 continue
             if panel not in c.losses:
                 continue
             x, y = c.losses[panel]
-            ax.plot(x, _running_mean(y, SMOOTH) if overlay else y, color=color, lw=1.0, label=label)
+            ax.plot(x, _running_mean(y, SMOOTH) if overlay else y, color=color, lw=1.3, label=label)
         if not overlay:
             first = next(iter(runs.values()), None)
             if first is not None and panel == "MR":
                 for x in first.mr.get(setups[0], (np.zeros(0), None))[0]:
                     ax.axvline(x, color="0.7", ls=":", lw=0.8)
-        ax.set_title("val MR$^{-2}$ % (lower is better)" if panel == "MR" else panel, fontsize=8)
-        ax.set_xlabel("iteration", fontsize=7)
-        ax.tick_params(labelsize=6)
+        if panel == "MR":
+            ax.set_title("val MR$^{-2}$ (lower is better)", fontsize=12)
+            ax.set_ylabel("MR$^{-2}$ %", fontsize=11)
+        else:
+            ax.set_title("total loss" if panel == "loss" else panel.removeprefix("loss_"), fontsize=12)
+            ax.set_ylabel("loss" + (f" (mean of {SMOOTH} logs)" if overlay else ""), fontsize=11)
+        ax.set_xlabel("iteration", fontsize=11)
+        ax.tick_params(labelsize=10)
         ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(alpha=0.3)
         if panel == "MR" and ax.lines:
-            ax.legend(fontsize=5)
+            ax.legend(fontsize=9)
         elif overlay and panel == terms[0] and ax.lines:
-            ax.legend(fontsize=5)
+            ax.legend(fontsize=9)
     for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=13)
     # fixed margins: tight_layout costs more than the drawing itself
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.1, top=0.86 if title else 0.92,
-                        wspace=0.3, hspace=0.55)
+    fig.subplots_adjust(left=0.08 if cols > 1 else 0.2, right=0.98, bottom=0.12 if rows == 1 else 0.08,
+                        top=(0.84 if rows == 1 else 0.9) if title else 0.92,
+                        wspace=0.32, hspace=0.45)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=72)
+        fig.savefig(tmp, dpi=80)
         tmp.replace(path)
     finally:
         plt.close(fig)

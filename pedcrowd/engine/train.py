@@ -269,6 +269,8 @@ def _run(
                 _ensure_synth_data(Path(cfg.data.root), cfg.synth, rep)
             ddp.barrier(info)
 
+        if tcfg.threads is not None:
+            torch.set_num_threads(tcfg.threads)
         seed_everything(tcfg.seed)
         train_set = build_dataset(cfg.data, "train", train=True)
         val_set = build_dataset(cfg.data, "val", train=False) if main else None

@@ -70,7 +70,7 @@ def plot_mr_fppi(
     ax.grid(True, which="both", alpha=0.3)
     if title:
         ax.set_title(title)
-    ax.legend(loc="lower left", fontsize=8, title="MR⁻²", title_fontsize=8)
+    ax.legend(loc="lower left", fontsize=9, title="MR⁻²", title_fontsize=9)
     if own and path is not None:
         fig.tight_layout()
         fig.savefig(path, dpi=120)

@@ -25,8 +25,10 @@ class ModelConfig:
     # box_nms_thresh, box_detections_per_img and the fcos_*/dw_* fields; the anchor, rpn_*
     # and other box_* fields are Faster R-CNN's
     arch: Literal["faster_rcnn", "fcos"] = "faster_rcnn"
-    # fcos only: fcos (FCOS's own centre-sampling assignment) | dw (Dual Weighting, pedcrowd.losses.dw)
-    assigner: Literal["fcos", "dw"] = "fcos"
+    # fcos only: fcos (FCOS's own centre-sampling assignment) | dw (Dual Weighting,
+    # pedcrowd.losses.dw); null: the arch's own (fcos for arch fcos; Faster R-CNN has its
+    # RPN and RoI matchers, so a Faster R-CNN config leaves it null)
+    assigner: Literal["fcos", "dw"] | None = None
     # resnet50_fpn | resnet18_fpn | mobilenet_v3_fpn | tiny_fpn (CPU demo, no pretrained weights)
     backbone: str = "tiny_fpn"
     # none (random init) | imagenet (torchvision backbone weights from the local torch hub cache)
@@ -94,6 +96,10 @@ class ModelConfig:
     # the edges (x1, y1, x2, y2) instead of centre/size, as the official KL-Loss configs
     # (XYXY); --box-loss kl turns it on; needed by postprocess.var_voting
     box_std_head: bool = False
+
+    def __post_init__(self) -> None:
+        if self.arch == "fcos" and self.assigner is None:  # the saved config names what ran
+            self.assigner = "fcos"
 
 
 @dataclass

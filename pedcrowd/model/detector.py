@@ -54,10 +54,10 @@ def build_model(cfg: ModelConfig) -> torch.nn.Module:
         from pedcrowd.model.fcos import build_fcos
 
         return build_fcos(cfg)
-    if cfg.assigner != "fcos":
+    if cfg.assigner not in (None, "fcos"):  # fcos: what configs of pedcrowd <= 0.1 saved
         raise PedcrowdError(
             f"model.assigner: {cfg.assigner!r} is for model.arch fcos (Faster R-CNN has its own "
-            "RPN and RoI matchers); set model.arch: fcos or model.assigner: fcos"
+            "RPN and RoI matchers); set model.arch: fcos or model.assigner: null"
         )
     levels = backbone_levels(cfg.backbone)
     if len(cfg.anchor_sizes) != levels:

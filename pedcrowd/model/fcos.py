@@ -106,7 +106,7 @@ def build_fcos(cfg: ModelConfig) -> PedFCOS:
     model.transform = PedTransform(
         cfg.min_size, cfg.max_size, IMAGE_MEAN, IMAGE_STD, train_scale=cfg.train_scale
     )
-    model.assigner = cfg.assigner
+    model.assigner = cfg.assigner or "fcos"
     model.dw_prior_sigma = cfg.dw_prior_sigma
     model.dw_neg_overlap = cfg.dw_neg_overlap
     if weights not in ("none", "imagenet"):

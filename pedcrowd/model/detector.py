@@ -127,7 +127,11 @@ def build_model(cfg: ModelConfig) -> torch.nn.Module:
         box_std_head=cfg.box_std_head,
     )
     install_criteria(model, cfg)
-    if weights not in ("none", "imagenet"):
+    if weights == "coco":
+        from pedcrowd.model.pretrained import load_coco_into
+
+        load_coco_into(model, cfg)
+    elif weights not in ("none", "imagenet"):
         report = load_weights(model, weights)
         log.info("loaded %s: %d tensors", weights, len(report.loaded))
     return model
@@ -190,7 +194,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> WeightsReport:
     path = Path(path)
     if not path.is_file():
         raise PedcrowdError(
-            f"model.weights: {path} is not a file (expected none, imagenet or a checkpoint path)"
+            f"model.weights: {path} is not a file (expected none, imagenet, coco or a checkpoint path)"
         )
     # weights_only=True: a file holding anything but tensors, containers and numbers
     # is refused, never executed (pedcrowd's own checkpoints hold only those).

@@ -109,7 +109,11 @@ def build_fcos(cfg: ModelConfig) -> PedFCOS:
     model.assigner = cfg.assigner
     model.dw_prior_sigma = cfg.dw_prior_sigma
     model.dw_neg_overlap = cfg.dw_neg_overlap
-    if weights not in ("none", "imagenet"):
+    if weights == "coco":
+        from pedcrowd.model.pretrained import load_coco_into
+
+        load_coco_into(model, cfg)
+    elif weights not in ("none", "imagenet"):
         load_weights(model, weights)
     return model
 

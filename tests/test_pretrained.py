@@ -4,6 +4,7 @@ architecture with random weights: the real COCO weights cannot be fetched here).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import http.server
@@ -133,6 +134,24 @@ def test_imagenet_start_downloads_through_torchvision(server, torch_home, monkey
     model = build_model(cfg)
     assert torch.equal(model.backbone.body.layer3[1].conv2.weight, body.layer3[1].conv2.weight)
     assert (torch_home / "hub" / "checkpoints" / name).is_file()
+
+
+def test_checkpoint_of_a_pretrained_start_rebuilds_for_inference(tmp_path):
+    """A model that started from pretrained weights trains with frozen BatchNorm (no
+    num_batches_tracked): load_for_inference rebuilds those layers, nothing downloaded."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from pedcrowd.engine.checkpoint import load_matching_state
+
+    cfg = ModelConfig(backbone="resnet18_fpn", anchor_sizes=(16, 32, 64, 128, 256))
+    torch.save(build_model(cfg).state_dict(), tmp_path / "start.pt")
+    cfg = dataclasses.replace(cfg, weights=str(tmp_path / "start.pt"))
+    trained = build_model(cfg).state_dict()
+    (tmp_path / "start.pt").unlink()  # the start is not needed to rebuild
+    rebuilt = build_model(cfg, load=False)
+    assert isinstance(rebuilt.backbone.body.bn1, FrozenBatchNorm2d)
+    load_matching_state(rebuilt, trained, "ckpt.pt")
+    assert torch.equal(rebuilt.backbone.body.layer1[0].bn1.running_var, trained["backbone.body.layer1.0.bn1.running_var"])
 
 
 # --- COCO ---------------------------------------------------------------------------------------

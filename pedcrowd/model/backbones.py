@@ -123,7 +123,7 @@ def load_imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
     return fetch_state_dict(_torchvision_weights(backbone), f"model.weights: imagenet ({backbone})")
 
 
-def build_backbone(name: str, weights: str, trainable_layers: int) -> nn.Module:
+def build_backbone(name: str, weights: str, trainable_layers: int, *, load: bool = True) -> nn.Module:
     """The feature extractor + FPN called ``name`` (see :data:`NUM_LEVELS`).
 
     Args:
@@ -132,6 +132,8 @@ def build_backbone(name: str, weights: str, trainable_layers: int) -> nn.Module:
             weights), ``coco`` or a checkpoint path (both loaded later, by the caller).
         trainable_layers: body stages left trainable when starting from pretrained
             weights; with ``none`` all train (a random frozen stage would never learn).
+        load: False builds the layers ``weights`` implies (frozen BatchNorm when
+            pretrained) without loading them: a checkpoint's tensors come next.
 
     Returns:
         a module with ``out_channels`` mapping [N, 3, H, W] to an ordered dict of feature maps.
@@ -159,7 +161,7 @@ def build_backbone(name: str, weights: str, trainable_layers: int) -> nn.Module:
         "resnet18_fpn": resnet18,
         "mobilenet_v3_fpn": mobilenet_v3_large,
     }[name](weights=None, norm_layer=norm_layer)
-    if imagenet:
+    if imagenet and load:
         body.load_state_dict(load_imagenet_state_dict(name))
     max_layers = 6 if name == "mobilenet_v3_fpn" else 5
     if not 0 <= trainable_layers <= max_layers:

@@ -173,11 +173,9 @@ def load_coco_into(model: torch.nn.Module, cfg) -> None:
     unknown = [k for k in state if k not in own]
     if unknown:
         raise PedcrowdError(f"model.weights: coco: {len(unknown)} tensors have no place in the model, e.g. {unknown[0]}")
+    # FrozenBatchNorm2d eps stays 1e-5 (torchvision's COCO_V1 builder sets 0): eps is not in
+    # the state dict, so a checkpoint rebuilt for inference gets 1e-5 again, as in training
     model.load_state_dict(state, strict=False)
-    if cfg.arch == "faster_rcnn":
-        from torchvision.models.detection._utils import overwrite_eps
-
-        overwrite_eps(model, 0.0)  # as torchvision's builder does for these (legacy) weights
     built = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     for note in notes:
         log.warning("model.weights: coco: %s", note)

@@ -133,7 +133,8 @@ class TrainSetConfig:
 class DataConfig:
     """Where the data is and how it becomes training targets."""
 
-    format: str = "citypersons"  # citypersons | caltech | crowdhuman | coco (pedcrowd.formats.registry)
+    # citypersons | mot | widerperson | caltech | crowdhuman | coco (pedcrowd.formats.registry)
+    format: str = "citypersons"
     root: str = "data/synth"  # data set directory (pedcrowd data synth writes this layout)
     train_split: str = "train"  # split names as in the layout (Caltech: train | test | all)
     val_split: str = "val"

@@ -114,6 +114,11 @@ FORMATS: dict[str, DatasetFormat] = {
             images=("{root}/{split}", "{root}"), claims="pedcrowd.formats.mot:is_mot_folder",
             image_candidates="pedcrowd.formats.mot:image_candidates",
         ),
+        DatasetFormat(  # before caltech, which reads any other folder or .txt
+            "widerperson", "pedcrowd.formats.widerperson:read_widerperson", ("/", ".txt"),
+            annotations=("{root}/{split}.txt",), images=("{root}/Images",),
+            claims="pedcrowd.formats.widerperson:is_widerperson",
+        ),
         DatasetFormat(
             "caltech", "pedcrowd.formats.caltech:read_caltech_text", ("/", ".txt"),
             annotations=("{root}/annotations",), images=("{root}/images",), protocol="caltech",

@@ -94,3 +94,15 @@ def test_two_iterations_on_real_mot17_frames(shared_data, tmp_path):
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     saved = json.loads((run / "val_eval.json").read_text())
     assert saved["results"]["All"]["n_images"] == 6
+
+
+@pytest.mark.parametrize("name", ["coco_citypersons.yaml", "coco_crowdhuman_mot17.yaml"])
+def test_coco_configs_load(name):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    assert cfg.model.weights == "coco" and cfg.model.backbone == "resnet50_fpn"
+    assert cfg.model.representation_size == 1024 and cfg.synth is None
+    if name == "coco_crowdhuman_mot17.yaml":
+        assert [s.format for s in cfg.data.train] == ["crowdhuman", "mot", "citypersons"]
+        assert cfg.data.train[1].gt_filter.min_visibility == 0.1 and cfg.data.train[2].gt_filter is None

@@ -97,8 +97,15 @@ def resolve_device(device: str) -> torch.device:
 
 def load_model(weights: str | Path, device: torch.device) -> torch.nn.Module:
     """The detector (Faster R-CNN or FCOS) in eval mode from a run directory (its best.pt,
-    else last.pt) or a checkpoint, post-processing as its config's ``postprocess`` section says."""
+    else last.pt) or a checkpoint, post-processing as its config's ``postprocess`` section says;
+    ``coco``: torchvision's COCO Faster R-CNN as it is, its person detections
+    (:func:`pedcrowd.model.pretrained.coco_person_detector`, a zero-shot pedestrian detector)."""
     from pedcrowd.engine.checkpoint import load_for_inference
+
+    if str(weights) == "coco" and not Path(weights).exists():
+        from pedcrowd.model.pretrained import coco_person_detector
+
+        return coco_person_detector().to(device).eval()
 
     model, cfg = load_for_inference(weights, device=str(device))
     configure_postprocess(model, cfg.postprocess)
@@ -172,7 +179,7 @@ def infer(
     Args:
         inputs: image files, folders (recursive), glob patterns, videos (mp4/avi).
         weights: a run directory (its best.pt, else last.pt, with the config stored
-            in it) or a checkpoint;
+            in it), a checkpoint, or ``coco`` (torchvision's COCO model, person class);
             or pass ``model`` instead (a torchvision FasterRCNN).
         out_file: write the detection JSON here.
         vis_dir: write annotated images (and ``VIDEO_vis.mp4`` per video) here.

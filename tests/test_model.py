@@ -350,14 +350,17 @@ def empty_torch_home(tmp_path, monkeypatch):
     return home
 
 
-def test_imagenet_weights_missing_is_a_clear_error(empty_torch_home):
+def test_imagenet_weights_missing_is_a_clear_error(empty_torch_home, monkeypatch):
+    """Downloads forbidden (issue 25: downloads are the default now; tests/test_pretrained.py)."""
+    monkeypatch.setenv("PEDCROWD_OFFLINE", "1")
     cfg = dataclasses.replace(
         SMALL, backbone="resnet18_fpn", weights="imagenet", anchor_sizes=(16, 32, 64, 128, 256)
     )
     expected = empty_torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     with pytest.raises(PedcrowdError) as err:
         build_model(cfg)
-    assert str(expected) in str(err.value) and "never downloads" in str(err.value)
+    assert str(expected) in str(err.value) and "PEDCROWD_OFFLINE forbids downloads" in str(err.value)
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in str(err.value)
     assert not expected.exists()
     with pytest.raises(PedcrowdError, match="tiny_fpn has no ImageNet weights"):
         build_model(dataclasses.replace(SMALL, weights="imagenet"))

@@ -174,7 +174,7 @@ def stats(
             ("mean visible ratio", f"{numbers['mean_visibility']:.3f}"),
             ("ignore regions", numbers["ignore_regions"]),
             ("group boxes", numbers["groups"]),
-            ("other ignored (riders, sitting, ...)", numbers["other_ignored"]),
+            ("other ignored (riders, sitting, flagged ignore, ...)", numbers["other_ignored"]),
         ]
         for name, value in rows:
             table.add_row(name, str(value))

@@ -25,7 +25,9 @@ def infer_command(
         typer.Option(
             "--weights", "-w",
             help="A training run directory (uses its best.pt, else last.pt, and the config "
-            "stored in it) or a checkpoint file.",
+            "stored in it), a checkpoint file, or coco: torchvision's COCO Faster R-CNN as it is "
+            "(its person class, a zero-shot pedestrian detector; downloaded on first use unless "
+            "PEDCROWD_OFFLINE=1).",
             show_default=False,
         ),
     ],

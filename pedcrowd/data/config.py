@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from pedcrowd.errors import PedcrowdError
 
 if TYPE_CHECKING:
-    from pedcrowd.data.datasets import DetectionDataset
+    from pedcrowd.data.datasets import ConcatDetectionDataset, DetectionDataset
 
 @dataclass
 class SynthConfig:
@@ -116,10 +116,25 @@ class AugmentConfig:
 
 
 @dataclass
+class TrainSetConfig:
+    """One entry of ``data.train``: a training set in its own format and layout."""
+
+    format: str = "citypersons"  # any data.format (pedcrowd.formats.registry)
+    root: str = ""  # its directory (required)
+    split: str = "train"  # the layout's split name
+    annotations: str | None = None  # explicit annotation file/folder instead of the layout's
+    images: str | None = None  # explicit image directory instead of the layout's
+    coco_category: str = "person"  # format coco: the category trained as pedestrians
+    # which annotations are objects in this set; null: data.gt_filter
+    gt_filter: GtFilterConfig | None = None
+
+
+@dataclass
 class DataConfig:
     """Where the data is and how it becomes training targets."""
 
-    format: str = "citypersons"  # citypersons | caltech | crowdhuman | coco (pedcrowd.formats.registry)
+    # citypersons | mot | widerperson | caltech | crowdhuman | coco (pedcrowd.formats.registry)
+    format: str = "citypersons"
     root: str = "data/synth"  # data set directory (pedcrowd data synth writes this layout)
     train_split: str = "train"  # split names as in the layout (Caltech: train | test | all)
     val_split: str = "val"
@@ -130,6 +145,10 @@ class DataConfig:
     train_images: str | None = None
     val_images: str | None = None
     coco_category: str = "person"  # COCO: the category trained as pedestrians
+    # Several training sets at once (e.g. CrowdHuman + MOT17 + CityPersons), each with its
+    # own format, root, split and GT filter; they replace format/root/train_* for training
+    # (validation stays format/root/val_*). Empty: the one set above.
+    train: list[TrainSetConfig] = field(default_factory=list)
     gt_filter: GtFilterConfig = field(default_factory=GtFilterConfig)
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -141,22 +160,34 @@ class DataConfig:
 
 def build_dataset(
     cfg: DataConfig, split: str, train: bool, *, seed: int | None = None
-) -> DetectionDataset:
+) -> DetectionDataset | ConcatDetectionDataset:
     """The dataset for one split of ``cfg``.
 
     Args:
         cfg: the data config.
         split: ``train`` or ``val`` (use ``cfg.train_split``/``cfg.val_split``
-            and their annotation/image overrides), or any other split name
-            of the layout (no overrides).
+            and their annotation/image overrides; ``train`` with ``cfg.train`` set:
+            those sets, concatenated), or any other split name of the layout (no overrides).
         train: apply the augmentation and the background policy; otherwise
             every image is served as it is.
         seed: overrides ``cfg.seed``.
     """
     from pedcrowd.data import datasets
-    from pedcrowd.data.transforms import TrainTransform
     from pedcrowd.formats.registry import dataset_format
 
+    if split == "train" and cfg.train:
+        for k, s in enumerate(cfg.train):
+            if not s.root:
+                raise PedcrowdError(f"data.train[{k}].root: missing; every training set needs its directory")
+        sets = [
+            _format_dataset(
+                dataset_format(s.format), s.root, s.split, s.annotations, s.images,
+                {"coco_category": s.coco_category}, s.gt_filter or cfg.gt_filter, cfg, train,
+                (cfg.seed if seed is None else seed) + k,
+            )
+            for k, s in enumerate(cfg.train)
+        ]
+        return datasets.ConcatDetectionDataset(sets)
     fmt = dataset_format(cfg.format)
     if split == "train":
         name, annotations, images = cfg.train_split, cfg.train_annotations, cfg.train_images
@@ -164,6 +195,19 @@ def build_dataset(
         name, annotations, images = cfg.val_split, cfg.val_annotations, cfg.val_images
     else:
         name, annotations, images = split, None, None
+
+    return _format_dataset(
+        fmt, cfg.root, name, annotations, images, {"coco_category": cfg.coco_category},
+        cfg.gt_filter, cfg, train, cfg.seed if seed is None else seed,
+    )
+
+
+def _format_dataset(fmt, root, split, annotations, images, fields: dict, gt_filter: GtFilterConfig,
+                    cfg: DataConfig, train: bool, seed: int) -> DetectionDataset:
+    """One :class:`~pedcrowd.data.datasets.FormatDataset`; ``fields``: the ``data:`` fields
+    its format's reader options come from (``fmt.options``)."""
+    from pedcrowd.data import datasets
+    from pedcrowd.data.transforms import TrainTransform
 
     aug = cfg.augment
     transform = None
@@ -181,16 +225,12 @@ def build_dataset(
             )
         except ValueError as exc:
             raise PedcrowdError(f"data.augment: {exc}") from None
-    common = dict(
-        gt_filter=datasets.GtFilter(
-            cfg.gt_filter.min_height, cfg.gt_filter.min_visibility, tuple(cfg.gt_filter.promote)
-        ),
+    options = {key: fields[attr] for key, attr in fmt.options.items()}
+    return datasets.FormatDataset(
+        root, split, format=fmt.name, annotations=annotations, images=images, **options,
+        gt_filter=datasets.GtFilter(gt_filter.min_height, gt_filter.min_visibility, tuple(gt_filter.promote)),
         background=cfg.background.policy if train else "keep",
         background_ratio=cfg.background.ratio,
         transform=transform,
-        seed=cfg.seed if seed is None else seed,
-    )
-    options = {key: getattr(cfg, attr) for key, attr in fmt.options.items()}
-    return datasets.FormatDataset(
-        cfg.root, name, format=cfg.format, annotations=annotations, images=images, **options, **common
+        seed=seed,
     )

@@ -287,6 +287,25 @@ class FormatDataset(DetectionDataset):
         return self.format.image_paths(self.image_root, record)
 
 
+class ConcatDetectionDataset(torch.utils.data.ConcatDataset):
+    """Several training sets served as one (``data.train``), in order, each with its own
+    format, filter and augmentation draws.
+
+    Image ids repeat across sets (each set numbers its own images); training does not
+    use them. ``records``: every set's served records, in order.
+    """
+
+    collate_fn = staticmethod(collate_fn)
+
+    def __init__(self, datasets: Sequence[DetectionDataset]) -> None:
+        super().__init__(datasets)
+        self.records = [r for d in datasets for r in d.records]
+
+    def set_epoch(self, epoch: int) -> None:
+        for d in self.datasets:
+            d.set_epoch(epoch)
+
+
 class CityPersonsDataset(FormatDataset):
     """CityPersons: ``root/leftImg8bit/{split}/CITY/*_leftImg8bit.png`` with ``anno_{split}.mat``
     (or the evaluation JSON ``{split}_gt.json``) in ``root/annotations/`` or ``root/``."""

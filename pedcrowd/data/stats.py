@@ -40,7 +40,7 @@ def dataset_stats(root: str | Path, split: str = "val", format: str = "cityperso
     Returns:
         a flat dict: ``images``, ``pedestrians``, ``empty_images`` (no
         annotation at all), ``images_without_pedestrians``, ``ignore_regions``,
-        ``groups``, ``other_ignored`` (riders, sitting, ...), ``setups``
+        ``groups``, ``other_ignored`` (riders, sitting, pedestrians flagged ignore, ...), ``setups``
         (CityPersons setup name -> pedestrians inside it), ``heavy_to_reasonable``
         (``Reasonable_occ=heavy`` / ``Reasonable``), ``boxes_per_image`` (mean
         pedestrians), ``max_boxes_per_image``, ``overlap_pairs`` (pedestrian pairs
@@ -53,7 +53,9 @@ def dataset_stats(root: str | Path, split: str = "val", format: str = "cityperso
     counts = {"ignore_regions": 0, "groups": 0, "other_ignored": 0}
     empty = no_ped = 0
     for rec in records:
-        ped = rec.categories == PEDESTRIAN
+        # a pedestrian the format flags as ignored (COCO iscrowd/ignore, CityPersons JSON
+        # ignore) is not one the evaluation counts: it is an "other ignored" box here too
+        ped = (rec.categories == PEDESTRIAN) & ~rec.ignore
         counts["ignore_regions"] += int((rec.categories == IGNORE_REGION).sum())
         counts["groups"] += int((rec.categories == GROUP).sum())
         counts["other_ignored"] += int(
@@ -149,7 +151,7 @@ def write_samples(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise PedcrowdError(f"{out_dir}: cannot create the samples folder ({e.strerror or e})") from None
-    with_people = [r for r in records if (r.categories == PEDESTRIAN).any()] or records
+    with_people = [r for r in records if ((r.categories == PEDESTRIAN) & ~r.ignore).any()] or records
     if not with_people or n <= 0:
         return []
     picks = np.unique(
@@ -163,7 +165,10 @@ def write_samples(
         image = cv2.imread(str(path))
         if image is None:
             raise PedcrowdError(f"{path}: missing or unreadable image")
-        target = out_dir / f"{split}_{Path(rec.file_name).stem}.png"
+        # the whole relative name: MOT17-02/img1/000001.jpg and MOT17-04/img1/000001.jpg
+        # (Caltech's I00029.jpg of every video) must not overwrite each other
+        flat = Path(rec.file_name).with_suffix("").as_posix().replace("/", "_")
+        target = out_dir / f"{split}_{flat}.png"
         if not cv2.imwrite(str(target), draw_annotations(image, rec)):
             raise PedcrowdError(f"{target}: cannot write the sample image")
         written.append(target)

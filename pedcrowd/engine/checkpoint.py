@@ -15,7 +15,6 @@ file holding other objects instead of running them (see :mod:`pedcrowd.safeload`
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 from pathlib import Path
@@ -144,8 +143,9 @@ def load_for_inference(
         raise PedcrowdError(f"{path}: not a pedcrowd training checkpoint (no model/config)")
     cfg = config_from_dict(ckpt["config"], source=str(path))
     # The trained weights replace whatever build_model initialises, so never
-    # load pretrained backbone weights here (they may not exist on this machine).
-    model = build_model(dataclasses.replace(cfg.model, weights="none"))
+    # load pretrained weights here (they may not exist on this machine); but build the
+    # layers they imply (a pretrained start trains with frozen BatchNorm).
+    model = build_model(cfg.model, load=False)
     load_matching_state(model, ckpt["model"], path)
     model.to(device).eval()
     return model, cfg

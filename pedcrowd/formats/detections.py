@@ -323,8 +323,9 @@ def read_detections(path: str | Path, images: list[ImageRecord]) -> Detections:
     """Read detections for the given images.
 
     Args:
-        path: a results JSON list, or a Caltech result tree / file
-            (per-video ``setXX/VYYY.txt``, per-frame ``setXX/VYYY/I#####.txt``).
+        path: a results JSON list, a Caltech result tree / file
+            (per-video ``setXX/VYYY.txt``, per-frame ``setXX/VYYY/I#####.txt``),
+            or a MOTChallenge ``det.txt`` (:func:`pedcrowd.formats.mot.read_mot_detections`).
         images: the evaluation's images (ids and file names to match).
 
     Returns:
@@ -337,6 +338,11 @@ def read_detections(path: str | Path, images: list[ImageRecord]) -> Detections:
             image, NaN score or negative size, naming the file.
     """
     p = existing_path(path, "file or folder")
+    if p.is_file() and p.suffix.lower() == ".txt":
+        from pedcrowd.formats.mot import is_mot_detections, read_mot_detections
+
+        if is_mot_detections(p):
+            return read_mot_detections(p, images)
     if p.is_dir() or p.suffix.lower() == ".txt":
         return read_caltech_detections(p, images)
     return read_detections_json(p, images)

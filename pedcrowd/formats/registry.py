@@ -109,6 +109,16 @@ FORMATS: dict[str, DatasetFormat] = {
             images=("{root}/leftImg8bit/{split}",),
             claims="pedcrowd.formats.citypersons:is_citypersons_file",
         ),
+        DatasetFormat(  # before caltech, which reads any other folder
+            "mot", "pedcrowd.formats.mot:read_mot", ("/",), annotations=("{root}/{split}", "{root}"),
+            images=("{root}/{split}", "{root}"), claims="pedcrowd.formats.mot:is_mot_folder",
+            image_candidates="pedcrowd.formats.mot:image_candidates",
+        ),
+        DatasetFormat(  # before caltech, which reads any other folder or .txt
+            "widerperson", "pedcrowd.formats.widerperson:read_widerperson", ("/", ".txt"),
+            annotations=("{root}/{split}.txt",), images=("{root}/Images",),
+            claims="pedcrowd.formats.widerperson:is_widerperson",
+        ),
         DatasetFormat(
             "caltech", "pedcrowd.formats.caltech:read_caltech_text", ("/", ".txt"),
             annotations=("{root}/annotations",), images=("{root}/images",), protocol="caltech",

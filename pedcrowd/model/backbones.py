@@ -110,35 +110,30 @@ def imagenet_weights_path(backbone: str) -> Path:
 
 
 def load_imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
-    """The cached ImageNet state dict of the backbone's body; never downloads.
+    """The ImageNet state dict of the backbone's body: the torch hub cache's file, else
+    downloaded and hash-checked by torchvision (:func:`pedcrowd.model.pretrained.fetch_state_dict`).
 
     Raises:
-        PedcrowdError: the file is not in the torch hub cache (the message says
-            which file to put where).
+        PedcrowdError: not cached and no download possible or allowed (the message
+            names the URL and where to put the file), or a file that fails the check.
     """
-    path = imagenet_weights_path(backbone)
-    if not path.is_file():
-        url = _torchvision_weights(backbone).url
-        raise PedcrowdError(
-            f"model.weights: imagenet weights for {backbone} not found at {path}; pedcrowd never downloads. "
-            f"Download {url} and put it there (the torch hub cache, TORCH_HOME/hub/checkpoints), "
-            "or use weights: none"
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated download shows up here
-        raise PedcrowdError(f"model.weights: cannot read imagenet weights {path}: {exc}") from exc
+    from pedcrowd.model.pretrained import fetch_state_dict
+
+    imagenet_weights_path(backbone)  # tiny_fpn: the explanation
+    return fetch_state_dict(_torchvision_weights(backbone), f"model.weights: imagenet ({backbone})")
 
 
-def build_backbone(name: str, weights: str, trainable_layers: int) -> nn.Module:
+def build_backbone(name: str, weights: str, trainable_layers: int, *, load: bool = True) -> nn.Module:
     """The feature extractor + FPN called ``name`` (see :data:`NUM_LEVELS`).
 
     Args:
         name: resnet50_fpn | resnet18_fpn | mobilenet_v3_fpn | tiny_fpn.
-        weights: ``none``, ``imagenet`` (the body starts from the cached torchvision
-            ImageNet weights) or a checkpoint path (loaded later, by the caller).
+        weights: ``none``, ``imagenet`` (the body starts from torchvision's ImageNet
+            weights), ``coco`` or a checkpoint path (both loaded later, by the caller).
         trainable_layers: body stages left trainable when starting from pretrained
             weights; with ``none`` all train (a random frozen stage would never learn).
+        load: False builds the layers ``weights`` implies (frozen BatchNorm when
+            pretrained) without loading them: a checkpoint's tensors come next.
 
     Returns:
         a module with ``out_channels`` mapping [N, 3, H, W] to an ordered dict of feature maps.
@@ -166,7 +161,7 @@ def build_backbone(name: str, weights: str, trainable_layers: int) -> nn.Module:
         "resnet18_fpn": resnet18,
         "mobilenet_v3_fpn": mobilenet_v3_large,
     }[name](weights=None, norm_layer=norm_layer)
-    if imagenet:
+    if imagenet and load:
         body.load_state_dict(load_imagenet_state_dict(name))
     max_layers = 6 if name == "mobilenet_v3_fpn" else 5
     if not 0 <= trainable_layers <= max_layers:

@@ -31,8 +31,10 @@ class ModelConfig:
     assigner: Literal["fcos", "dw"] | None = None
     # resnet50_fpn | resnet18_fpn | mobilenet_v3_fpn | tiny_fpn (CPU demo, no pretrained weights)
     backbone: str = "tiny_fpn"
-    # none (random init) | imagenet (torchvision backbone weights from the local torch hub cache)
-    # | PATH (a pedcrowd checkpoint or a torchvision detector state dict)
+    # none (random init) | imagenet (torchvision's backbone weights: the torch hub cache's file,
+    # else downloaded and hash-checked; PEDCROWD_OFFLINE=1 forbids downloads) | coco
+    # (torchvision's COCO detector, resnet50_fpn only: background + person rows, see
+    # pedcrowd.model.pretrained) | PATH (a pedcrowd checkpoint or a torchvision detector state dict)
     weights: str = "none"
     # backbone stages left trainable when starting from imagenet or a checkpoint (resnet 0-5,
     # mobilenet 0-6; BatchNorm is then frozen); with weights none every stage trains

@@ -36,7 +36,7 @@ IMAGE_STD = [0.229, 0.224, 0.225]
 ROI_OUTPUT_SIZE = 7
 
 
-def build_model(cfg: ModelConfig) -> torch.nn.Module:
+def build_model(cfg: ModelConfig, *, load: bool = True) -> torch.nn.Module:
     """The detector described by ``cfg``, with ``cfg.weights`` loaded.
 
     ``cfg.arch == "fcos"``: :func:`pedcrowd.model.fcos.build_fcos`; otherwise:
@@ -46,6 +46,9 @@ def build_model(cfg: ModelConfig) -> torch.nn.Module:
     ``transform`` a :class:`PedTransform`. Training targets: ``boxes`` [K, 4]
     xyxy, ``labels`` [K] (all 1), optional ``ignore_boxes`` [M, 4] xyxy.
 
+    ``load=False``: the layers ``cfg.weights`` implies (a pretrained start trains with
+    frozen BatchNorm), nothing loaded, for a checkpoint's tensors to replace.
+
     Raises:
         PedcrowdError: unknown backbone, anchor sizes that do not fit its levels,
             missing or unreadable weights.
@@ -53,7 +56,7 @@ def build_model(cfg: ModelConfig) -> torch.nn.Module:
     if cfg.arch == "fcos":
         from pedcrowd.model.fcos import build_fcos
 
-        return build_fcos(cfg)
+        return build_fcos(cfg, load=load)
     if cfg.assigner not in (None, "fcos"):  # fcos: what configs of pedcrowd <= 0.1 saved
         raise PedcrowdError(
             f"model.assigner: {cfg.assigner!r} is for model.arch fcos (Faster R-CNN has its own "
@@ -66,7 +69,7 @@ def build_model(cfg: ModelConfig) -> torch.nn.Module:
             f"{list(cfg.anchor_sizes)}; give one size per level, finest first"
         )
     weights = str(cfg.weights)
-    backbone = build_backbone(cfg.backbone, weights, cfg.trainable_layers)
+    backbone = build_backbone(cfg.backbone, weights, cfg.trainable_layers, load=load)
 
     anchor_generator = AnchorGenerator(
         sizes=tuple((int(s),) for s in cfg.anchor_sizes),
@@ -127,7 +130,13 @@ def build_model(cfg: ModelConfig) -> torch.nn.Module:
         box_std_head=cfg.box_std_head,
     )
     install_criteria(model, cfg)
-    if weights not in ("none", "imagenet"):
+    if not load:
+        return model
+    if weights == "coco":
+        from pedcrowd.model.pretrained import load_coco_into
+
+        load_coco_into(model, cfg)
+    elif weights not in ("none", "imagenet"):
         report = load_weights(model, weights)
         log.info("loaded %s: %d tensors", weights, len(report.loaded))
     return model
@@ -190,7 +199,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> WeightsReport:
     path = Path(path)
     if not path.is_file():
         raise PedcrowdError(
-            f"model.weights: {path} is not a file (expected none, imagenet or a checkpoint path)"
+            f"model.weights: {path} is not a file (expected none, imagenet, coco or a checkpoint path)"
         )
     # weights_only=True: a file holding anything but tensors, containers and numbers
     # is refused, never executed (pedcrowd's own checkpoints hold only those).

@@ -54,8 +54,9 @@ FCOS_STRIDES = {
 }
 
 
-def build_fcos(cfg: ModelConfig) -> PedFCOS:
-    """The FCOS detector described by ``cfg`` (``cfg.arch == "fcos"``), weights loaded.
+def build_fcos(cfg: ModelConfig, *, load: bool = True) -> PedFCOS:
+    """The FCOS detector described by ``cfg`` (``cfg.arch == "fcos"``), weights loaded
+    (``load=False``: see :func:`pedcrowd.model.detector.build_model`).
 
     Raises:
         PedcrowdError: a backbone FCOS cannot use, bad head settings, unreadable weights.
@@ -80,7 +81,7 @@ def build_fcos(cfg: ModelConfig) -> PedFCOS:
         if not ok:
             raise PedcrowdError(f"model.{key}: {value} must be {want}")
     weights = str(cfg.weights)
-    backbone = build_backbone(cfg.backbone, weights, cfg.trainable_layers)
+    backbone = build_backbone(cfg.backbone, weights, cfg.trainable_layers, load=load)
     anchor_generator = AnchorGenerator(
         sizes=tuple((s,) for s in strides), aspect_ratios=((1.0,),) * len(strides)
     )
@@ -109,7 +110,11 @@ def build_fcos(cfg: ModelConfig) -> PedFCOS:
     model.assigner = cfg.assigner or "fcos"
     model.dw_prior_sigma = cfg.dw_prior_sigma
     model.dw_neg_overlap = cfg.dw_neg_overlap
-    if weights not in ("none", "imagenet"):
+    if load and weights == "coco":
+        from pedcrowd.model.pretrained import load_coco_into
+
+        load_coco_into(model, cfg)
+    elif load and weights not in ("none", "imagenet", "coco"):
         load_weights(model, weights)
     return model
 

@@ -255,8 +255,9 @@ def _any_rank(info: ddp.DistInfo, device: torch.device) -> Callable[[bool], bool
 
 
 def _max_over_ranks(info: ddp.DistInfo) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """In-place elementwise max of a flag tensor over the ranks: one all-reduce (None: one process)."""
-    if not info.enabled:
+    """In-place elementwise max of a flag tensor over the ranks: one all-reduce (None: no
+    process group, a plain run)."""
+    if not torch.distributed.is_initialized():
         return None
 
     def reduce(flags: torch.Tensor) -> torch.Tensor:

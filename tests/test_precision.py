@@ -74,7 +74,7 @@ def model_for(name: str) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("name", list(TECHNIQUES))
-def test_one_bf16_autocast_step_of_every_technique_gives_finite_float32_terms(name):
+def test_one_bf16_autocast_step_of_every_technique_gives_finite_float32_terms_and_grads(name):
     model = model_for(name)
     seen = []  # the dtype the backbone's first stage computes in: bfloat16 under autocast
     first = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
@@ -88,14 +88,7 @@ def test_one_bf16_autocast_step_of_every_technique_gives_finite_float32_terms(na
     sum(losses.values()).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-
-
-@pytest.mark.parametrize("name", list(TECHNIQUES))
-def test_no_technique_leaves_a_parameter_without_gradient(name):
-    """Why DDP runs with find_unused_parameters=False for every technique."""
-    model = model_for(name)
-    losses = model(*batch())
-    sum(losses.values()).backward()
+    # every trainable parameter has a gradient: why DDP runs with find_unused_parameters off
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert unused == []
 

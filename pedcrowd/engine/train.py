@@ -299,7 +299,7 @@ def _run(
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None,
                 # every technique gives every trainable parameter a gradient at every step
-                # (tests/test_precision.py::test_no_technique_leaves_a_parameter_without_gradient)
+                # (tests/test_precision.py, the one-step test of every technique)
                 find_unused_parameters=False,
             )
         iters_per_epoch = len(train_set) // (tcfg.batch_size * info.world_size)

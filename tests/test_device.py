@@ -310,3 +310,51 @@ def test_bgr_to_tensor_equals_torch_float_division_for_every_byte():
     want = torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1).contiguous().float().div_(255.0)
     got = bgr_to_tensor(bgr)
     assert got.dtype == torch.float32 and got.is_contiguous() and torch.equal(got, want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_fit_with_train_amp_on_the_cpu(tmp_path, monkeypatch, has_bf16):
+    """A tiny run with train.amp: bfloat16 autocast where the CPU has it; elsewhere a
+    warning and float32 (the loop sees amp=True but autocasts nothing)."""
+    from tiny_run import TINY_SYNTH, tiny_overrides
+
+    from pedcrowd.data.synth import ensure_synth
+    from pedcrowd.engine.config import Config, apply_overrides
+    from pedcrowd.engine.reporter import Reporter
+    from pedcrowd.engine.train import fit
+
+    monkeypatch.setattr(loop, "_cpu_has_bf16", lambda: has_bf16)
+    ensure_synth(tmp_path / "synth", TINY_SYNTH)
+    cfg = apply_overrides(Config(), [*tiny_overrides(tmp_path / "synth"), "train.amp=true",
+                                     "train.eval_every=0"])
+    conv_dtypes = []
+
+    class Warnings(Reporter):
+        messages: list[str] = []
+
+        def warning(self, message):
+            self.messages.append(message)
+
+    from pedcrowd.model import detector
+
+    real_build = detector.build_model
+
+    def build_and_watch(mcfg):
+        model = real_build(mcfg)
+        first = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+        first.register_forward_hook(lambda m, i, o: conv_dtypes.append(o.dtype) if m.training else None)
+        return model
+
+    monkeypatch.setattr(detector, "build_model", build_and_watch)
+    rep = Warnings()
+    _, summary = fit(cfg, tmp_path / "run", reporter=rep)
+    assert summary["iterations"] == 2 and summary["final_mr"] is not None
+    amp_warnings = [m for m in rep.messages if m.startswith("train.amp")]
+    if has_bf16:
+        assert amp_warnings == [] and set(conv_dtypes) == {torch.bfloat16}
+    else:
+        assert amp_warnings == [
+            "train.amp: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX); training in float32"
+        ]
+        assert set(conv_dtypes) == {torch.float32}

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,7 +40,7 @@ from pedcrowd.engine.inference import (
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import write_text_atomic
 from pedcrowd.formats.detections import ImageIds, file_name_index
-from pedcrowd.media.decode import Item, iter_items
+from pedcrowd.media.decode import Item, decode_workers, iter_items
 from pedcrowd.media.sources import collect_sources, count_frames
 from pedcrowd.model.config import PostprocessConfig
 
@@ -195,7 +194,8 @@ def infer(
         vis_score_thr: the lowest score drawn on ``vis`` images.
         batch_size: images per forward pass.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        workers: image decoding threads (default: one per CPU core, at most 8).
+        workers: image decoding threads; 0 decodes between batches (default: on a GPU one
+            per CPU core, at most 8; on the CPU the cores torch's threads leave free).
         on_start: called once with the expected number of images + frames.
         on_progress: called with the number of images done after each batch.
         on_skip: called with (name, reason) for each undecodable image.
@@ -210,7 +210,7 @@ def infer(
     sources = collect_sources(inputs)
     expected = count_frames(sources)  # also fails early on a video that cannot be opened
     dev = resolve_device(device)
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = decode_workers(dev.type) if workers is None else workers
     if model is None:
         model = load_model(weights, dev)
     else:

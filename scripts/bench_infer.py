@@ -91,6 +91,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads for both (default: torch's); on a loaded shared "
                     "machine use 1: spin-waiting OpenMP workers make multi-thread timings erratic")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="pedcrowd infer's decoding threads (default: its own choice, "
+                    "pedcrowd.media.decode.decode_workers)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,8 +109,12 @@ def main() -> None:
         model = load_model(weights, device)
         files = sorted(folder.rglob("*.png"))
         tensors = [bgr_to_tensor(cv2.imread(str(p))) for p in files]
+        from pedcrowd.media.decode import decode_workers
+
+        workers = decode_workers(device.type) if args.workers is None else args.workers
         print(f"device {device}, {len(files)} images {args.height}x{args.width}, "
-              f"batch {args.batch_size}, torch threads {torch.get_num_threads()}")
+              f"batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
+              f"decode threads {workers} (0: between batches)")
 
         bare_loop(model, tensors[: args.batch_size], args.batch_size, device)  # warm-up
         # Time the forward passes inside the tool too (hooks, no wrapper): what the
@@ -120,7 +127,7 @@ def main() -> None:
             bare_times.append(bare_loop(model, tensors, args.batch_size, device))
             model_time[0] = 0.0
             res = infer([folder], model=model, out_file=tmp / "dets.json",
-                        batch_size=args.batch_size, device=str(device))
+                        batch_size=args.batch_size, device=str(device), workers=workers)
             tool_times.append(res.seconds)
             outside.append(res.seconds - model_time[0])
         bare, tool = min(bare_times), min(tool_times)
@@ -128,12 +135,13 @@ def main() -> None:
         print(f"bare forward loop : {bare:7.3f} s  {n / bare:7.2f} images/s  (all {_fmt(bare_times)})")
         print(f"pedcrowd infer    : {tool:7.3f} s  {n / tool:7.2f} images/s  (all {_fmt(tool_times)})")
         print(f"overhead          : {100 * (tool / bare - 1):+.1f} %  (fastest vs fastest; target <= 10 %)")
+        print(f"ratio             : {tool / bare:.3f}x the bare loop")
         print(f"time outside the forward passes in infer: {_fmt(outside)} s, "
               f"{100 * min(outside) / bare:.1f} % of the bare loop")
 
         video = make_video(tmp / "clip.mp4", files, args.video_frames)
         res = infer([video], model=model, out_file=tmp / "video.json",
-                    batch_size=args.batch_size, device=str(device))
+                    batch_size=args.batch_size, device=str(device), workers=workers)
         print(f"video             : {res.n_images} frames in {res.seconds:.3f} s, "
               f"{res.images_per_s:.2f} frames/s")
 

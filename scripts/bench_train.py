@@ -22,6 +22,10 @@ batch (the order rotating every step), each median against the default's
     python scripts/bench_train.py --steps 30 --set train.batch_size=4
     python scripts/bench_train.py --config configs/nms_ped_citypersons.yaml --device cuda
     python scripts/bench_train.py --options all --steps 20   # focal, ghm, qfl, ohem, pisa, ...
+    python scripts/bench_train.py --amp-compare --steps 10   # train.amp off vs on (CPU: bfloat16)
+
+``--amp-compare`` times pedcrowd's step with ``train.amp`` off and on (CUDA float16, CPU
+bfloat16 autocast where the CPU has it), alternating, on the same weights and batch.
 """
 
 from __future__ import annotations
@@ -147,6 +151,49 @@ def bench_options(cfg, names: list[str], images, targets, device, steps: int, wa
         print(f"{name:10s} {med * 1000:10.1f} {med / default:7.3f} {target:>7s}")
 
 
+def bench_amp(cfg, images, targets, device, steps: int, warmup: int) -> None:
+    """Median step time of pedcrowd's engine step, train.amp off against on."""
+    from pedcrowd.engine.loop import amp_dtype
+    from pedcrowd.engine.train import _install_crowd_losses, train_one_epoch
+    from pedcrowd.model import build_model
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    _install_crowd_losses(model, cfg)
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=cfg.optim.momentum)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
+    dtype = amp_dtype(device)
+    scalers = {amp: torch.amp.GradScaler(device.type, enabled=amp and dtype == torch.float16)
+               for amp in (False, True)}
+
+    def step(amp: bool, i: int) -> float:
+        torch.manual_seed(i)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        train_one_epoch(model, opt, sched, scalers[amp], [(images, targets)], device, 0,
+                        amp=amp, grad_clip=cfg.optim.grad_clip)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t
+
+    print(f"backbone {cfg.model.backbone}, batch {len(images)}, input {cfg.model.min_size}x"
+          f"{cfg.model.max_size}, device {device}, torch threads {torch.get_num_threads()}, "
+          f"amp dtype {dtype}")
+    for i in range(warmup):
+        step(False, i)
+        step(True, i)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(steps):
+        for amp in ((False, True) if i % 2 == 0 else (True, False)):
+            times[amp].append(step(amp, 1000 + i))
+    off, on = statistics.median(times[False]), statistics.median(times[True])
+    print(f"float32 step median {off * 1000:8.1f} ms  (all {[round(t * 1000) for t in times[False]]})")
+    print(f"amp step     median {on * 1000:8.1f} ms  (all {[round(t * 1000) for t in times[True]]})")
+    print(f"amp speed-up: {off / on:.3f}x (target >= 1.3x on a GPU)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="YAML config (default: the CPU demo)")
@@ -158,6 +205,8 @@ def main() -> None:
     parser.add_argument("--loader-steps", type=int, default=20,
                         help="engine steps on the real DataLoader for the data-wait figure")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--amp-compare", action="store_true",
+                        help="time pedcrowd's step with train.amp off and on instead")
     parser.add_argument("--options", default=None,
                         help="time these sample-imbalance options against the default instead "
                         f"(comma-separated, or all: {', '.join(OPTIONS)})")
@@ -194,6 +243,10 @@ def main() -> None:
         print(f"config: {args.config or 'CPU demo'}, batch {bs}, input {cfg.model.min_size}x"
               f"{cfg.model.max_size}, device {device}, torch threads {torch.get_num_threads()}")
         bench_options(cfg, names, images, targets, device, args.steps, args.warmup)
+        return
+
+    if args.amp_compare:
+        bench_amp(cfg, images, targets, device, args.steps, args.warmup)
         return
 
     torch.manual_seed(cfg.train.seed)

@@ -105,8 +105,9 @@ def infer_command(
     ] = "auto",
     workers: Annotated[
         int | None,
-        typer.Option(help="Background threads decoding images while the model runs "
-                     "[default: one per CPU core, at most 8].", show_default=False),
+        typer.Option(help="Background threads decoding images while the model runs; 0 decodes "
+                     "between batches [default: with CUDA one per CPU core, at most 8; on the CPU "
+                     "the cores torch's threads leave free].", show_default=False, min=0),
     ] = None,
 ) -> None:
     """Detect pedestrians in images and videos; write detections.json (and --vis images).

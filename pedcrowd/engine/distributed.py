@@ -45,11 +45,16 @@ def init_distributed(device: torch.device) -> DistInfo:
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        backend = backend_for(device)
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend, init_method="env://")
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def backend_for(device: torch.device) -> str:
+    """The process group backend for ``device``: NCCL on CUDA, gloo on the CPU."""
+    return "nccl" if device.type == "cuda" else "gloo"
 
 
 def local_rank_from_env() -> int:

@@ -94,6 +94,27 @@ def _nonfinite_terms(values: dict[str, float]) -> str:
     return ", ".join(bad) or "the sum of finite terms overflows"
 
 
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype ``train.amp`` means on ``device``, None for float32.
+
+    CUDA: float16, with a :class:`torch.amp.GradScaler` (every CUDA GPU runs it).
+    CPU: bfloat16 where the CPU has bfloat16 instructions (AVX512-BF16 or
+    AMX-BF16; no loss scaling needed, bfloat16 has float32's range); elsewhere
+    None: torch would emulate bfloat16, slower than float32, so the run trains in
+    float32 (:func:`pedcrowd.engine.train.fit` says so in a warning).
+    """
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and _cpu_has_bf16():
+        return torch.bfloat16
+    return None
+
+
+def _cpu_has_bf16() -> bool:
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -112,16 +133,24 @@ def train_one_epoch(
     state: EpochState | None = None,
     max_nonfinite: int = 5,
     should_stop: Callable[[], bool] | None = None,
-    any_rank: Callable[[bool], bool] | None = None,
+    reduce_flags: Callable[[torch.Tensor], torch.Tensor] | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> tuple[int, dict[str, float]]:
     """One pass over ``loader``; returns the next global iteration and mean losses.
+
+    One host read per step: the loss terms, the gradient norm (when clipped) and
+    the step's flags (non-finite, stop) go to the host together, as one tensor,
+    after the backward pass; nothing else in the loop waits for the device (a
+    float16 :class:`GradScaler`'s ``step`` reads its own inf flag once more).
+    A step with a non-finite loss has run its backward pass too; its gradients
+    are dropped.
 
     Args:
         loader: yields ``(images, targets)``: lists of [3, H, W] tensors and
             torchvision target dicts (``boxes`` [K, 4] xyxy, ``labels`` [K],
             ``ignore_boxes`` [M, 4]).
         iteration: global iteration at the start of the epoch (for the logs).
+        amp: autocast in :func:`amp_dtype`'s precision (a no-op where that is None).
         on_step: called after every step with the step's record (losses, lr,
             images/s, data wait); the record is logged when ``log`` is True.
         state: the epoch's running sums (continued from a mid-epoch checkpoint;
@@ -129,35 +158,53 @@ def train_one_epoch(
         max_nonfinite: a step with a non-finite loss (or gradient norm) is
             skipped with a warning (no optimiser update; the lr schedule still
             advances); this many in a row raise :class:`Diverged`.
-        should_stop: checked after every step; True ends the pass early.
-        any_rank: under DDP, "is this flag true on any rank" (so that every rank
-            skips the same steps and stops at the same one).
+        should_stop: this process's "stop now" (a signal), checked every step;
+            True (on any rank) ends the pass after the step.
+        reduce_flags: under DDP, the in-place max over ranks of a [2] float tensor
+            (non-finite, stop): one all-reduce per step, so that every rank skips
+            the same steps and stops at the same one.
     """
     model.train()
     state = state if state is not None else EpochState()
-    any_rank = any_rank or (lambda flag: flag)
+    reduce_flags = reduce_flags or (lambda flags: flags)
+    should_stop = should_stop or (lambda: False)
     warn = warn or (lambda message: None)
-    use_amp = amp and device.type == "cuda"
+    dtype = amp_dtype(device) if amp else None
     end = time.perf_counter()
     for images, targets in loader:
         data_wait = time.perf_counter() - end
         images, targets = _to_device(list(images), list(targets), device)
-        with torch.autocast(device.type, enabled=use_amp):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss_dict = model(images, targets)
+        names = list(loss_dict)
+        terms = torch.stack([v.detach().float() for v in loss_dict.values()])  # [T]
         loss = sum(loss_dict.values())
-        values = {k: float(v.detach()) for k, v in loss_dict.items()}
-        total = sum(values.values())
         optimizer.zero_grad(set_to_none=True)
-        bad = any_rank(not math.isfinite(total))
-        if not bad:
-            scaler.scale(loss).backward()
-            if grad_clip is not None and grad_clip > 0:
-                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                if not use_amp and any_rank(not math.isfinite(float(norm))):
-                    bad, values = True, {**values, "grad_norm": float(norm)}
-                    optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        checked = [terms]
+        unscaled = False
+        if grad_clip is not None and grad_clip > 0:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            unscaled = True
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            if not scaler.is_enabled():  # (a GradScaler skips inf gradients itself)
+                checked.append(norm.detach().float().reshape(1))
+        flags = torch.stack([
+            (~torch.isfinite(torch.cat(checked)).all()).float(),
+            torch.full((), float(should_stop()), device=terms.device),
+        ])  # [2] non-finite, stop
+        host = torch.cat([*checked, reduce_flags(flags)]).tolist()  # the step's one host read
+        values = dict(zip(names, host[: len(names)], strict=True))
+        total = sum(values.values())
+        bad, stop = host[-2] > 0 or not math.isfinite(total), host[-1] > 0
         if bad:
+            if len(checked) > 1 and not math.isfinite(host[len(names)]):
+                values = {**values, "grad_norm": host[len(names)]}
+            optimizer.zero_grad(set_to_none=True)
+            if scaler.is_enabled():  # an update() ends the step for the scaler (and lowers the scale)
+                if not unscaled:
+                    scaler.unscale_(optimizer)
+                scaler.update()
             state.nonfinite_run += 1
             where = f"epoch {epoch + 1}, iteration {iteration + 1}"
             if state.nonfinite_run >= max_nonfinite:
@@ -178,8 +225,8 @@ def train_one_epoch(
         with warnings.catch_warnings():  # torch warns when a skipped first step precedes this
             warnings.simplefilter("ignore", UserWarning)
             scheduler.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        # no device synchronisation: the host read above waited for this step's forward and
+        # backward; its optimiser step is counted in the next step's time (steady state)
         step_time = time.perf_counter() - end
         end = time.perf_counter()
 
@@ -193,6 +240,6 @@ def train_one_epoch(
                 "log": iteration % log_every == 0, "skipped": bad,
             }
             on_step(record)
-        if should_stop is not None and should_stop():
+        if stop:
             break
     return iteration, state.means()

@@ -66,6 +66,7 @@ from pedcrowd.engine.inference import configure_postprocess, run_detector
 from pedcrowd.engine.loop import (  # noqa: F401 - train_one_epoch, make_loader re-exported
     Diverged,
     EpochState,
+    amp_dtype,
     make_loader,
     train_one_epoch,
 )
@@ -241,14 +242,27 @@ def _same_on_all_ranks(run_dir: Path, info: ddp.DistInfo) -> Path:
 
 
 def _any_rank(info: ddp.DistInfo, device: torch.device) -> Callable[[bool], bool]:
-    """``flag`` -> True when it is True on any rank (a collective under DDP)."""
+    """``flag`` -> True when it is True on any rank (a collective under DDP; once per epoch,
+    the training steps reduce their flags with :func:`_max_over_ranks`)."""
     if not info.enabled:
         return lambda flag: flag
+    reduce = _max_over_ranks(info)
 
-    def reduce(flag: bool) -> bool:
-        t = torch.tensor([1.0 if flag else 0.0], device=device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return bool(t.item() > 0)
+    def any_rank(flag: bool) -> bool:
+        return bool(reduce(torch.full((1,), float(flag), device=device)).item() > 0)
+
+    return any_rank
+
+
+def _max_over_ranks(info: ddp.DistInfo) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """In-place elementwise max of a flag tensor over the ranks: one all-reduce (None: no
+    process group, a plain run)."""
+    if not torch.distributed.is_initialized():
+        return None
+
+    def reduce(flags: torch.Tensor) -> torch.Tensor:
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        return flags
 
     return reduce
 
@@ -286,11 +300,19 @@ def _run(
         if info.enabled:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None,
+                # every technique gives every trainable parameter a gradient at every step
+                # (tests/test_precision.py, the one-step test of every technique)
+                find_unused_parameters=False,
             )
         iters_per_epoch = len(train_set) // (tcfg.batch_size * info.world_size)
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.schedule, iters_per_epoch, tcfg.epochs)
-        scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp and device.type == "cuda")
+        precision = amp_dtype(device) if tcfg.amp else None
+        if tcfg.amp and precision is None:
+            rep.warning(f"train.amp: this {device.type.upper()} has no bfloat16 instructions "
+                        "(AVX512-BF16 or AMX); training in float32")
+        # loss scaling for float16 only (bfloat16 has float32's exponent range)
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
         cfg_dict = config_to_dict(cfg)
 
         start_epoch, iteration, best_mr, history, state = 0, 0, math.inf, [], EpochState()
@@ -341,11 +363,8 @@ def _run(
                 write_run_curves(run_dir)  # curves.png follows the run, checkpoint by checkpoint
             ddp.barrier(info)
 
-        stopping = [False]
-
-        def should_stop() -> bool:
-            stopping[0] = any_rank(stop.signum is not None)
-            return stopping[0]
+        def should_stop() -> bool:  # this process's flag; the step reduces it with the others
+            return stop.signum is not None
 
         def interrupted() -> Interrupted:
             return Interrupted(stop.signum or signal.SIGTERM, run_dir, run_dir / rundir.LAST, iteration)
@@ -373,9 +392,10 @@ def _run(
                 iteration=iteration, amp=tcfg.amp, grad_clip=cfg.optim.grad_clip,
                 log_every=tcfg.log_every, on_step=on_step, world_size=info.world_size,
                 state=state, max_nonfinite=tcfg.max_nonfinite_steps, should_stop=should_stop,
-                any_rank=any_rank, warn=rep.warning,
+                reduce_flags=_max_over_ranks(info), warn=rep.warning,
             )
-            if stopping[0]:  # a signal: checkpoint where we are (even at the epoch's last step)
+            if any_rank(stop.signum is not None):  # a signal: checkpoint where we are (even at
+                # the epoch's last step); one collective per epoch
                 write_last(epoch)
                 raise interrupted()
             means = ddp.all_mean(means, info, device)

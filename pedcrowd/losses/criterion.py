@@ -6,7 +6,7 @@ the classification term under the stage's torchvision name
 (``loss_classifier`` / ``loss_objectness``), the box term (``loss_box_reg`` /
 ``loss_rpn_box_reg``), the sampler's extra terms and every extra term with a
 non-zero weight (``loss_nms_pull``; at the RPN ``loss_rpn_nms_pull``), each
-already multiplied by its weight. A term whose weights are all 0 is never
+already multiplied by its weight, all in float32 (also under autocast). A term whose weights are all 0 is never
 computed. Which terms and with which options comes from the ``loss:`` config
 section (:mod:`pedcrowd.losses.config`); the criterion keeps each term's state
 (e.g. GHM's moving averages) as plain detached tensors between steps.
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from pedcrowd.losses.config import TERMS, LossConfig
+from pedcrowd.model.precision import full_precision
 
 if TYPE_CHECKING:
     from pedcrowd.model.samples import StageSamples
@@ -89,7 +90,12 @@ class StageCriterion:
         return any(getattr(o, "candidates", "sampled") == "all" for _, o, _ in self.extras.values())
 
     def __call__(self, s: StageSamples) -> dict[str, Tensor]:
-        """The weighted loss terms of ``s``."""
+        """The weighted loss terms of ``s``, computed in float32 with autocast off
+        (:mod:`pedcrowd.model.precision`), whatever precision the heads ran in."""
+        with full_precision(s.deltas.device.type):
+            return self._terms(s.float32())
+
+    def _terms(self, s: StageSamples) -> dict[str, Tensor]:
         prefix = "loss_rpn_" if self.stage == "rpn" else "loss_"
         losses: dict[str, Tensor] = {}
         if self.sampler is not None:  # may set s.weights before the cls and box terms

@@ -78,15 +78,16 @@ def term_rows(s: StageSamples, rows: str) -> Tensor:
     return sampled_rows(s)
 
 
-def normaliser(s: StageSamples, rows: Tensor, normalize: str) -> float:
+def normaliser(s: StageSamples, rows: Tensor, normalize: str) -> Tensor | float:
     """What a classification term divides its sum by: the number of ``rows`` (``sampled``,
     the mean torchvision's cross-entropy takes and mmdetection's two-stage heads use) or of
     positives among them (``positives``, RetinaNet / GFL); ``auto``: RoI head ``sampled``,
     RPN ``positives``. Never below 1 (an all-background batch)."""
     if normalize == "auto":
         normalize = "positives" if s.stage == "rpn" else "sampled"
-    count = int(s.positive[rows].sum().item()) if normalize == "positives" else rows.numel()
-    return float(max(count, 1))
+    if normalize == "positives":  # a device tensor: no host read in the step
+        return s.positive[rows].sum().clamp(min=1).to(s.class_logits.dtype)
+    return float(max(rows.numel(), 1))
 
 
 def focal_rows(s: StageSamples, rows: Tensor, options: FocalConfig) -> Tensor:

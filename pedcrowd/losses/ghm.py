@@ -96,16 +96,14 @@ def ghm_weights(
     dtype = g.dtype
     g = g.detach().to(torch.promote_types(dtype, torch.float32))  # at least float32 under autocast
     valid = valid & torch.isfinite(g) & (g < last_edge)
-    tot = max(float(valid.sum().item()), 1.0)
+    tot = valid.sum().clamp(min=1).to(g.dtype)  # device tensors, no host read (also n)
     edges = torch.arange(1, bins, device=g.device, dtype=g.dtype) / bins  # inner edges [bins-1]
     region = torch.bucketize(
         g.clamp(min=0.0).nan_to_num(0.0), edges, right=True
     )  # [K] in 0..bins-1
     counts = torch.bincount(region[valid], minlength=bins).to(g.dtype)  # [bins]
     filled = counts > 0
-    n = int(filled.sum().item())
-    if n == 0:
-        return torch.zeros_like(g, dtype=dtype), tot
+    n = filled.sum().to(g.dtype)  # 0: no region filled, every weight below is 0
     if momentum > 0:
         if state is None:
             raise ValueError("ghm_weights: momentum > 0 needs a GHMState")
@@ -115,7 +113,9 @@ def ghm_weights(
         density = acc
     else:
         density = counts
-    per_region = torch.where(filled, tot / (density.clamp(min=torch.finfo(g.dtype).tiny) * n), 0.0)
+    per_region = torch.where(
+        filled, (density.clamp(min=torch.finfo(g.dtype).tiny) * n).reciprocal() * tot, 0.0
+    )
     weights = torch.where(valid, per_region[region], torch.zeros_like(g))
     return weights.to(dtype), tot
 

@@ -350,7 +350,7 @@ def rpn_candidates(s: StageSamples, options: NmsLossConfig):
         parts["score"].append(scores[rows[pos]])
         parts["anchor"].append(s.boxes[rows[pos]])
         parts["gt"].append(gt[pos] + g0)
-        parts["img"].append(torch.full((int(pos.sum()),), i, dtype=torch.long, device=scores.device))
+        parts["img"].append(torch.full_like(gt[pos], i))  # [P] int64 (no host read of P)
     return Positives(
         pred_boxes=torch.cat(parts["box"]),
         scores=torch.cat(parts["score"]),

@@ -108,9 +108,8 @@ def _preserve_sum(weights: Tensor, loss: Tensor) -> Tensor:
     """Scale ``weights`` so that ``sum(w * loss) == sum(loss)`` (unchanged if the weighted sum is 0)."""
     loss = loss.detach().to(weights.dtype)
     new = (weights * loss).sum()
-    if not torch.isfinite(new) or new <= 0:
-        return weights
-    return weights * (loss.sum() / new)
+    keep = ~torch.isfinite(new) | (new <= 0)  # decided on the device: no host read
+    return torch.where(keep, weights, weights * (loss.sum() / new))
 
 
 def isr_p_weights(
@@ -207,7 +206,7 @@ def isr_n_select(
 
 
 def carl_loss(
-    scores: Tensor, box_loss: Tensor, *, k: float = 1.0, bias: float = 0.2, avg_factor: float
+    scores: Tensor, box_loss: Tensor, *, k: float = 1.0, bias: float = 0.2, avg_factor: float | Tensor
 ) -> Tensor:
     """Classification-aware regression loss. [P], [P] -> scalar.
 
@@ -221,6 +220,8 @@ def carl_loss(
         return (scores.sum() + box_loss.sum()) * 0.0
     w = (bias + (1.0 - bias) * scores).pow(k)
     w = w * (scores.shape[0] / w.sum())
+    if isinstance(avg_factor, Tensor):
+        return (w * box_loss).sum() / avg_factor.clamp(min=1.0)
     return (w * box_loss).sum() / max(avg_factor, 1.0)
 
 
@@ -303,11 +304,11 @@ class PisaSampler(RandomSampler):
         s.weights = weights  # classification only; the box loss stays unweighted (official)
         if opts.carl_weight == 0.0:
             return {}
-        sampled = int(s.sampled.sum().item())
+        sampled = s.sampled.sum().to(s.deltas.dtype)  # a device tensor: no host read
         box = torch.nn.functional.smooth_l1_loss(
             s.deltas[pos], s.target_deltas[pos], beta=opts.box_beta, reduction="none"
         ).sum(dim=1)
         carl = carl_loss(
-            s.scores()[pos], box, k=opts.carl_k, bias=opts.carl_bias, avg_factor=float(sampled)
+            s.scores()[pos], box, k=opts.carl_k, bias=opts.carl_bias, avg_factor=sampled
         )
         return {"carl": opts.carl_weight * carl + zero_loss(s)}

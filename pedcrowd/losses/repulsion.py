@@ -137,7 +137,7 @@ def batched_repulsion_loss(
         with torch.no_grad():
             proposal_iou = box_iou(proposals.to(dtype), gt_boxes)  # [N,G]
             proposal_iou[image_index[:, None] != gt_image_index[None, :]] = -1.0
-            proposal_iou[torch.arange(pred_boxes.shape[0]), gt_index] = -1.0  # not its own GT
+            proposal_iou[torch.arange(pred_boxes.shape[0], device=gt_index.device), gt_index] = -1.0  # not its own GT
             best_iou, target = proposal_iou.max(1)  # [N]
             has_target = best_iou > 0  # [N]
         iog = intersection_over_gt(pred_boxes[has_target], gt_boxes[target[has_target]])  # [T]

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, RPNHead, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.model.backbones import ROI_FEATURE_NAMES, backbone_levels, build_backbone
 from pedcrowd.model.config import ModelConfig
+from pedcrowd.model.precision import Float32AnchorGenerator
 from pedcrowd.model.roi_heads import PedRoIHeads
 from pedcrowd.model.rpn import PedRegionProposalNetwork
 from pedcrowd.model.transform import PedTransform
@@ -71,7 +71,7 @@ def build_model(cfg: ModelConfig, *, load: bool = True) -> torch.nn.Module:
     weights = str(cfg.weights)
     backbone = build_backbone(cfg.backbone, weights, cfg.trainable_layers, load=load)
 
-    anchor_generator = AnchorGenerator(
+    anchor_generator = Float32AnchorGenerator(
         sizes=tuple((int(s),) for s in cfg.anchor_sizes),
         aspect_ratios=(tuple(float(r) for r in cfg.aspect_ratios),) * levels,
     )

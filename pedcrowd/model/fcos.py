@@ -37,12 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead, FCOSRegressionHead
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.model.config import ModelConfig
+from pedcrowd.model.precision import Float32AnchorGenerator, at_least_float32, full_precision
 from pedcrowd.model.transform import PedTransform
 
 # feature strides of each backbone's levels, finest first (mobilenet_v3_fpn returns two
@@ -82,7 +82,7 @@ def build_fcos(cfg: ModelConfig, *, load: bool = True) -> PedFCOS:
             raise PedcrowdError(f"model.{key}: {value} must be {want}")
     weights = str(cfg.weights)
     backbone = build_backbone(cfg.backbone, weights, cfg.trainable_layers, load=load)
-    anchor_generator = AnchorGenerator(
+    anchor_generator = Float32AnchorGenerator(
         sizes=tuple((s,) for s in strides), aspect_ratios=((1.0,),) * len(strides)
     )
     head = FCOSHead(backbone.out_channels, 1, 1, cfg.fcos_num_convs)
@@ -228,8 +228,20 @@ class PedFCOS(FCOS):
         anchors: list[Tensor],
         num_anchors_per_level: list[int],
     ) -> dict[str, Tensor]:
-        # the losses in float32 (under CUDA autocast the head's outputs are half precision)
-        head_outputs = {k: v.float() for k, v in head_outputs.items()}
+        # the losses in float32 with autocast off (under autocast the head's outputs are half
+        # precision; pedcrowd.model.precision)
+        with full_precision(anchors[0].device.type):
+            return self._float32_loss(
+                targets, {k: v.float() for k, v in head_outputs.items()}, anchors, num_anchors_per_level
+            )
+
+    def _float32_loss(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        num_anchors_per_level: list[int],
+    ) -> dict[str, Tensor]:
         if self.assigner == "dw":
             from pedcrowd.losses.dw import dw_loss
 
@@ -244,7 +256,11 @@ class PedFCOS(FCOS):
         return fcos_loss(head_outputs, anchors, targets, matched, self.box_coder)
 
     def postprocess_detections(self, head_outputs, anchors, image_shapes):
-        dets = super().postprocess_detections(head_outputs, anchors, image_shapes)
+        with full_precision(anchors[0][0].device.type):  # thresholds and NMS in float32
+            dets = super().postprocess_detections(
+                {k: [at_least_float32(v) for v in levels] for k, levels in head_outputs.items()},
+                anchors, image_shapes,
+            )
         for d in dets:
             d["labels"] = d["labels"] + 1  # the one logit is the pedestrian class
         return dets

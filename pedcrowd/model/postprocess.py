@@ -45,6 +45,7 @@ import torch
 from torchvision.ops import nms
 
 from pedcrowd.model.config import PostprocessConfig
+from pedcrowd.model.precision import at_least_float32, full_precision
 
 OFFICIAL_VOTE_IOU = 0.01  # KL-Loss STD_TH for the stdiou method
 _LOG2E = 1.4426950408889634  # log2(e)
@@ -229,8 +230,26 @@ def suppress(
         scores: [N]. variances: [N, 4] (needed when ``cfg.var_voting``).
 
     Returns:
-        keep [D] indices into the candidates, scores [D], boxes [D, 4].
+        keep [D] indices into the candidates, scores [D], boxes [D, 4], in float32 also
+        under autocast (half-precision inputs are cast; the IoUs, exponentials, sort and
+        the voting product run with autocast off: :mod:`pedcrowd.model.precision`).
     """
+    with full_precision(boxes.device.type):
+        return _suppress(
+            at_least_float32(boxes), at_least_float32(scores), cfg, nms_thresh=nms_thresh,
+            max_det=max_det, variances=None if variances is None else at_least_float32(variances),
+        )
+
+
+def _suppress(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    cfg: PostprocessConfig,
+    *,
+    nms_thresh: float,
+    max_det: int,
+    variances: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if cfg.var_voting and variances is None:
         raise ValueError("variance voting needs the variances of the KL head")
     if cfg.nms == "hard":

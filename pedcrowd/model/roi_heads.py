@@ -21,6 +21,12 @@ from pedcrowd.model.config import PostprocessConfig
 from pedcrowd.model.ignore import exclude_ignored
 from pedcrowd.model.kl_head import EdgeBoxCoder, KLBoxPredictor
 from pedcrowd.model.postprocess import suppress
+from pedcrowd.model.precision import (
+    Float32BoxCoder,
+    at_least_float32,
+    full_precision,
+    same_autocast,
+)
 from pedcrowd.model.samples import StageSamples
 
 PEDESTRIAN = 1  # class index of the pedestrian (0 is background)
@@ -60,6 +66,7 @@ class PedRoIHeads(RoIHeads):
         self.drop_ignored_positives = drop_ignored_positives
         self.criterion = criterion if criterion is not None else build_criteria()[1]
         self.postprocess = PostprocessConfig()
+        self.box_coder = Float32BoxCoder.like(self.box_coder)
         if box_std_head:  # the KL layer is drawn after every other weight: those stay the same
             self.box_predictor = KLBoxPredictor(self.box_predictor)
             self.box_coder = EdgeBoxCoder()
@@ -197,16 +204,19 @@ class PedRoIHeads(RoIHeads):
         assert targets is not None
         proposals, matched_idxs, labels = self.assign_proposals(proposals, targets)
 
+        network_precision = same_autocast(proposals[0].device.type)
+
         def score(rows: list[Tensor]) -> StageSamples:  # the box head without gradient (OHEM)
-            with torch.no_grad():
+            with torch.no_grad(), network_precision:
                 none = [torch.ones(len(r), dtype=torch.bool, device=r.device) for r in rows]
                 return self.stage_samples(
                     features, proposals, matched_idxs, labels, rows, none, targets, image_shapes
-                )
+                ).float32()
 
-        chosen = self.criterion.sampler.select(
-            SamplerContext(proposals, labels, self.fg_bg_sampler, score)
-        )  # per image [S] indices
+        with full_precision(proposals[0].device.type):  # the samplers' NMS and ranks in float32
+            chosen = self.criterion.sampler.select(
+                SamplerContext(proposals, labels, self.fg_bg_sampler, score)
+            )  # per image [S] indices
         rows, sampled = chosen, [torch.ones(len(c), dtype=torch.bool, device=c.device) for c in chosen]
         if self.criterion.needs_all_positives:  # every positive proposal, sampled ones first
             rows, sampled = [], []
@@ -272,6 +282,20 @@ class PedRoIHeads(RoIHeads):
             Per image boxes [D, 4], scores [D], labels [D] and box_std [D, 4]
             (pixels of the network input; None without the KL head).
         """
+        with full_precision(class_logits.device.type):  # thresholds, NMS, voting in float32
+            return self._postprocess_float32(
+                at_least_float32(class_logits), at_least_float32(box_regression), proposals,
+                image_shapes, None if box_log_var is None else at_least_float32(box_log_var),
+            )
+
+    def _postprocess_float32(
+        self,
+        class_logits: torch.Tensor,
+        box_regression: torch.Tensor,
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+        box_log_var: torch.Tensor | None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None]]:
         device = class_logits.device
         num_classes = class_logits.shape[-1]
         cfg = self.postprocess

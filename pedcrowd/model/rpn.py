@@ -12,6 +12,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_p
 
 from pedcrowd.losses.criterion import StageCriterion, build_criteria
 from pedcrowd.model.ignore import exclude_ignored
+from pedcrowd.model.precision import Float32BoxCoder
 from pedcrowd.model.samples import StageSamples
 
 
@@ -35,6 +36,7 @@ class PedRegionProposalNetwork(RegionProposalNetwork):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.box_coder = Float32BoxCoder.like(self.box_coder)  # proposals in float32 under autocast
         self.ignore_ioa_thresh = ignore_ioa_thresh
         self.drop_ignored_positives = drop_ignored_positives
         self.criterion = criterion if criterion is not None else build_criteria()[0]

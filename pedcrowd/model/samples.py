@@ -13,12 +13,15 @@ excluded), I = images. Boxes are ``xyxy`` in the network's input coordinates.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
 from torch import Tensor
 from torchvision.models.detection._utils import BoxCoder
+
+from pedcrowd.model.precision import at_least_float32
 
 
 @dataclass(eq=False)
@@ -100,6 +103,23 @@ class StageSamples:
     def pred_boxes(self) -> Tensor:
         """[N, 4] boxes decoded from ``deltas`` (with gradient)."""
         return self.box_coder.decode_single(self.deltas, self.boxes.to(self.deltas.dtype))
+
+    def float32(self) -> StageSamples:
+        """The same batch with every half-precision tensor (logits, deltas, boxes, weights,
+        extras) cast to float32, differentiably: what the criteria compute on under
+        autocast (:mod:`pedcrowd.model.precision`). ``self`` when nothing is half."""
+        fields = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extras"
+        }
+        cast = {k: at_least_float32(v) for k, v in fields.items() if isinstance(v, Tensor)}
+        cast["ignore_boxes"] = [at_least_float32(b) for b in self.ignore_boxes]
+        extras = {k: at_least_float32(v) for k, v in self.extras.items()}
+        changed = any(cast[k] is not fields[k] for k in cast if k != "ignore_boxes") or any(
+            a is not b for a, b in zip(cast["ignore_boxes"], self.ignore_boxes, strict=True)
+        ) or any(extras[k] is not v for k, v in self.extras.items())
+        if not changed:
+            return self
+        return dataclasses.replace(self, **cast, extras=extras)
 
     def subset(self, rows: Tensor) -> StageSamples:
         """The same batch restricted to ``rows`` (an index or bool mask over N)."""

@@ -85,7 +85,7 @@ def train_command(
     ] = False,
 ) -> None:
     """Train a pedestrian detector; with no arguments, the 10-minute CPU demo."""
-    from pedcrowd.engine.config import apply_overrides, load_config
+    from pedcrowd.engine.config import apply_overrides, check_config, config_source, load_config
     from pedcrowd.engine.train import train
 
     sets = list(overrides or [])
@@ -110,6 +110,7 @@ def train_command(
         if value is not None:
             sets.insert(0, f"loss.{key}={value}")  # before --set, after --loss
     cfg = apply_overrides(cfg, sets)
+    check_config(cfg, config_source(config, sets))  # relations, once every value is set
 
     from pedcrowd.engine.reporter import RichReporter
     from pedcrowd.engine.signals import Interrupted

@@ -60,7 +60,13 @@ from pedcrowd.engine.checkpoint import (
     set_rng_state,
     unwrap,
 )
-from pedcrowd.engine.config import Config, config_from_dict, config_to_dict, save_config
+from pedcrowd.engine.config import (
+    Config,
+    check_config,
+    config_from_dict,
+    config_to_dict,
+    save_config,
+)
 from pedcrowd.engine.curves import write_run_curves
 from pedcrowd.engine.inference import configure_postprocess, run_detector
 from pedcrowd.engine.loop import (  # noqa: F401 - train_one_epoch, make_loader re-exported
@@ -191,6 +197,7 @@ def fit(
         PedcrowdError: bad input, a locked or occupied run directory, divergence.
         Interrupted: SIGTERM/SIGINT; ``last.pt`` was written first.
     """
+    check_config(cfg)  # a config built in Python: the ranges and relations the loader checks
     cfg = _head_for_box_loss(cfg)
     tcfg = cfg.train
     run_dir = Path(out_dir if out_dir is not None else tcfg.out_dir)

@@ -137,6 +137,10 @@ class VisWriter:
         )
         if video is None:
             path = self.root / name
+            if not path.resolve().is_relative_to(self.root.resolve()) or path.is_symlink():
+                # names come from collect_sources, which keeps them inside; a link planted
+                # in the folder would redirect the write
+                raise PedcrowdError(f"{path}: refused: it lies outside {self.root} or is a symbolic link")
             path.parent.mkdir(parents=True, exist_ok=True)
             if not cv2.imwrite(str(path), drawn):
                 raise PedcrowdError(f"{path}: cannot write image")

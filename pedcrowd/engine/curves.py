@@ -14,14 +14,15 @@ display needed) and is imported only when a picture is drawn.
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pedcrowd.engine.metrics import read_metrics
+from pedcrowd.fileio import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -144,16 +145,12 @@ def plot_curves(
     # fixed margins: tight_layout costs more than the drawing itself
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.1, top=0.86 if title else 0.92,
                         wspace=0.3, hspace=0.55)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=72)
-        tmp.replace(path)
+        fig.savefig(buffer, dpi=72, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def write_run_curves(run_dir: str | Path) -> Path | None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
+
+from pedcrowd.fileio import open_nofollow
 
 
 class MetricsLog:
@@ -33,7 +36,9 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
+        # O_NOFOLLOW: a link planted at metrics.jsonl is refused, not written through
+        fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        with os.fdopen(fd, "a") as f:
             f.write(json.dumps(to_jsonable(record)) + "\n")
         if self._tb is not None:
             step = int(record.get("iter", 0))

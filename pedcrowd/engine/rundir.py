@@ -19,10 +19,12 @@ import contextlib
 import fcntl
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.fileio import LINK_REFUSED, open_nofollow, write_text_atomic
 
 LOCK_NAME = ".lock"
 LAST, PREV = "last.pt", "prev.pt"
@@ -37,8 +39,11 @@ class RunLock:
 
     def acquire(self) -> bool:
         """True when this process now holds the lock; False when another one does."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PedcrowdError(f"{self.path.parent}: cannot create the run directory ({e.strerror or e})") from None
+        fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)  # a planted link is refused
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -61,6 +66,25 @@ class RunLock:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
                 os.close(self._fd)
             self._fd = None
+
+
+@contextlib.contextmanager
+def locked_output(folder: Path) -> Iterator[RunLock]:
+    """``folder`` locked as a run directory while inside (``pedcrowd infer --out``): a
+    second writer is refused instead of mixing its files with this one's."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PedcrowdError(f"{folder}: --out names a file; give a folder")
+    lock = RunLock(folder)
+    if not lock.acquire():
+        raise PedcrowdError(
+            f"{folder}: another pedcrowd process (pid {lock.holder()}) is writing into this "
+            "folder; wait for it to finish or choose another --out"
+        )
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def claim_run_dir(run_dir: Path, explicit: bool, resume: bool) -> tuple[Path, RunLock]:
@@ -131,6 +155,8 @@ def truncate_metrics(run_dir: Path, iteration: int, eval_done: bool = True) -> i
     Returns the number of lines removed.
     """
     path = run_dir / "metrics.jsonl"
+    if path.is_symlink():
+        raise PedcrowdError(f"{path}: {LINK_REFUSED}")
     if not path.is_file():
         return 0
     kept, dropped = [], 0
@@ -146,9 +172,7 @@ def truncate_metrics(run_dir: Path, iteration: int, eval_done: bool = True) -> i
         else:
             dropped += 1
     if dropped:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
-        tmp.replace(path)
+        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
     return dropped
 
 

@@ -40,7 +40,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -80,7 +79,7 @@ from pedcrowd.engine.reporter import Reporter
 from pedcrowd.engine.schedule import build_optimizer, build_scheduler
 from pedcrowd.engine.signals import Interrupted, StopOnSignal
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.fileio import write_text_atomic
+from pedcrowd.fileio import copy_file_atomic, write_text_atomic
 from pedcrowd.formats.detections import output_to_xywh, results_entries
 from pedcrowd.formats.registry import dataset_format
 from pedcrowd.model.config import PostprocessConfig
@@ -341,8 +340,7 @@ def _run(
                     best_mr=best_mr, history=history, rng=rngs, config=cfg_dict,
                 )
                 if best:
-                    shutil.copyfile(run_dir / rundir.LAST, run_dir / ".best.pt.tmp")
-                    (run_dir / ".best.pt.tmp").replace(run_dir / "best.pt")
+                    copy_file_atomic(run_dir / rundir.LAST, run_dir / "best.pt")
                 write_run_curves(run_dir)  # curves.png follows the run, checkpoint by checkpoint
             ddp.barrier(info)
 

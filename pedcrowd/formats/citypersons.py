@@ -137,6 +137,16 @@ def citypersons_json_records(data: object, path: Path, category_id: int | None =
             f"{path}: annotation {_ann_name(anns[negative[0]])}: negative box size in 'bbox' "
             f"{cols['bbox'][negative[0]].tolist()}"
         )
+    twice = validate.first_duplicate(
+        cols["image_id"], np.column_stack([cols["bbox"], cols["category"] == PEDESTRIAN, cols["ignore"]])
+    )
+    if twice is not None:
+        i, j = twice
+        raise PedcrowdError(
+            f"{path}: annotations {_ann_name(anns[i])} and {_ann_name(anns[j])} are the same box "
+            f"{cols['bbox'][i].tolist()} of image {int(cols['image_id'][i])}: one person listed twice "
+            "would be counted twice"
+        )
     order = np.argsort(cols["image_id"], kind="stable")  # stable: file order within an image
     cols = {k: v[order] for k, v in cols.items()}
     ids_sorted = cols["image_id"]

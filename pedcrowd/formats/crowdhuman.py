@@ -55,7 +55,13 @@ def _parse_line(data: dict, index: int, first_ann_id: int, where: str) -> ImageR
         raise PedcrowdError(f"{where}: expected an object with an 'ID' field")
     if isinstance(data["ID"], bool) or not isinstance(data["ID"], str | int):
         raise PedcrowdError(f"{where}: 'ID' must be a string, got {data['ID']!r}")
-    objs = data.get("gtboxes", [])
+    image_id = str(data["ID"])
+    if image_id in ("", ".", "..") or "/" in image_id or "\\" in image_id or "\0" in image_id:
+        # the image is read from ROOT/Images/{ID}.jpg: a path would read outside the root
+        raise PedcrowdError(f"{where}: 'ID' must be a file name, not a path, got {image_id!r}")
+    if "gtboxes" not in data:  # every line of a CrowdHuman file has one, [] for no people
+        raise PedcrowdError(f"{where}: image {data['ID']!r} has no 'gtboxes' field")
+    objs = data["gtboxes"]
     if not isinstance(objs, list) or not all(isinstance(o, dict) for o in objs):
         raise PedcrowdError(f"{where}: 'gtboxes' must be a list of objects")
     fast = _fast_columns(objs) if isinstance(objs, list) and objs else None
@@ -139,6 +145,8 @@ def json_lines(path: Path, what: str) -> Iterator[tuple[str, Any]]:
             yield where, json.loads(line)
         except json.JSONDecodeError as exc:
             raise PedcrowdError(f"{where}: not a JSON object ({exc.msg})") from exc
+        except RecursionError:
+            raise PedcrowdError(f"{where}: not a JSON object (nested too deeply)") from None
 
 
 def odgt_id(record: ImageRecord) -> str:
@@ -166,6 +174,8 @@ def read_odgt(path: str | Path) -> list[ImageRecord]:
             raise PedcrowdError(f"{where}: image {data['ID']!r} is listed twice")
         seen.add(record.file_name)
         validate.finite_rows(record.boxes, where, f"image {data['ID']!r}", "fbox")
+        validate.box_sizes(record.boxes, where, f"image {data['ID']!r}", "fbox")
+        validate.box_sizes(record.vis_boxes, where, f"image {data['ID']!r}", "vbox")
         next_ann_id += len(record)
         records.append(record)
     return records

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import gc
 import json
+import math
 import os
 import re
 import shutil
@@ -127,6 +128,23 @@ def json_list_chunks(path: str | Path, what: str, chunk_bytes: int = 1 << 18) ->
     except (json.JSONDecodeError, UnicodeDecodeError):
         load_json(p)  # the error with its position in the whole file
         raise PedcrowdError(f"{p}: invalid JSON") from None  # not reached: the whole file parsed
+
+
+def to_jsonable(value: Any) -> Any:
+    """``value`` with NaN/inf as None: strict JSON has no spelling for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def dumps_strict(value: Any, indent: int | None = None) -> str:
+    """``json.dumps`` that never writes the bare ``NaN`` / ``Infinity`` tokens strict
+    parsers reject: non-finite numbers become ``null``."""
+    return json.dumps(to_jsonable(value), indent=indent, allow_nan=False)
 
 
 def field(entry: dict, key: str, path: Path, where: str) -> Any:

@@ -9,7 +9,6 @@ and exit 143/130, printing the command that continues the run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -126,7 +125,9 @@ def train_command(
     if summary.get("rank", 0) != 0:
         return
     if as_json:
-        typer.echo(json.dumps(summary))
+        from pedcrowd.fileio import dumps_strict
+
+        typer.echo(dumps_strict(summary))
         return
     Console().print(mr_table(summary))
 

@@ -169,8 +169,8 @@ def citypersons_json_records(data: object, path: Path, category_id: int | None =
                 vis_ratios=cols["vis_ratio"][a:b],
                 ann_ids=cols["id"][a:b],
                 crowd=cols["iscrowd"][a:b],
-                width=int(im["width"]) if "width" in im else None,
-                height=int(im["height"]) if "height" in im else None,
+                width=validate.image_size(im, "width", path, f"image {image_id}"),
+                height=validate.image_size(im, "height", path, f"image {image_id}"),
             )
         )
     # A set, not np.setdiff1d: its np.unique loads numpy.ma (~15 ms of `pedcrowd eval`).

@@ -118,16 +118,7 @@ def _record(data: dict, index: int, first_ann_id: int, where: str, box_arr, vis_
 
 def _size(data: dict, key: str, where: str) -> int | None:
     """An optional image size field (CrowdHuman's own files have none; CrowdDet reads it when present)."""
-    value = data.get(key)
-    if value is None:
-        return None
-    try:
-        size = int(value)
-    except (TypeError, ValueError):
-        raise PedcrowdError(f"{where}: '{key}' must be a positive integer, got {value!r}") from None
-    if size <= 0:
-        raise PedcrowdError(f"{where}: '{key}' must be a positive integer, got {value!r}")
-    return size
+    return validate.image_size(data, key, where, f"image {data.get('ID')!r}")
 
 
 def json_lines(path: Path, what: str) -> Iterator[tuple[str, Any]]:
@@ -178,6 +169,8 @@ def read_odgt(path: str | Path) -> list[ImageRecord]:
         validate.box_sizes(record.vis_boxes, where, f"image {data['ID']!r}", "vbox")
         next_ann_id += len(record)
         records.append(record)
+    if not records:
+        raise PedcrowdError(f"{path}: the CrowdHuman file lists no images")
     return records
 
 

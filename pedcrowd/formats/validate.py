@@ -114,3 +114,19 @@ def first_duplicate(image_ids: np.ndarray, rows: np.ndarray) -> tuple[int, int] 
         return None
     i, j = sorted((int(order[hits[0]]), int(order[hits[0] + 1])))
     return i, j
+
+
+def image_size(im: Any, key: str, path: Path | str, where: str) -> int | None:
+    """The optional ``width`` / ``height`` of an image entry: None when absent, else a
+    positive integer (an integral float such as ``2048.0`` too); zero, negative, NaN,
+    fractional and non-numbers are refused naming ``path`` and the image."""
+    if not isinstance(im, dict):
+        raise PedcrowdError(f"{path}: {where} is not an object")
+    value = im.get(key)
+    if value is None:
+        return None
+    if not is_integral(value) or value < 1 or value > MAX_COORD:
+        raise PedcrowdError(
+            f"{path}: {where}: '{key}' must be a positive integer number of pixels, got {_short(value)}"
+        )
+    return int(value)

@@ -7,7 +7,8 @@ from pathlib import Path
 from rich.console import Console
 
 
-def synth_with_progress(out: str | Path, cfg, console: Console, label: str, force: bool = False):
+def synth_with_progress(out: str | Path, cfg, console: Console, label: str, force: bool = False,
+                        should_stop=None):
     """Generate (``force``) or reuse-else-generate the synthetic set ``cfg`` at ``out``,
     with a transient bar of images drawn.
 
@@ -34,4 +35,5 @@ def synth_with_progress(out: str | Path, cfg, console: Console, label: str, forc
     ) as bar:
         task = bar.add_task("synth", total=cfg.train_images + cfg.val_images)
         run = generate if force else ensure_synth
-        return run(out, cfg, progress=lambda done, total: bar.update(task, completed=done))
+        return run(out, cfg, progress=lambda done, total: bar.update(task, completed=done),
+                   should_stop=should_stop)

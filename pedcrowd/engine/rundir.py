@@ -99,6 +99,8 @@ def claim_run_dir(run_dir: Path, explicit: bool, resume: bool) -> tuple[Path, Ru
         PedcrowdError: another process trains there; it holds a run and
             ``resume`` is off (explicit directory); ``resume`` without a checkpoint.
     """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PedcrowdError(f"{run_dir}: names a file, not a run directory; choose another --out")
     candidate, n = run_dir, 2
     while True:
         lock = RunLock(candidate)

@@ -281,6 +281,8 @@ def _generate(out: Path, cfg: SynthConfig, progress, should_stop) -> SynthSummar
         if progress is not None:
             progress(done, total)
 
+    for stale in [*out.glob(".generating-*"), *out.glob(".replaced-*")]:  # of a killed generator
+        shutil.rmtree(stale, ignore_errors=True)  # (we hold the set's lock exclusively)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".generating-"))
     try:
         (tmp / "annotations").mkdir()

@@ -107,7 +107,8 @@ def draw_detections(
 
 class VisWriter:
     """Writes annotated images under ``root`` (keeping their relative names), and one
-    ``STEM_vis.mp4`` per input video, whose frames must arrive consecutively."""
+    ``NAME_vis.mp4`` per input video (its relative name without the suffix), whose frames
+    must arrive consecutively."""
 
     def __init__(self, root: Path, score_thr: float):
         self.root, self.score_thr = Path(root), score_thr
@@ -147,7 +148,10 @@ class VisWriter:
             return
         if video != self.video_name:
             self.close()
-            path = self.root / (Path(video).stem + "_vis.mp4")
+            # the video's (distinct, contained) input name: a/clip.mp4 and b/clip.mp4 stay apart
+            path = self.root / (Path(video).with_suffix("").as_posix() + "_vis.mp4")
+            if not path.resolve().is_relative_to(self.root.resolve()) or path.is_symlink():
+                raise PedcrowdError(f"{path}: refused: it lies outside {self.root} or is a symbolic link")
             path.parent.mkdir(parents=True, exist_ok=True)
             h, w = drawn.shape[:2]
             self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))

@@ -637,17 +637,32 @@ def test_a_signal_during_synth_stops_the_generation_within_an_image(tmp_path, mo
 # ----------------------------------------------------------------------------- (f) strict JSON
 
 
-def test_eval_json_is_strict(tmp_path):
+def test_eval_json_is_strict(tmp_path, monkeypatch):
+    """Whatever number comes out undefined (a setup without GT, a degenerate curve), the
+    --json document spells it null: strict parsers reject the bare NaN token."""
+    import pedcrowd.eval as eval_package
+
+    real = eval_package.report_to_json
+
+    def with_undefined_numbers(*args, **kwargs):
+        doc = real(*args, **kwargs)
+        first = next(iter(doc["results"].values()))
+        first["mr"], first["recall_at_fppi"][0] = math.nan, math.inf
+        return doc
+
+    monkeypatch.setattr(eval_package, "report_to_json", with_undefined_numbers)
     gt = tmp_path / "gt.json"
     gt.write_text(json.dumps(gt_doc()))
     dets = tmp_path / "dets.json"
-    dets.write_text("[]")  # no detections: some numbers are undefined
-    result = runner.invoke(app, ["eval", "--gt", str(gt), "--dets", str(dets), "--json",
-                                 "--setup", "Tall:500-1000:0.65-1"])
+    dets.write_text("[]")
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["eval", "--gt", str(gt), "--dets", str(dets), "--json", "--out", str(out)])
     assert result.exit_code == 0, result.output
 
     def refuse(token):
         raise AssertionError(f"bare {token} in --json output")
 
-    doc = json.loads(result.stdout, parse_constant=refuse)
-    assert doc["results"]["Tall"]["mr"] is None  # no GT in the range: undefined, null
+    for text in (result.stdout, out.read_text()):
+        doc = json.loads(text, parse_constant=refuse)
+        first = next(iter(doc["results"].values()))
+        assert first["mr"] is None and first["recall_at_fppi"][0] is None

@@ -427,6 +427,15 @@ def test_infer_takes_the_out_lock_like_train(tmp_path, tiny_checkpoint):
     assert RunLock(out).acquire()  # released by the dead process
 
 
+def test_an_infer_that_fails_early_leaves_no_out_folder(tmp_path, tiny_checkpoint):
+    image = write_png(tmp_path / "x.png")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["infer", str(image), "--weights", str(tiny_checkpoint), "--out", str(out),
+                                 "--score-thr", "2"])
+    one_line_exit_2(result, "--score-thr 2.0: must be in [0, 1]")
+    assert not out.exists()
+
+
 def test_detections_all_of_another_category_are_warned(tmp_path, caplog):
     gt = tmp_path / "gt.json"
     gt.write_text(json.dumps(gt_doc()))

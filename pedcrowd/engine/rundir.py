@@ -75,6 +75,7 @@ def locked_output(folder: Path) -> Iterator[RunLock]:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise PedcrowdError(f"{folder}: --out names a file; give a folder")
+    created = not folder.exists()
     lock = RunLock(folder)
     if not lock.acquire():
         raise PedcrowdError(
@@ -85,6 +86,10 @@ def locked_output(folder: Path) -> Iterator[RunLock]:
         yield lock
     finally:
         lock.release()
+        if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:  # nothing written
+            with contextlib.suppress(OSError):
+                lock.path.unlink()
+                folder.rmdir()
 
 
 def claim_run_dir(run_dir: Path, explicit: bool, resume: bool) -> tuple[Path, RunLock]:

@@ -205,13 +205,26 @@ def test_a_dataset_never_reads_outside_its_image_folder(tmp_path):
 
 def test_an_annotation_listed_twice_in_an_eval_gt_is_refused(tmp_path):
     doc = gt_doc()
-    doc["annotations"].append({**doc["annotations"][0], "id": 7})  # the same person again
+    doc["annotations"] = doc["annotations"] * 2  # every annotation twice: MR^-2 would be ~50 %
     gt = tmp_path / "gt.json"
     gt.write_text(json.dumps(doc))
     dets = tmp_path / "dets.json"
     dets.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [10, 10, 41, 100], "score": 0.9}]))
     result = runner.invoke(app, ["eval", "--gt", str(gt), "--dets", str(dets)])
-    one_line_exit_2(result, f"{gt}: annotations 1 and 7 are the same box [10.0, 10.0, 41.0, 100.0] of image 1")
+    one_line_exit_2(result, f"{gt}: annotation id 1 is listed twice: its person would be counted twice")
+
+
+def test_the_same_box_under_another_id_is_warned(tmp_path, caplog):
+    doc = gt_doc()
+    doc["annotations"].append({**doc["annotations"][0], "id": 7})  # renumbered copy (or two synthetic people)
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(doc))
+    dets = tmp_path / "dets.json"
+    dets.write_text("[]")
+    with caplog.at_level("WARNING"):
+        result = runner.invoke(app, ["eval", "--gt", str(gt), "--dets", str(dets)])
+    assert result.exit_code == 0
+    assert f"{gt}: annotations 1 and 7 of image 1 are the same box [10.0, 10.0, 41.0, 100.0]" in caplog.text
 
 
 def test_two_people_at_one_place_but_one_ignored_are_not_duplicates(tmp_path):

@@ -204,6 +204,18 @@ def test_an_invalid_value_given_with_set_is_a_config_error(case):
     _assert_config_error(excinfo, leaf.key, "--set")
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=CASES)
+def test_train_with_an_invalid_value_exits_2_before_anything_runs(tmp_path, case):
+    leaf, value = case
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--set", f"{leaf.key}={_yaml_scalar(value)}", "--out", str(run)])
+    assert result.exit_code == 2, (leaf.key, value, result.output[-500:])
+    err = result.stderr.strip()
+    assert "\n" not in err and err.startswith("pedcrowd: error: --set") and "Traceback" not in result.output
+    assert not run.exists()  # never a silent run
+
+
 def test_the_cli_reports_a_range_error_as_one_line(tmp_path):
     result = CliRunner().invoke(app, ["train", "--set", "loss.ghm.mu=-1", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2

@@ -41,6 +41,7 @@ Shapes: D_i pre-NMS boxes of image i (``xywh``), K_i kept.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -192,17 +193,27 @@ def _global_index(md: MatchDetails, lengths: dict[int, int]) -> tuple[np.ndarray
     return table, offsets
 
 
-def operating_score(md: MatchDetails, spec: str) -> tuple[str, float]:
-    """``fppi=X`` (the score of the last kept detection with FPPI <= X) or ``score=X`` -> (name, s*)."""
+def parse_point(spec: str) -> tuple[str, float]:
+    """``fppi=X`` / ``score=X`` -> (kind, X); PedcrowdError for anything else, X NaN or
+    infinite, or a negative FPPI."""
     kind, _, value = spec.partition("=")
     try:
         x = float(value)
     except ValueError:
-        raise PedcrowdError(f"--at {spec!r}: expected fppi=NUMBER or score=NUMBER") from None
+        x = None
+    if kind not in ("fppi", "score") or x is None:
+        raise PedcrowdError(f"--at {spec!r}: expected fppi=NUMBER or score=NUMBER")
+    if not math.isfinite(x) or (kind == "fppi" and x < 0):
+        bounds = "a finite number >= 0" if kind == "fppi" else "a finite number"
+        raise PedcrowdError(f"--at {spec!r}: {kind} must be {bounds}")
+    return kind, x
+
+
+def operating_score(md: MatchDetails, spec: str) -> tuple[str, float]:
+    """``fppi=X`` (the score of the last kept detection with FPPI <= X) or ``score=X`` -> (name, s*)."""
+    kind, x = parse_point(spec)
     if kind == "score":
         return spec, x
-    if kind != "fppi":
-        raise PedcrowdError(f"--at {spec!r}: expected fppi=NUMBER or score=NUMBER")
     fppi, _ = md.matches.curve()
     idx = np.searchsorted(fppi, x, side="right") - 1
     if idx < 0:

@@ -122,11 +122,33 @@ class _Group(TyperGroup):
             if hint:
                 e.message, e.possibilities = f"No such option: {e.option_name}. {hint}", None
             raise
-        except PedcrowdError as e:
+        except (PedcrowdError, OSError, RecursionError) as e:
+            # OSError: a read-only or full disk, a path that is a file, ... wherever it
+            # surfaces: one line naming the path and the cause. RecursionError: a
+            # pathologically nested input file (a 100k-deep JSON line).
             if _debug:
                 traceback.print_exception(e, file=sys.stderr)
-            typer.echo(f"pedcrowd: error: {e}", err=True)
+            typer.echo(f"pedcrowd: error: {error_line(e)}", err=True)
             raise typer.Exit(2) from None
+
+
+MAX_ERROR_CHARS = 500
+
+
+def error_line(e: BaseException) -> str:
+    """The one line printed for ``e``, cut to MAX_ERROR_CHARS (a value quoted whole could be megabytes)."""
+    if isinstance(e, OSError):
+        from pedcrowd.fileio import os_error_message
+
+        text = os_error_message(e)
+    elif isinstance(e, RecursionError):
+        text = "an input is nested too deeply to read (recursion limit reached)"
+    else:
+        text = str(e)
+    text = " ".join(text.splitlines())  # one line
+    if len(text) > MAX_ERROR_CHARS:
+        text = f"{text[:MAX_ERROR_CHARS]}... ({len(text)} characters)"
+    return text
 
 
 # Plain (click) help, not rich's: rich renders a value placeholder on every flag

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +111,9 @@ def to_csv(c: Comparison) -> str:
 
 
 def dumps_json(c: Comparison) -> str:
-    return json.dumps(to_json(c), indent=2)
+    from pedcrowd.fileio import dumps_strict
+
+    return dumps_strict(to_json(c), indent=2)
 
 
 def plot_comparison(c: Comparison, path: str | Path) -> Path:

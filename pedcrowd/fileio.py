@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import json
+import math
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,6 +66,10 @@ def load_json(path: str | Path) -> Any:
         raise PedcrowdError(f"{p}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     except (UnicodeDecodeError, IsADirectoryError) as e:
         raise PedcrowdError(f"{p}: not a JSON file ({e})") from None
+    except RecursionError:
+        raise PedcrowdError(f"{p}: invalid JSON (nested too deeply)") from None
+    except OSError as e:
+        raise PedcrowdError(f"{p}: cannot read ({e.strerror or e})") from None
 
 
 _ELEMENT_GAP = re.compile(rb"\}\s*,\s*\{")  # between two objects of a list (or inside one)
@@ -114,9 +123,28 @@ def json_list_chunks(path: str | Path, what: str, chunk_bytes: int = 1 << 18) ->
                 yield items
                 del items
                 pos = cut
+    except RecursionError:
+        raise PedcrowdError(f"{p}: invalid JSON (nested too deeply)") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         load_json(p)  # the error with its position in the whole file
         raise PedcrowdError(f"{p}: invalid JSON") from None  # not reached: the whole file parsed
+
+
+def to_jsonable(value: Any) -> Any:
+    """``value`` with NaN/inf as None: strict JSON has no spelling for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def dumps_strict(value: Any, indent: int | None = None) -> str:
+    """``json.dumps`` that never writes the bare ``NaN`` / ``Infinity`` tokens strict
+    parsers reject: non-finite numbers become ``null``."""
+    return json.dumps(to_jsonable(value), indent=indent, allow_nan=False)
 
 
 def field(entry: dict, key: str, path: Path, where: str) -> Any:
@@ -127,20 +155,91 @@ def field(entry: dict, key: str, path: Path, where: str) -> Any:
         raise PedcrowdError(f"{path}: {where} has no '{key}' field") from None
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename.
+def os_error_message(e: OSError, path: str | Path | None = None) -> str:
+    """One line for an OSError: the path it concerns and the cause (``Read-only file system``)."""
+    where = path if path is not None else (e.filename if e.filename is not None else "")
+    cause = e.strerror or str(e) or type(e).__name__
+    return f"{where}: {cause}" if where != "" else cause
 
-    A crash mid-write leaves the previous file (or none), never a torn one.
-    Raises PedcrowdError naming the file when it cannot be written.
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+LINK_REFUSED = "is a symbolic link; pedcrowd does not write through a link it did not create (remove it)"
+
+
+def open_nofollow(path: str | Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that refuses a symbolic link at ``path`` (``O_NOFOLLOW``) with a PedcrowdError.
+
+    For files with predictable names that pedcrowd writes in place (``RUN/.lock``,
+    ``metrics.jsonl``): a planted link would otherwise redirect the write.
+    """
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise PedcrowdError(f"{path}: {LINK_REFUSED}") from None
+        raise PedcrowdError(f"{path}: cannot open ({e.strerror or e})") from None
+
+
+def temporary_beside(path: str | Path) -> tuple[int, Path]:
+    """A new file in ``path``'s folder with an unpredictable name (``O_EXCL``), for an atomic write.
+
+    Returns its descriptor and path (``.NAME.<random>.tmp``, which
+    :func:`pedcrowd.engine.checkpoint.remove_stale_temporaries` recognises). A
+    fixed temporary name could be a link planted by another user.
     """
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would make outputs private
+    return fd, Path(name)
+
+
+def copy_file_atomic(source: str | Path, path: str | Path) -> Path:
+    """Copy ``source`` to ``path`` as :func:`write_bytes_atomic` writes (streamed, not in memory)."""
+    p = Path(path)
+    tmp: Path | None = None
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        tmp.replace(p)
+        fd, tmp = temporary_beside(p)
+        with os.fdopen(fd, "wb") as f, open(source, "rb") as src:
+            shutil.copyfileobj(src, f, 1 << 20)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
         raise PedcrowdError(f"{p}: cannot write ({e.strerror or e})") from None
     return p
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a private temporary file, fsync and a rename.
+
+    A crash mid-write leaves the previous file (or none), never a torn one; the
+    rename replaces a link at ``path`` instead of writing through it. Raises
+    PedcrowdError naming the file when it cannot be written (the previous file,
+    if any, is left as it was).
+    """
+    p = Path(path)
+    tmp: Path | None = None
+    try:
+        fd, tmp = temporary_beside(p)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except OSError as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        raise PedcrowdError(f"{p}: cannot write ({e.strerror or e})") from None
+    return p
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """:func:`write_bytes_atomic` of ``text`` (UTF-8)."""
+    return write_bytes_atomic(path, text.encode())

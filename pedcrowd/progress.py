@@ -7,7 +7,8 @@ from pathlib import Path
 from rich.console import Console
 
 
-def synth_with_progress(out: str | Path, cfg, console: Console, label: str, force: bool = False):
+def synth_with_progress(out: str | Path, cfg, console: Console, label: str, force: bool = False,
+                        should_stop=None):
     """Generate (``force``) or reuse-else-generate the synthetic set ``cfg`` at ``out``,
     with a transient bar of images drawn (on a terminal; one line elsewhere), none when reused.
 
@@ -49,7 +50,7 @@ def synth_with_progress(out: str | Path, cfg, console: Console, label: str, forc
 
     run = generate if force else ensure_synth
     try:
-        return run(out, cfg, progress=progress)
+        return run(out, cfg, progress=progress, should_stop=should_stop)
     finally:
         if bar:
             bar.stop()

@@ -121,6 +121,8 @@ def convert_trusted(old: str | Path, new: str | Path) -> dict[str, Any]:
     old, new = Path(old), Path(new)
     if not old.is_file():
         raise PedcrowdError(f"{old}: no such checkpoint")
+    if new.is_dir():
+        raise PedcrowdError(f"{new}: is a folder; give the file name of the converted checkpoint")
     if new.resolve() == old.resolve():
         raise PedcrowdError(f"{new}: write the converted checkpoint to a new file, not over {old}")
     try:

@@ -144,7 +144,8 @@ def place_label(
 
 class VisWriter:
     """Writes annotated images under ``root`` (keeping their relative names), and one
-    ``STEM_vis.mp4`` per input video, whose frames must arrive consecutively."""
+    ``NAME_vis.mp4`` per input video (its relative name without the suffix), whose frames
+    must arrive consecutively."""
 
     def __init__(self, root: Path, score_thr: float):
         self.root, self.score_thr = Path(root), score_thr
@@ -174,13 +175,20 @@ class VisWriter:
         )
         if video is None:
             path = self.root / name
+            if not path.resolve().is_relative_to(self.root.resolve()) or path.is_symlink():
+                # names come from collect_sources, which keeps them inside; a link planted
+                # in the folder would redirect the write
+                raise PedcrowdError(f"{path}: refused: it lies outside {self.root} or is a symbolic link")
             path.parent.mkdir(parents=True, exist_ok=True)
             if not cv2.imwrite(str(path), drawn):
                 raise PedcrowdError(f"{path}: cannot write image")
             return
         if video != self.video_name:
             self.close()
-            path = self.root / (Path(video).stem + "_vis.mp4")
+            # the video's (distinct, contained) input name: a/clip.mp4 and b/clip.mp4 stay apart
+            path = self.root / (Path(video).with_suffix("").as_posix() + "_vis.mp4")
+            if not path.resolve().is_relative_to(self.root.resolve()) or path.is_symlink():
+                raise PedcrowdError(f"{path}: refused: it lies outside {self.root} or is a symbolic link")
             path.parent.mkdir(parents=True, exist_ok=True)
             h, w = drawn.shape[:2]
             self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))

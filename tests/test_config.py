@@ -126,7 +126,8 @@ def test_wrong_types(tmp_path, text, pattern):
 
 def test_section_validation_is_reported_with_the_file(tmp_path):
     path = write(tmp_path / "s.yaml", "synth: {occlusion: 2.0}\n")
-    with pytest.raises(PedcrowdError, match=r"s\.yaml: synth: .*occlusion"):
+    # a declared range now: named like every other range error
+    with pytest.raises(PedcrowdError, match=r"s\.yaml: .synth\.occlusion. must be in \[0, 1\], got 2\.0"):
         load_config(path)
 
 

@@ -180,7 +180,19 @@ def test_a_dead_process_does_not_hold_the_lock(tmp_path):
     lock.release()
 
 
-def test_sigint_and_sigterm_only_set_the_flag_and_a_second_one_acts_as_usual():
+@pytest.fixture
+def usual_handlers():
+    """Python's own handlers, whatever this process inherited (pytest started as a background
+    job of a script inherits SIGINT ignored; issue 23), restored afterwards."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_sigint_and_sigterm_only_set_the_flag_and_a_second_one_acts_as_usual(usual_handlers):
     for sig in (signal.SIGINT, signal.SIGTERM):
         with StopOnSignal() as stop:
             os.kill(os.getpid(), sig)
@@ -188,6 +200,40 @@ def test_sigint_and_sigterm_only_set_the_flag_and_a_second_one_acts_as_usual():
             assert stop.signum == sig
             assert signal.getsignal(sig) is not stop._handle  # restored after the first
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_signal_ignored_on_entry_stays_ignored(usual_handlers):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a `cmd &` job of a script inherits it
+    with StopOnSignal() as stop:
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert stop.signum is None  # ignored, as Python itself leaves it
+        assert signal.getsignal(signal.SIGTERM) == stop._handle  # SIGTERM still stops the run
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+@pytest.mark.slow
+def test_the_signal_tests_pass_however_pytest_is_started(tmp_path):
+    """Background (SIGINT and SIGQUIT ignored, as a shell does for `pytest &` in a script),
+    in a new session with no terminal and stdin from /dev/null, as a CI runner may start it."""
+    tests = ["test_sigint_and_sigterm_only_set_the_flag_and_a_second_one_acts_as_usual",
+             "test_a_signal_ignored_on_entry_stays_ignored"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def ignore_interrupts():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+
+    for preexec in (ignore_interrupts, None):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             *(f"{__file__}::{name}" for name in tests)],
+            env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            preexec_fn=preexec, start_new_session=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert "2 passed" in proc.stdout
 
 
 def test_truncate_metrics_keeps_each_iteration_once(tmp_path):

@@ -44,9 +44,10 @@ def test_default_generator_output_is_unchanged_by_the_knobs():
 
 
 def test_knob_validation():
-    with pytest.raises(PedcrowdError, match="overlap 1.5"):
+    # the declared ranges' messages (issue 23)
+    with pytest.raises(PedcrowdError, match=r"'overlap' must be in \[0, 1\], got 1.5"):
         SynthConfig(overlap=1.5)
-    with pytest.raises(PedcrowdError, match="max_group 1"):
+    with pytest.raises(PedcrowdError, match=r"'max_group' must be in \[2, 1000\], got 1"):
         SynthConfig(max_group=1)
     with pytest.raises(PedcrowdError, match="--preset 'packed'"):
         synth_preset("packed")

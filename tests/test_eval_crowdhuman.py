@@ -209,7 +209,8 @@ def test_cli_table_plot_and_errors(tmp_path):
         assert result.exit_code == 2 and message in result.output, result.output
     no_size = runner.invoke(app, ["eval", "--protocol", "crowdhuman", "--gt", str(gt), "--dets", str(dt)])
     assert no_size.exit_code == 2 and "no size for image 'a.jpg'" in no_size.output
-    wrong = runner.invoke(app, ["eval", "--gt", str(gt), "--dets", str(dt), "--metric", "JI"])
+    # .odgt GT is evaluated under crowdhuman by default (issue 23): JI refused when citypersons is asked for
+    wrong = runner.invoke(app, ["eval", "--gt", str(gt), "--dets", str(dt), "--metric", "JI", "--protocol", "citypersons"])
     assert wrong.exit_code == 2 and "--protocol crowdhuman" in wrong.output
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"ID": "zzz", "dtboxes": []}) + "\n")

@@ -103,7 +103,9 @@ def test_eval_reads_crowdhuman_odgt(tmp_path):
     (tmp_path / "dets.json").write_text(json.dumps(dets))
     gt = load_ground_truth(odgt)
     assert gt.kind == "crowdhuman"
-    result = runner.invoke(app, ["eval", "--gt", str(odgt), "--dets", str(tmp_path / "dets.json"), "--json"])
+    # the CityPersons protocol on .odgt GT only when asked for (the default is crowdhuman's, issue 23)
+    result = runner.invoke(app, ["eval", "--gt", str(odgt), "--dets", str(tmp_path / "dets.json"), "--json",
+                                 "--protocol", "citypersons"])
     assert result.exit_code == 0, result.output
     got = json.loads(result.stdout)["results"]["Reasonable"]
     # By hand: 2 images, 2 GT; the TP at score 0.9, then one FP (the masked one is ignored):

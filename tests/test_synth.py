@@ -273,8 +273,10 @@ def test_bad_parameters_are_pedcrowd_errors():
 
     with pytest.raises(PedcrowdError, match="occlusion"):
         SynthConfig(occlusion=1.5)
-    with pytest.raises(PedcrowdError, match="too small"):
+    with pytest.raises(PedcrowdError, match=r"'height' must be in \[64, 16384\], got 10"):  # declared range
         SynthConfig(height=10)
+    with pytest.raises(PedcrowdError, match="'density' must be in .0, 1000., got nan"):
+        SynthConfig(density=float("nan"))
 
 
 def test_self_detections_give_mr_zero(tmp_path):

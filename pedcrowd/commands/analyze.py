@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -79,12 +79,21 @@ def analyze_command(
     from pedcrowd.errors import PedcrowdError
 
     log = Console(stderr=True)
+    from pedcrowd.analyze import parse_point
+
     points = tuple(at or ["fppi=0.1"])
+    for point in points:  # before the model runs
+        parse_point(point)
     path = Path(source)
-    if path.is_file() and path.suffix.lower() == ".json":
+    if path.is_file() and _first_byte(path) == b"{":
+        raise PedcrowdError(
+            f"{path}: a JSON-lines file (a CrowdDet dump or .odgt), not pre-NMS detections; "
+            "analyze reads a results JSON list made with the final NMS off, or a run directory / checkpoint"
+        )
+    if path.is_file() and (path.suffix.lower() == ".json" or _first_byte(path) == b"["):
         if gt is None:
             raise PedcrowdError(f"{path}: a pre-NMS detection file needs --gt")
-        protocol = protocol or "citypersons"
+        protocol = protocol or ("crowdhuman" if gt.suffix.lower() == ".odgt" else "citypersons")
         truth, sizes, image_root_used = _load_gt(gt, protocol, images, image_root)
         from pedcrowd.formats.detections import read_detections
 
@@ -104,7 +113,9 @@ def analyze_command(
     report = analyze(truth, pre, protocol=protocol, nms_thresh=nms, max_dets=cap, setup=setup, points=points,
                      sizes=sizes)
     doc = report_to_json(report)
-    text = json.dumps(doc, indent=1)
+    from pedcrowd.fileio import dumps_strict
+
+    text = dumps_strict(doc, indent=1)
     if out is not None:
         from pedcrowd.fileio import write_text_atomic
 
@@ -116,6 +127,12 @@ def analyze_command(
         typer.echo(text)
     else:
         render(report)
+
+
+def _first_byte(path: Path) -> bytes:
+    """The first non-blank byte of a file (``[`` a JSON list, ``{`` JSON lines; a checkpoint is a zip)."""
+    with open(path, "rb") as f:
+        return f.read(4096).lstrip()[:1]
 
 
 def _load_gt(gt: Path, protocol: str, images: Path | None, image_root: Path | None):
@@ -272,9 +289,12 @@ def side_by_side(runs: list[str], as_json: bool = False) -> None:
         doc = load_json(path)
         if not isinstance(doc, dict) or not isinstance(doc.get("points"), list):
             raise PedcrowdError(f"{path}: not a pedcrowd analyze --out file (no 'points')")
+        _check_analysis(doc, path)
         docs.append((name, doc))
     if as_json:
-        typer.echo(json.dumps({"runs": [{"name": n, **d} for n, d in docs]}, indent=1))
+        from pedcrowd.fileio import dumps_strict
+
+        typer.echo(dumps_strict({"runs": [{"name": n, **d} for n, d in docs]}, indent=1))
         return
     table = Table(title="pedcrowd analyze, side by side")
     table.add_column("")
@@ -292,9 +312,52 @@ def side_by_side(runs: list[str], as_json: bool = False) -> None:
     table.add_row("false positives", *[str(p["n_fp"]) for _, p in columns])
     for key, label in FP_LABELS.items():
         table.add_row(f"  {label}", *[_share(p["false_positives"][key], p["n_fp"]) for _, p in columns])
-    for fix in ("nms_all", "duplicate", "low_score", "never_proposed"):
+    for fix in _FIXES:
         table.add_row(f"MR^-2 % w/o {FIX_LABELS[fix]}", *[pct(p["oracle"][fix]["mr"]) for _, p in columns])
     Console().print(table)
+
+
+_MISS_KEYS = tuple(MISS_LABELS)
+_FP_KEYS = tuple(FP_LABELS)
+_FIXES = ("nms_all", "duplicate", "low_score", "never_proposed")
+
+
+def _check_analysis(doc: dict, path) -> None:
+    """PedcrowdError naming the file and the entry when an ``analyze --out`` document lacks
+    what the side-by-side table shows (an edited or truncated file)."""
+    from pedcrowd.errors import PedcrowdError
+
+    def number(value, where: str, optional: bool = False, integer: bool = False) -> None:
+        ok = (value is None and optional) or (
+            not isinstance(value, bool) and isinstance(value, int if integer else int | float)
+            and (integer or math.isfinite(value)) and value >= 0
+        )
+        if not ok:
+            kind = "a count" if integer else "a rate"
+            raise PedcrowdError(f"{path}: {where} must be {kind}, got {str(value)[:60]}")
+
+    number(doc.get("mr"), "'mr'", optional=True)
+    for i, p in enumerate(doc["points"]):
+        where = f"points[{i}]"
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+            raise PedcrowdError(f"{path}: {where} is not an operating point with a 'name'")
+        score = p.get("score")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
+            raise PedcrowdError(f"{path}: {where}.score must be a number or null")
+        number(p.get("n_missed"), f"{where}.n_missed", integer=True)
+        number(p.get("n_fp"), f"{where}.n_fp", integer=True)
+        for section, keys in (("misses", _MISS_KEYS), ("false_positives", _FP_KEYS)):
+            part = p.get(section)
+            if not isinstance(part, dict):
+                raise PedcrowdError(f"{path}: {where}.{section} must be an object")
+            for key in keys:
+                number(part.get(key), f"{where}.{section}.{key}", integer=True)
+        oracle = p.get("oracle")
+        for fix in _FIXES:
+            entry = oracle.get(fix) if isinstance(oracle, dict) else None
+            if not isinstance(entry, dict):
+                raise PedcrowdError(f"{path}: {where}.oracle.{fix} must be an object")
+            number(entry.get("mr"), f"{where}.oracle.{fix}.mr", optional=True)
 
 
 def _share(count: int, total: int) -> str:

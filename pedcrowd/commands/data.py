@@ -150,7 +150,9 @@ def stats(
 
     numbers = dataset_stats(root, split, fmt)
     if as_json:
-        typer.echo(json.dumps(numbers))
+        from pedcrowd.fileio import dumps_strict
+
+        typer.echo(dumps_strict(numbers))
     else:
         table = Table(title=f"{root} [{split}]")
         table.add_column("quantity")

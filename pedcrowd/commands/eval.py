@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -33,12 +32,13 @@ def eval_command(
         ),
     ],
     protocol: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="citypersons (official eval_MR_multisetup.py), caltech (dbEval.m v3.2.1) or crowdhuman "
-            "(CrowdDet's lib/evaluate: AP, MR^-2, JI)."
+            "(CrowdDet's lib/evaluate: AP, MR^-2, JI). Default: crowdhuman for a .odgt GT, else citypersons.",
+            show_default=False,
         ),
-    ] = "citypersons",
+    ] = None,
     metric: Annotated[
         str,
         typer.Option(
@@ -100,6 +100,12 @@ def eval_command(
     if plot is not None and plot.is_dir():
         raise PedcrowdError(f"--plot {plot}: is a folder; give the PNG file to write")
     start = time.perf_counter()
+    odgt = gt.suffix.lower() == ".odgt"
+    if protocol is None:  # each format under its own protocol
+        protocol = "crowdhuman" if odgt else "citypersons"
+    elif odgt and protocol != "crowdhuman":  # asked for, but never silently
+        log.print(f"note: evaluating CrowdHuman ground truth ({gt}) with the {protocol} protocol as asked; "
+                  "--protocol crowdhuman gives CrowdDet's AP, MR^-2 and JI")
     if protocol not in ("citypersons", "caltech", "crowdhuman"):
         raise PedcrowdError(f"--protocol {protocol!r}: expected one of citypersons, caltech, crowdhuman")
     _refuse_images_as_detections(dets)
@@ -118,7 +124,9 @@ def eval_command(
         report = evaluate(truth, detections, protocol=protocol, setups=setup or None, resize_dets=resize_dets)
     ap = coco_ap(truth.records, detections) if metric in ("AP", "all") else None
     doc = report_to_json(report, metric, ap) if report else {"protocol": protocol, "metric": metric, "results": {}, "ap": ap}
-    text = json.dumps(doc, indent=1)
+    from pedcrowd.fileio import dumps_strict
+
+    text = dumps_strict(doc, indent=1)
     _write(text, out)
     if plot is not None:
         curves = {name: (r.fppi, r.miss_rate, r.mr) for name, r in report.results.items()}
@@ -188,7 +196,9 @@ def _crowdhuman(gt, dets, metric, setup, images, image_root, as_json, out, plot,
         raise PedcrowdError("--setup: the crowdhuman protocol has one setup (all boxes, no height or visibility filter)")
     records, detections, sizes = load_crowdhuman(gt, dets, images, image_root)
     result = evaluate_crowdhuman(records, detections, sizes, CH_METRICS if metric == "all" else (metric,))
-    text = json.dumps(result_to_json(result, metric), indent=1)
+    from pedcrowd.fileio import dumps_strict
+
+    text = dumps_strict(result_to_json(result, metric), indent=1)
     _write(text, out)
     if plot is not None:
         _plot({"All": (result.fppi, result.miss_rate, result.mr)}, plot, f"{Path(dets).name} (crowdhuman)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Annotated
@@ -209,5 +210,21 @@ def infer_command(
         console.print(f"annotated: {result.vis_dir}/")
 
 
+def _holding_the_out_lock(command):
+    """``command`` run while holding ``--out``'s lock, as a training holds its run directory's:
+    two runs into one folder would mix one's detections.json with both runs' vis/ images."""
+
+    @functools.wraps(command)
+    def run(**kwargs):
+        from pedcrowd.engine.rundir import locked_output
+
+        with locked_output(kwargs["out"]):
+            return command(**kwargs)
+
+    return run
+
+
 def register(app: typer.Typer) -> None:
-    app.command("infer", short_help="Detect pedestrians in images and videos.")(infer_command)
+    app.command("infer", short_help="Detect pedestrians in images and videos.")(
+        _holding_the_out_lock(infer_command)
+    )

@@ -9,7 +9,6 @@ and exit 143/130, printing the command that continues the run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -102,7 +101,7 @@ def train_command(
       pedcrowd train --set train.epochs=2 --out runs/short
       pedcrowd train -c configs/nms_ped_citypersons.yaml --loss nms
     """
-    from pedcrowd.engine.config import apply_overrides, load_config
+    from pedcrowd.engine.config import apply_overrides, check_config, config_source, load_config
     from pedcrowd.engine.train import train
 
     sets = list(overrides or [])
@@ -127,6 +126,7 @@ def train_command(
         if value is not None:
             sets.insert(0, f"loss.{key}={value}")  # before --set, after --loss
     cfg = apply_overrides(cfg, sets)
+    check_config(cfg, config_source(config, sets))  # relations, once every value is set
 
     from pedcrowd.engine.reporter import RichReporter
     from pedcrowd.engine.signals import Interrupted
@@ -142,7 +142,9 @@ def train_command(
     if summary.get("rank", 0) != 0:
         return
     if as_json:
-        typer.echo(json.dumps(summary))
+        from pedcrowd.fileio import dumps_strict
+
+        typer.echo(dumps_strict(summary))
         return
     Console().print(mr_table(summary))
 

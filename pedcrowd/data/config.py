@@ -9,7 +9,7 @@ standard library at import time (torch and cv2 load inside
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pedcrowd.errors import PedcrowdError
 
@@ -21,37 +21,35 @@ class SynthConfig:
     """The ``synth:`` section: parameters of a synthetic set (all saved in ``synth.json``;
     the generator is :mod:`pedcrowd.data.synth`)."""
 
-    train_images: int = 1000  # the CPU demo trains on these at half resolution
-    val_images: int = 200
-    height: int = 384  # image size; people are 20 .. 0.78 * height px tall
-    width: int = 768
-    seed: int = 0
-    density: float = 8.0  # mean labelled pedestrians per (non-empty) image
-    occlusion: float = 0.55  # 0..1: share of people in overlapping groups, occluder rate
+    # the CPU demo trains on these at half resolution
+    train_images: int = field(default=1000, metadata={"range": ">= 0"})
+    val_images: int = field(default=200, metadata={"range": ">= 0"})
+    # image size; people are 20 .. 0.78 * height px tall
+    height: int = field(default=384, metadata={"range": "[64, 16384]"})
+    width: int = field(default=768, metadata={"range": "[64, 16384]"})
+    seed: int = field(default=0, metadata={"range": ">= 0"})
+    # mean labelled pedestrians per (non-empty) image
+    density: float = field(default=8.0, metadata={"range": "[0, 1000]"})
+    # 0..1: share of people in overlapping groups, occluder rate
+    occlusion: float = field(default=0.55, metadata={"range": "[0, 1]"})
     # 0..1: how far group members overlap; the next member stands
     # U(0.75 - overlap, 1.25 - overlap) box widths beside the last (clipped at 0), so the
     # default 0.5 gives 0.25..0.75 widths and 1.0 puts members right behind each other
-    overlap: float = 0.5
-    max_group: int = 4  # largest overlapping group (groups have 2 .. max_group members)
-    empty_fraction: float = 0.06  # images with nobody in them
-    group_boxes: float = 0.35  # mean dense far-away groups (label 5) per image
-    posters: float = 0.35  # mean posters with a person on them (label 0) per image
+    overlap: float = field(default=0.5, metadata={"range": "[0, 1]"})
+    # largest overlapping group (groups have 2 .. max_group members)
+    max_group: int = field(default=4, metadata={"range": "[2, 1000]"})
+    empty_fraction: float = field(default=0.06, metadata={"range": "[0, 1]"})  # images with nobody in them
+    # mean dense far-away groups (label 5) per image
+    group_boxes: float = field(default=0.35, metadata={"range": "[0, 1000]"})
+    # mean posters with a person on them (label 0) per image
+    posters: float = field(default=0.35, metadata={"range": "[0, 1000]"})
 
     def __post_init__(self) -> None:
-        if self.train_images < 0 or self.val_images < 0:
-            raise PedcrowdError("synth: image counts must be >= 0")
-        if self.height < 64 or self.width < 64:
-            raise PedcrowdError(f"synth: image size {self.height}x{self.width} too small (min 64)")
-        if self.density < 0:
-            raise PedcrowdError(f"synth: density {self.density} must be >= 0")
-        if not 0.0 <= self.occlusion <= 1.0:
-            raise PedcrowdError(f"synth: occlusion {self.occlusion} must be in [0, 1]")
-        if not 0.0 <= self.overlap <= 1.0:
-            raise PedcrowdError(f"synth: overlap {self.overlap} must be in [0, 1]")
-        if self.max_group < 2:
-            raise PedcrowdError(f"synth: max_group {self.max_group} must be >= 2")
-        if not 0.0 <= self.empty_fraction <= 1.0:
-            raise PedcrowdError(f"synth: empty_fraction {self.empty_fraction} must be in [0, 1]")
+        # the ranges above, for a SynthConfig built in Python or by ``pedcrowd data synth``
+        # (the config loader checks them with the file and key named)
+        from pedcrowd.engine.config import check_config
+
+        check_config(self, "synth")
 
     def params(self) -> dict:
         return asdict(self)
@@ -92,7 +90,7 @@ class GtFilterConfig:
 class BackgroundConfig:
     """Images with no object after the filter (ignore-only images included)."""
 
-    policy: str = "keep"  # keep | drop | ratio
+    policy: Literal["keep", "drop", "ratio"] = "keep"
     # with policy=ratio: fraction of background images kept
     ratio: float = field(default=0.5, metadata={"range": "[0, 1]"})
 
@@ -103,16 +101,21 @@ class AugmentConfig:
 
     flip_prob: float = field(default=0.5, metadata={"range": "[0, 1]"})
     # image scale factor drawn uniformly
-    scale_range: tuple[float, float] = field(default=(1.0, 1.0), metadata={"range": "> 0"})
+    scale_range: tuple[float, float] = field(default=(1.0, 1.0), metadata={"range": "(0, 100]"})
     # (H, W) random crop; None = off
     crop_size: tuple[int, int] | None = field(default=None, metadata={"range": ">= 1"})
-    crop_policy: str = "clip"  # cut boxes: keep | clip | ignore
+    crop_policy: Literal["keep", "clip", "ignore"] = "clip"  # cut boxes
     # with crop_policy=ignore: lost-area fraction
     crop_ignore_threshold: float = field(default=0.5, metadata={"range": "[0, 1]"})
     # colour jitter strengths: factor in [1 - s, 1 + s]
     brightness: float = field(default=0.0, metadata={"range": "[0, 1]"})
     contrast: float = field(default=0.0, metadata={"range": "[0, 1]"})
     saturation: float = field(default=0.0, metadata={"range": "[0, 1]"})
+
+    def validate(self) -> None:
+        low, high = self.scale_range
+        if low > high:
+            raise ValueError(f"'scale_range' [{low}, {high}] must be ordered low, high")
 
 
 @dataclass
@@ -156,6 +159,19 @@ class DataConfig:
     num_workers: int = field(default=2, metadata={"range": ">= 0"})
     # background choice and augmentation draws
     seed: int = field(default=0, metadata={"range": "[0, 4294967295]"})
+
+    def validate(self) -> None:
+        """Names that must be known before anything is read (the reader checks the files)."""
+        from pedcrowd.formats.records import CATEGORIES
+        from pedcrowd.formats.registry import dataset_format
+
+        try:
+            dataset_format(self.format)
+        except PedcrowdError as e:
+            raise ValueError(str(e).replace("data.format: ", "'format' ", 1)) from None
+        unknown = sorted(set(self.gt_filter.promote) - set(CATEGORIES))
+        if unknown:
+            raise ValueError(f"'gt_filter.promote': unknown categories {unknown}; choose from {list(CATEGORIES)}")
 
 
 def build_dataset(

@@ -20,6 +20,7 @@ target ``boxes`` [K, 4] float32 xyxy full body, ``vis_boxes`` [K, 4],
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,6 +222,12 @@ class DetectionDataset(Dataset):
 
     def image_path(self, index: int) -> Path:
         candidates = self.image_candidates(self.records[index])
+        root = os.path.normpath(self.image_root)
+        for p in candidates:  # a file name such as ../../secret/x.png must not read outside the root
+            if os.path.commonpath([root, os.path.normpath(p)]) != root:
+                raise PedcrowdError(
+                    f"{self.image_root}: image {self.records[index].file_name!r} lies outside the image folder"
+                )
         return next((p for p in candidates if p.is_file()), candidates[0])
 
     def target(self, index: int) -> Target:

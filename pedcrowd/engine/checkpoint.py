@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.fileio import temporary_beside
 from pedcrowd.safeload import load_tensor_file
 
 
@@ -68,18 +69,25 @@ def save_checkpoint(path: str | Path, keep_previous_as: str | None = None, **sta
     lost ``path`` still leaves the previous good checkpoint.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp: Path | None = None
     try:
-        with tmp.open("wb") as f:
+        fd, tmp = temporary_beside(path)  # unpredictable name, O_EXCL: never a planted link
+        with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         if keep_previous_as is not None and path.is_file():
             os.replace(path, path.with_name(keep_previous_as))
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        # a full or read-only disk: OSError from the file, RuntimeError from torch's writer
+        # ("enforce fail at inline_container.cc ... file write failed")
+        if isinstance(e, OSError | RuntimeError):
+            kept = "the previous checkpoint there is left as it was" if path.is_file() else "no checkpoint written"
+            cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][:160]
+            raise PedcrowdError(f"{path}: cannot write the checkpoint ({cause}); {kept}") from None
         raise
 
 

@@ -19,13 +19,26 @@ Value ranges are declared on the fields themselves, as dataclass metadata:
 ``"[a, b)"``, ... (``inf`` allowed), alternatives joined by ``or`` with a bare
 number for one allowed value (``"[0, 1] or -1"``). The loader checks them after the type, for
 every number of a list or tuple too, so ``box_nms_thresh: 1.5``, ``epochs: 0``
-or a NaN are one-line errors naming the file and the key.
+or a NaN are one-line errors naming the file and the key. Infinity is outside
+every range that does not name ``inf`` as a bound. Every int and float field of
+the tree declares a range (a test walks the tree).
+
+Relations between values (``rpn_fg_iou_thresh >= rpn_bg_iou_thresh``, an ordered
+``scale_range``, a non-empty ``aspect_ratios``) are a section's ``validate()``
+method, raising ``ValueError``; :func:`check_config` runs them, and the ranges
+again, on the whole tree once the file and every ``--set`` are applied (so the
+order of ``--set`` options does not matter), and :func:`pedcrowd.engine.train.fit`
+runs it on a config built in Python.
+
+The YAML reader refuses a key given twice in one mapping and a file whose
+aliases expand beyond :data:`MAX_YAML_NODES` values (a "billion laughs" file).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -143,18 +156,87 @@ def load_config(
         path: a YAML file; its optional ``base:`` names one file it overrides.
         overrides: ``"a.b=value"`` strings, the value parsed as a YAML scalar.
     """
+    source = str(path) if path is not None else "defaults"
     raw = _read_with_base(Path(path)) if path is not None else {}
-    cfg = from_dict(Config, raw, source=str(path) if path is not None else "defaults")
-    return apply_overrides(cfg, overrides)
+    cfg = from_dict(Config, raw, source=source)
+    cfg = apply_overrides(cfg, overrides)
+    check_config(cfg, config_source(path, overrides))
+    return cfg
+
+
+MAX_YAML_NODES = 100_000  # values of a config once its aliases are expanded (the biggest has ~300)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class names it
+                break
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {_short(key)} given twice (first at line {first})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_load(text: str, source: str) -> Any:
+    """``text`` parsed as YAML (safe types only), strictly: duplicate keys and alias bombs
+    are PedcrowdError naming ``source``."""
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise PedcrowdError(f"{source}: not valid YAML ({_yaml_problem(e)})") from None
+    except RecursionError:
+        raise PedcrowdError(f"{source}: not valid YAML (nested too deeply)") from None
+    _check_expanded_size(data, source)
+    return data
+
+
+def _check_expanded_size(data: Any, source: str) -> None:
+    """PedcrowdError when ``data`` holds more than MAX_YAML_NODES values counted with
+    repetition: aliases share objects, but type checking and error messages expand them."""
+    count, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_YAML_NODES:
+            raise PedcrowdError(
+                f"{source}: refused: its aliases expand to more than {MAX_YAML_NODES} values"
+            )
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
+def config_source(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """How an error about the finished config names where it came from."""
+    if path is None:
+        return "--set" if overrides else "defaults"
+    return f"{path} with --set" if overrides else str(path)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise PedcrowdError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise PedcrowdError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PedcrowdError(
+            f"{path}: not valid YAML (byte 0x{e.object[e.start]:02x} at offset {e.start} is not UTF-8)"
+        ) from None
+    except OSError as e:
+        raise PedcrowdError(f"{path}: cannot read ({e.strerror or e})") from None
+    data = yaml_load(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -254,7 +336,7 @@ def _check(tp: Any, value: Any, source: str, key: str) -> Any:
     args = typing.get_args(tp)
 
     def fail(expected: str) -> PedcrowdError:
-        return PedcrowdError(f"{source}: '{key}' must be {expected}, got {value!r}")
+        return PedcrowdError(f"{source}: '{key}' must be {expected}, got {_short(value)}")
 
     if tp is Any:
         return value
@@ -329,9 +411,16 @@ _RANGE = re.compile(
 )
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a huge list must not become a huge error line)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def in_range(spec: str, value: float) -> bool:
     """Whether ``value`` lies in the range ``spec`` (``"> 0"``, ``"(0, 1]"``, ``"[0, 1] or -1"``:
-    a bare number is that value exactly; ``or`` joins alternatives); NaN never does."""
+    a bare number is that value exactly; ``or`` joins alternatives); NaN never does, and
+    infinity only when the spec names ``inf`` as a bound (``"[0, inf]"``)."""
     return any(_in_one_range(part, value) for part in spec.split(" or "))
 
 
@@ -343,6 +432,8 @@ def _in_one_range(spec: str, value: float) -> bool:
     m = _RANGE.match(spec)
     if m is None:
         raise ValueError(f"bad range spec {spec!r}")
+    if not math.isfinite(value) and "inf" not in spec:
+        return False
     if m["op"]:
         b = float(m["bound"])
         return {">": value > b, ">=": value >= b, "<": value < b, "<=": value <= b}[m["op"]]
@@ -367,6 +458,29 @@ def check_range(f: dataclasses.Field, value: Any, source: str, key: str) -> None
             )
 
 
+def check_config(cfg: Any, source: str = "config", prefix: str = "") -> None:
+    """Every declared range and relation of the dataclass tree ``cfg``; PedcrowdError
+    naming ``source`` and the dotted key.
+
+    The loader checks each value as it reads it; this checks the finished tree
+    (a config built in Python, ``--set`` values that only together break a relation).
+    """
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_config(value, source, prefix=f"{key}.")
+        else:
+            check_range(f, value, source, key)
+    validate = getattr(cfg, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except (ValueError, PedcrowdError) as e:
+            where = f"{prefix.rstrip('.')}: " if prefix else ""
+            raise PedcrowdError(f"{source}: {where}{e}") from None
+
+
 # ----------------------------------------------------------------------------- overrides
 
 
@@ -383,8 +497,10 @@ def apply_overrides(cfg: Any, overrides: list[str] | tuple[str, ...]) -> Any:
         dotted, raw = text.split("=", 1)
         dotted = dotted.strip()
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = yaml_load(raw, source) if raw.strip() else ""
+        except PedcrowdError as e:
+            if "refused" in str(e):  # an alias bomb, not a plain string
+                raise
             value = raw
         cfg = _set_path(cfg, dotted.split("."), value, source, prefix="")
     return cfg
@@ -406,7 +522,10 @@ def _set_path(obj: Any, parts: list[str], value: Any, source: str, prefix: str) 
         if child is None:  # an optional section switched off: rebuild it from its defaults
             child = _check(tp, {}, source, f"{prefix}{key}")
         new = _set_path(child, parts[1:], value, source, prefix=f"{prefix}{key}.")
-    return dataclasses.replace(obj, **{key: new})
+    try:
+        return dataclasses.replace(obj, **{key: new})
+    except (PedcrowdError, ValueError, TypeError) as e:  # a section's own validation
+        raise PedcrowdError(f"{source}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- saving
@@ -443,7 +562,9 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
     """Inverse of :func:`config_to_dict` (strict, like a file)."""
-    return from_dict(Config, data, source=source)
+    cfg = from_dict(Config, data, source=source)
+    check_config(cfg, source)
+    return cfg
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

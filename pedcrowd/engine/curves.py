@@ -14,14 +14,15 @@ display needed) and is imported only when a picture is drawn.
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pedcrowd.engine.metrics import read_metrics
+from pedcrowd.fileio import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -151,16 +152,12 @@ def plot_curves(
     fig.subplots_adjust(left=0.08 if cols > 1 else 0.2, right=0.98, bottom=0.12 if rows == 1 else 0.08,
                         top=(0.84 if rows == 1 else 0.9) if title else 0.92,
                         wspace=0.32, hspace=0.45)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=80)
-        tmp.replace(path)
+        fig.savefig(buffer, dpi=80, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def write_run_curves(run_dir: str | Path) -> Path | None:

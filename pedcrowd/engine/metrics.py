@@ -9,9 +9,11 @@ after every evaluation. Only rank 0 writes.
 from __future__ import annotations
 
 import json
-import math
+import os
 from pathlib import Path
 from typing import Any
+
+from pedcrowd.fileio import open_nofollow, to_jsonable  # noqa: F401 - to_jsonable re-exported
 
 
 class MetricsLog:
@@ -33,7 +35,9 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
+        # O_NOFOLLOW: a link planted at metrics.jsonl is refused, not written through
+        fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        with os.fdopen(fd, "a") as f:
             f.write(json.dumps(to_jsonable(record)) + "\n")
         if self._tb is not None:
             step = int(record.get("iter", 0))
@@ -44,17 +48,6 @@ class MetricsLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-
-
-def to_jsonable(value: Any) -> Any:
-    """``value`` with NaN/inf as None: strict JSON has no spelling for them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    return value
 
 
 def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:

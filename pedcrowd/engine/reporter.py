@@ -68,11 +68,12 @@ class Reporter:
     def warning(self, message: str) -> None:
         log.warning("%s", message)
 
-    def synthesize(self, root: Path, synth_cfg: Any):
-        """Generate (or reuse) the synthetic data set; returns its ``SynthSummary``."""
+    def synthesize(self, root: Path, synth_cfg: Any, should_stop=None):
+        """Generate (or reuse) the synthetic data set; returns its ``SynthSummary``.
+        ``should_stop`` is checked before every image (a signal stops the generation)."""
         from pedcrowd.data.synth import ensure_synth
 
-        return ensure_synth(root, synth_cfg)
+        return ensure_synth(root, synth_cfg, should_stop=should_stop)
 
     def close(self) -> None:
         """The run ended (normally or not)."""
@@ -240,12 +241,13 @@ class RichReporter(Reporter):
         if self.enabled:
             self._print(f"warning: {message}", style="yellow")
 
-    def synthesize(self, root, synth_cfg):
+    def synthesize(self, root, synth_cfg, should_stop=None):
         from pedcrowd.progress import synth_with_progress
 
         if not self.enabled:
-            return super().synthesize(root, synth_cfg)
-        return synth_with_progress(root, synth_cfg, self.console, f"generating synthetic crowds in {root}")
+            return super().synthesize(root, synth_cfg, should_stop)
+        return synth_with_progress(root, synth_cfg, self.console, f"generating synthetic crowds in {root}",
+                                   should_stop=should_stop)
 
     def close(self):
         if self._live is not None:

@@ -19,10 +19,12 @@ import contextlib
 import fcntl
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.fileio import LINK_REFUSED, open_nofollow, write_text_atomic
 
 LOCK_NAME = ".lock"
 LAST, PREV = "last.pt", "prev.pt"
@@ -37,8 +39,11 @@ class RunLock:
 
     def acquire(self) -> bool:
         """True when this process now holds the lock; False when another one does."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PedcrowdError(f"{self.path.parent}: cannot create the run directory ({e.strerror or e})") from None
+        fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)  # a planted link is refused
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -63,6 +68,30 @@ class RunLock:
             self._fd = None
 
 
+@contextlib.contextmanager
+def locked_output(folder: Path) -> Iterator[RunLock]:
+    """``folder`` locked as a run directory while inside (``pedcrowd infer --out``): a
+    second writer is refused instead of mixing its files with this one's."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PedcrowdError(f"{folder}: --out names a file; give a folder")
+    created = not folder.exists()
+    lock = RunLock(folder)
+    if not lock.acquire():
+        raise PedcrowdError(
+            f"{folder}: another pedcrowd process (pid {lock.holder()}) is writing into this "
+            "folder; wait for it to finish or choose another --out"
+        )
+    try:
+        yield lock
+    finally:
+        lock.release()
+        if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:  # nothing written
+            with contextlib.suppress(OSError):
+                lock.path.unlink()
+                folder.rmdir()
+
+
 def claim_run_dir(run_dir: Path, explicit: bool, resume: bool) -> tuple[Path, RunLock]:
     """The run directory to train into, locked.
 
@@ -75,6 +104,8 @@ def claim_run_dir(run_dir: Path, explicit: bool, resume: bool) -> tuple[Path, Ru
         PedcrowdError: another process trains there; it holds a run and
             ``resume`` is off (explicit directory); ``resume`` without a checkpoint.
     """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PedcrowdError(f"{run_dir}: names a file, not a run directory; choose another --out")
     candidate, n = run_dir, 2
     while True:
         lock = RunLock(candidate)
@@ -131,6 +162,8 @@ def truncate_metrics(run_dir: Path, iteration: int, eval_done: bool = True) -> i
     Returns the number of lines removed.
     """
     path = run_dir / "metrics.jsonl"
+    if path.is_symlink():
+        raise PedcrowdError(f"{path}: {LINK_REFUSED}")
     if not path.is_file():
         return 0
     kept, dropped = [], 0
@@ -146,9 +179,7 @@ def truncate_metrics(run_dir: Path, iteration: int, eval_done: bool = True) -> i
         else:
             dropped += 1
     if dropped:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
-        tmp.replace(path)
+        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
     return dropped
 
 

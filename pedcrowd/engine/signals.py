@@ -5,7 +5,8 @@ A cluster scheduler pre-empts a job with SIGTERM; Ctrl-C sends SIGINT. While
 training loop reads after each optimiser step; the loop then writes
 ``last.pt`` and :func:`pedcrowd.engine.train.fit` raises :class:`Interrupted`.
 The previous handlers are restored at once, so a second signal acts as usual
-(Ctrl-C twice stops immediately).
+(Ctrl-C twice stops immediately). A signal that is ignored (``SIG_IGN``) on entry,
+as SIGINT is for a background job of a script, stays ignored.
 """
 
 from __future__ import annotations
@@ -31,9 +32,13 @@ class Interrupted(Exception):  # noqa: N818 - the name says what happened to the
         self.run_dir = run_dir
         self.checkpoint = checkpoint
         name = signal.Signals(signum).name
-        saved = f"checkpoint {checkpoint} written at iteration {iteration}" if checkpoint else "no checkpoint written"
+        if checkpoint is None:  # stopped before the first step (generating the data set)
+            super().__init__(f"{name}: training stopped before its first step, no checkpoint written; "
+                             "start it again with the same command")
+            return
         super().__init__(
-            f"{name}: training stopped, {saved}; continue with: pedcrowd train --out {run_dir} --resume"
+            f"{name}: training stopped, checkpoint {checkpoint} written at iteration {iteration}; "
+            f"continue with: pedcrowd train --out {run_dir} --resume"
         )
 
 
@@ -61,6 +66,10 @@ class StopOnSignal:
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in self.signals:
+                if signal.getsignal(sig) == signal.SIG_IGN:
+                    # ignored when the process started (a `cmd &` job in a script ignores SIGINT):
+                    # Python leaves that alone, and so does pedcrowd
+                    continue
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -34,13 +34,13 @@ checkpoint as it was.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import random
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -60,7 +60,13 @@ from pedcrowd.engine.checkpoint import (
     set_rng_state,
     unwrap,
 )
-from pedcrowd.engine.config import Config, config_from_dict, config_to_dict, save_config
+from pedcrowd.engine.config import (
+    Config,
+    check_config,
+    config_from_dict,
+    config_to_dict,
+    save_config,
+)
 from pedcrowd.engine.curves import write_run_curves
 from pedcrowd.engine.inference import configure_postprocess, run_detector
 from pedcrowd.engine.loop import (  # noqa: F401 - train_one_epoch, make_loader re-exported
@@ -75,7 +81,7 @@ from pedcrowd.engine.reporter import Reporter
 from pedcrowd.engine.schedule import build_optimizer, build_scheduler
 from pedcrowd.engine.signals import Interrupted, StopOnSignal
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.fileio import write_text_atomic
+from pedcrowd.fileio import copy_file_atomic, write_text_atomic
 from pedcrowd.formats.detections import output_to_xywh, results_entries
 from pedcrowd.formats.registry import dataset_format
 from pedcrowd.model.config import PostprocessConfig
@@ -99,8 +105,13 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+class EvaluationStopped(Exception):  # noqa: N818 - what happened, not an error
+    """``should_stop`` returned True during :func:`predict`."""
+
+
 def predict(
     model: torch.nn.Module, dataset, device: torch.device, batch_size: int = 4,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Detections of ``model`` on every image of ``dataset`` (eval mode, no augmentation),
     through the inference loop ``pedcrowd infer`` runs too (:func:`run_detector`).
@@ -116,6 +127,8 @@ def predict(
                               batch_size=batch_size):
         for (_, target), out in batch:
             dets[int(target["image_id"])] = output_to_xywh(out)
+        if should_stop is not None and should_stop():
+            raise EvaluationStopped
     return dets
 
 
@@ -132,11 +145,13 @@ def detections_to_json(dets: dict[int, tuple[np.ndarray, np.ndarray]], records) 
 def evaluate_model(
     model: torch.nn.Module, dataset, device: torch.device, protocol: str = "citypersons",
     batch_size: int = 4, postprocess: PostprocessConfig | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ):
     """Detect on ``dataset`` (the val split) and score with the pedcrowd evaluator.
 
     ``postprocess`` (the config's section; None keeps the model's) is set on the
-    model first.
+    model first. ``should_stop`` is checked after every batch; True raises
+    :class:`EvaluationStopped`.
 
     Returns:
         (detections, report): image id -> (boxes [D, 4] xywh, scores [D]), and the
@@ -145,7 +160,7 @@ def evaluate_model(
     from pedcrowd.eval import evaluate
 
     configure_postprocess(unwrap(model), postprocess)
-    dets = predict(unwrap(model), dataset, device, batch_size=batch_size)
+    dets = predict(unwrap(model), dataset, device, batch_size=batch_size, should_stop=should_stop)
     report = evaluate(dataset.records, dets, protocol=protocol)
     return dets, report
 
@@ -162,9 +177,9 @@ def _write_json(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(to_jsonable(data)))
 
 
-def _ensure_synth_data(root: Path, synth_cfg, reporter: Reporter) -> None:
+def _ensure_synth_data(root: Path, synth_cfg, reporter: Reporter, should_stop: Callable[[], bool]) -> None:
     """Generate the synthetic data set on first use, else reuse it."""
-    summary = reporter.synthesize(root, synth_cfg)
+    summary = reporter.synthesize(root, synth_cfg, should_stop)
     if not summary.reused:
         reporter.info(
             f"generated {sum(summary.images.values())} synthetic images in {root} "
@@ -192,6 +207,7 @@ def fit(
         PedcrowdError: bad input, a locked or occupied run directory, divergence.
         Interrupted: SIGTERM/SIGINT; ``last.pt`` was written first.
     """
+    check_config(cfg)  # a config built in Python: the ranges and relations the loader checks
     cfg = _head_for_box_loss(cfg)
     tcfg = cfg.train
     run_dir = Path(out_dir if out_dir is not None else tcfg.out_dir)
@@ -273,14 +289,22 @@ def _run(
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The body of :func:`fit`, inside the run lock and the signal handlers."""
     from pedcrowd.data.config import build_dataset
+    from pedcrowd.data.synth import SynthInterrupted, set_lock
     from pedcrowd.model import build_model
 
     tcfg, main = cfg.train, info.is_main
     log: MetricsLog | None = None
-    try:  # on any failure too: flush the metrics log, close the reporter
+    held = contextlib.ExitStack()
+    try:  # on any failure too: flush the metrics log, close the reporter, release the data set
         if cfg.synth is not None:
             if main:
-                _ensure_synth_data(Path(cfg.data.root), cfg.synth, rep)
+                signalled = lambda: stop.signum is not None  # noqa: E731
+                try:
+                    # shared while the run reads it: another run never regenerates it underneath
+                    held.enter_context(set_lock(Path(cfg.data.root), signalled))
+                    _ensure_synth_data(Path(cfg.data.root), cfg.synth, rep, signalled)
+                except SynthInterrupted:
+                    raise Interrupted(stop.signum or signal.SIGTERM, run_dir, None, 0) from None
             ddp.barrier(info)
 
         if tcfg.threads is not None:
@@ -358,8 +382,7 @@ def _run(
                     best_mr=best_mr, history=history, rng=rngs, config=cfg_dict,
                 )
                 if best:
-                    shutil.copyfile(run_dir / rundir.LAST, run_dir / ".best.pt.tmp")
-                    (run_dir / ".best.pt.tmp").replace(run_dir / "best.pt")
+                    copy_file_atomic(run_dir / rundir.LAST, run_dir / "best.pt")
                 write_run_curves(run_dir)  # curves.png follows the run, checkpoint by checkpoint
             ddp.barrier(info)
 
@@ -399,14 +422,27 @@ def _run(
                 write_last(epoch)
                 raise interrupted()
             means = ddp.all_mean(means, info, device)
-            entry: dict[str, Any] = {"epoch": epoch + 1, "iter": iteration, "train": means}
+            entry: dict[str, Any] = {"epoch": epoch + 1, "iter": iteration, "train": means,
+                                     "finite_steps": state.finite_steps}
             last = epoch + 1 == tcfg.epochs
+            # before anything is written: a useless model never replaces the last checkpoint
+            _check_trained(unwrap(model), [*history, entry], last, epoch + 1)
             is_best = False
             if main and (last or (tcfg.eval_every > 0 and (epoch + 1) % tcfg.eval_every == 0)):
                 rep.evaluating()
-                dets, report = evaluate_model(
-                    model, val_set, device, protocol=protocol, postprocess=cfg.postprocess
-                )
+                try:
+                    dets, report = evaluate_model(
+                        model, val_set, device, protocol=protocol, postprocess=cfg.postprocess,
+                        # a signal ends the evaluation at the next batch (a scheduler's grace period
+                        # is shorter than an evaluation); under DDP the other ranks wait in a
+                        # collective, so there it finishes first
+                        should_stop=None if info.enabled else (lambda: stop.signum is not None),
+                    )
+                except EvaluationStopped:
+                    # every batch of the epoch is done: last.pt says so (a mid-epoch checkpoint at
+                    # its end), and the resumed run evaluates this epoch again, the final one too
+                    write_last(epoch)
+                    raise interrupted() from None
                 mrs = _report_mrs(report)
                 entry["mr"] = mrs
                 log.write({"kind": "eval", "epoch": epoch + 1, "iter": iteration, "mr": mrs})
@@ -418,8 +454,11 @@ def _run(
             history.append(entry)
             state = EpochState(nonfinite_run=state.nonfinite_run)  # the next epoch starts empty
             write_last(epoch + 1, best=is_best)
-            if not last and any_rank(stop.signum is not None):  # a signal during the evaluation
-                raise interrupted()
+            if any_rank(stop.signum is not None):  # a signal during the evaluation or the write
+                if not last:
+                    raise interrupted()
+                rep.warning(f"{signal.Signals(stop.signum or signal.SIGTERM).name} arrived after the "
+                            "run's last step and evaluation: the run is complete")
 
         summary = {
             "run_dir": str(run_dir), "epochs": tcfg.epochs, "iterations": iteration,
@@ -435,6 +474,25 @@ def _run(
         rep.close()
         if log is not None:
             log.close()
+        held.close()
+
+
+def _check_trained(model: torch.nn.Module, history: list[dict[str, Any]], last: bool, epoch: int) -> None:
+    """Diverged when the weights hold NaN/inf after ``epoch``, or when the run is over and
+    none of its steps had a finite loss (every one was skipped: the weights are the
+    initial ones). Either would otherwise end as a normal exit with a useless checkpoint."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise Diverged(
+            f"training diverged: after epoch {epoch} the weights hold NaN or infinite values "
+            f"({bad[0]}{more}); lower optim.lr or check the data"
+        )
+    if last and not any(h.get("finite_steps", 1) for h in history):  # older checkpoints: assume steps
+        raise Diverged(
+            "training ended without a single optimisation step: every step's loss was non-finite "
+            "and skipped, so the weights are the untrained ones; lower optim.lr or check the data"
+        )
 
 
 def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,

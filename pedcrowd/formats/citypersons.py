@@ -13,6 +13,7 @@ Label mapping used by the official JSON (checked row by row against
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ from pedcrowd.formats.records import (
 )
 
 # .mat class label -> category (annotations/README.txt).
+log = logging.getLogger(__name__)
+
 MAT_LABELS = {0: IGNORE_REGION, 1: PEDESTRIAN, 2: RIDER, 3: SITTING, 4: OTHER, 5: GROUP}
 
 # Category names of val_gt.json's ``categories`` table -> category.
@@ -137,6 +140,7 @@ def citypersons_json_records(data: object, path: Path, category_id: int | None =
             f"{path}: annotation {_ann_name(anns[negative[0]])}: negative box size in 'bbox' "
             f"{cols['bbox'][negative[0]].tolist()}"
         )
+    _refuse_repeated_annotations(path, anns, cols)
     order = np.argsort(cols["image_id"], kind="stable")  # stable: file order within an image
     cols = {k: v[order] for k, v in cols.items()}
     ids_sorted = cols["image_id"]
@@ -159,8 +163,8 @@ def citypersons_json_records(data: object, path: Path, category_id: int | None =
                 vis_ratios=cols["vis_ratio"][a:b],
                 ann_ids=cols["id"][a:b],
                 crowd=cols["iscrowd"][a:b],
-                width=int(im["width"]) if "width" in im else None,
-                height=int(im["height"]) if "height" in im else None,
+                width=validate.image_size(im, "width", path, f"image {image_id}"),
+                height=validate.image_size(im, "height", path, f"image {image_id}"),
             )
         )
     # A set, not np.setdiff1d: its np.unique loads numpy.ma (~15 ms of `pedcrowd eval`).
@@ -185,6 +189,31 @@ def _refuse_duplicates(path: Path, ids: list[int], names: list[str]) -> None:
             if v in seen:
                 raise PedcrowdError(f"{path}: {what} {v!r} is listed twice")
             seen.add(v)
+
+
+def _refuse_repeated_annotations(path: Path, anns: list, cols: dict[str, np.ndarray]) -> None:
+    """An annotation listed twice (its id repeated, as in a list appended to itself) is an
+    error: the person would count twice, one copy a certain miss (the official files have
+    none). Two annotations with different ids and the very same boxes are most likely the
+    same, but a synthetic crowd can hold two such people: a warning names them."""
+    ids = cols["id"]
+    order = np.argsort(ids, kind="stable")
+    repeated = np.flatnonzero(np.diff(ids[order]) == 0)
+    if len(repeated):
+        raise PedcrowdError(
+            f"{path}: annotation id {int(ids[order[repeated[0]]])} is listed twice: "
+            "its person would be counted twice"
+        )
+    rows = np.column_stack([cols["bbox"], np.nan_to_num(cols["vis_bbox"], nan=-1.0), cols["vis_ratio"],
+                            cols["category"] == PEDESTRIAN, cols["ignore"]])
+    twice = validate.first_duplicate(cols["image_id"], rows)
+    if twice is not None:
+        i, j = twice
+        log.warning(
+            "warning: %s: annotations %s and %s of image %d are the same box %s: counted as two "
+            "people, one of them can never be matched", path, _ann_name(anns[i]), _ann_name(anns[j]),
+            int(cols["image_id"][i]), cols["bbox"][i].tolist(),
+        )
 
 
 def _rows_of_4(boxes: list) -> np.ndarray:

@@ -68,8 +68,8 @@ def read_image_list(path: str | Path) -> list[ImageRecord]:
             ImageRecord(
                 id=image_id,
                 file_name=str(name),
-                width=int(im["width"]) if "width" in im else None,
-                height=int(im["height"]) if "height" in im else None,
+                width=validate.image_size(im, "width", path, f"image {image_id}"),
+                height=validate.image_size(im, "height", path, f"image {image_id}"),
             )
         )
     return records
@@ -184,8 +184,8 @@ def coco_json_records(data: object, path: Path, category: str | int | None = "pe
                 vis_ratios=ratios,
                 ann_ids=ids,
                 crowd=crowd,
-                width=int(im["width"]) if "width" in im else None,
-                height=int(im["height"]) if "height" in im else None,
+                width=validate.image_size(im, "width", path, f"image {image_id}"),
+                height=validate.image_size(im, "height", path, f"image {image_id}"),
             )
         )
     if by_image:

@@ -55,7 +55,13 @@ def _parse_line(data: dict, index: int, first_ann_id: int, where: str) -> ImageR
         raise PedcrowdError(f"{where}: expected an object with an 'ID' field")
     if isinstance(data["ID"], bool) or not isinstance(data["ID"], str | int):
         raise PedcrowdError(f"{where}: 'ID' must be a string, got {data['ID']!r}")
-    objs = data.get("gtboxes", [])
+    image_id = str(data["ID"])
+    if image_id in ("", ".", "..") or "/" in image_id or "\\" in image_id or "\0" in image_id:
+        # the image is read from ROOT/Images/{ID}.jpg: a path would read outside the root
+        raise PedcrowdError(f"{where}: 'ID' must be a file name, not a path, got {image_id!r}")
+    if "gtboxes" not in data:  # every line of a CrowdHuman file has one, [] for no people
+        raise PedcrowdError(f"{where}: image {data['ID']!r} has no 'gtboxes' field")
+    objs = data["gtboxes"]
     if not isinstance(objs, list) or not all(isinstance(o, dict) for o in objs):
         raise PedcrowdError(f"{where}: 'gtboxes' must be a list of objects")
     fast = _fast_columns(objs) if isinstance(objs, list) and objs else None
@@ -112,16 +118,7 @@ def _record(data: dict, index: int, first_ann_id: int, where: str, box_arr, vis_
 
 def _size(data: dict, key: str, where: str) -> int | None:
     """An optional image size field (CrowdHuman's own files have none; CrowdDet reads it when present)."""
-    value = data.get(key)
-    if value is None:
-        return None
-    try:
-        size = int(value)
-    except (TypeError, ValueError):
-        raise PedcrowdError(f"{where}: '{key}' must be a positive integer, got {value!r}") from None
-    if size <= 0:
-        raise PedcrowdError(f"{where}: '{key}' must be a positive integer, got {value!r}")
-    return size
+    return validate.image_size(data, key, where, f"image {data.get('ID')!r}")
 
 
 def json_lines(path: Path, what: str) -> Iterator[tuple[str, Any]]:
@@ -139,6 +136,8 @@ def json_lines(path: Path, what: str) -> Iterator[tuple[str, Any]]:
             yield where, json.loads(line)
         except json.JSONDecodeError as exc:
             raise PedcrowdError(f"{where}: not a JSON object ({exc.msg})") from exc
+        except RecursionError:
+            raise PedcrowdError(f"{where}: not a JSON object (nested too deeply)") from None
 
 
 def odgt_id(record: ImageRecord) -> str:
@@ -166,8 +165,12 @@ def read_odgt(path: str | Path) -> list[ImageRecord]:
             raise PedcrowdError(f"{where}: image {data['ID']!r} is listed twice")
         seen.add(record.file_name)
         validate.finite_rows(record.boxes, where, f"image {data['ID']!r}", "fbox")
+        validate.box_sizes(record.boxes, where, f"image {data['ID']!r}", "fbox")
+        validate.box_sizes(record.vis_boxes, where, f"image {data['ID']!r}", "vbox")
         next_ann_id += len(record)
         records.append(record)
+    if not records:
+        raise PedcrowdError(f"{path}: the CrowdHuman file lists no images")
     return records
 
 

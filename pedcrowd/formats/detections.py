@@ -8,6 +8,7 @@ order is kept within each image (it breaks score ties).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from itertools import chain, repeat
 from operator import itemgetter
@@ -20,6 +21,8 @@ from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import existing_path, json_list_chunks, load_json
 from pedcrowd.formats import validate
 from pedcrowd.formats.records import ImageRecord
+
+log = logging.getLogger(__name__)
 
 Detections = dict[int, tuple[np.ndarray, np.ndarray]]
 
@@ -212,6 +215,15 @@ def _columns(data: list) -> _Columns | None:
     return image_ids, cat_ids, boxes, scores
 
 
+def _warn_other_category(categories: list[int]) -> None:
+    """Every detection has a category_id other than 1: evaluated as no detections at all."""
+    shown = ", ".join(map(str, categories[:5])) + (", ..." if len(categories) > 5 else "")
+    log.warning(
+        "warning: every detection has category_id %s, none the pedestrian's 1: they are all "
+        "skipped and the evaluation sees no detections", shown,
+    )
+
+
 def _group(parts: list[_Columns], images: list[ImageRecord]) -> Detections | None:
     """The slices' columns -> image id -> (boxes, scores) in file order; None for an unknown image id."""
     if not parts:
@@ -219,6 +231,8 @@ def _group(parts: list[_Columns], images: list[ImageRecord]) -> Detections | Non
     image_ids, cat_ids, boxes, scores = (np.concatenate(col) for col in zip(*parts, strict=True))
     known = np.array(sorted(im.id for im in images), dtype=np.int64)
     keep = cat_ids == 1
+    if len(keep) and not keep.any():
+        _warn_other_category(sorted(set(cat_ids.tolist())))
     image_ids, boxes, scores = image_ids[keep], boxes[keep], scores[keep]
     if not np.isin(image_ids, known).all():
         return None
@@ -285,11 +299,14 @@ def read_detections_json(path: str | Path, images: list[ImageRecord]) -> Detecti
     known = {im.id for im in images}
     index: FileNameIndex | None = None
     per_image: dict[int, list[tuple[list, float]]] = {}
+    others: set[int] = set()
     for i, d in enumerate(data):
         where = f"detection {i}"
         if not isinstance(d, dict):
             raise PedcrowdError(f"{path}: {where} is not an object")
-        if validate.category_id(d.get("category_id", 1), path, where) != 1:
+        category = validate.category_id(d.get("category_id", 1), path, where)
+        if category != 1:
+            others.add(category)
             continue
         if "image_id" in d:
             image_id = validate.integer_id(d["image_id"], path, where)
@@ -307,6 +324,8 @@ def read_detections_json(path: str | Path, images: list[ImageRecord]) -> Detecti
         bbox = validate.xywh(d["bbox"], path, where)
         score = validate.number(d["score"], path, where, "score")
         per_image.setdefault(int(image_id), []).append((bbox, score))
+    if others and not per_image:
+        _warn_other_category(sorted(others))
     out: Detections = {}
     for image_id, rows in per_image.items():
         try:

@@ -82,3 +82,51 @@ def finite_rows(arr: np.ndarray, path: Path | str, where: str, what: str = "box"
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+MAX_COORD = 1e5  # px: a box coordinate or size beyond this is a broken file, not a person
+
+
+def box_sizes(arr: np.ndarray, path: Path | str, where: str, what: str = "box") -> None:
+    """PedcrowdError naming the first ``[x, y, w, h]`` row of ``arr`` with a negative size or
+    a value beyond +-MAX_COORD pixels (NaN rows, "no box", pass)."""
+    with np.errstate(invalid="ignore"):
+        bad = (arr[:, 2:] < 0).any(axis=1) | (np.abs(arr) > MAX_COORD).any(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        problem = "a negative size" if (arr[row, 2:] < 0).any() else f"a value beyond {MAX_COORD:g} px"
+        raise PedcrowdError(f"{path}: {where}: {what} {row + 1} has {problem} {arr[row].tolist()}")
+
+
+def first_duplicate(image_ids: np.ndarray, rows: np.ndarray) -> tuple[int, int] | None:
+    """Indices ``(i, j)`` of two entries with the same image id and the same row (box), or None.
+
+    An evaluation GT listing one annotation twice would count a person twice (one of
+    the two copies can never be matched: a guaranteed miss).
+    """
+    if len(image_ids) < 2:
+        return None
+    keys = [rows[:, k] for k in reversed(range(rows.shape[1]))]
+    order = np.lexsort((*keys, image_ids))
+    same = (np.diff(image_ids[order]) == 0) & (np.diff(rows[order], axis=0) == 0).all(axis=1)
+    hits = np.flatnonzero(same)
+    if not len(hits):
+        return None
+    i, j = sorted((int(order[hits[0]]), int(order[hits[0] + 1])))
+    return i, j
+
+
+def image_size(im: Any, key: str, path: Path | str, where: str) -> int | None:
+    """The optional ``width`` / ``height`` of an image entry: None when absent, else a
+    positive integer (an integral float such as ``2048.0`` too); zero, negative, NaN,
+    fractional and non-numbers are refused naming ``path`` and the image."""
+    if not isinstance(im, dict):
+        raise PedcrowdError(f"{path}: {where} is not an object")
+    value = im.get(key)
+    if value is None:
+        return None
+    if not is_integral(value) or value < 1 or value > MAX_COORD:
+        raise PedcrowdError(
+            f"{path}: {where}: '{key}' must be a positive integer number of pixels, got {_short(value)}"
+        )
+    return int(value)

@@ -70,11 +70,11 @@ class NmsLossConfig:
     # rpn stage, as the official RPN_NMS_Head: anchors with score > min_score, the
     # pre_top_n best, decoded (with gradient) and clipped, height >= min_height px, the
     # top_n best of those; assigned by IoU >= 0.5 of their anchor (ignore IoA > 0.5 dropped)
-    rpn_min_score: float = 0.005
-    rpn_pre_top_n: int = 2500
-    rpn_top_n: int = 2500
-    rpn_min_height: float = 50.0
-    rpn_iou_thresh: float = 0.5
+    rpn_min_score: float = field(default=0.005, metadata={"range": "[0, 1)"})
+    rpn_pre_top_n: int = field(default=2500, metadata={"range": ">= 1"})
+    rpn_top_n: int = field(default=2500, metadata={"range": ">= 1"})
+    rpn_min_height: float = field(default=50.0, metadata={"range": ">= 0"})
+    rpn_iou_thresh: float = field(default=0.5, metadata={"range": "(0, 1]"})
 
     def term_weights(self) -> dict[str, float]:
         return {"nms_pull": self.lambda_pull, "nms_push": self.lambda_push}
@@ -103,8 +103,10 @@ class RepLossConfig:
 
     alpha: float = field(default=0.0, metadata={"range": ">= 0"})  # weight of RepGT
     beta: float = field(default=0.0, metadata={"range": ">= 0"})  # weight of RepBox
-    sigma_gt: float = 1.0  # Smooth_ln sigma of RepGT (paper 1.0: plain -ln(1 - IoG))
-    sigma_box: float = 0.0  # Smooth_ln sigma of RepBox (paper 0.0: linear in IoU)
+    # Smooth_ln sigma of RepGT (paper 1.0: plain -ln(1 - IoG))
+    sigma_gt: float = field(default=1.0, metadata={"range": "[0, 1]"})
+    # Smooth_ln sigma of RepBox (paper 0.0: linear in IoU)
+    sigma_box: float = field(default=0.0, metadata={"range": "[0, 1]"})
     # box_loss (paper-exact): scaled like the attraction term, which torchvision's box loss
     # divides by every sampled RoI instead of the positives, so that alpha and beta weigh
     # RepGT/RepBox against it as in the paper; positives: RepGT per positive and RepBox
@@ -126,13 +128,13 @@ class FocalConfig:
     """Focal loss (Lin et al., ICCV 2017); see ``pedcrowd.losses.focal``. Used by
     ``loss.cls: focal`` (RoI head) and ``loss.rpn_cls: focal`` (RPN objectness)."""
 
-    gamma: float = 2.0  # focusing parameter
+    gamma: float = field(default=2.0, metadata={"range": ">= 0"})  # focusing parameter
     # weight of the positives (negatives 1 - alpha); -1: no balance (torchvision's switch)
     alpha: float = field(default=0.25, metadata={"range": "[0, 1] or -1"})
     # pi of the bias initialisation -log((1 - pi) / pi) of the classifier it trains
     # (RoI head: b_ped - b_bg); null keeps the usual initialisation. Applied when the
     # model starts from weights none / imagenet (a weights file brings its own bias).
-    prior: float | None = 0.01
+    prior: float | None = field(default=0.01, metadata={"range": "(0, 1)"})
     # rows: sampled (the sampler's) or all (every anchor / proposal with label >= 0,
     # RetinaNet's dense form); auto: RoI head sampled, RPN all
     rows: Literal["auto", "sampled", "all"] = "auto"
@@ -146,11 +148,13 @@ class GhmConfig:
     """GHM-C (``loss.cls: ghm``) and GHM-R (``loss.box: ghm``) (Li et al., AAAI 2019);
     see ``pedcrowd.losses.ghm``. Defaults: the official RetinaNet config."""
 
-    bins: int = 30  # GHM-C: unit regions of the gradient norm
-    momentum: float = 0.75  # GHM-C: EMA of the region counts; 0: this batch's counts
-    mu: float = 0.02  # GHM-R: Authentic Smooth L1 parameter
-    box_bins: int = 10  # GHM-R regions
-    box_momentum: float = 0.7  # GHM-R EMA momentum
+    # GHM-C: unit regions of the gradient norm
+    bins: int = field(default=30, metadata={"range": ">= 1"})
+    # GHM-C: EMA of the region counts; 0: this batch's counts
+    momentum: float = field(default=0.75, metadata={"range": "[0, 1)"})
+    mu: float = field(default=0.02, metadata={"range": "> 0"})  # GHM-R: Authentic Smooth L1 parameter
+    box_bins: int = field(default=10, metadata={"range": ">= 1"})  # GHM-R regions
+    box_momentum: float = field(default=0.7, metadata={"range": "[0, 1)"})  # GHM-R EMA momentum
     box_weight: float = field(default=10.0, metadata={"range": ">= 0"})  # GHM-R loss_weight
     # GHM-R on the raw deltas (the box coder's weights divided out: the official
     # target_stds 1); false: on torchvision's (10, 10, 5, 5)-weighted deltas
@@ -161,8 +165,9 @@ class GhmConfig:
 class QflConfig:
     """Quality Focal Loss (Li et al., NeurIPS 2020); see ``pedcrowd.losses.qfl``. ``loss.cls: qfl``."""
 
-    beta: float = 2.0  # exponent of |y - sigma|
-    prior: float | None = 0.01  # as loss.focal.prior (GFL initialises its classifier so)
+    beta: float = field(default=2.0, metadata={"range": ">= 0"})  # exponent of |y - sigma|
+    # as loss.focal.prior (GFL initialises its classifier so)
+    prior: float | None = field(default=0.01, metadata={"range": "(0, 1)"})
     # sampled: mean over the sampled rows (mmdetection's two-stage normaliser);
     # positives: over the sampled positives (GFL's dense head)
     normalize: Literal["auto", "sampled", "positives"] = "auto"
@@ -177,7 +182,8 @@ class OhemConfig:
     # RoIs scored per image: 0 every proposal (the authors'); n > 0 a random subset of n
     # (cheaper: scoring every proposal costs about 1.65x a default step on the CPU demo)
     pool: int = field(default=0, metadata={"range": ">= 0"})
-    nms_thresh: float = 0.7  # de-duplication IoU, per image and label; >= 1 turns it off
+    # de-duplication IoU, per image and label; >= 1 turns it off
+    nms_thresh: float = field(default=0.7, metadata={"range": "> 0"})
     with_box: bool = True  # hardness = cls + box loss (paper); false: cls only
     # smooth-L1 beta of the hardness's box part (the authors' sigma 1)
     beta: float = field(default=1.0, metadata={"range": "> 0"})
@@ -188,16 +194,18 @@ class PisaConfig:
     """PISA (Cao et al., CVPR 2020); see ``pedcrowd.losses.pisa``. ``loss.sampler: pisa``."""
 
     isr_p: bool = True  # IoU-HLR weights on the positives
-    k: float = 2.0
-    bias: float = 0.0
+    # weights ((1 - r / n)(1 - bias) + bias)^k: a bias outside [0, 1] makes a base negative
+    k: float = field(default=2.0, metadata={"range": ">= 0"})
+    bias: float = field(default=0.0, metadata={"range": "[0, 1]"})
     isr_n: bool = True  # Score-HLR sampling and weights of the negatives
-    neg_k: float = 0.5
-    neg_bias: float = 0.0
-    score_thr: float = 0.05
-    iou_thr: float = 0.5
-    carl_weight: float = 1.0  # CARL, logged as loss_carl; 0 turns it off
-    carl_k: float = 1.0
-    carl_bias: float = 0.2
+    neg_k: float = field(default=0.5, metadata={"range": ">= 0"})
+    neg_bias: float = field(default=0.0, metadata={"range": "[0, 1]"})
+    score_thr: float = field(default=0.05, metadata={"range": "[0, 1]"})
+    iou_thr: float = field(default=0.5, metadata={"range": "(0, 1]"})
+    # CARL, logged as loss_carl; 0 turns it off
+    carl_weight: float = field(default=1.0, metadata={"range": ">= 0"})
+    carl_k: float = field(default=1.0, metadata={"range": ">= 0"})
+    carl_bias: float = field(default=0.2, metadata={"range": "[0, 1]"})
     # smooth-L1 beta of the box loss and of CARL (the official config's 1.0; torchvision 1/9)
     box_beta: float = field(default=1.0, metadata={"range": "> 0"})
 

@@ -2,13 +2,17 @@
 
 Output names: a file given directly keeps its base name; files found in a
 folder or by a glob are named relative to that folder (or the glob's fixed
-prefix), e.g. ``frankfurt/frankfurt_000000_000294_leftImg8bit.png``.
+prefix), e.g. ``frankfurt/frankfurt_000000_000294_leftImg8bit.png``. Names
+never hold ``..`` parts (they become paths under the output folder), and inputs
+that would share a name are named by their paths below their common folder.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import posixpath
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +107,38 @@ def collect_sources(inputs: Sequence[str | Path]) -> list[Source]:
         if key not in seen:
             seen.add(key)
             unique.append(s)
-    return unique
+    return _distinct_names([Source(s.path, _contained(s.name, s.path), s.is_video) for s in unique])
+
+
+def _contained(name: str, path: Path) -> str:
+    """``name`` as a relative path without ``..`` parts: output files are written under
+    the output folder by name (``OUT/vis/NAME``), so a name from a glob such as
+    ``*/../../x/*.png`` must not climb out of it."""
+    parts = [p for p in posixpath.normpath(name).split("/") if p not in ("", ".", "..")]
+    return "/".join(parts) or path.name
+
+
+def _distinct_names(sources: list[Source]) -> list[Source]:
+    """Sources whose names are all different: files sharing a name (``a/x.png b/x.png``
+    given one by one) are named by their paths below the folder they have in common,
+    so that neither overwrites the other's drawing nor shares its ``file_name``."""
+    groups: dict[str, list[Source]] = defaultdict(list)
+    for s in sources:
+        groups[s.name].append(s)
+    taken = {name for name, group in groups.items() if len(group) == 1}
+    renamed: dict[Path, str] = {}
+    for group in groups.values():
+        if len(group) == 1:
+            continue
+        common = Path(os.path.commonpath([str(s.path.resolve().parent) for s in group]))
+        for s in group:
+            new = s.path.resolve().relative_to(common).as_posix()
+            stem, suffix, n = new[: -len(s.path.suffix) or None], s.path.suffix, 2
+            while new in taken:  # an unlikely clash with another input's name
+                new, n = f"{stem}~{n}{suffix}", n + 1
+            taken.add(new)
+            renamed[s.path] = new
+    return [Source(s.path, renamed.get(s.path, s.name), s.is_video) for s in sources]
 
 
 def count_frames(sources: Sequence[Source]) -> int:

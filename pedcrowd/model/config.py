@@ -103,6 +103,19 @@ class ModelConfig:
         if self.arch == "fcos" and self.assigner is None:  # the saved config names what ran
             self.assigner = "fcos"
 
+    def validate(self) -> None:
+        """The relations between fields (each field's own range is its metadata)."""
+        for stage in ("rpn", "box"):
+            fg, bg = getattr(self, f"{stage}_fg_iou_thresh"), getattr(self, f"{stage}_bg_iou_thresh")
+            if fg < bg:
+                raise ValueError(
+                    f"'{stage}_fg_iou_thresh' {fg} must be >= '{stage}_bg_iou_thresh' {bg} "
+                    "(a proposal cannot be both a positive and a negative)"
+                )
+        for name in ("anchor_sizes", "aspect_ratios"):
+            if len(getattr(self, name)) == 0:
+                raise ValueError(f"'{name}' must not be empty")
+
 
 @dataclass
 class PostprocessConfig:

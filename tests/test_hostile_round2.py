@@ -516,8 +516,8 @@ def test_an_oserror_anywhere_is_one_line_naming_path_and_cause(tmp_path, monkeyp
     monkeypatch.setattr(eval_command, "_write", no_space)
     gt = tmp_path / "gt.json"
     gt.write_text(json.dumps(gt_doc()))
-    dets = tmp_path / "dets.json"
-    dets.write_text("[]")
+    dets = tmp_path / "dets.json"  # one detection: no "images without detections" warning
+    dets.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [10, 10, 41, 100], "score": 0.9}]))
     result = runner.invoke(app, ["eval", "--gt", str(gt), "--dets", str(dets), "--out", str(tmp_path / "r.json")])
     err = one_line_exit_2(result)
     assert err == f"pedcrowd: error: {tmp_path / 'r.json'}: No space left on device"

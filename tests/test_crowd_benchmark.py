@@ -88,7 +88,7 @@ def test_toy_benchmark_end_to_end(toy):
     assert report["rows"]["none"]["analyze"]["result"]["n_gt"] == reasonable
     assert (runs / "none" / "seed0" / "analyze.json").is_file()
     text = (toy / "docs" / "RESULTS.md").read_text()
-    assert "| `rep` | `--loss rep` |" in text and "`future`: loss.cls" in text
+    assert "| `rep` | `--loss rep` |" in text and "`future`: --set loss.cls=not_a_registered_term: loss.cls" in text
     for png in ("mr_fppi.png", "curves.png"):
         assert (toy / "docs" / "results" / png).read_bytes()[:4] == b"\x89PNG"
 

@@ -222,12 +222,13 @@ class DetectionDataset(Dataset):
 
     def image_path(self, index: int) -> Path:
         candidates = self.image_candidates(self.records[index])
-        root = os.path.normpath(self.image_root)
-        for p in candidates:  # a file name such as ../../secret/x.png must not read outside the root
-            if os.path.commonpath([root, os.path.normpath(p)]) != root:
-                raise PedcrowdError(
-                    f"{self.image_root}: image {self.records[index].file_name!r} lies outside the image folder"
-                )
+        # a file name such as ../../secret/x.png must not read outside the folder it is
+        # relative to (a format may look in more than one place: MOT's root or its parent)
+        name = os.path.normpath(self.records[index].file_name)
+        if os.path.isabs(name) or name == os.pardir or name.startswith(os.pardir + os.sep):
+            raise PedcrowdError(
+                f"{self.image_root}: image {self.records[index].file_name!r} lies outside the image folder"
+            )
         return next((p for p in candidates if p.is_file()), candidates[0])
 
     def target(self, index: int) -> Target:

@@ -89,3 +89,19 @@ def test_synth_progress_draws_nothing_for_a_reused_set(tmp_path):
     assert first.getvalue() == "drawing: 3 images\n"
     summary = synth_with_progress(tmp_path, cfg, Console(file=second, width=80), "drawing")
     assert summary.reused and second.getvalue() == ""
+
+
+def test_final_table_and_summary_line_fit_80_columns():
+    import io
+
+    from rich.console import Console
+
+    from pedcrowd.commands.train import mr_table, run_summary_line
+
+    summary = {"run_dir": "runs/demo", "final_mr": {"Reasonable": 0.2628, "Reasonable_occ=heavy": 0.6303},
+               "best_mr": 0.2628, "iterations": 1000, "wall_s": 468.0}
+    buf = io.StringIO()
+    Console(file=buf, width=80).print(mr_table(summary))
+    assert all(len(line) <= 80 for line in buf.getvalue().splitlines())
+    assert "26.28" in buf.getvalue() and "63.03" in buf.getvalue()
+    assert run_summary_line(summary) == "best Reasonable 26.28% (best.pt); 1000 iterations in 7.8 min"

@@ -146,21 +146,28 @@ def train_command(
 
         typer.echo(dumps_strict(summary))
         return
-    Console().print(mr_table(summary))
+    console = Console()
+    console.print(mr_table(summary))
+    console.print(run_summary_line(summary), soft_wrap=True, markup=False, highlight=False)
 
 
 def mr_table(summary: dict) -> Table:
-    """Final MR^-2 per setup (lower is better) and the best Reasonable of the run."""
+    """Final MR^-2 per setup (lower is better)."""
     table = Table(title=f"MR^-2 on the val split ({summary['run_dir']})")
     table.add_column("setup")
     table.add_column("MR^-2 %", justify="right")
     for name, mr in (summary.get("final_mr") or {}).items():
         table.add_row(name, "n/a" if mr is None else f"{100 * mr:.2f}")
+    return table
+
+
+def run_summary_line(summary: dict) -> str:
+    """The best Reasonable of the run and its length, one line under the table (a table
+    caption would wrap to the table's width)."""
     best = summary.get("best_mr")
-    table.caption = (
+    return (
         f"best Reasonable {100 * best:.2f}% (best.pt); " if best is not None else ""
     ) + f"{summary['iterations']} iterations in {summary['wall_s'] / 60:.1f} min"
-    return table
 
 
 def register(app: typer.Typer) -> None:

@@ -247,7 +247,8 @@ def infer(
 
     try:
         # Two batches ahead: the next batch is decoded while the model runs this one.
-        items = iter_items(sources, vis is not None, workers, prefetch=2 * batch_size)
+        items = iter_items(sources, vis is not None, workers, prefetch=2 * batch_size,
+                           background=dev.type == "cpu")
         for batch in run_detector(model, decoded(items), lambda it: it.tensor, device=dev,
                                   batch_size=batch_size):
             for it, output in batch:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -264,12 +265,40 @@ def test_train_amp_on_the_cpu_is_bfloat16_autocast_where_the_cpu_has_it(monkeypa
 # ----------------------------------------------------------------------------- inference threads
 
 
+def test_background_decode_threads_run_at_the_lowest_priority(tmp_path):
+    import threading
+
+    import cv2
+    import numpy as np
+
+    from pedcrowd.media import decode
+    from pedcrowd.media.sources import collect_sources
+
+    if not hasattr(os, "getpriority"):
+        pytest.skip("no per-thread priorities here")
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    seen = []
+    original = decode.decode_image
+
+    def spy(source, keep_image):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return original(source, keep_image)
+
+    decode.decode_image = spy
+    try:
+        list(decode.iter_items(collect_sources([tmp_path]), False, workers=1, background=True))
+        list(decode.iter_items(collect_sources([tmp_path]), False, workers=1, background=False))
+    finally:
+        decode.decode_image = original
+    assert seen[0] == 19 and seen[1] == os.getpriority(os.PRIO_PROCESS, 0)
+
+
 def test_decode_threads_use_the_cores_torch_leaves_free(monkeypatch):
     from pedcrowd.media import decode
 
     monkeypatch.setattr(decode.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
-    assert decode.decode_workers("cpu") == 0  # every core computes: decode between batches
+    assert decode.decode_workers("cpu") == 1  # every core computes: one low-priority thread
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert decode.decode_workers("cpu") == 3
     assert decode.decode_workers("cuda") == 4  # on a GPU: overlap, one thread per core
@@ -293,6 +322,8 @@ def test_decoding_between_batches_gives_the_threads_items(tmp_path):
     sources = collect_sources([tmp_path])
     inline = list(iter_items(sources, keep_image=False, workers=0))
     threaded = list(iter_items(sources, keep_image=False, workers=2))
+    background = list(iter_items(sources, keep_image=False, workers=1, background=True))
+    assert [i.name for i in background] == [i.name for i in inline]
     assert [i.name for i in inline] == [i.name for i in threaded] and len(inline) == 7
     assert [i.error for i in inline] == [i.error for i in threaded]
     assert sum(i.tensor is None for i in inline) == 1

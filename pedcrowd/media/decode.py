@@ -116,8 +116,12 @@ def _produce(
     pool: ThreadPoolExecutor,
     keep_image: bool,
     stop: threading.Event,
+    setup: Callable[[], None] | None = None,
 ) -> None:
-    """Put decoded items (images as futures of the pool) on ``out`` in order."""
+    """Put decoded items (images as futures of the pool) on ``out`` in order (video
+    frames are decoded here, so this thread gets ``setup`` too)."""
+    if setup is not None:
+        setup()
     try:
         for got in _in_order(sources, lambda s: pool.submit(decode_image, s, keep_image), keep_image, stop):
             out.put(got)
@@ -129,21 +133,34 @@ def _produce(
 
 def decode_workers(device_type: str) -> int:
     """Default decoding threads: on a GPU one per core (at most 8), overlapping the
-    model; on the CPU the cores torch's own threads leave free (0: decode between
-    batches, in the calling thread), since a decode thread on a core torch computes
-    on slows every forward pass more than it saves (1.41x the bare forward loop with
-    2 threads on 2 cores, against 6 % of decoding)."""
+    model; on the CPU the cores torch's own threads leave free, and at least one, run at
+    the lowest scheduling priority (``background=True`` in :func:`iter_items`) so that it
+    only takes cycles the forward pass leaves idle. Measured with
+    ``scripts/bench_infer.py`` on 2 cores with torch's 2 threads: one normal-priority
+    decode thread 1.33x the bare forward loop, decoding between batches 1.25x, one
+    low-priority thread 1.05-1.11x."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if device_type != "cpu":
         return min(8, cores)
-    return min(8, max(0, cores - torch.get_num_threads()))
+    return min(8, max(1, cores - torch.get_num_threads()))
+
+
+def _lowest_priority() -> None:
+    """Lower the calling thread's scheduling priority (Linux: per thread); a no-op elsewhere."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
 
 
 def iter_items(
-    sources: Sequence[Source], keep_image: bool, workers: int, prefetch: int = 8
+    sources: Sequence[Source], keep_image: bool, workers: int, prefetch: int = 8,
+    background: bool = False,
 ) -> Iterator[Item]:
     """Decode in the background: a producer thread plus ``workers`` decode threads
-    (``workers`` 0: no thread, each item decoded when the consumer asks for it).
+    (``workers`` 0: no thread, each item decoded when the consumer asks for it);
+    ``background``: the threads run at the lowest priority (for a CPU model that uses
+    every core).
 
     Up to ``prefetch`` items wait decoded (or decoding) ahead of the consumer.
 
@@ -155,9 +172,10 @@ def iter_items(
         return
     q: queue.Queue = queue.Queue(maxsize=max(prefetch, workers + 2))
     stop = threading.Event()
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    setup = _lowest_priority if background else None
+    with ThreadPoolExecutor(max_workers=max(1, workers), initializer=setup) as pool:
         thread = threading.Thread(
-            target=_produce, args=(sources, q, pool, keep_image, stop), daemon=True
+            target=_produce, args=(sources, q, pool, keep_image, stop, setup), daemon=True
         )
         thread.start()
         try:

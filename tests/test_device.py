@@ -243,6 +243,19 @@ def test_grad_scaler_with_clipping_and_a_nonfinite_loss_keeps_working():
                     grad_clip=100.0, on_step=records.append)
     assert [r["skipped"] for r in records] == [True, False]
     assert torch.allclose(model.w.detach(), torch.full((3,), 0.2))
+    # without clipping too: unscale_ must run before the gradients are cleared, or the
+    # scaler records no inf check and update() raises (the loss is NaN, its gradients
+    # finite, so the scale stays)
+    model = SqrtModel()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1000)
+    records = []
+    train_one_epoch(model, opt, sched, scaler, [nan_loss, plain], torch.device("cpu"), 0,
+                    on_step=records.append)
+    assert [r["skipped"] for r in records] == [True, False]
+    assert scaler.get_scale() == 1024.0
+    assert torch.allclose(model.w.detach(), torch.full((3,), 0.2))
 
 
 def test_train_amp_on_the_cpu_is_bfloat16_autocast_where_the_cpu_has_it(monkeypatch):

@@ -200,11 +200,11 @@ def train_one_epoch(
         if bad:
             if len(checked) > 1 and not math.isfinite(host[len(names)]):
                 values = {**values, "grad_norm": host[len(names)]}
-            optimizer.zero_grad(set_to_none=True)
-            if scaler.is_enabled():  # an update() ends the step for the scaler (and lowers the scale)
-                if not unscaled:
-                    scaler.unscale_(optimizer)
+            if scaler.is_enabled():  # an update() ends the step for the scaler (and lowers the scale);
+                if not unscaled:  # unscale_ before the gradients are cleared, or it records no inf
+                    scaler.unscale_(optimizer)  # check and update() raises
                 scaler.update()
+            optimizer.zero_grad(set_to_none=True)
             state.nonfinite_run += 1
             where = f"epoch {epoch + 1}, iteration {iteration + 1}"
             if state.nonfinite_run >= max_nonfinite:

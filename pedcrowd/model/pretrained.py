@@ -161,8 +161,9 @@ def load_coco_into(model: torch.nn.Module, cfg) -> None:
             f"model.weights: coco needs model.backbone resnet50_fpn (torchvision's COCO detectors), "
             f"not {cfg.backbone}"
         )
+    raw = fetch_state_dict(coco_weights(cfg.arch), "model.weights: coco")
     state, notes = coco_state_dict(
-        _weights_only(fetch_state_dict(coco_weights(cfg.arch), "model.weights: coco")), cfg.arch,
+        _weights_only(current_coco_names(raw, cfg.arch)), cfg.arch,
         anchor_sizes=tuple(cfg.anchor_sizes), aspect_ratios=tuple(cfg.aspect_ratios),
     )
     own = model.state_dict()
@@ -181,6 +182,29 @@ def load_coco_into(model: torch.nn.Module, cfg) -> None:
         log.warning("model.weights: coco: %s", note)
     log.info("model.weights: coco: %d tensors loaded, %d left as built%s", len(state), len(built),
              f" ({', '.join(built[:4])}{', ...' if len(built) > 4 else ''})" if built else "")
+
+
+def current_coco_names(state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+    """``state`` under the key names of the installed torchvision.
+
+    torchvision's hosted COCO files predate the FPN's and the RPN head's current layout
+    (``backbone.fpn.inner_blocks.0.weight``, ``rpn.head.conv.weight`` where the modules now
+    say ``...inner_blocks.0.0.weight``, ``rpn.head.conv.0.0.weight``); torchvision renames
+    them only inside ``load_state_dict`` (the modules' version hooks). So the file is loaded
+    into torchvision's own architecture first and read back.
+    """
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn, fcos_resnet50_fpn
+
+    build = {"faster_rcnn": fasterrcnn_resnet50_fpn, "fcos": fcos_resnet50_fpn}.get(arch)
+    if build is None:
+        raise PedcrowdError(f"model.weights: coco is for model.arch faster_rcnn or fcos, not {arch!r}")
+    reference = build(weights=None, weights_backbone=None, num_classes=91)
+    try:
+        reference.load_state_dict(state)
+    except RuntimeError as e:  # not torchvision's COCO architecture
+        first = str(e).splitlines()[0]
+        raise PedcrowdError(f"model.weights: coco: the file is not torchvision's COCO {arch} ({first})") from None
+    return reference.state_dict()
 
 
 def _weights_only(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -209,3 +209,15 @@ def test_round_trip(tmp_path):
     assert config_from_dict(config_to_dict(cfg)) == cfg
     assert config_to_dict(cfg)["data"]["augment"]["crop_size"] == [64, 96]
     assert dataclasses.is_dataclass(cfg.model)
+
+
+def test_a_config_saved_before_the_authors_ohem_settings_still_loads():
+    """Checkpoints of the previous release saved ``loss.ohem: {num: null, pool: null}`` and a
+    Faster R-CNN ``model.assigner: fcos``; they load (inference, --resume) as they ran."""
+    from pedcrowd.engine.config import config_from_dict, config_to_dict
+
+    old = config_to_dict(Config())
+    old["loss"]["ohem"].update(num=None, pool=None)
+    old["model"]["assigner"] = "fcos"
+    cfg = config_from_dict(old)
+    assert (cfg.loss.ohem.num, cfg.loss.ohem.pool) == (None, None)

@@ -180,8 +180,10 @@ class OhemConfig:
     # B per image (the authors' 64, fast_rcnn_ohem.yml); null: model.box_batch_size_per_image
     num: int | None = field(default=64, metadata={"range": ">= 1"})
     # RoIs scored per image: 0 every proposal (the authors'); n > 0 a random subset of n
-    # (cheaper: scoring every proposal costs about 1.65x a default step on the CPU demo)
-    pool: int = field(default=0, metadata={"range": ">= 0"})
+    # (cheaper: scoring every proposal costs about 1.65x a default step on the CPU demo);
+    # null: a random 4 x num (pedcrowd's default before the authors' settings: configs
+    # saved then still load and resume as they ran)
+    pool: int | None = field(default=0, metadata={"range": ">= 0"})
     # de-duplication IoU, per image and label; >= 1 turns it off
     nms_thresh: float = field(default=0.7, metadata={"range": "> 0"})
     with_box: bool = True  # hardness = cls + box loss (paper); false: cls only

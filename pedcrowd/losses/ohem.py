@@ -116,7 +116,7 @@ class OhemSampler(RandomSampler):
     def select(self, ctx: SamplerContext) -> list[Tensor]:
         opts = self.options
         num = opts.num if opts.num is not None else ctx.fg_bg_sampler.batch_size_per_image
-        pool_size = opts.pool
+        pool_size = 4 * num if opts.pool is None else opts.pool  # null: the pre-0.2 default
         pools = []
         for labels in ctx.labels:
             eligible = torch.where(labels >= 0)[0]

@@ -120,7 +120,12 @@ def bench_options(cfg, names: list[str], images, targets, device, steps: int, wa
         model.to(device).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=cfg.optim.momentum)
         models[name] = (model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0))
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    from pedcrowd.engine.loop import amp_dtype
+
+    # as `pedcrowd train`: loss scaling exactly when the step runs in float16 (CUDA AMP)
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=cfg.train.amp and amp_dtype(device) == torch.float16
+    )
 
     def step(name: str, i: int) -> float:
         model, opt, sched = models[name]

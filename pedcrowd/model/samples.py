@@ -140,5 +140,6 @@ class StageSamples:
             box_coder=self.box_coder,
             weights=None if self.weights is None else self.weights[rows],
             box_weights=None if self.box_weights is None else self.box_weights[rows],
+            box_beta=self.box_beta,
             extras={k: v[rows] for k, v in self.extras.items()},
         )

@@ -160,7 +160,7 @@ def read_mot(path: str | Path) -> list[ImageRecord]:
         rows = rows[np.argsort(rows[:, 0], kind="stable")]
         starts = np.searchsorted(rows[:, 0], list(frames), side="left")
         ends = np.searchsorted(rows[:, 0], list(frames), side="right")
-        for (frame, name), a, b in zip(frames.items(), starts, ends, strict=True):
+        for name, a, b in zip(frames.values(), starts, ends, strict=True):
             objects = gt_objects(rows[a:b], width, height)
             k = len(objects["boxes"])
             n_objects += k

@@ -325,3 +325,37 @@ def test_default_set_full_size(tmp_path):
     stats = dataset_stats(tmp_path, "val")
     assert stats["heavy_to_reasonable"] >= 0.15
     assert stats["overlap_pairs"] > 50 and stats["empty_images"] > 0
+
+
+def test_a_set_another_process_generates_meanwhile_is_waited_for_and_reused(tmp_path, monkeypatch):
+    """Two processes that find the set missing at once both hold it shared, so this one's
+    exclusive lock fails: it lets go, waits, and reuses the set the other one made."""
+    from pedcrowd.data import synth
+
+    out = tmp_path / "set"
+    calls = []
+    real_exclusive, real_shared = synth.SetLock.exclusive, synth.SetLock.shared
+
+    def busy_once(self):
+        if not calls:
+            calls.append("busy")
+            raise synth.SetBusy(f"{self.root}: another process is using this synthetic set")
+        return real_exclusive(self)
+
+    def shared(self, should_stop=None):
+        real_shared(self, should_stop)
+        if calls == ["busy"]:  # "the other process" finished its set meanwhile
+            calls.append("other generated")
+            monkeypatch.setattr(synth.SetLock, "exclusive", real_exclusive)
+            synth._generate(out, TINY, None, None)
+
+    monkeypatch.setattr(synth.SetLock, "exclusive", busy_once)
+    monkeypatch.setattr(synth.SetLock, "shared", shared)
+    monkeypatch.setattr(synth.time, "sleep", lambda s: None)
+    summary = synth.ensure_synth(out, TINY)
+    assert calls == ["busy", "other generated"] and summary.reused
+    # a set kept busy by a process training on other parameters: the error stands
+    monkeypatch.setattr(synth.SetLock, "exclusive", lambda self: (_ for _ in ()).throw(
+        synth.SetBusy("busy")))
+    with pytest.raises(synth.SetBusy):
+        synth.ensure_synth(tmp_path / "other", TINY)

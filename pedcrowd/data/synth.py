@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import tempfile
@@ -204,11 +205,18 @@ class SetLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.mode = fcntl.LOCK_EX
         except BlockingIOError:
-            raise PedcrowdError(
+            raise SetBusy(
                 f"{self.root}: another process is using this synthetic set (made with other "
                 "parameters) and it is not regenerated under it; wait for that process to end "
                 "or set data.root (data synth --out) to another folder"
             ) from None
+
+    def unlock(self) -> None:
+        """Let go of the lock, keeping the file open (:meth:`shared` takes it again)."""
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+        self.mode = 0
 
     def release(self) -> None:
         if self.fd is not None:
@@ -216,6 +224,10 @@ class SetLock:
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
                 os.close(self.fd)
         self.fd, self.mode = None, 0
+
+
+class SetBusy(PedcrowdError):
+    """Another process holds the synthetic set (training on it, or generating it)."""
 
 
 _LOCKS: dict[Path, SetLock] = {}
@@ -368,21 +380,43 @@ def ensure_synth(
     """Generate the set once; reuse it when its ``synth.json`` matches version, generator code
     and parameters and every file it promises is there (:func:`is_complete`)."""
     out = Path(out)
-    with set_lock(out, should_stop):  # waits while another process generates it
-        meta = read_synth_meta(out)
-        same = meta and (meta.get("version"), meta.get("code"), meta.get("params")) == (
-            VERSION, generator_digest(), cfg.params()
-        )
-        if same and is_complete(out, meta):
-            return SynthSummary(
-                out=out,
-                images=meta.get("images", {}),
-                pedestrians=meta.get("pedestrians", {}),
-                ignore_boxes={},
-                seconds=0.0,
-                reused=True,
-            )
-        return generate(out, cfg, progress, should_stop)
+    with set_lock(out, should_stop) as lock:  # waits while another process generates it
+        for attempt in range(3):
+            reused = _reusable(out, cfg)
+            if reused is not None:
+                return reused
+            try:
+                return generate(out, cfg, progress, should_stop)
+            except SetBusy:
+                # Two processes that found the set missing at once both hold it shared, so
+                # neither can take it exclusively: this one lets go for a random moment (the
+                # other's exclusive lock succeeds meanwhile), waits for the other's set and
+                # reuses it. A process training on a set made with other parameters keeps it
+                # busy: after three tries the error stands.
+                if attempt == 2:
+                    raise
+                lock.unlock()
+                time.sleep(random.uniform(0.05, 0.5))
+                lock.shared(should_stop)
+        raise AssertionError("unreachable")
+
+
+def _reusable(out: Path, cfg: SynthConfig) -> SynthSummary | None:
+    """The summary of the complete set at ``out`` made with ``cfg`` by this generator, else None."""
+    meta = read_synth_meta(out)
+    same = meta and (meta.get("version"), meta.get("code"), meta.get("params")) == (
+        VERSION, generator_digest(), cfg.params()
+    )
+    if not (same and is_complete(out, meta)):
+        return None
+    return SynthSummary(
+        out=out,
+        images=meta.get("images", {}),
+        pedestrians=meta.get("pedestrians", {}),
+        ignore_boxes={},
+        seconds=0.0,
+        reused=True,
+    )
 
 
 def is_complete(out: Path, meta: dict) -> bool:

@@ -106,3 +106,21 @@ def test_coco_configs_load(name):
     if name == "coco_crowdhuman_mot17.yaml":
         assert [s.format for s in cfg.data.train] == ["crowdhuman", "mot", "citypersons"]
         assert cfg.data.train[1].gt_filter.min_visibility == 0.1 and cfg.data.train[2].gt_filter is None
+
+
+def test_each_training_set_is_checked_like_the_data_section():
+    import dataclasses
+
+    from pedcrowd.data.config import GtFilterConfig, TrainSetConfig
+    from pedcrowd.engine.config import Config, check_config
+    from pedcrowd.errors import PedcrowdError
+
+    def with_sets(*sets):
+        cfg = Config()
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train=list(sets)))
+
+    check_config(with_sets(TrainSetConfig(format="mot", root="x")))  # fine
+    with pytest.raises(PedcrowdError, match=r"data\.train\[1\]: 'format'"):
+        check_config(with_sets(TrainSetConfig(root="a"), TrainSetConfig(format="kitti", root="b")))
+    with pytest.raises(PedcrowdError, match=r"data\.train\[0\]\.gt_filter\.min_height"):
+        check_config(with_sets(TrainSetConfig(root="a", gt_filter=GtFilterConfig(min_height=float("nan")))))

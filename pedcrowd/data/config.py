@@ -131,6 +131,24 @@ class TrainSetConfig:
     # which annotations are objects in this set; null: data.gt_filter
     gt_filter: GtFilterConfig | None = None
 
+    def validate(self) -> None:
+        """The set's format and promoted categories are known (as ``DataConfig``'s)."""
+        _check_names(self.format, self.gt_filter.promote if self.gt_filter is not None else [])
+
+
+def _check_names(format_name: str, promote: list[str]) -> None:
+    """ValueError for an unknown data format or promoted category."""
+    from pedcrowd.formats.records import CATEGORIES
+    from pedcrowd.formats.registry import dataset_format
+
+    try:
+        dataset_format(format_name)
+    except PedcrowdError as e:
+        raise ValueError(str(e).replace("data.format: ", "'format' ", 1)) from None
+    unknown = sorted(set(promote) - set(CATEGORIES))
+    if unknown:
+        raise ValueError(f"'gt_filter.promote': unknown categories {unknown}; choose from {list(CATEGORIES)}")
+
 
 @dataclass
 class DataConfig:
@@ -162,16 +180,7 @@ class DataConfig:
 
     def validate(self) -> None:
         """Names that must be known before anything is read (the reader checks the files)."""
-        from pedcrowd.formats.records import CATEGORIES
-        from pedcrowd.formats.registry import dataset_format
-
-        try:
-            dataset_format(self.format)
-        except PedcrowdError as e:
-            raise ValueError(str(e).replace("data.format: ", "'format' ", 1)) from None
-        unknown = sorted(set(self.gt_filter.promote) - set(CATEGORIES))
-        if unknown:
-            raise ValueError(f"'gt_filter.promote': unknown categories {unknown}; choose from {list(CATEGORIES)}")
+        _check_names(self.format, self.gt_filter.promote)
 
 
 def build_dataset(

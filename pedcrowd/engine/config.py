@@ -470,6 +470,9 @@ def check_config(cfg: Any, source: str = "config", prefix: str = "") -> None:
         key = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             check_config(value, source, prefix=f"{key}.")
+        elif isinstance(value, list | tuple) and any(dataclasses.is_dataclass(v) for v in value):
+            for i, item in enumerate(value):  # data.train: one section per training set
+                check_config(item, source, prefix=f"{key}[{i}].")
         else:
             check_range(f, value, source, key)
     validate = getattr(cfg, "validate", None)

@@ -49,8 +49,12 @@ class RunLock:
         except OSError:
             os.close(fd)
             return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:  # a full disk: let go of the lock, say what happened
+            os.close(fd)
+            raise PedcrowdError(f"{self.path}: cannot write the lock file ({e.strerror or e})") from None
         self._fd = fd
         return True
 
@@ -85,11 +89,13 @@ def locked_output(folder: Path) -> Iterator[RunLock]:
     try:
         yield lock
     finally:
-        lock.release()
-        if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:  # nothing written
-            with contextlib.suppress(OSError):
+        # nothing written: remove the folder while still holding the lock, so that no other
+        # process can lock a .lock that is then unlinked under it
+        with contextlib.suppress(OSError):
+            if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
                 lock.path.unlink()
                 folder.rmdir()
+        lock.release()
 
 
 def claim_run_dir(run_dir: Path, explicit: bool, resume: bool) -> tuple[Path, RunLock]:

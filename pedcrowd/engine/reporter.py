@@ -184,7 +184,10 @@ class RichReporter(Reporter):
         self._state = ProgressState(
             epoch=epoch + 1, epochs=cfg.train.epochs, done=done_iters, total=total_iters
         )
-        self._batch = cfg.train.batch_size
+        import torch.distributed as dist
+
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self._batch = cfg.train.batch_size * world  # images per step over every process
         self._recent.clear()
         self._recent.append((time.perf_counter(), done_iters))
         if self.enabled and self.console.is_terminal:

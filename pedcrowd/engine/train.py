@@ -307,7 +307,7 @@ def _run(
                     raise Interrupted(stop.signum or signal.SIGTERM, run_dir, None, 0) from None
             ddp.barrier(info)
 
-        if tcfg.threads is not None:
+        if tcfg.threads is not None:  # for this process from here on (also after fit returns)
             torch.set_num_threads(tcfg.threads)
         seed_everything(tcfg.seed)
         train_set = build_dataset(cfg.data, "train", train=True)

@@ -346,3 +346,25 @@ def test_interrupted_exit_codes_and_message(tmp_path):
         f"continue with: pedcrowd train --out {tmp_path} --resume"
     )
     assert Interrupted(signal.SIGTERM, tmp_path, None, 7).exit_code == 143
+
+
+def test_resume_rules_for_training_sets_and_threads():
+    import copy
+
+    from pedcrowd.engine.config import Config, config_to_dict
+    from pedcrowd.errors import PedcrowdError
+    from pedcrowd.engine.rundir import check_resume_config
+
+    saved = config_to_dict(Config())
+    saved["data"]["train"] = [{"format": "mot", "root": "/old/MOT17", "split": "train"}]
+    moved = copy.deepcopy(saved)
+    moved["data"]["train"][0]["root"] = "/new/MOT17"  # a moved folder: the same run
+    assert check_resume_config(saved, moved, 1, Path("last.pt")) == []
+    other = copy.deepcopy(saved)
+    other["data"]["train"][0]["split"] = "val"
+    with pytest.raises(PedcrowdError, match="data.train: the training sets changed"):
+        check_resume_config(saved, other, 1, Path("last.pt"))
+    threads = copy.deepcopy(saved)
+    threads["train"]["threads"] = 1
+    (warning,) = check_resume_config(saved, threads, 1, Path("last.pt"))
+    assert warning.startswith("train.threads None -> 1")

@@ -201,11 +201,13 @@ def check_resume_config(
     """Refuse a resume whose config changes the run's trajectory; return warnings.
 
     Refused: any change under ``model``, ``loss``, ``optim``, ``schedule``,
-    ``synth``, ``data`` (except ``root``, ``num_workers``), and
+    ``synth``, ``data`` (except ``root``, ``num_workers`` and each ``data.train`` set's
+    ``root``), and
     ``train.batch_size``/``seed``/``amp``; any change of ``train.epochs`` with
     the cosine schedule (its curve depends on the total length), or fewer
     epochs than already done. Allowed with a warning: another ``train.epochs``
-    with the step schedule (the learning rate of every iteration is unchanged).
+    with the step schedule (the learning rate of every iteration is unchanged), and
+    another ``train.threads`` (the run continues, not bit for bit).
     Everything else (device, logging, evaluation, checkpoint frequency) is free.
     """
 
@@ -221,7 +223,10 @@ def check_resume_config(
         return set(old if isinstance(old, dict) else {}) | set(cur if isinstance(cur, dict) else {})
 
     changed = [c for sec in _FROZEN_SECTIONS for c in diff(sec, keys(sec))]
-    changed += diff("data", keys("data") - set(_FREE_DATA))
+    changed += diff("data", keys("data") - set(_FREE_DATA) - {"train"})
+    old_sets, new_sets = ((d.get("data") or {}).get("train") or [] for d in (saved, new))
+    if [_without_root(s) for s in old_sets] != [_without_root(s) for s in new_sets]:
+        changed.append("data.train: the training sets changed (only their roots may move)")
     changed += diff("train", set(_FROZEN_TRAIN))
     if changed:
         raise PedcrowdError(
@@ -229,9 +234,13 @@ def check_resume_config(
             + "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")
             + f"; resume with its own config, or start a new run from it with --set model.weights={source}"
         )
+    warnings = []
+    if saved["train"].get("threads") != new["train"].get("threads"):
+        warnings.append(f"train.threads {saved['train'].get('threads')} -> {new['train'].get('threads')}: "
+                        "the run continues, but not bit for bit as it would have (CPU float rounding)")
     old_epochs, new_epochs = saved["train"]["epochs"], new["train"]["epochs"]
     if new_epochs == old_epochs:
-        return []
+        return warnings
     if new_epochs < epochs_done:
         raise PedcrowdError(
             f"{source}: train.epochs={new_epochs} but the run has already finished {epochs_done} epochs"
@@ -242,5 +251,10 @@ def check_resume_config(
             f"{new['schedule']['name']} schedule of the iterations already run; only a step schedule's "
             "length may change on resume"
         )
-    return [f"train.epochs {old_epochs} -> {new_epochs} (step schedule: the learning rate of "
-            "every iteration is unchanged)"]
+    return [*warnings, f"train.epochs {old_epochs} -> {new_epochs} (step schedule: the learning "
+            "rate of every iteration is unchanged)"]
+
+
+def _without_root(train_set: Any) -> Any:
+    """A ``data.train`` entry without its ``root`` (a moved folder continues the same run)."""
+    return {k: v for k, v in train_set.items() if k != "root"} if isinstance(train_set, dict) else train_set

@@ -352,8 +352,8 @@ def test_resume_rules_for_training_sets_and_threads():
     import copy
 
     from pedcrowd.engine.config import Config, config_to_dict
-    from pedcrowd.errors import PedcrowdError
     from pedcrowd.engine.rundir import check_resume_config
+    from pedcrowd.errors import PedcrowdError
 
     saved = config_to_dict(Config())
     saved["data"]["train"] = [{"format": "mot", "root": "/old/MOT17", "split": "train"}]

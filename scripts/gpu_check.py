@@ -39,7 +39,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train's torchvision twin
 
 # technique -> (loss: fields, or a config file whose loss section it takes; model fields)
 TECHNIQUES: dict[str, tuple[dict[str, object] | str, dict[str, object]]] = {
@@ -182,11 +181,11 @@ def time_inference(model, images, device, amp: bool, iters: int) -> float:
 
 
 def run_checks(dry_run: bool, warmup: int, iters: int, techniques: list[str]) -> dict:
-    from bench_train import build_plain_torchvision
 
     from pedcrowd.engine.loop import amp_dtype
     from pedcrowd.engine.train import _install_crowd_losses
     from pedcrowd.model import build_model
+    from pedcrowd.model.plain import build_plain_torchvision
 
     cfg, height, width, device = _settings(dry_run)
     batch = synthetic_batch(height, width, device)

@@ -11,7 +11,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -198,21 +198,12 @@ def temporary_beside(path: str | Path) -> tuple[int, Path]:
 
 def copy_file_atomic(source: str | Path, path: str | Path) -> Path:
     """Copy ``source`` to ``path`` as :func:`write_bytes_atomic` writes (streamed, not in memory)."""
-    p = Path(path)
-    tmp: Path | None = None
-    try:
-        fd, tmp = temporary_beside(p)
-        with os.fdopen(fd, "wb") as f, open(source, "rb") as src:
+
+    def fill(f) -> None:
+        with open(source, "rb") as src:
             shutil.copyfileobj(src, f, 1 << 20)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except OSError as e:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-        raise PedcrowdError(f"{p}: cannot write ({e.strerror or e})") from None
-    return p
+
+    return _replace_atomic(path, fill)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
@@ -223,12 +214,18 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     PedcrowdError naming the file when it cannot be written (the previous file,
     if any, is left as it was).
     """
+    return _replace_atomic(path, lambda f: f.write(data))
+
+
+def _replace_atomic(path: str | Path, fill: Callable[[Any], object]) -> Path:
+    """``fill(f)`` writes a private temporary file beside ``path``, which is then fsynced and
+    renamed onto ``path``; the temporary file is removed on any failure."""
     p = Path(path)
     tmp: Path | None = None
     try:
         fd, tmp = temporary_beside(p)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)

@@ -11,6 +11,7 @@ summary at the end of a run says how many of these parity tests ran.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,33 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PEDCROWD_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 _parity: set[str] = set()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A weights-only checkpoint of the tiny test detector (random weights) and its config."""
+    from tiny_run import tiny_overrides
+
+    from pedcrowd.engine.checkpoint import save_checkpoint
+    from pedcrowd.engine.config import Config, apply_overrides, config_to_dict
+    from pedcrowd.model import build_model
+
+    tmp = tmp_path_factory.mktemp("ckpt")
+    cfg = apply_overrides(Config(), [o for o in tiny_overrides(tmp) if not o.startswith("synth.")])
+    save_checkpoint(tmp / "m.pt", model=build_model(cfg.model).state_dict(), config=config_to_dict(cfg))
+    return tmp / "m.pt"
+
+
+@pytest.fixture
+def usual_handlers():
+    """Python's own handlers, whatever this process inherited (pytest started as a background
+    job of a script inherits SIGINT ignored; issue 23), restored afterwards."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
 
 
 @pytest.fixture(scope="session")

@@ -180,18 +180,6 @@ def test_a_dead_process_does_not_hold_the_lock(tmp_path):
     lock.release()
 
 
-@pytest.fixture
-def usual_handlers():
-    """Python's own handlers, whatever this process inherited (pytest started as a background
-    job of a script inherits SIGINT ignored; issue 23), restored afterwards."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-
-
 def test_sigint_and_sigterm_only_set_the_flag_and_a_second_one_acts_as_usual(usual_handlers):
     for sig in (signal.SIGINT, signal.SIGTERM):
         with StopOnSignal() as stop:

@@ -45,18 +45,6 @@ def files_under(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*")}
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from pedcrowd.engine.checkpoint import save_checkpoint
-    from pedcrowd.engine.config import config_to_dict
-    from pedcrowd.model import build_model
-
-    tmp = tmp_path_factory.mktemp("ckpt")
-    cfg = apply_overrides(Config(), [o for o in tiny_overrides(tmp) if not o.startswith("synth.")])
-    save_checkpoint(tmp / "m.pt", model=build_model(cfg.model).state_dict(), config=config_to_dict(cfg))
-    return tmp / "m.pt"
-
-
 @pytest.fixture
 def victim(tmp_path):
     path = tmp_path / "victim.txt"
@@ -583,16 +571,6 @@ def test_odgt_gt_is_evaluated_with_its_own_protocol_unless_asked_otherwise(tmp_p
 
 
 # ----------------------------------------------------------------------------- (e) signals
-
-
-@pytest.fixture
-def usual_handlers():
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 @pytest.mark.slow

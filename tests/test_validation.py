@@ -276,20 +276,6 @@ def test_infer_thresholds(tmp_path, option, value, message):
     one_line_exit_2(result, message)
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from test_engine import tiny_overrides
-
-    from pedcrowd.engine.checkpoint import save_checkpoint
-    from pedcrowd.engine.config import config_to_dict
-    from pedcrowd.model import build_model
-
-    tmp = tmp_path_factory.mktemp("ckpt")
-    cfg = apply_overrides(Config(), [o for o in tiny_overrides(tmp) if not o.startswith("synth.")])
-    save_checkpoint(tmp / "m.pt", model=build_model(cfg.model).state_dict(), config=config_to_dict(cfg))
-    return tmp / "m.pt"
-
-
 def images_folder(tmp_path, good: int, bad: int, truncated: int = 0):
     import cv2
 

@@ -9,7 +9,7 @@ run (torchvision's reference step). Reports images/s, the median step time, peak
 memory, the ratio to torchvision's step at the same AMP setting and the AMP speed-up;
 then inference images/s (AMP off and on) and one ``torchrun --nproc_per_node 1`` step
 under DDP with NCCL. Writes ``OUT/gpu_check.json`` and ``OUT/gpu_check.md`` (the
-README's table) and prints the table.
+table in docs/benchmarks.md) and prints the table.
 
 Targets (issue 26): pedcrowd's default step <= 1.05x torchvision's; NMS-Loss (RPN
 stage, official settings) <= 1.10x; AMP >= 1.3x faster than float32.
@@ -287,7 +287,7 @@ def run_torchrun(dry_run: bool, timeout: float = 300.0) -> dict:
 
 
 def markdown(result: dict) -> str:
-    """The README's table."""
+    """The table of docs/benchmarks.md."""
     s = result["settings"]
     lines = [
         f"{result['device']}, torch {result['torch']}, torchvision {result['torchvision']}: "

@@ -54,7 +54,7 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(
             f"shared data not found at {SHARED_DATA} (set PEDCROWD_SHARED_DATA to the folder "
-            "holding citypersons/, caltech/ and nmsped/; README 'Parity tests')"
+            "holding citypersons/, caltech/ and nmsped/; docs/development.md)"
         )
     return SHARED_DATA
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pedcrowd.boxes import box_iou, xywh_to_xyxy
+from pedcrowd.box_np import box_iou, xywh_to_xyxy
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.eval.matching import THRESHOLD, MatchDetails
 

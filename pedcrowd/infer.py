@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pedcrowd.boxes import xywh_to_xyxy
+from pedcrowd.box_np import xywh_to_xyxy
 from pedcrowd.engine.device import resolve_device as _resolve
-from pedcrowd.engine.inference import (
+from pedcrowd.engine.predict import (
     configure_postprocess,
     output_records,
     output_stage,

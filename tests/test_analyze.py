@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from pedcrowd.analyze import analyze, nms_with_suppressors, replay_nms
-from pedcrowd.boxes import box_iou
+from pedcrowd.box_np import box_iou
 from pedcrowd.cli import app
 from pedcrowd.formats.records import ImageRecord
 

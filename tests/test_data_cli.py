@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pedcrowd.boxes import box_iou
+from pedcrowd.box_np import box_iou
 from pedcrowd.cli import app
 from pedcrowd.data.stats import dataset_stats
 from pedcrowd.formats.citypersons import read_citypersons_mat

@@ -10,7 +10,7 @@ import torch
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
 
-from pedcrowd.box_ops import box_ioa as intersection_over_area
+from pedcrowd.box_torch import box_ioa as intersection_over_area
 from pedcrowd.model.ignore import exclude_ignored_negatives
 from pedcrowd.model.roi_heads import PedRoIHeads
 from pedcrowd.model.rpn import PedRegionProposalNetwork

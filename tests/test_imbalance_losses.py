@@ -340,7 +340,7 @@ def test_ohem_row_loss_by_hand():
 
 def brute_force_ohem(loss, boxes, labels, num, thr):
     """The authors' loop (minibatch.py): greedy NMS per label, then the num hardest kept."""
-    from pedcrowd.box_ops import box_iou
+    from pedcrowd.box_torch import box_iou
 
     iou = box_iou(boxes, boxes).tolist()
     kept = []

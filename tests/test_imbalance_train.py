@@ -352,7 +352,7 @@ def test_pisa_box_loss_and_carl_use_beta_one():
 
 @pytest.mark.parametrize("cls", ["focal", "qfl"])
 def test_pisa_isr_p_keeps_the_heads_own_classification_loss(cls):
-    from pedcrowd.box_ops import paired_iou
+    from pedcrowd.box_torch import paired_iou
     from pedcrowd.losses.focal import focal_rows
     from pedcrowd.losses.pisa import isr_p_weights
     from pedcrowd.losses.qfl import qfl_rows

@@ -59,8 +59,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pedcrowd"
 # never one above. Top-level modules are named in full; a package stands for all its modules.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # base: errors, file writing, weights-only loading, box arithmetic, config checking
-    ("pedcrowd.errors", "pedcrowd.fileio", "pedcrowd.safeload", "pedcrowd.boxes",
-     "pedcrowd.box_ops"),
+    ("pedcrowd.errors", "pedcrowd.fileio", "pedcrowd.safeload", "pedcrowd.box_np",
+     "pedcrowd.box_torch"),
     ("pedcrowd.formats",),
     ("pedcrowd.eval",),
     ("pedcrowd.losses", "pedcrowd.vis"),

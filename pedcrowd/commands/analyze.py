@@ -175,7 +175,7 @@ def _pre_nms_from_model(path, gt, protocol, images, image_root, device, log):
     post = getattr(cfg, "postprocess", None)
     if post is not None and (post.nms != "hard" or post.var_voting):
         raise PedcrowdError(f"{path}: analyze replays a hard NMS; this run post-processes with {post.describe()}")
-    from pedcrowd.engine.inference import output_stage
+    from pedcrowd.engine.predict import output_stage
 
     # Faster R-CNN keeps its final NMS in roi_heads; FCOS (model.arch fcos) on the model itself.
     heads = output_stage(model)

@@ -1,5 +1,8 @@
-"""Box format conversions and overlaps at the file-format edges (numpy; torch code
-uses torchvision.ops, and the evaluator keeps the official arithmetic in eval/matching.py)."""
+"""Boxes on numpy arrays: ``xywh`` <-> ``xyxy`` conversions and IoU at the file-format edges.
+
+The torch twin is :mod:`pedcrowd.box_torch`; the evaluator keeps the official
+arithmetic (its own overlaps) in :mod:`pedcrowd.eval.matching`.
+"""
 
 from __future__ import annotations
 

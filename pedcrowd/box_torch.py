@@ -4,7 +4,8 @@ Continuous convention (no +1 pixel), ``xyxy`` boxes. ``box_iou`` equals
 ``torchvision.ops.box_iou`` (a test holds it to it) except where the union is
 empty, where torchvision divides by zero and this gives 0: degenerate boxes
 occur in training (clipped proposals), and a NaN there would poison the loss.
-(Numpy code at the file-format edges has its own in :mod:`pedcrowd.eval.matching`.)
+(Numpy code at the file-format edges has its twin in :mod:`pedcrowd.box_np`; the
+evaluator its own official arithmetic in :mod:`pedcrowd.eval.matching`.)
 """
 
 from __future__ import annotations

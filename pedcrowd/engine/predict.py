@@ -1,4 +1,5 @@
-"""The one inference loop: the evaluation during training and ``pedcrowd infer`` both run it.
+"""Running a detector over images: the one loop the evaluation during training, ``pedcrowd
+infer`` and ``pedcrowd analyze`` share.
 
 :func:`configure_postprocess` sets how the second stage turns scored boxes
 into detections (the ``postprocess:`` config section and the score / NMS

@@ -59,7 +59,7 @@ def detect_checkpoint(run_dir: Path, sets: tuple[str, ...] = (), n_images: int |
     if sets:
         cfg = apply_overrides(cfg, list(sets))
     if hasattr(cfg, "postprocess"):  # the postprocess: section (issue 12) when it exists
-        from pedcrowd.engine.inference import configure_postprocess
+        from pedcrowd.engine.predict import configure_postprocess
 
         configure_postprocess(model, cfg.postprocess)
     data = build_dataset(cfg.data, "val", train=False)

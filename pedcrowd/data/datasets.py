@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pedcrowd.boxes import xywh_to_xyxy
+from pedcrowd.box_np import xywh_to_xyxy
 from pedcrowd.data.transforms import Target, sample_rng
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.formats.records import CATEGORIES, PEDESTRIAN, ImageRecord

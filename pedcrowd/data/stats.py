@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pedcrowd.boxes import box_iou, xywh_to_xyxy
+from pedcrowd.box_np import box_iou, xywh_to_xyxy
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.eval.setups import CITYPERSONS_SETUPS
 from pedcrowd.formats.records import GROUP, IGNORE_REGION, PEDESTRIAN, ImageRecord

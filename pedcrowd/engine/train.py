@@ -68,7 +68,7 @@ from pedcrowd.engine.config import (
     save_config,
 )
 from pedcrowd.engine.curves import write_run_curves
-from pedcrowd.engine.inference import configure_postprocess, run_detector
+from pedcrowd.engine.predict import configure_postprocess, run_detector
 from pedcrowd.engine.loop import (  # noqa: F401 - train_one_epoch, make_loader re-exported
     Diverged,
     EpochState,

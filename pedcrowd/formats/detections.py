@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pedcrowd.boxes import xyxy_to_xywh
+from pedcrowd.box_np import xyxy_to_xywh
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import existing_path, json_list_chunks, load_json
 from pedcrowd.formats import validate

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import clip_boxes_to_image, nms
 
-from pedcrowd.box_ops import box_iou, paired_iou
+from pedcrowd.box_torch import box_iou, paired_iou
 
 if TYPE_CHECKING:
     from pedcrowd.losses.config import NmsLossConfig
@@ -379,7 +379,7 @@ def assign_by_anchor_iou(
     Returns:
         [C] int64 GT index of positives, -1 for negatives and ignored candidates.
     """
-    from pedcrowd.box_ops import box_ioa
+    from pedcrowd.box_torch import box_ioa
 
     num = anchors.shape[0]
     assigned = torch.full((num,), -1, dtype=torch.long, device=anchors.device)

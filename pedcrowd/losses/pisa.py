@@ -59,7 +59,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms
 
-from pedcrowd.box_ops import box_iou, paired_iou
+from pedcrowd.box_torch import box_iou, paired_iou
 from pedcrowd.losses.standard import RandomSampler, SamplerContext, zero_loss
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pedcrowd.box_ops import paired_iou
+from pedcrowd.box_torch import paired_iou
 from pedcrowd.losses.focal import normaliser
 from pedcrowd.losses.standard import sampled_rows, zero_loss
 

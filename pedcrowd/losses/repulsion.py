@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from pedcrowd.box_ops import box_area, box_iou, paired_intersection
+from pedcrowd.box_torch import box_area, box_iou, paired_intersection
 
 if TYPE_CHECKING:
     from pedcrowd.losses.config import RepLossConfig

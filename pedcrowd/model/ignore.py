@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from pedcrowd.box_ops import box_ioa
+from pedcrowd.box_torch import box_ioa
 
 
 def ignored_mask(

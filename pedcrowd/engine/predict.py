@@ -1,24 +1,37 @@
 """Running a detector over images: the one loop the evaluation during training, ``pedcrowd
-infer`` and ``pedcrowd analyze`` share.
+infer``, ``pedcrowd analyze`` and the benchmarks share.
 
+:func:`load_detector` loads a checkpoint with the post-processing its config
+says; :func:`predict` runs a model over a dataset (the val split: the
+evaluation during training, analyze, the benchmarks); :func:`run_detector` is
+the batching loop under it and under ``pedcrowd infer``.
 :func:`configure_postprocess` sets how the second stage turns scored boxes
 into detections (the ``postprocess:`` config section and the score / NMS
-thresholds); :func:`run_detector` batches images through the model in
-inference mode and yields each batch's outputs on the CPU;
-:func:`output_records` turns one output into results-format entries (with
-``bbox_std`` when the model has the KL head).
+thresholds); :func:`final_nms_off` turns the final NMS off for a while (the
+boxes before it, for ``pedcrowd analyze``); :func:`output_records` and
+:func:`detections_to_json` turn outputs into results-format entries.
+
+Shapes: D detections of one image.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
+from pedcrowd.engine.checkpoint import load_for_inference
+from pedcrowd.engine.config import Config, apply_overrides
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.formats.detections import output_to_xywh, results_entries
 from pedcrowd.model.config import PostprocessConfig
+
+Detections = dict[int, tuple[np.ndarray, np.ndarray]]  # image id -> (boxes [D, 4] xywh, scores [D])
+MAX_PRE_NMS = 10_000  # detections kept per image while the final NMS is off
 
 T = TypeVar("T")
 
@@ -104,3 +117,85 @@ def output_records(
         for record, std in zip(records, output["box_std"].double().tolist(), strict=True):
             record["bbox_std"] = std
     return records
+
+
+def load_detector(
+    weights: str | Path, *, device: str | torch.device = "cpu", overrides: Sequence[str] = ()
+) -> tuple[torch.nn.Module, Config]:
+    """A trained detector ready to predict, and its config.
+
+    Args:
+        weights: a checkpoint, or a run directory (its ``best.pt``, else ``last.pt``).
+        device: where the model is put (eval mode).
+        overrides: ``a.b=value`` changes to the stored config (as ``--set``); only the
+            sections read after loading matter (``postprocess``, ``data``).
+
+    The post-processing of the config's ``postprocess:`` section is set on the model.
+    """
+    model, cfg = load_for_inference(weights, device=device)
+    if overrides:
+        cfg = apply_overrides(cfg, list(overrides))
+    configure_postprocess(model, cfg.postprocess)
+    return model, cfg
+
+
+class EvaluationStopped(Exception):  # noqa: N818 - what happened, not an error
+    """``should_stop`` returned True during :func:`predict`."""
+
+
+def predict(
+    model: torch.nn.Module, dataset, device: torch.device, batch_size: int = 4,
+    should_stop: Callable[[], bool] | None = None,
+) -> Detections:
+    """Detections of ``model`` on every image of ``dataset`` (eval mode, no augmentation),
+    through the loop ``pedcrowd infer`` runs too (:func:`run_detector`).
+
+    Args:
+        dataset: items ``(image [3, H, W], target with "image_id")``, e.g. the val split
+            (:func:`pedcrowd.data.config.build_dataset`).
+        should_stop: checked after every batch; True raises :class:`EvaluationStopped`.
+
+    Returns:
+        image id -> (boxes [D, 4] float64 ``x, y, w, h``, scores [D]) in the
+        pixels of the dataset's records (the model maps its resize back), the
+        input form of :func:`pedcrowd.eval.evaluate`.
+    """
+    dets: Detections = {}
+    items = (dataset[i] for i in range(len(dataset)))
+    for batch in run_detector(model, items, lambda item: item[0], device=device,
+                              batch_size=batch_size):
+        for (_, target), out in batch:
+            dets[int(target["image_id"])] = output_to_xywh(out)
+        if should_stop is not None and should_stop():
+            raise EvaluationStopped
+    return dets
+
+
+def detections_to_json(dets: Detections, records) -> list[dict]:
+    """The standard results format (with ``file_name``), one entry per box."""
+    names = {int(r.id): r.file_name for r in records}
+    out = []
+    for image_id in sorted(dets):
+        # unrounded, so that evaluating this file reproduces val_eval.json exactly
+        out.extend(results_entries(image_id, names.get(image_id, ""), *dets[image_id]))
+    return out
+
+
+@contextlib.contextmanager
+def final_nms_off(model: torch.nn.Module, max_dets: int = MAX_PRE_NMS) -> Iterator[tuple[float, int]]:
+    """While inside, the model's final NMS suppresses nothing and keeps up to ``max_dets``
+    boxes per image; yields the model's own (NMS IoU threshold, detections per image),
+    restored on the way out.
+
+    Raises:
+        PedcrowdError: the model has no final NMS setting (``nms_thresh``) to turn off.
+    """
+    heads = output_stage(model)
+    if not (hasattr(heads, "nms_thresh") and hasattr(heads, "detections_per_img")):
+        raise PedcrowdError("the model has no final NMS setting (nms_thresh) to turn off")
+    saved = (heads.nms_thresh, heads.detections_per_img)
+    try:
+        heads.nms_thresh, heads.detections_per_img = 1.0, max_dets
+        yield float(saved[0]), int(saved[1])
+    finally:
+        heads.nms_thresh, heads.detections_per_img = saved

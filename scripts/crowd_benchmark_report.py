@@ -53,7 +53,7 @@ def detect_checkpoint(run_dir: Path, sets: tuple[str, ...] = (), n_images: int |
     from pedcrowd.data.config import build_dataset
     from pedcrowd.engine.checkpoint import load_for_inference
     from pedcrowd.engine.config import apply_overrides
-    from pedcrowd.engine.train import detections_to_json, predict
+    from pedcrowd.engine.predict import detections_to_json, predict
 
     model, cfg = load_for_inference(run_dir / "last.pt", device="cpu")
     if sets:

@@ -159,7 +159,7 @@ def test_model_path_restores_nms_and_replay_equals_normal_output(tmp_path):
     from pedcrowd.data.synth import SynthConfig, generate
     from pedcrowd.engine.checkpoint import load_for_inference, save_checkpoint
     from pedcrowd.engine.config import Config, config_to_dict
-    from pedcrowd.engine.train import predict
+    from pedcrowd.engine.predict import predict
     from pedcrowd.model import build_model
 
     generate(tmp_path / "data", SynthConfig(train_images=0, val_images=3, height=128, width=256))

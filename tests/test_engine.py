@@ -20,8 +20,9 @@ from pedcrowd.engine.checkpoint import (
 )
 from pedcrowd.engine.config import Config, ScheduleConfig, apply_overrides
 from pedcrowd.engine.metrics import read_metrics, to_jsonable
+from pedcrowd.engine.predict import predict
 from pedcrowd.engine.schedule import build_scheduler, lr_factor
-from pedcrowd.engine.train import fit, predict, train_one_epoch
+from pedcrowd.engine.train import fit, train_one_epoch
 from pedcrowd.errors import PedcrowdError
 
 

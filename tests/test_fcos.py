@@ -17,7 +17,8 @@ from pedcrowd.data.synth import SynthConfig, ensure_synth
 from pedcrowd.engine.checkpoint import load_checkpoint, load_for_inference
 from pedcrowd.engine.config import Config, apply_overrides
 from pedcrowd.engine.metrics import read_metrics
-from pedcrowd.engine.train import fit, predict
+from pedcrowd.engine.predict import predict
+from pedcrowd.engine.train import fit
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.model import ModelConfig, build_model
 from pedcrowd.model.fcos import (

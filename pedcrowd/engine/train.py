@@ -68,7 +68,6 @@ from pedcrowd.engine.config import (
     save_config,
 )
 from pedcrowd.engine.curves import write_run_curves
-from pedcrowd.engine.predict import configure_postprocess, run_detector
 from pedcrowd.engine.loop import (  # noqa: F401 - train_one_epoch, make_loader re-exported
     Diverged,
     EpochState,
@@ -77,12 +76,17 @@ from pedcrowd.engine.loop import (  # noqa: F401 - train_one_epoch, make_loader 
     train_one_epoch,
 )
 from pedcrowd.engine.metrics import MetricsLog, to_jsonable
+from pedcrowd.engine.predict import (
+    EvaluationStopped,
+    configure_postprocess,
+    detections_to_json,
+    predict,
+)
 from pedcrowd.engine.reporter import Reporter
 from pedcrowd.engine.schedule import build_optimizer, build_scheduler
 from pedcrowd.engine.signals import Interrupted, StopOnSignal
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import copy_file_atomic, write_text_atomic
-from pedcrowd.formats.detections import output_to_xywh, results_entries
 from pedcrowd.formats.registry import dataset_format
 from pedcrowd.model.config import PostprocessConfig
 
@@ -103,43 +107,6 @@ def weights_digest(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-class EvaluationStopped(Exception):  # noqa: N818 - what happened, not an error
-    """``should_stop`` returned True during :func:`predict`."""
-
-
-def predict(
-    model: torch.nn.Module, dataset, device: torch.device, batch_size: int = 4,
-    should_stop: Callable[[], bool] | None = None,
-) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Detections of ``model`` on every image of ``dataset`` (eval mode, no augmentation),
-    through the inference loop ``pedcrowd infer`` runs too (:func:`run_detector`).
-
-    Returns:
-        image id -> (boxes [D, 4] float64 ``x, y, w, h``, scores [D]) in the
-        pixels of the dataset's records (the model maps its resize back), the
-        input form of :func:`pedcrowd.eval.evaluate`.
-    """
-    dets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    items = (dataset[i] for i in range(len(dataset)))
-    for batch in run_detector(model, items, lambda item: item[0], device=device,
-                              batch_size=batch_size):
-        for (_, target), out in batch:
-            dets[int(target["image_id"])] = output_to_xywh(out)
-        if should_stop is not None and should_stop():
-            raise EvaluationStopped
-    return dets
-
-
-def detections_to_json(dets: dict[int, tuple[np.ndarray, np.ndarray]], records) -> list[dict]:
-    """The standard results format (with ``file_name``), one entry per box."""
-    names = {int(r.id): r.file_name for r in records}
-    out = []
-    for image_id in sorted(dets):
-        # unrounded, so that evaluating this file reproduces val_eval.json exactly
-        out.extend(results_entries(image_id, names.get(image_id, ""), *dets[image_id]))
-    return out
 
 
 def evaluate_model(

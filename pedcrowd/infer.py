@@ -33,6 +33,7 @@ from pedcrowd.box_np import xywh_to_xyxy
 from pedcrowd.engine.device import resolve_device as _resolve
 from pedcrowd.engine.predict import (
     configure_postprocess,
+    load_detector,
     output_records,
     output_stage,
     run_detector,
@@ -99,16 +100,11 @@ def load_model(weights: str | Path, device: torch.device) -> torch.nn.Module:
     else last.pt) or a checkpoint, post-processing as its config's ``postprocess`` section says;
     ``coco``: torchvision's COCO Faster R-CNN as it is, its person detections
     (:func:`pedcrowd.model.pretrained.coco_person_detector`, a zero-shot pedestrian detector)."""
-    from pedcrowd.engine.checkpoint import load_for_inference
-
     if str(weights) == "coco" and not Path(weights).exists():
         from pedcrowd.model.pretrained import coco_person_detector
 
         return coco_person_detector().to(device).eval()
-
-    model, cfg = load_for_inference(weights, device=str(device))
-    configure_postprocess(model, cfg.postprocess)
-    return model
+    return load_detector(weights, device=str(device))[0]
 
 
 def resolve_postprocess(
@@ -158,6 +154,7 @@ def infer(
     weights: str | Path | None = None,
     model: torch.nn.Module | None = None,
     out_file: str | Path | None = None,
+    postprocess_file: str | Path | None = None,
     vis_dir: str | Path | None = None,
     gt: str | Path | None = None,
     protocol: str = "citypersons",
@@ -181,6 +178,8 @@ def infer(
             in it), a checkpoint, or ``coco`` (torchvision's COCO model, person class);
             or pass ``model`` instead (a torchvision FasterRCNN).
         out_file: write the detection JSON here.
+        postprocess_file: write what post-processing ran here (``weights`` and
+            ``InferResult.postprocess``; ``pedcrowd infer`` writes ``OUT/postprocess.json``).
         vis_dir: write annotated images (and ``VIDEO_vis.mp4`` per video) here.
         gt: a ground-truth file; its boxes are drawn in green on the ``vis``
             images, and its image ids are used for images whose file name it knows.
@@ -189,8 +188,7 @@ def infer(
             model's own (those of the evaluation during training).
         nms, var_voting: ``hard``, ``soft-linear`` or ``soft-gaussian``, and variance
             voting (needs the KL head); None keeps the model's own (a checkpoint's
-            ``postprocess`` section). What ran is in ``InferResult.postprocess``
-            (``pedcrowd infer`` writes it to ``OUT/postprocess.json``).
+            ``postprocess`` section). What ran is in ``InferResult.postprocess``.
         vis_score_thr: the lowest score drawn on ``vis`` images.
         batch_size: images per forward pass.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -202,9 +200,17 @@ def infer(
 
     Returns:
         The detections and a summary; see :class:`InferResult`.
+
+    Raises:
+        PedcrowdError: a threshold out of range, a batch size below 1, an input that
+            does not exist or cannot be opened (before the model loads).
     """
     if (weights is None) == (model is None):
         raise ValueError("pass exactly one of weights= and model=")
+    if score_thr is not None and not 0.0 <= score_thr <= 1.0:
+        raise PedcrowdError(f"--score-thr {score_thr}: must be in [0, 1]")
+    if nms_thr is not None and not 0.0 < nms_thr <= 1.0:
+        raise PedcrowdError(f"--nms-thr {nms_thr}: must be in (0, 1]")
     if batch_size < 1:
         raise PedcrowdError(f"--batch-size {batch_size}: must be at least 1")
     sources = collect_sources(inputs)
@@ -274,5 +280,8 @@ def infer(
     result.seconds = time.perf_counter() - start
     if out_file is not None:
         result.out_file = write_text_atomic(out_file, json.dumps(result.detections))
+    if postprocess_file is not None:  # what ran, so that runs of one checkpoint can be told apart
+        meta = {"weights": None if weights is None else str(weights), **result.postprocess}
+        write_text_atomic(postprocess_file, json.dumps(meta, indent=1) + "\n")
     result.vis_dir = Path(vis_dir) if vis_dir is not None else None
     return result

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -129,10 +128,6 @@ def infer_command(
     from pedcrowd.errors import PedcrowdError
     from pedcrowd.infer import infer
 
-    if score_thr is not None and not 0.0 <= score_thr <= 1.0:
-        raise PedcrowdError(f"--score-thr {score_thr}: must be in [0, 1]")
-    if nms_thr is not None and not 0.0 < nms_thr <= 1.0:
-        raise PedcrowdError(f"--nms-thr {nms_thr}: must be in (0, 1]")
     console = Console(stderr=True)
     shown_skips = 5
     progress = Progress(
@@ -153,11 +148,16 @@ def infer_command(
         if n_skipped <= shown_skips:
             console.print(f"[yellow]skipped[/] {name}: {why}")
 
-    with progress:
+    def on_start(total: int) -> None:  # the bar from when the images start (not on an early error)
+        progress.start()
+        progress.update(task, total=total or None)
+
+    try:
         result = infer(
             inputs,
             weights=weights,
             out_file=out / "detections.json",
+            postprocess_file=out / "postprocess.json",
             vis_dir=out / "vis" if vis else None,
             gt=gt,
             protocol=protocol,
@@ -169,12 +169,14 @@ def infer_command(
             batch_size=batch_size,
             device=device,
             workers=workers,
-            on_start=lambda total: progress.update(task, total=total or None),
+            on_start=on_start,
             on_progress=lambda done: progress.update(task, completed=done),
             on_skip=on_skip,
         )
         # Video frame counts from the header can be off by a few; end the bar at 100 %.
         progress.update(task, total=result.n_images, completed=result.n_images)
+    finally:
+        progress.stop()
 
     if result.skipped and result.n_images == 0:
         names = ", ".join(name for name, _ in result.skipped[:3])
@@ -199,11 +201,6 @@ def infer_command(
         f"{result.n_images} images{videos}, {len(result.detections)} detections in "
         f"{result.seconds:.1f} s: [bold]{result.images_per_s:.2f} images/s[/]{skipped}"
     )
-    # what ran, beside the detections, so that runs of one checkpoint can be told apart
-    from pedcrowd.fileio import write_text_atomic
-
-    meta = {"weights": str(weights), **result.postprocess}
-    write_text_atomic(out / "postprocess.json", json.dumps(meta, indent=1) + "\n")
     console.print(f"detections: {result.out_file} (post-processing {result.postprocess['method']}, "
                   f"recorded in {out / 'postprocess.json'})")
     if result.vis_dir is not None:

@@ -36,19 +36,28 @@ misses get their best box at score s*, never-proposed people get their GT box at
 score s*, duplicates and background boxes are deleted, localisation errors are
 moved onto their person when it was missed (else deleted).
 
+:func:`analyze` is the whole ``pedcrowd analyze``: it runs a model once with its
+final NMS off (or reads a file of pre-NMS boxes), analyses, and writes the
+``--out`` JSON and the ``--vis`` images; :func:`analyze_detections` is the
+analysis of given boxes.
+
 Shapes: D_i pre-NMS boxes of image i (``xywh``), K_i kept.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from pedcrowd.box_np import box_iou, xywh_to_xyxy
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.eval.matching import THRESHOLD, MatchDetails
+from pedcrowd.fileio import dumps_strict, write_text_atomic
+from pedcrowd.formats.detections import read_detections
 
 MISSES = ("nms_other_person", "nms_false_positive", "low_score", "never_proposed", "other")
 FALSE_POSITIVES = ("duplicate", "localisation", "background")
@@ -56,6 +65,7 @@ FIXES = ("nms_other_person", "nms_false_positive", "nms_all", "low_score", "neve
          "duplicate", "localisation", "background")
 LOC_IOU = 0.1
 KEPT, CUT = -1, -2  # suppressor codes: kept by NMS; suppressed by nobody but removed by the cap
+DEFAULT_POINTS = ("fppi=0.1",)
 
 Detections = dict[int, tuple[np.ndarray, np.ndarray]]
 
@@ -147,6 +157,13 @@ class PointAnalysis:
 
 @dataclass
 class AnalysisReport:
+    """The analysis (:func:`report_to_json` is its JSON) and, from :func:`analyze`, what it wrote.
+
+    Attributes:
+        out_file: where the JSON was written, or None; vis_dir, n_vis: where and how
+            many ``--vis`` images were written.
+    """
+
     protocol: str
     setup: str
     nms_thresh: float
@@ -156,6 +173,58 @@ class AnalysisReport:
     n_gt: int
     n_images: int
     points: list[PointAnalysis]
+    out_file: Path | None = None
+    vis_dir: Path | None = None
+    n_vis: int = 0
+
+
+# ----------------------------------------------------------------------------- protocol choices
+# Every place the analysis tells the protocols apart. pedcrowd.eval.protocols (issue 22)
+# replaces these with its registry: default_protocol(gt_path=, format_name=),
+# get_protocol(name).default_setup / .setups / .ap_label, and its matching.
+
+
+def default_protocol(gt_path: str | Path | None = None, format_name: str | None = None) -> str:
+    """The protocol when none is named: from the GT file (``.odgt``: CrowdHuman), else from
+    a run's data format (Caltech, CrowdHuman), else CityPersons."""
+    if gt_path is not None:
+        return "crowdhuman" if Path(gt_path).suffix.lower() == ".odgt" else "citypersons"
+    return {"caltech": "caltech", "crowdhuman": "crowdhuman"}.get(format_name or "", "citypersons")
+
+
+def resolve_setup(protocol: str, setup: str | None) -> str:
+    """``setup``, or the protocol's default (Reasonable; CrowdHuman: its one setup, All)."""
+    if protocol == "crowdhuman":
+        if setup not in (None, "All"):
+            raise PedcrowdError("--setup: the crowdhuman protocol has one setup, All")
+        return "All"
+    return setup or "Reasonable"
+
+
+def ap_name(protocol: str) -> str:
+    """The analysis's AP is the protocol matching's (IoU 0.5, trapezoid over its
+    precision/recall points), not the COCO AP 0.5:0.95 of eval and compare."""
+    return "CrowdDet AP" if protocol == "crowdhuman" else "AP50 (trapezoid, not COCO AP)"
+
+
+def _needs_image_sizes(protocol: str) -> bool:
+    """CrowdHuman's matching clips the boxes to the image."""
+    return protocol == "crowdhuman"
+
+
+def load_truth(gt: str | Path, protocol: str, images: str | Path | None = None,
+               image_root: str | Path | None = None):
+    """(the GT, CrowdHuman image sizes or None, the image folder or None) of a GT file."""
+    gt = Path(gt)
+    if protocol == "crowdhuman":
+        from pedcrowd.eval.crowdhuman import load_sizes
+        from pedcrowd.formats.crowdhuman import read_odgt
+
+        records = read_odgt(gt)
+        return records, load_sizes(records, gt, {}, images, image_root), image_root or gt.parent / "Images"
+    from pedcrowd.eval import load_ground_truth
+
+    return load_ground_truth(gt, protocol, images), None, image_root
 
 
 class _Matcher:
@@ -163,9 +232,7 @@ class _Matcher:
 
     def __init__(self, gt, protocol: str, setup: str | None, sizes: dict | None, resize_dets: bool):
         self.gt, self.protocol, self.sizes, self.resize_dets = gt, protocol, sizes, resize_dets
-        self.setup = setup or ("All" if protocol == "crowdhuman" else "Reasonable")
-        if protocol == "crowdhuman" and setup not in (None, "All"):
-            raise PedcrowdError("--setup: the crowdhuman protocol has one setup, All")
+        self.setup = resolve_setup(protocol, setup)
 
     def __call__(self, dets: Detections) -> MatchDetails:
         if self.protocol == "crowdhuman":
@@ -175,6 +242,9 @@ class _Matcher:
         from pedcrowd.eval.evaluate import match_details
 
         return match_details(self.gt, dets, self.setup, protocol=self.protocol, resize_dets=self.resize_dets)
+
+
+# ----------------------------------------------------------------------------- the analysis
 
 
 def _passes(iou: np.ndarray, strict: bool) -> np.ndarray:
@@ -221,7 +291,7 @@ def operating_score(md: MatchDetails, spec: str) -> tuple[str, float]:
     return spec, float(md.matches.scores[idx])
 
 
-def analyze(
+def analyze_detections(
     gt,
     pre: Detections,
     *,
@@ -229,7 +299,7 @@ def analyze(
     nms_thresh: float,
     max_dets: int = 100,
     setup: str | None = None,
-    points: tuple[str, ...] = ("fppi=0.1",),
+    points: Sequence[str] = DEFAULT_POINTS,
     sizes: dict | None = None,
     resize_dets: bool = True,
 ) -> AnalysisReport:
@@ -403,3 +473,208 @@ def report_to_json(report: AnalysisReport) -> dict:
             for p in report.points
         ],
     }
+
+
+# ----------------------------------------------------------------------------- the whole command
+
+
+def analyze(
+    source: str | Path,
+    *,
+    gt: str | Path | None = None,
+    protocol: str | None = None,
+    setup: str | None = None,
+    points: Sequence[str] = DEFAULT_POINTS,
+    nms_thresh: float | None = None,
+    max_dets: int | None = None,
+    image_root: str | Path | None = None,
+    images: str | Path | None = None,
+    device: str = "auto",
+    out_file: str | Path | None = None,
+    vis_dir: str | Path | None = None,
+    vis_max: int = 50,
+    on_model_start: Callable[[int], None] | None = None,
+) -> AnalysisReport:
+    """``pedcrowd analyze``: the boxes before the final NMS, analysed (:func:`analyze_detections`).
+
+    Args:
+        source: a run directory or checkpoint (the model runs once over the val split,
+            or the images of ``gt``, with its final NMS off), or a results JSON of boxes
+            before the final NMS (needs ``gt``).
+        gt: ground truth (as for ``pedcrowd eval``); default: the run's val split.
+        protocol: ``citypersons``, ``caltech`` or ``crowdhuman``; default from the GT
+            file or the run's data format (:func:`default_protocol`).
+        setup: default: the protocol's (:func:`resolve_setup`).
+        points: operating points, ``fppi=X`` or ``score=X``.
+        nms_thresh, max_dets: the final NMS to replay; default: the model's
+            ``box_nms_thresh`` and ``box_detections_per_img``, 0.5 and 100 for a file.
+        image_root: the images of ``gt`` (to run a model on ``gt``, for ``vis_dir`` and
+            CrowdHuman sizes); default: a run's own image folder.
+        images: CrowdHuman: an image sizes file (as ``pedcrowd eval --images``).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        out_file: write the JSON (:func:`report_to_json`) here.
+        vis_dir: write up to ``vis_max`` images of NMS-caused misses at the first point here.
+        on_model_start: called with the number of images before the model runs.
+
+    Raises:
+        PedcrowdError: an operating point, file or threshold it cannot use (before the
+            model runs where it can tell).
+    """
+    points = tuple(points)
+    for point in points:  # before the model runs
+        parse_point(point)
+    path = Path(source)
+    if path.is_file() and _first_byte(path) == b"{":
+        raise PedcrowdError(
+            f"{path}: a JSON-lines file (a CrowdDet dump or .odgt), not pre-NMS detections; "
+            "analyze reads a results JSON list made with the final NMS off, or a run directory / checkpoint"
+        )
+    if path.is_file() and (path.suffix.lower() == ".json" or _first_byte(path) == b"["):
+        if gt is None:
+            raise PedcrowdError(f"{path}: a pre-NMS detection file needs --gt")
+        protocol = protocol or default_protocol(gt_path=gt)
+        truth, sizes, root = load_truth(gt, protocol, images, image_root)
+        pre = read_detections(path, _records(truth))
+        nms, cap = (0.5 if nms_thresh is None else nms_thresh), (100 if max_dets is None else max_dets)
+    else:
+        pre, truth, sizes, root, protocol, nms, cap = _pre_nms_from_model(
+            path, gt, protocol, images, image_root, device, on_model_start
+        )
+        nms = nms if nms_thresh is None else nms_thresh
+        cap = cap if max_dets is None else max_dets
+    if not 0.0 <= nms <= 1.0:
+        raise PedcrowdError(f"--nms-thresh {nms}: must be in [0, 1]")
+    if cap < 1:
+        raise PedcrowdError(f"--max-dets {cap}: must be at least 1")
+    report = analyze_detections(truth, pre, protocol=protocol, nms_thresh=nms, max_dets=cap, setup=setup,
+                                points=points, sizes=sizes)
+    if out_file is not None:
+        report.out_file = write_text_atomic(out_file, dumps_strict(report_to_json(report), indent=1) + "\n")
+    if vis_dir is not None:
+        report.n_vis = _write_vis(report, truth, root, Path(vis_dir), vis_max)
+        report.vis_dir = Path(vis_dir)
+    return report
+
+
+def _records(truth) -> list:
+    """The image records of a GT (a :class:`pedcrowd.eval.GroundTruth` or a list of records)."""
+    return truth if isinstance(truth, list) else truth.records
+
+
+def _first_byte(path: Path) -> bytes:
+    """The first non-blank byte of a file (``[`` a JSON list, ``{`` JSON lines; a checkpoint is a zip)."""
+    with open(path, "rb") as f:
+        return f.read(4096).lstrip()[:1]
+
+
+def _pre_nms_from_model(path, gt, protocol, images, image_root, device, on_model_start):
+    """Run the model once with its final NMS off: (the boxes, the GT, CrowdHuman sizes or None,
+    the image folder, the protocol, the model's NMS threshold and detection cap)."""
+    # torch comes in here only: analysing a file stays numpy
+    from pedcrowd.data.config import build_dataset
+    from pedcrowd.data.datasets import DetectionDataset
+    from pedcrowd.engine.device import resolve_device
+    from pedcrowd.engine.predict import final_nms_off, load_detector, predict
+
+    dev = resolve_device(device)
+    model, cfg = load_detector(path, device=dev)
+    protocol = protocol or default_protocol(format_name=cfg.data.format)
+    if gt is None:
+        dataset = build_dataset(cfg.data, "val", train=False)
+        truth, root = list(dataset.records), getattr(dataset, "image_root", None)
+        sizes = _image_sizes(dataset) if _needs_image_sizes(protocol) else None
+    else:
+        if image_root is None:
+            raise PedcrowdError("--gt with a model needs --image-root (the images to run the model on)")
+        truth, sizes, root = load_truth(gt, protocol, images, image_root)
+        dataset = DetectionDataset(_records(truth), image_root)
+    if cfg.postprocess.nms != "hard" or cfg.postprocess.var_voting:
+        raise PedcrowdError(
+            f"{path}: analyze replays a hard NMS; this run post-processes with {cfg.postprocess.describe()}"
+        )
+    with final_nms_off(model) as (nms, cap):  # Faster R-CNN: in roi_heads; FCOS: the model itself
+        if on_model_start is not None:
+            on_model_start(len(dataset))
+        pre = predict(model, dataset, dev)
+    return pre, truth, sizes, root, protocol, nms, cap
+
+
+def _image_sizes(dataset) -> dict[int, tuple[int, int]]:
+    from PIL import Image
+
+    sizes = {}
+    for i, rec in enumerate(dataset.records):
+        with Image.open(dataset.image_path(i)) as im:
+            sizes[rec.id] = im.size
+    return sizes
+
+
+PERSON, SUPPRESSED, SUPPRESSOR = (0, 200, 0), (0, 165, 255), (0, 0, 255)  # BGR
+
+
+def _with_legend(image, point, font: float):
+    """``image`` with a band below naming the operating point and the three box colours."""
+    import cv2
+
+    score = "" if point is None or not point.score < float("inf") else f", score >= {point.score:.3f}"
+    lines = [
+        (f"NMS-caused misses at {point.name if point else '?'}{score}", (255, 255, 255)),
+        ("green: the missed person", PERSON),
+        ("orange: its box, removed by NMS (label: its score < the suppressor's)", SUPPRESSED),
+        ("red: the box that suppressed it", SUPPRESSOR),
+    ]
+    (_, th), base = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, font, 1)
+    step = th + base + 4
+    band = np.full((step * len(lines) + 4, image.shape[1], 3), 30, np.uint8)
+    for k, (text, color) in enumerate(lines):
+        cv2.putText(band, text, (4, 2 + th + k * step), cv2.FONT_HERSHEY_SIMPLEX, font,
+                    tuple(min(255, c + 60) for c in color), 1, cv2.LINE_AA)
+    return np.vstack([image, band])  # below: the image keeps its pixel coordinates
+
+
+def _write_vis(report: AnalysisReport, truth, image_root, out_dir: Path, limit: int) -> int:
+    """Draw the NMS-caused misses of the first operating point; the number of images written."""
+    if image_root is None:
+        raise PedcrowdError("--vis needs the images: pass --image-root")
+    # cv2 comes in here only (pedcrowd.vis draws with it): the analysis itself stays numpy
+    import cv2
+
+    from pedcrowd.vis import place_label
+
+    names = {r.id: r.file_name for r in _records(truth)}
+    by_image: dict[int, list[dict]] = {}
+    point = report.points[0] if report.points else None
+    for p in report.points[:1]:
+        for ex in p.examples:
+            by_image.setdefault(ex["image_id"], []).append(ex)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for image_id, examples in by_image.items():
+        if written >= limit:
+            break
+        path = Path(image_root) / names[image_id]
+        image = cv2.imread(str(path))
+        if image is None:
+            continue
+        thick = max(1, round(max(image.shape[:2]) / 600))
+        font = 0.45 * thick
+        taken: list[tuple[int, int, int, int]] = []
+        for ex in examples:
+            for key, color in (("person", PERSON), ("suppressed", SUPPRESSED), ("suppressor", SUPPRESSOR)):
+                x, y, w, h = ex[key]
+                cv2.rectangle(image, (round(x), round(y)), (round(x + w), round(y + h)), color, thick + 1)
+        for ex in examples:  # labels after the boxes, placed so that they do not cover each other
+            text = f"{ex['score']:.2f} < {ex['suppressor_score']:.2f}"
+            (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 1)
+            x, y, w, h = ex["suppressed"]
+            lx, ly = place_label(taken, (x, y, x + w, y + h), tw + 2, th + base + 1,
+                                 image.shape[1], image.shape[0])
+            cv2.rectangle(image, (lx, ly), (lx + tw + 2, ly + th + base + 1), SUPPRESSED, -1)
+            cv2.putText(image, text, (lx + 1, ly + th), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), 1,
+                        cv2.LINE_AA)
+        image = _with_legend(image, point, font)
+        target = out_dir / f"{Path(names[image_id]).stem}_nms.jpg"
+        if not cv2.imwrite(str(target), image):
+            raise PedcrowdError(f"{target}: cannot write the image")
+        written += 1
+    return written

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from pedcrowd.analyze import analyze, nms_with_suppressors, replay_nms
+from pedcrowd.analyze import analyze_detections, nms_with_suppressors, replay_nms
 from pedcrowd.box_np import box_iou
 from pedcrowd.cli import app
 from pedcrowd.formats.records import ImageRecord
@@ -45,7 +45,7 @@ def pre_dets(rows=PRE):
 
 
 def test_scene_counts_and_oracles():
-    rep = analyze(records(), pre_dets(), protocol="citypersons", nms_thresh=0.5, points=("score=0.5",))
+    rep = analyze_detections(records(), pre_dets(), protocol="citypersons", nms_thresh=0.5, points=("score=0.5",))
     (p,) = rep.points
     # Kept above 0.5: A's box (TP), the box left of C (TP), background (FP), the duplicate (FP).
     assert (p.n_missed, p.n_fp) == (3, 2)
@@ -72,7 +72,7 @@ def test_scene_counts_and_oracles():
 
 
 def test_nms_threshold_one_means_no_nms_misses():
-    rep = analyze(records(), pre_dets(), protocol="citypersons", nms_thresh=1.0, points=("score=0.5",))
+    rep = analyze_detections(records(), pre_dets(), protocol="citypersons", nms_thresh=1.0, points=("score=0.5",))
     (p,) = rep.points
     assert p.misses["nms_other_person"] == 0 and p.misses["nms_false_positive"] == 0
     assert p.n_missed == 2  # D (low score) and E (never proposed); B is found
@@ -83,7 +83,7 @@ def test_suppressed_by_a_false_positive_and_localisation_crowd():
     # F = x 20..180, y 0..260 (area 41600): IoU with person 1 is 20000 / 41600 = 0.481 (not a match,
     # but > the NMS 0.45, so it suppresses person 1's own box); with person 0 16000 / 45600 = 0.351.
     rows = [([20, 0, 160, 260], 0.95), (people[0], 0.9), (people[1], 0.5)]
-    rep = analyze(records(people), pre_dets(rows), protocol="citypersons", nms_thresh=0.45, points=("score=0.4",))
+    rep = analyze_detections(records(people), pre_dets(rows), protocol="citypersons", nms_thresh=0.45, points=("score=0.4",))
     (p,) = rep.points
     assert p.n_missed == 1 and p.misses["nms_false_positive"] == 1
     assert p.n_fp == 1 and p.false_positives["localisation"] == 1 and p.flags["localisation_crowd"] == 1
@@ -236,7 +236,7 @@ def test_caltech_rules():
                       categories=np.array(["pedestrian", "pedestrian"], dtype=object), ignore=np.zeros(2, bool),
                       heights=boxes[:, 3].copy(), vis_ratios=np.ones(2))
     pre = {1: (boxes.copy(), np.array([0.9, 0.8]))}
-    rep = analyze([rec], pre, protocol="caltech", nms_thresh=0.5, points=("score=0.5",))
+    rep = analyze_detections([rec], pre, protocol="caltech", nms_thresh=0.5, points=("score=0.5",))
     (p,) = rep.points
     assert p.n_missed == 1 and p.misses["nms_other_person"] == 1 and p.n_fp == 0
     assert rep.mr == 0.5  # one TP, no FP: every reference sees recall 1/2
@@ -253,7 +253,7 @@ def test_every_error_has_exactly_one_category(people, rows, nms):
     people = [list(map(float, p)) for p in people]
     pre = pre_dets([(list(map(float, b)), s) for b, s in rows]) if rows else {}
     for thresh in (nms, 1.0):
-        (p,) = analyze(records(people), pre, protocol="citypersons", nms_thresh=thresh, points=("score=0.2",)).points
+        (p,) = analyze_detections(records(people), pre, protocol="citypersons", nms_thresh=thresh, points=("score=0.2",)).points
         assert sum(p.misses.values()) == p.n_missed and sum(p.false_positives.values()) == p.n_fp
         assert p.flags["duplicate_below_nms"] == p.false_positives["duplicate"]  # greedy NMS over the same boxes
         if thresh == 1.0:

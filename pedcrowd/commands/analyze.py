@@ -10,8 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-MAX_PRE_NMS = 10_000  # detections_per_img while collecting the boxes before the final NMS
-
 
 def analyze_command(
     source: Annotated[
@@ -75,135 +73,22 @@ def analyze_command(
     Example:
       pedcrowd analyze runs/baseline --at fppi=0.1 --at fppi=1 --vis nms_vis/
     """
-    from pedcrowd.analyze import analyze, report_to_json
-    from pedcrowd.errors import PedcrowdError
-
-    log = Console(stderr=True)
-    from pedcrowd.analyze import parse_point
-
-    points = tuple(at or ["fppi=0.1"])
-    for point in points:  # before the model runs
-        parse_point(point)
-    path = Path(source)
-    if path.is_file() and _first_byte(path) == b"{":
-        raise PedcrowdError(
-            f"{path}: a JSON-lines file (a CrowdDet dump or .odgt), not pre-NMS detections; "
-            "analyze reads a results JSON list made with the final NMS off, or a run directory / checkpoint"
-        )
-    if path.is_file() and (path.suffix.lower() == ".json" or _first_byte(path) == b"["):
-        if gt is None:
-            raise PedcrowdError(f"{path}: a pre-NMS detection file needs --gt")
-        protocol = protocol or ("crowdhuman" if gt.suffix.lower() == ".odgt" else "citypersons")
-        truth, sizes, image_root_used = _load_gt(gt, protocol, images, image_root)
-        from pedcrowd.formats.detections import read_detections
-
-        records = truth if isinstance(truth, list) else truth.records
-        pre = read_detections(path, records)
-        nms, cap = (0.5 if nms_thresh is None else nms_thresh), (100 if max_dets is None else max_dets)
-    else:
-        pre, truth, sizes, image_root_used, protocol, nms, cap = _pre_nms_from_model(
-            path, gt, protocol, images, image_root, device, log
-        )
-        nms = nms if nms_thresh is None else nms_thresh
-        cap = cap if max_dets is None else max_dets
-    if not 0.0 <= nms <= 1.0:
-        raise PedcrowdError(f"--nms-thresh {nms}: must be in [0, 1]")
-    if cap < 1:
-        raise PedcrowdError(f"--max-dets {cap}: must be at least 1")
-    report = analyze(truth, pre, protocol=protocol, nms_thresh=nms, max_dets=cap, setup=setup, points=points,
-                     sizes=sizes)
-    doc = report_to_json(report)
+    from pedcrowd.analyze import DEFAULT_POINTS, analyze, report_to_json
     from pedcrowd.fileio import dumps_strict
 
-    text = dumps_strict(doc, indent=1)
-    if out is not None:
-        from pedcrowd.fileio import write_text_atomic
-
-        write_text_atomic(out, text + "\n")
-    if vis is not None:
-        n = _write_vis(report, truth, image_root_used, vis, vis_max)
-        log.print(f"[dim]wrote {n} images to {vis}[/dim]")
+    log = Console(stderr=True)
+    report = analyze(
+        source, gt=gt, protocol=protocol, setup=setup, points=tuple(at or DEFAULT_POINTS),
+        nms_thresh=nms_thresh, max_dets=max_dets, image_root=image_root, images=images, device=device,
+        out_file=out, vis_dir=vis, vis_max=vis_max,
+        on_model_start=lambda n: log.print(f"[dim]running the model on {n} images with the final NMS off[/dim]"),
+    )
+    if report.vis_dir is not None:
+        log.print(f"[dim]wrote {report.n_vis} images to {report.vis_dir}[/dim]")
     if as_json:
-        typer.echo(text)
+        typer.echo(dumps_strict(report_to_json(report), indent=1))
     else:
         render(report)
-
-
-def _first_byte(path: Path) -> bytes:
-    """The first non-blank byte of a file (``[`` a JSON list, ``{`` JSON lines; a checkpoint is a zip)."""
-    with open(path, "rb") as f:
-        return f.read(4096).lstrip()[:1]
-
-
-def _load_gt(gt: Path, protocol: str, images: Path | None, image_root: Path | None):
-    """(GT, CrowdHuman sizes or None, the image folder)."""
-    if protocol == "crowdhuman":
-        from pedcrowd.eval.crowdhuman import load_sizes
-        from pedcrowd.formats.crowdhuman import read_odgt
-
-        records = read_odgt(gt)
-        return records, load_sizes(records, gt, {}, images, image_root), image_root or gt.parent / "Images"
-    from pedcrowd.eval import load_ground_truth
-
-    return load_ground_truth(gt, protocol, images), None, image_root
-
-
-def _pre_nms_from_model(path, gt, protocol, images, image_root, device, log):
-    """Run the model once with its final NMS off; the boxes, the GT and the NMS to replay."""
-    from pedcrowd.engine.checkpoint import load_for_inference
-    from pedcrowd.engine.device import resolve_device
-    from pedcrowd.engine.train import predict
-    from pedcrowd.errors import PedcrowdError
-
-    dev = resolve_device(device)
-    model, cfg = load_for_inference(path, device=dev)
-    fmt = cfg.data.format
-    protocol = protocol or {"caltech": "caltech", "crowdhuman": "crowdhuman"}.get(fmt, "citypersons")
-    if gt is None:
-        from pedcrowd.data.config import build_dataset
-
-        dataset = build_dataset(cfg.data, "val", train=False)
-        truth, root = list(dataset.records), None
-        sizes = _dataset_sizes(dataset) if protocol == "crowdhuman" else None
-    else:
-        from pedcrowd.data.datasets import DetectionDataset
-
-        if image_root is None:
-            raise PedcrowdError("--gt with a model needs --image-root (the images to run the model on)")
-        truth, sizes, root = _load_gt(gt, protocol, images, image_root)
-        dataset = DetectionDataset(truth if isinstance(truth, list) else truth.records, image_root)
-    post = getattr(cfg, "postprocess", None)
-    if post is not None and (post.nms != "hard" or post.var_voting):
-        raise PedcrowdError(f"{path}: analyze replays a hard NMS; this run post-processes with {post.describe()}")
-    from pedcrowd.engine.predict import output_stage
-
-    # Faster R-CNN keeps its final NMS in roi_heads; FCOS (model.arch fcos) on the model itself.
-    heads = output_stage(model)
-    if not (hasattr(heads, "nms_thresh") and hasattr(heads, "detections_per_img")):
-        raise PedcrowdError(f"{path}: the model has no final NMS setting (nms_thresh) to turn off")
-    saved = (heads.nms_thresh, heads.detections_per_img)
-    log.print(f"[dim]running the model on {len(dataset)} images with the final NMS off[/dim]")
-    try:
-        heads.nms_thresh, heads.detections_per_img = 1.0, MAX_PRE_NMS
-        import torch
-
-        with torch.inference_mode():
-            pre = predict(model, dataset, dev)
-    finally:
-        heads.nms_thresh, heads.detections_per_img = saved
-    if root is None:
-        root = getattr(dataset, "image_root", None)
-    return pre, truth, sizes, root, protocol, float(saved[0]), int(saved[1])
-
-
-def _dataset_sizes(dataset) -> dict[int, tuple[int, int]]:
-    from PIL import Image
-
-    sizes = {}
-    for i, rec in enumerate(dataset.records):
-        with Image.open(dataset.image_path(i)) as im:
-            sizes[rec.id] = im.size
-    return sizes
 
 
 # What the analysis keys mean, in the tables (the JSON keeps the keys).
@@ -231,14 +116,10 @@ FIX_LABELS = {
 }
 
 
-def ap_name(protocol: str) -> str:
-    """The analysis's AP is the protocol matching's (IoU 0.5, trapezoid over its
-    precision/recall points), not the COCO AP 0.5:0.95 of eval and compare."""
-    return "CrowdDet AP" if protocol == "crowdhuman" else "AP50 (trapezoid, not COCO AP)"
-
-
 def render(report) -> None:
     """The analysis as rich tables: one column per operating point."""
+    from pedcrowd.analyze import ap_name
+
     console = Console()
     mr = "n/a" if report.mr is None else f"{100 * report.mr:.2f} %"
     ap = "n/a" if report.ap is None else f"{100 * report.ap:.2f} %"
@@ -362,79 +243,6 @@ def _check_analysis(doc: dict, path) -> None:
 
 def _share(count: int, total: int) -> str:
     return f"{count} ({100 * count / total:.0f} %)" if total else str(count)
-
-
-PERSON, SUPPRESSED, SUPPRESSOR = (0, 200, 0), (0, 165, 255), (0, 0, 255)  # BGR
-
-
-def _with_legend(image, point, font: float):
-    """``image`` with a band below naming the operating point and the three box colours."""
-    import cv2
-    import numpy as np
-
-    score = "" if point is None or not point.score < float("inf") else f", score >= {point.score:.3f}"
-    lines = [
-        (f"NMS-caused misses at {point.name if point else '?'}{score}", (255, 255, 255)),
-        ("green: the missed person", PERSON),
-        ("orange: its box, removed by NMS (label: its score < the suppressor's)", SUPPRESSED),
-        ("red: the box that suppressed it", SUPPRESSOR),
-    ]
-    (_, th), base = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, font, 1)
-    step = th + base + 4
-    band = np.full((step * len(lines) + 4, image.shape[1], 3), 30, np.uint8)
-    for k, (text, color) in enumerate(lines):
-        cv2.putText(band, text, (4, 2 + th + k * step), cv2.FONT_HERSHEY_SIMPLEX, font,
-                    tuple(min(255, c + 60) for c in color), 1, cv2.LINE_AA)
-    return np.vstack([image, band])  # below: the image keeps its pixel coordinates
-
-
-def _write_vis(report, truth, image_root, out_dir: Path, limit: int) -> int:
-    from pedcrowd.errors import PedcrowdError
-
-    if image_root is None:
-        raise PedcrowdError("--vis needs the images: pass --image-root")
-    import cv2
-
-    from pedcrowd.vis import place_label
-
-    records = truth if isinstance(truth, list) else truth.records
-    names = {r.id: r.file_name for r in records}
-    by_image: dict[int, list[dict]] = {}
-    point = report.points[0] if report.points else None
-    for p in report.points[:1]:
-        for ex in p.examples:
-            by_image.setdefault(ex["image_id"], []).append(ex)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = 0
-    for image_id, examples in by_image.items():
-        if written >= limit:
-            break
-        path = Path(image_root) / names[image_id]
-        image = cv2.imread(str(path))
-        if image is None:
-            continue
-        thick = max(1, round(max(image.shape[:2]) / 600))
-        font = 0.45 * thick
-        taken: list[tuple[int, int, int, int]] = []
-        for ex in examples:
-            for key, color in (("person", PERSON), ("suppressed", SUPPRESSED), ("suppressor", SUPPRESSOR)):
-                x, y, w, h = ex[key]
-                cv2.rectangle(image, (round(x), round(y)), (round(x + w), round(y + h)), color, thick + 1)
-        for ex in examples:  # labels after the boxes, placed so that they do not cover each other
-            text = f"{ex['score']:.2f} < {ex['suppressor_score']:.2f}"
-            (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 1)
-            x, y, w, h = ex["suppressed"]
-            lx, ly = place_label(taken, (x, y, x + w, y + h), tw + 2, th + base + 1,
-                                 image.shape[1], image.shape[0])
-            cv2.rectangle(image, (lx, ly), (lx + tw + 2, ly + th + base + 1), SUPPRESSED, -1)
-            cv2.putText(image, text, (lx + 1, ly + th), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 0), 1,
-                        cv2.LINE_AA)
-        image = _with_legend(image, point, font)
-        target = out_dir / f"{Path(names[image_id]).stem}_nms.jpg"
-        if not cv2.imwrite(str(target), image):
-            raise PedcrowdError(f"{target}: cannot write the image")
-        written += 1
-    return written
 
 
 def register(app: typer.Typer) -> None:

@@ -204,6 +204,29 @@ def test_model_path_restores_nms_and_replay_equals_normal_output(tmp_path):
         np.testing.assert_allclose(got_boxes, boxes, rtol=0, atol=1e-4)
 
 
+def test_the_library_analyze_runs_the_model_and_writes_what_the_command_prints(tiny_checkpoint, tmp_path):
+    """``pedcrowd.analyze.analyze`` from Python, no CLI: the model run, the analysis and the
+    ``--out`` file are the command's."""
+    from tiny_run import TINY_SYNTH
+
+    from pedcrowd.analyze import analyze, report_to_json
+    from pedcrowd.data.synth import ensure_synth
+
+    ensure_synth(tiny_checkpoint.parent, TINY_SYNTH)  # the val split the checkpoint's config names
+    started = []
+    report = analyze(tiny_checkpoint, device="cpu", points=("score=0.0", "fppi=1"),
+                     out_file=tmp_path / "lib.json", on_model_start=started.append)
+    doc = report_to_json(report)
+    assert started == [TINY_SYNTH.val_images] and doc["n_images"] == TINY_SYNTH.val_images
+    assert report.out_file == tmp_path / "lib.json" and json.loads(report.out_file.read_text()) == doc
+    assert doc["n_gt"] > 0 and doc["points"][0]["n_missed"] + doc["points"][0]["n_fp"] > 0
+    result = runner.invoke(app, ["analyze", str(tiny_checkpoint), "--device", "cpu", "--at", "score=0.0",
+                                 "--at", "fppi=1", "--json", "--out", str(tmp_path / "cli.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == doc
+    assert (tmp_path / "cli.json").read_text() == (tmp_path / "lib.json").read_text()
+
+
 def test_compare_analysis_side_by_side(tmp_path):
     base, nms1 = tmp_path / "base.json", tmp_path / "nms1.json"
     for path, thresh in ((base, "0.5"), (nms1, "1.0")):

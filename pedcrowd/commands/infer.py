@@ -176,7 +176,8 @@ def infer_command(
         # Video frame counts from the header can be off by a few; end the bar at 100 %.
         progress.update(task, total=result.n_images, completed=result.n_images)
     finally:
-        progress.stop()
+        if progress.live.is_started:  # stopping a bar never shown would print an empty line
+            progress.stop()
 
     if result.skipped and result.n_images == 0:
         names = ", ".join(name for name, _ in result.skipped[:3])

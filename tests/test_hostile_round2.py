@@ -576,6 +576,7 @@ def test_odgt_gt_is_evaluated_with_its_own_protocol_unless_asked_otherwise(tmp_p
 @pytest.mark.slow
 def test_a_signal_during_the_final_evaluation_stops_it_and_the_resume_evaluates(tmp_path, monkeypatch, usual_handlers):
     from pedcrowd.data.synth import ensure_synth
+    from pedcrowd.engine import predict as predict_module
     from pedcrowd.engine import train as train_module
     from pedcrowd.engine.checkpoint import load_checkpoint
     from pedcrowd.engine.signals import Interrupted
@@ -583,7 +584,7 @@ def test_a_signal_during_the_final_evaluation_stops_it_and_the_resume_evaluates(
     ensure_synth(tmp_path / "synth", TINY_SYNTH)
     cfg = apply_overrides(Config(), [*tiny_overrides(tmp_path / "synth"), "train.epochs=1",
                                      "train.eval_every=1"])
-    real = train_module.run_detector
+    real = predict_module.run_detector
     batches = []
 
     def sigterm_at_first_batch(*args, **kwargs):
@@ -594,7 +595,7 @@ def test_a_signal_during_the_final_evaluation_stops_it_and_the_resume_evaluates(
             batches.append(batch)
             yield batch
 
-    monkeypatch.setattr(train_module, "run_detector", sigterm_at_first_batch)
+    monkeypatch.setattr(predict_module, "run_detector", sigterm_at_first_batch)
     run = tmp_path / "run"
     with pytest.raises(Interrupted) as e:
         train_module.fit(cfg, run)
@@ -603,7 +604,7 @@ def test_a_signal_during_the_final_evaluation_stops_it_and_the_resume_evaluates(
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["epoch"] == 0 and ckpt["epoch_state"]["steps"] == 2  # both batches of the epoch done
     assert not (run / "val_eval.json").exists()
-    monkeypatch.setattr(train_module, "run_detector", real)
+    monkeypatch.setattr(predict_module, "run_detector", real)
     _, summary = train_module.fit(cfg, run, resume=True)
     assert summary["iterations"] == 2 and summary["final_mr"] is not None  # evaluated on resume
     assert (run / "val_eval.json").is_file()

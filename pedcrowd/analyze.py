@@ -56,7 +56,7 @@ import numpy as np
 from pedcrowd.box_np import box_iou, xywh_to_xyxy
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.eval.matching import THRESHOLD, MatchDetails
-from pedcrowd.fileio import dumps_strict, write_text_atomic
+from pedcrowd.fileio import dumps_strict, load_json, write_text_atomic
 from pedcrowd.formats.detections import read_detections
 
 MISSES = ("nms_other_person", "nms_false_positive", "low_score", "never_proposed", "other")
@@ -678,3 +678,60 @@ def _write_vis(report: AnalysisReport, truth, image_root, out_dir: Path, limit: 
             raise PedcrowdError(f"{target}: cannot write the image")
         written += 1
     return written
+
+
+# ----------------------------------------------------------------------------- --out files, side by side
+SIDE_BY_SIDE_FIXES = ("nms_all", "duplicate", "low_score", "never_proposed")  # compare --analysis's rows
+
+
+def read_analyses(runs: Sequence[str]) -> list[tuple[str, dict]]:
+    """(name, document) of several ``pedcrowd analyze --out`` files (``name=path`` or ``path``),
+    checked for what ``pedcrowd compare --analysis`` shows."""
+    from pedcrowd.compare import parse_run
+
+    docs = []
+    for text in runs:
+        name, path = parse_run(text)
+        doc = load_json(path)
+        if not isinstance(doc, dict) or not isinstance(doc.get("points"), list):
+            raise PedcrowdError(f"{path}: not a pedcrowd analyze --out file (no 'points')")
+        _check_analysis(doc, path)
+        docs.append((name, doc))
+    return docs
+
+
+def _check_analysis(doc: dict, path) -> None:
+    """PedcrowdError naming the file and the entry when an ``analyze --out`` document lacks
+    what the side-by-side table shows (an edited or truncated file)."""
+
+    def number(value, where: str, optional: bool = False, integer: bool = False) -> None:
+        ok = (value is None and optional) or (
+            not isinstance(value, bool) and isinstance(value, int if integer else int | float)
+            and (integer or math.isfinite(value)) and value >= 0
+        )
+        if not ok:
+            kind = "a count" if integer else "a rate"
+            raise PedcrowdError(f"{path}: {where} must be {kind}, got {str(value)[:60]}")
+
+    number(doc.get("mr"), "'mr'", optional=True)
+    for i, p in enumerate(doc["points"]):
+        where = f"points[{i}]"
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+            raise PedcrowdError(f"{path}: {where} is not an operating point with a 'name'")
+        score = p.get("score")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
+            raise PedcrowdError(f"{path}: {where}.score must be a number or null")
+        number(p.get("n_missed"), f"{where}.n_missed", integer=True)
+        number(p.get("n_fp"), f"{where}.n_fp", integer=True)
+        for section, keys in (("misses", MISSES), ("false_positives", FALSE_POSITIVES)):
+            part = p.get(section)
+            if not isinstance(part, dict):
+                raise PedcrowdError(f"{path}: {where}.{section} must be an object")
+            for key in keys:
+                number(part.get(key), f"{where}.{section}.{key}", integer=True)
+        oracle = p.get("oracle")
+        for fix in SIDE_BY_SIDE_FIXES:
+            entry = oracle.get(fix) if isinstance(oracle, dict) else None
+            if not isinstance(entry, dict):
+                raise PedcrowdError(f"{path}: {where}.oracle.{fix} must be an object")
+            number(entry.get("mr"), f"{where}.oracle.{fix}.mr", optional=True)

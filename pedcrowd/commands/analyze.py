@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated
 
@@ -160,18 +159,9 @@ def render(report) -> None:
 def side_by_side(runs: list[str], as_json: bool = False) -> None:
     """Several ``pedcrowd analyze --out`` files (``name=path`` or ``path``), one column per run
     and operating point: the error counts and the oracle MR^-2."""
-    from pedcrowd.compare import parse_run
-    from pedcrowd.errors import PedcrowdError
-    from pedcrowd.fileio import load_json
+    from pedcrowd.analyze import SIDE_BY_SIDE_FIXES, read_analyses
 
-    docs = []
-    for text in runs:
-        name, path = parse_run(text)
-        doc = load_json(path)
-        if not isinstance(doc, dict) or not isinstance(doc.get("points"), list):
-            raise PedcrowdError(f"{path}: not a pedcrowd analyze --out file (no 'points')")
-        _check_analysis(doc, path)
-        docs.append((name, doc))
+    docs = read_analyses(runs)
     if as_json:
         from pedcrowd.fileio import dumps_strict
 
@@ -193,52 +183,9 @@ def side_by_side(runs: list[str], as_json: bool = False) -> None:
     table.add_row("false positives", *[str(p["n_fp"]) for _, p in columns])
     for key, label in FP_LABELS.items():
         table.add_row(f"  {label}", *[_share(p["false_positives"][key], p["n_fp"]) for _, p in columns])
-    for fix in _FIXES:
+    for fix in SIDE_BY_SIDE_FIXES:
         table.add_row(f"MR^-2 % w/o {FIX_LABELS[fix]}", *[pct(p["oracle"][fix]["mr"]) for _, p in columns])
     Console().print(table)
-
-
-_MISS_KEYS = tuple(MISS_LABELS)
-_FP_KEYS = tuple(FP_LABELS)
-_FIXES = ("nms_all", "duplicate", "low_score", "never_proposed")
-
-
-def _check_analysis(doc: dict, path) -> None:
-    """PedcrowdError naming the file and the entry when an ``analyze --out`` document lacks
-    what the side-by-side table shows (an edited or truncated file)."""
-    from pedcrowd.errors import PedcrowdError
-
-    def number(value, where: str, optional: bool = False, integer: bool = False) -> None:
-        ok = (value is None and optional) or (
-            not isinstance(value, bool) and isinstance(value, int if integer else int | float)
-            and (integer or math.isfinite(value)) and value >= 0
-        )
-        if not ok:
-            kind = "a count" if integer else "a rate"
-            raise PedcrowdError(f"{path}: {where} must be {kind}, got {str(value)[:60]}")
-
-    number(doc.get("mr"), "'mr'", optional=True)
-    for i, p in enumerate(doc["points"]):
-        where = f"points[{i}]"
-        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
-            raise PedcrowdError(f"{path}: {where} is not an operating point with a 'name'")
-        score = p.get("score")
-        if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
-            raise PedcrowdError(f"{path}: {where}.score must be a number or null")
-        number(p.get("n_missed"), f"{where}.n_missed", integer=True)
-        number(p.get("n_fp"), f"{where}.n_fp", integer=True)
-        for section, keys in (("misses", _MISS_KEYS), ("false_positives", _FP_KEYS)):
-            part = p.get(section)
-            if not isinstance(part, dict):
-                raise PedcrowdError(f"{path}: {where}.{section} must be an object")
-            for key in keys:
-                number(part.get(key), f"{where}.{section}.{key}", integer=True)
-        oracle = p.get("oracle")
-        for fix in _FIXES:
-            entry = oracle.get(fix) if isinstance(oracle, dict) else None
-            if not isinstance(entry, dict):
-                raise PedcrowdError(f"{path}: {where}.oracle.{fix} must be an object")
-            number(entry.get("mr"), f"{where}.oracle.{fix}.mr", optional=True)
 
 
 def _share(count: int, total: int) -> str:

@@ -58,6 +58,7 @@ class InferResult:
         seconds: wall time of decoding + model + output (model loading excluded).
         images_per_s: ``n_images / seconds``.
         out_file: where the detection JSON was written, or None.
+        postprocess_file: where the post-processing record was written, or None.
         vis_dir: where annotated images/videos were written, or None.
         postprocess: the post-processing used (the ``postprocess:`` fields, ``method``
             such as ``soft-gaussian+var-voting``, the thresholds, ``box_std``).
@@ -71,6 +72,7 @@ class InferResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     out_file: Path | None = None
+    postprocess_file: Path | None = None
     vis_dir: Path | None = None
     postprocess: dict[str, Any] = field(default_factory=dict)  # what post-processing ran
     input_scales: dict[tuple[int, int], float | None] = field(default_factory=dict)
@@ -282,6 +284,6 @@ def infer(
         result.out_file = write_text_atomic(out_file, json.dumps(result.detections))
     if postprocess_file is not None:  # what ran, so that runs of one checkpoint can be told apart
         meta = {"weights": None if weights is None else str(weights), **result.postprocess}
-        write_text_atomic(postprocess_file, json.dumps(meta, indent=1) + "\n")
+        result.postprocess_file = write_text_atomic(postprocess_file, json.dumps(meta, indent=1) + "\n")
     result.vis_dir = Path(vis_dir) if vis_dir is not None else None
     return result

@@ -76,11 +76,14 @@ def analyze_command(
     from pedcrowd.fileio import dumps_strict
 
     log = Console(stderr=True)
+
+    def on_model_start(n_images: int) -> None:
+        log.print(f"[dim]running the model on {n_images} images with the final NMS off[/dim]")
+
     report = analyze(
         source, gt=gt, protocol=protocol, setup=setup, points=tuple(at or DEFAULT_POINTS),
         nms_thresh=nms_thresh, max_dets=max_dets, image_root=image_root, images=images, device=device,
-        out_file=out, vis_dir=vis, vis_max=vis_max,
-        on_model_start=lambda n: log.print(f"[dim]running the model on {n} images with the final NMS off[/dim]"),
+        out_file=out, vis_dir=vis, vis_max=vis_max, on_model_start=on_model_start,
     )
     if report.vis_dir is not None:
         log.print(f"[dim]wrote {report.n_vis} images to {report.vis_dir}[/dim]")

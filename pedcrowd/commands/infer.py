@@ -203,7 +203,7 @@ def infer_command(
         f"{result.seconds:.1f} s: [bold]{result.images_per_s:.2f} images/s[/]{skipped}"
     )
     console.print(f"detections: {result.out_file} (post-processing {result.postprocess['method']}, "
-                  f"recorded in {out / 'postprocess.json'})")
+                  f"recorded in {result.postprocess_file})")
     if result.vis_dir is not None:
         console.print(f"annotated: {result.vis_dir}/")
 

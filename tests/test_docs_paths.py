@@ -11,6 +11,8 @@ paths (the word must not follow a ``/`` or ``.``: ``github.com/x/configs/a.py``,
 ``../shared/docs/...``), paths under ``data/`` and ``runs/`` (data sets and run
 directories live outside the repository, ``docs/data.md``), and words the five
 prefixes begin inside another word (``pedcrowd/data/x.py`` is checked whole).
+A placeholder is written with angle brackets, ``pedcrowd/losses/<name>.py``:
+the word ends at ``<``, so only the folder is checked.
 
 A citation of a section, ``docs/techniques.md`` section "NMS-Loss", must name a
 heading of that page. A bare document name (``EVAL_PROTOCOL.md``) cited in the
@@ -151,7 +153,8 @@ def test_the_rule_on_examples():
     text = (
         "see `pedcrowd/losses/{focal,qfl}.py`, docs/training.md and configs/*_demo.yaml; "
         "https://github.com/x/y/blob/main/configs/caltech.py, ../shared/docs/REFERENCE.md, "
-        "data/synth/annotations/val_gt.json, pedcrowd/media/, mmdet configs/pisa/x.py."
+        "data/synth/annotations/val_gt.json, pedcrowd/media/, mmdet configs/pisa/x.py, "
+        "pedcrowd/formats/<name>.py."
     )
     assert cited_paths(text) == {
         "pedcrowd/losses/focal.py",
@@ -159,6 +162,7 @@ def test_the_rule_on_examples():
         "docs/training.md",
         "configs/*_demo.yaml",
         "pedcrowd/media/",
+        "pedcrowd/formats/",
     }
     assert SECTION_RE.findall('``docs/techniques.md`` section "NMS-Loss";') == [
         ("docs/techniques.md", "NMS-Loss")

@@ -1,5 +1,5 @@
-"""The plain greedy NMS-Loss loop of REFERENCE.md section 1: the reference the
-vectorised :func:`pedcrowd.losses.nms_loss` must equal (values and gradients).
+"""The plain greedy NMS-Loss loop of ``docs/techniques.md`` section "NMS-Loss": the
+reference the vectorised :func:`pedcrowd.losses.nms_loss` must equal (values and gradients).
 
 Written straight from the rules, one box at a time, with no shared code: slow
 on purpose. Used by ``tests/test_nms_loss.py`` and ``scripts/bench_losses.py``.

@@ -8,8 +8,8 @@ head's SmoothL1, not repeated here), each positive prediction is repelled from
 * RepBox: the predictions of the other persons
   (``sum Smooth_ln(IoU(B_i, B_j)) / #overlapping pairs``, pairs with different targets).
 
-Rules from ``docs/REFERENCE.md`` section 2, avoiding the listed defects of
-public ports: ``-ln`` is a torch op (gradient in both branches), RepBox goes
+Rules from ``docs/techniques.md`` section "Repulsion Loss", avoiding the
+listed defects of public ports: ``-ln`` is a torch op (gradient in both branches), RepBox goes
 through Smooth_ln, RepGT is normalised by the positives, and repulsion targets
 are chosen among all GT boxes of the image.
 

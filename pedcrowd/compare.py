@@ -202,14 +202,10 @@ class _CrowdHuman:
 
     def evaluate(self, dets_path: Path, with_ap: bool):
         """({"All": SetupMatches}, CrowdDet AP or None, JI) of one detection file."""
-        from pedcrowd.eval.crowdhuman import (
-            average_precision,
-            load_detections,
-            load_sizes,
-            prepare,
-            setup_matches,
-        )
+        from pedcrowd.eval.crowdhuman import load_detections, load_sizes
+        from pedcrowd.eval.crowdhuman_matching import prepare, setup_matches
         from pedcrowd.eval.ji import jaccard_index
+        from pedcrowd.eval.mr import average_precision
 
         dets, det_sizes = load_detections(dets_path, self.records)
         sizes = load_sizes(self.records, self.path, det_sizes, self.images)

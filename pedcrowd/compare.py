@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -119,9 +118,8 @@ def compare(
     Returns:
         A :class:`Comparison`.
     """
-    from pedcrowd.eval import load_ground_truth, match_setups
     from pedcrowd.eval.bootstrap import bootstrap_mr, percentile_ci, resample_counts
-    from pedcrowd.formats.detections import read_detections
+    from pedcrowd.eval.protocols import get_protocol
 
     if not runs:
         raise PedcrowdError("compare: give at least one run or detection file")
@@ -129,12 +127,9 @@ def compare(
     names = [n for n, _ in specs]
     if len(set(names)) != len(names):
         raise PedcrowdError(f"compare: run names must differ (got {names}); name them with name=path")
-    if protocol == "crowdhuman":
-        if setups and list(setups) != ["All"]:
-            raise PedcrowdError("--setups: the crowdhuman protocol has one setup, All")
-        gt_data = _CrowdHuman(Path(gt), images)
-    else:
-        gt_data = load_ground_truth(gt, protocol, images=images)
+    proto = get_protocol(protocol)
+    proto.check_setups(setups)
+    gt_data = proto.load_ground_truth(gt, images=images)
     n_images = len(gt_data.records)
     counts = resample_counts(n_images, bootstrap, seed) if bootstrap > 0 else None
     results: list[RunResult] = []
@@ -144,16 +139,16 @@ def compare(
         dets_path = resolve_detections(path)
         run = RunResult(name, dets_path)
         per_setup: dict[str, np.ndarray] = {}
-        if protocol == "crowdhuman":
-            matches, run.ap, run.ji = gt_data.evaluate(dets_path, with_ap)
-        else:
-            dets = read_detections(dets_path, gt_data.records)
-            # evaluate()'s matching: .mr() is its MR exactly, and the per-image
-            # outcome is what the bootstrap resamples.
-            matches = match_setups(
-                gt_data, dets, protocol=protocol, setups=list(setups) if setups else None,
-                resize_dets=resize_dets,
-            )
+        dets, run_gt = proto.detections_for(gt_data, dets_path, images=images)
+        # evaluate()'s matching: .mr() is its MR exactly, and the per-image
+        # outcome is what the bootstrap resamples.
+        matches = proto.match_setups(
+            run_gt, dets, setups=list(setups) if setups else None, resize_dets=resize_dets
+        )
+        if with_ap:
+            run.ap = proto.headline_ap(run_gt, dets, matches)
+        if proto.jaccard_index is not None:
+            run.ji = proto.jaccard_index(run_gt, dets)
         setup_names = list(matches)
         for s, sm in matches.items():
             run.mr[s] = sm.mr()
@@ -162,8 +157,6 @@ def compare(
             if counts is not None and run.mr[s] is not None:
                 per_setup[s] = bootstrap_mr(sm, counts)
                 run.ci[s] = percentile_ci(per_setup[s])
-        if with_ap and protocol != "crowdhuman":
-            run.ap = _coco_ap(gt_data, dets)
         results.append(run)
         samples.append(per_setup)
     for run, per_setup in zip(results, samples, strict=True):
@@ -176,39 +169,3 @@ def compare(
             else:
                 run.delta_ci[s] = None
     return Comparison(protocol, setup_names, results, n_images, bootstrap, seed)
-
-
-def _coco_ap(gt_data: Any, dets: dict) -> float | None:
-    from pedcrowd.eval import coco_ap
-
-    try:
-        ap = coco_ap(gt_data.records, dets)
-    except ModuleNotFoundError:  # pycocotools missing: AP is optional here
-        return None
-    value = ap.get("AP")
-    # pycocotools reports -1 when there is no GT to score.
-    return None if value is None or value < 0 else float(value)
-
-
-class _CrowdHuman:
-    """CrowdHuman GT read once; each run's detections (results list or CrowdDet dump) on it."""
-
-    def __init__(self, gt: Path, images: str | Path | None):
-        from pedcrowd.fileio import existing_path
-        from pedcrowd.formats.crowdhuman import read_odgt
-
-        self.path, self.images = existing_path(gt), images
-        self.records = read_odgt(self.path)
-
-    def evaluate(self, dets_path: Path, with_ap: bool):
-        """({"All": SetupMatches}, CrowdDet AP or None, JI) of one detection file."""
-        from pedcrowd.eval.crowdhuman import load_detections, load_sizes
-        from pedcrowd.eval.crowdhuman_matching import prepare, setup_matches
-        from pedcrowd.eval.ji import jaccard_index
-        from pedcrowd.eval.mr import average_precision
-
-        dets, det_sizes = load_detections(dets_path, self.records)
-        sizes = load_sizes(self.records, self.path, det_sizes, self.images)
-        prep = prepare(self.records, dets, sizes)
-        sm = setup_matches(prep)
-        return {"All": sm}, (average_precision(sm) if with_ap else None), jaccard_index(prep)[0]

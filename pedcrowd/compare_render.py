@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pedcrowd.compare import Comparison, RunResult
+from pedcrowd.eval.protocols import get_protocol
 
 
 def _ci_list(ci: tuple[float, float] | None) -> list[float | None]:
@@ -29,7 +30,7 @@ def to_json(c: Comparison) -> dict[str, Any]:
             {
                 "name": r.name,
                 "ap": r.ap,
-                **({"ji": r.ji} if c.protocol == "crowdhuman" else {}),
+                **({"ji": r.ji} if get_protocol(c.protocol).reports_ji else {}),
                 "results": {s: {"mr": r.mr[s], "ci": _ci_list(r.ci[s])} for s in c.setups},
                 "diff_vs_first": {
                     s: {"delta": r.delta[s], "ci": _ci_list(r.delta_ci[s])} for s in c.setups

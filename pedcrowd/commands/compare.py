@@ -99,10 +99,9 @@ def compare_command(
     if as_json:
         fmt = "json"
     if analysis:
-        from pedcrowd.commands.analyze import side_by_side
-
         if fmt not in ("table", "json"):
             raise PedcrowdError(f"--format {fmt}: --analysis prints a table or JSON")
+        from pedcrowd.commands.analyze import side_by_side
 
         side_by_side(runs, as_json=fmt == "json")
         return
@@ -170,6 +169,7 @@ def _cells(result, narrow: bool) -> dict[str, list[str]]:
     characters wide.
     """
     from pedcrowd.compare_render import best_per_setup, format_cell
+    from pedcrowd.eval.protocols import get_protocol
 
     best = best_per_setup(result)
     sep = "\n" if narrow else " "
@@ -194,7 +194,7 @@ def _cells(result, narrow: bool) -> dict[str, list[str]]:
         if i > 0 and r.ap is not None and result.runs[0].ap is not None:
             ap += f"\nΔ {100 * (r.ap - result.runs[0].ap):+.2f}"
         rows["AP %"].append(ap)
-    if result.protocol == "crowdhuman":
+    if get_protocol(result.protocol).reports_ji:
         rows["JI %"] = ["-" if r.ji is None else f"{100 * r.ji:.2f}" for r in result.runs]
     return rows
 

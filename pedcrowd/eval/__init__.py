@@ -11,6 +11,7 @@ from pedcrowd.eval.evaluate import (
     report_to_json,
 )
 from pedcrowd.eval.mr import SetupMatches
+from pedcrowd.eval.protocols import PROTOCOLS, Protocol, default_protocol, get_protocol
 
 
 def coco_ap(gt_records, dets) -> dict:
@@ -22,12 +23,16 @@ def coco_ap(gt_records, dets) -> dict:
 
 
 __all__ = [
+    "PROTOCOLS",
     "EvalReport",
     "GroundTruth",
+    "Protocol",
     "SetupMatches",
     "SetupResult",
     "coco_ap",
+    "default_protocol",
     "evaluate",
+    "get_protocol",
     "load_ground_truth",
     "match_setup",
     "match_setups",

@@ -38,15 +38,18 @@ Shapes: D detections, M GT boxes (both over all images, image-major), I images.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.eval import crowdhuman_matching
 from pedcrowd.eval.crowdhuman_matching import Detections, prepare, setup_matches
+from pedcrowd.eval.evaluate import GroundTruth
 from pedcrowd.eval.ji import JI_THRESHOLDS, jaccard_index
-from pedcrowd.eval.mr import average_precision
+from pedcrowd.eval.matching import MatchDetails
+from pedcrowd.eval.mr import SetupMatches, average_precision
 from pedcrowd.formats.records import ImageRecord
 
 METRICS = ("MR-2", "AP", "JI")
@@ -131,6 +134,76 @@ def result_to_json(result: CrowdHumanResult, metric: str) -> dict:
     }
 
 
+# The protocol's entries in the registry (pedcrowd.eval.protocols): the same
+# arguments as pedcrowd.eval.evaluate's, ground truth as a GroundTruth with sizes.
+
+
+def load_ground_truth(path: str | Path, images: str | Path | None = None) -> GroundTruth:
+    """The ``.odgt`` as a :class:`GroundTruth` of kind ``crowdhuman``.
+
+    ``images`` is accepted for the registry's common signature; the sizes it
+    gives are read with the detections (:func:`detections_for`), after the
+    sizes a CrowdDet dump carries.
+    """
+    from pedcrowd.fileio import existing_path
+    from pedcrowd.formats.crowdhuman import read_odgt
+
+    path = existing_path(path)
+    return GroundTruth(read_odgt(path), "crowdhuman", path)
+
+
+def detections_for(
+    gt: GroundTruth, dets_path: str | Path, *, images: str | Path | None = None, image_root: str | Path | None = None
+) -> tuple[Detections, GroundTruth]:
+    """A results JSON list or a CrowdDet dump, and ``gt`` with every image's size
+    (:func:`add_image_sizes`, the dump's sizes after the ``.odgt``'s)."""
+    dets, det_sizes = load_detections(dets_path, gt.records)
+    return dets, add_image_sizes(gt, det_sizes, images=images, image_root=image_root)
+
+
+def add_image_sizes(
+    gt: GroundTruth,
+    sizes: dict[int, tuple[int, int]] | None = None,
+    *,
+    images: str | Path | None = None,
+    image_root: str | Path | None = None,
+) -> GroundTruth:
+    """``gt`` with every image's (width, height), from the first of: the ``.odgt``
+    line, ``sizes`` (a CrowdDet dump's, a data set's), the ``images`` file, the
+    image files (:func:`load_sizes`); PedcrowdError when an image has none."""
+    return replace(gt, sizes=load_sizes(gt.records, gt.source, sizes or {}, images, image_root))
+
+
+def _check_setup(setups: list[str] | None) -> None:
+    if setups and list(setups) != ["All"]:
+        raise PedcrowdError("--setups: the crowdhuman protocol has one setup, All")
+
+
+def match_setups(
+    gt: GroundTruth, dets: Detections, *, setups: list[str] | None = None, resize_dets: bool = True
+) -> dict[str, SetupMatches]:
+    """{"All": the matching outcome}; ``resize_dets`` is not used (CrowdDet never resizes)."""
+    _check_setup(setups)
+    return {"All": setup_matches(prepare(gt.records, dets, gt.sizes))}
+
+
+def match_details(gt: GroundTruth, dets: Detections, setup: str = "All", *, resize_dets: bool = True) -> MatchDetails:
+    """Every detection's outcome (``pedcrowd analyze``); ``resize_dets`` is not used."""
+    if setup != "All":
+        raise PedcrowdError("--setup: the crowdhuman protocol has one setup, All")
+    return crowdhuman_matching.match_details(gt.records, dets, gt.sizes)
+
+
+def crowddet_ap(gt: GroundTruth, dets: Detections, matches: dict[str, SetupMatches]) -> float | None:
+    """CrowdDet's AP of the matching (``pedcrowd compare``'s AP column)."""
+    return average_precision(matches["All"])
+
+
+def crowddet_ji(gt: GroundTruth, dets: Detections) -> float | None:
+    """CrowdDet's JI of a detection set (``pedcrowd compare``'s JI row)."""
+    return jaccard_index(prepare(gt.records, dets, gt.sizes))[0]
+
+
 def load_crowdhuman(
     gt_path: str | Path,
     dets_path: str | Path,
@@ -173,14 +246,14 @@ def load_detections(dets_path: str | Path, records: list[ImageRecord]) -> tuple[
 
 def load_sizes(
     records: list[ImageRecord],
-    gt_path: Path,
+    gt_path: Path | None,
     det_sizes: dict[int, tuple[int, int]],
     images: str | Path | None = None,
     image_root: str | Path | None = None,
 ) -> dict[int, tuple[int, int]]:
     """Every record's (width, height): the ``.odgt`` line, ``det_sizes``, the
-    ``images`` file, then the image files (see :func:`load_crowdhuman`)."""
-    gt_path = Path(gt_path)
+    ``images`` file, then the image files (see :func:`load_crowdhuman`; without
+    ``gt_path`` or ``image_root``, no image files)."""
     sizes = {r.id: (r.width, r.height) for r in records if r.width and r.height}
     for rid, wh in det_sizes.items():
         sizes.setdefault(rid, wh)
@@ -193,13 +266,13 @@ def load_sizes(
             rec = index.find(im.file_name)
             if rec is not None and im.width and im.height:
                 sizes.setdefault(rec.id, (im.width, im.height))
-    if len(sizes) < len(records):
-        root = Path(image_root) if image_root is not None else gt_path.parent / "Images"
+    if len(sizes) < len(records) and (image_root is not None or gt_path is not None):
+        root = Path(image_root) if image_root is not None else Path(gt_path).parent / "Images"
         _sizes_from_files(records, sizes, root)
     missing = [r for r in records if r.id not in sizes]
     if missing:
         raise PedcrowdError(
-            f"{gt_path}: no size for image {missing[0].file_name!r} ({len(missing)} of {len(records)} images): "
+            f"{gt_path or 'ground truth'}: no size for image {missing[0].file_name!r} ({len(missing)} of {len(records)} images): "
             "give CrowdDet records with height/width, --images FILE or --image-root DIR"
         )
     return sizes

@@ -22,6 +22,16 @@ from pedcrowd.eval.bootstrap import bootstrap_mr
 FPPI_REFS_CITYPERSONS = np.array([0.0100, 0.0178, 0.0316, 0.0562, 0.1000, 0.1778, 0.3162, 0.5623, 1.0000])
 FPPI_REFS_CALTECH = 10.0 ** (np.arange(9) * 0.25 - 2.0)
 
+# How each protocol reads the miss rate off its curve (SetupMatches.refs and
+# .sentinel_final say why). They live here, below the matching that builds
+# SetupMatches; the protocol registry (pedcrowd.eval.protocols) shows them per protocol.
+FPPI_REFS: dict[str, np.ndarray] = {
+    "citypersons": FPPI_REFS_CITYPERSONS,
+    "caltech": FPPI_REFS_CALTECH,
+    "crowdhuman": np.nextafter(FPPI_REFS_CITYPERSONS, -np.inf),
+}
+SENTINEL_FINAL = frozenset({"citypersons"})
+
 
 @dataclass
 class SetupMatches:
@@ -59,15 +69,13 @@ class SetupMatches:
         with the references moved down one ulp (it differs from CityPersons
         where ref x N_images is an integer).
         """
-        if self.protocol == "crowdhuman":
-            return np.nextafter(FPPI_REFS_CITYPERSONS, -np.inf)
-        return FPPI_REFS_CITYPERSONS if self.protocol == "citypersons" else FPPI_REFS_CALTECH
+        return FPPI_REFS[self.protocol]
 
     @property
     def sentinel_final(self) -> bool:
         """When no point has FPPI <= ref, CityPersons' Python reads the *final*
         recall (quirk 1); Caltech's ROC starts at recall 0."""
-        return self.protocol == "citypersons"
+        return self.protocol in SENTINEL_FINAL
 
     def _fppi_recall(self) -> tuple[np.ndarray, np.ndarray]:
         n_gt, n_img = float(self.gt_per_image.sum()), float(self.n_images)

@@ -1,4 +1,8 @@
-"""MR^-2 (CityPersons / Caltech protocols) and COCO AP evaluation, pure numpy."""
+"""MR^-2 (CityPersons / Caltech protocols) and COCO AP evaluation, pure numpy.
+
+The protocols (CityPersons, Caltech, CrowdHuman) are one registry,
+:mod:`pedcrowd.eval.protocols` (:func:`get_protocol`, :func:`default_protocol`).
+"""
 
 from pedcrowd.eval.evaluate import (
     EvalReport,

@@ -29,7 +29,13 @@ import numpy as np
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.eval import crowdhuman
 from pedcrowd.eval.ap import coco_ap_value
-from pedcrowd.eval.evaluate import GroundTruth, detections_for, load_ground_truth, match_details, match_setups
+from pedcrowd.eval.evaluate import (
+    GroundTruth,
+    detections_for,
+    load_ground_truth,
+    match_details,
+    match_setups,
+)
 from pedcrowd.eval.matching import MatchDetails
 from pedcrowd.eval.mr import FPPI_REFS, SENTINEL_FINAL, SetupMatches
 from pedcrowd.eval.setups import CALTECH_SETUPS, CITYPERSONS_SETUPS, INF, Setup

@@ -236,7 +236,7 @@ class _Matcher:
 
     def __call__(self, dets: Detections) -> MatchDetails:
         if self.protocol == "crowdhuman":
-            from pedcrowd.eval.crowdhuman import match_details
+            from pedcrowd.eval.crowdhuman_matching import match_details
 
             return match_details(self.gt, dets, self.sizes)
         from pedcrowd.eval.evaluate import match_details
@@ -318,7 +318,7 @@ def analyze_detections(
     match = _Matcher(gt, protocol, setup, sizes, resize_dets)
     replay = replay_nms(pre, nms_thresh, max_dets)
     md_post, md_pre = match(replay.post), match(pre)
-    from pedcrowd.eval.crowdhuman import average_precision
+    from pedcrowd.eval.mr import average_precision
 
     report = AnalysisReport(
         protocol, match.setup, nms_thresh, max_dets, md_post.matches.mr(), average_precision(md_post.matches),
@@ -415,7 +415,7 @@ def _analyze_point(name, s_star, pre, replay, md_pre, md_post, match, nms_thresh
             drop["background"].append((image_id, src))
 
     def oracle(add=(), remove=(), replace=()) -> dict[str, float | None]:
-        from pedcrowd.eval.crowdhuman import average_precision
+        from pedcrowd.eval.mr import average_precision
 
         dets = {k: (v[0].copy(), v[1].copy()) for k, v in replay.post.items()}
         gone: dict[int, set[int]] = {}

@@ -7,17 +7,23 @@ first run a *paired* interval: every resample draws one multiset of images and
 scores all runs on it, so the image-to-image variation the runs share cancels
 out of the difference. The resampling is :mod:`pedcrowd.eval.bootstrap`'s; the
 tables, JSON, CSV and plots are :mod:`pedcrowd.compare_render`'s.
+
+The command's other two views read their inputs here too: training curves of
+run directories (:func:`read_run_curves`) and ``pedcrowd analyze --out`` files
+(:func:`read_analyses`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from pedcrowd.analyze import FALSE_POSITIVES, MISSES
+from pedcrowd.engine.curves import RunCurves, read_curves
 from pedcrowd.errors import PedcrowdError
 
 
@@ -119,9 +125,8 @@ def compare(
     Returns:
         A :class:`Comparison`.
     """
-    from pedcrowd.eval import load_ground_truth, match_setups
     from pedcrowd.eval.bootstrap import bootstrap_mr, percentile_ci, resample_counts
-    from pedcrowd.formats.detections import read_detections
+    from pedcrowd.eval.protocols import get_protocol
 
     if not runs:
         raise PedcrowdError("compare: give at least one run or detection file")
@@ -129,12 +134,9 @@ def compare(
     names = [n for n, _ in specs]
     if len(set(names)) != len(names):
         raise PedcrowdError(f"compare: run names must differ (got {names}); name them with name=path")
-    if protocol == "crowdhuman":
-        if setups and list(setups) != ["All"]:
-            raise PedcrowdError("--setups: the crowdhuman protocol has one setup, All")
-        gt_data = _CrowdHuman(Path(gt), images)
-    else:
-        gt_data = load_ground_truth(gt, protocol, images=images)
+    proto = get_protocol(protocol)
+    proto.check_setups(setups)
+    gt_data = proto.load_ground_truth(gt, images=images)
     n_images = len(gt_data.records)
     counts = resample_counts(n_images, bootstrap, seed) if bootstrap > 0 else None
     results: list[RunResult] = []
@@ -144,16 +146,16 @@ def compare(
         dets_path = resolve_detections(path)
         run = RunResult(name, dets_path)
         per_setup: dict[str, np.ndarray] = {}
-        if protocol == "crowdhuman":
-            matches, run.ap, run.ji = gt_data.evaluate(dets_path, with_ap)
-        else:
-            dets = read_detections(dets_path, gt_data.records)
-            # evaluate()'s matching: .mr() is its MR exactly, and the per-image
-            # outcome is what the bootstrap resamples.
-            matches = match_setups(
-                gt_data, dets, protocol=protocol, setups=list(setups) if setups else None,
-                resize_dets=resize_dets,
-            )
+        dets, run_gt = proto.detections_for(gt_data, dets_path, images=images)
+        # evaluate()'s matching: .mr() is its MR exactly, and the per-image
+        # outcome is what the bootstrap resamples.
+        matches = proto.match_setups(
+            run_gt, dets, setups=list(setups) if setups else None, resize_dets=resize_dets
+        )
+        if with_ap:
+            run.ap = proto.headline_ap(run_gt, dets, matches)
+        if proto.jaccard_index is not None:
+            run.ji = proto.jaccard_index(run_gt, dets)
         setup_names = list(matches)
         for s, sm in matches.items():
             run.mr[s] = sm.mr()
@@ -162,8 +164,6 @@ def compare(
             if counts is not None and run.mr[s] is not None:
                 per_setup[s] = bootstrap_mr(sm, counts)
                 run.ci[s] = percentile_ci(per_setup[s])
-        if with_ap and protocol != "crowdhuman":
-            run.ap = _coco_ap(gt_data, dets)
         results.append(run)
         samples.append(per_setup)
     for run, per_setup in zip(results, samples, strict=True):
@@ -178,41 +178,76 @@ def compare(
     return Comparison(protocol, setup_names, results, n_images, bootstrap, seed)
 
 
-def _coco_ap(gt_data: Any, dets: dict) -> float | None:
-    from pedcrowd.eval import coco_ap
+def read_run_curves(runs: Sequence[str]) -> dict[str, RunCurves]:
+    """The training curves (``metrics.jsonl``) of run directories (``name=dir`` or ``dir``)
+    for ``pedcrowd compare --curves``; PedcrowdError for a folder without them or a name twice."""
+    series: dict[str, RunCurves] = {}
+    for text in runs:
+        name, run_dir = parse_run(text)
+        if not (run_dir / "metrics.jsonl").is_file():
+            raise PedcrowdError(f"{run_dir}: --curves needs run directories with a metrics.jsonl")
+        if name in series:
+            raise PedcrowdError(f"compare: run names must differ ({name!r} twice); use name=path")
+        series[name] = read_curves(run_dir)
+    return series
 
-    try:
-        ap = coco_ap(gt_data.records, dets)
-    except ModuleNotFoundError:  # pycocotools missing: AP is optional here
-        return None
-    value = ap.get("AP")
-    # pycocotools reports -1 when there is no GT to score.
-    return None if value is None or value < 0 else float(value)
+
+# The oracle MR^-2 rows of the side-by-side analysis view.
+SIDE_BY_SIDE_FIXES = ("nms_all", "duplicate", "low_score", "never_proposed")
 
 
-class _CrowdHuman:
-    """CrowdHuman GT read once; each run's detections (results list or CrowdDet dump) on it."""
+def read_analyses(runs: Sequence[str]) -> list[tuple[str, dict]]:
+    """``pedcrowd analyze --out`` files (``name=path`` or ``path``) for ``pedcrowd compare --analysis``.
 
-    def __init__(self, gt: Path, images: str | Path | None):
-        from pedcrowd.fileio import existing_path
-        from pedcrowd.formats.crowdhuman import read_odgt
+    Returns:
+        (name, document) per run, in order; PedcrowdError naming the file and the
+        entry when a document lacks what the side-by-side view shows.
+    """
+    from pedcrowd.fileio import load_json
 
-        self.path, self.images = existing_path(gt), images
-        self.records = read_odgt(self.path)
+    docs = []
+    for text in runs:
+        name, path = parse_run(text)
+        doc = load_json(path)
+        if not isinstance(doc, dict) or not isinstance(doc.get("points"), list):
+            raise PedcrowdError(f"{path}: not a pedcrowd analyze --out file (no 'points')")
+        _check_analysis(doc, path)
+        docs.append((name, doc))
+    return docs
 
-    def evaluate(self, dets_path: Path, with_ap: bool):
-        """({"All": SetupMatches}, CrowdDet AP or None, JI) of one detection file."""
-        from pedcrowd.eval.crowdhuman import (
-            average_precision,
-            load_detections,
-            load_sizes,
-            prepare,
-            setup_matches,
+
+def _check_analysis(doc: dict, path) -> None:
+    """PedcrowdError naming the file and the entry when an ``analyze --out`` document lacks
+    what the side-by-side table shows (an edited or truncated file)."""
+
+    def number(value, where: str, optional: bool = False, integer: bool = False) -> None:
+        ok = (value is None and optional) or (
+            not isinstance(value, bool) and isinstance(value, int if integer else int | float)
+            and (integer or math.isfinite(value)) and value >= 0
         )
-        from pedcrowd.eval.ji import jaccard_index
+        if not ok:
+            kind = "a count" if integer else "a rate"
+            raise PedcrowdError(f"{path}: {where} must be {kind}, got {str(value)[:60]}")
 
-        dets, det_sizes = load_detections(dets_path, self.records)
-        sizes = load_sizes(self.records, self.path, det_sizes, self.images)
-        prep = prepare(self.records, dets, sizes)
-        sm = setup_matches(prep)
-        return {"All": sm}, (average_precision(sm) if with_ap else None), jaccard_index(prep)[0]
+    number(doc.get("mr"), "'mr'", optional=True)
+    for i, p in enumerate(doc["points"]):
+        where = f"points[{i}]"
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+            raise PedcrowdError(f"{path}: {where} is not an operating point with a 'name'")
+        score = p.get("score")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
+            raise PedcrowdError(f"{path}: {where}.score must be a number or null")
+        number(p.get("n_missed"), f"{where}.n_missed", integer=True)
+        number(p.get("n_fp"), f"{where}.n_fp", integer=True)
+        for section, keys in (("misses", MISSES), ("false_positives", FALSE_POSITIVES)):
+            part = p.get(section)
+            if not isinstance(part, dict):
+                raise PedcrowdError(f"{path}: {where}.{section} must be an object")
+            for key in keys:
+                number(part.get(key), f"{where}.{section}.{key}", integer=True)
+        oracle = p.get("oracle")
+        for fix in SIDE_BY_SIDE_FIXES:
+            entry = oracle.get(fix) if isinstance(oracle, dict) else None
+            if not isinstance(entry, dict):
+                raise PedcrowdError(f"{path}: {where}.oracle.{fix} must be an object")
+            number(entry.get("mr"), f"{where}.oracle.{fix}.mr", optional=True)

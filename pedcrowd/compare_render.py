@@ -1,4 +1,5 @@
-"""Rendering of a :class:`pedcrowd.compare.Comparison`: markdown, CSV, JSON and curve plots.
+"""Rendering of a :class:`pedcrowd.compare.Comparison`: markdown, CSV, JSON and curve plots,
+and the labels of the side-by-side analysis view (``pedcrowd compare --analysis``).
 
 MR^-2 and differences are fractions in JSON / CSV and percentages in the tables.
 """
@@ -11,6 +12,36 @@ from pathlib import Path
 from typing import Any
 
 from pedcrowd.compare import Comparison, RunResult
+from pedcrowd.eval.protocols import get_protocol
+
+# What the analysis keys (pedcrowd.analyze.MISSES, FALSE_POSITIVES, FIXES) mean, in tables.
+MISS_LABELS = {
+    "nms_other_person": "removed by NMS (another person)",
+    "nms_false_positive": "removed by NMS (a false positive)",
+    "low_score": "scored below the threshold",
+    "never_proposed": "never proposed",
+    "other": "other",
+}
+FP_LABELS = {
+    "duplicate": "duplicates NMS kept",
+    "localisation": "poorly localised (IoU 0.1-0.5)",
+    "background": "background",
+}
+FIX_LABELS = {
+    "nms_other_person": "NMS misses (another person)",
+    "nms_false_positive": "NMS misses (a false positive)",
+    "nms_all": "all NMS misses",
+    "low_score": "low-score misses",
+    "never_proposed": "never-proposed misses",
+    "duplicate": "kept duplicates",
+    "localisation": "poor localisation",
+    "background": "background FPs",
+}
+
+
+def share(count: int, total: int) -> str:
+    """``count (pct %)`` of ``total``; the count alone when the total is 0."""
+    return f"{count} ({100 * count / total:.0f} %)" if total else str(count)
 
 
 def _ci_list(ci: tuple[float, float] | None) -> list[float | None]:
@@ -29,7 +60,7 @@ def to_json(c: Comparison) -> dict[str, Any]:
             {
                 "name": r.name,
                 "ap": r.ap,
-                **({"ji": r.ji} if c.protocol == "crowdhuman" else {}),
+                **({"ji": r.ji} if get_protocol(c.protocol).reports_ji else {}),
                 "results": {s: {"mr": r.mr[s], "ci": _ci_list(r.ci[s])} for s in c.setups},
                 "diff_vs_first": {
                     s: {"delta": r.delta[s], "ci": _ci_list(r.delta_ci[s])} for s in c.setups

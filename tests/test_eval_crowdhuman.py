@@ -74,7 +74,7 @@ def test_fppi_lookup_first_point_at_or_past_reference(tmp_path):
     assert r.mr == pytest.approx(math.exp((5 * math.log(0.9) + 4 * math.log(0.8)) / 9), abs=1e-15)
     # The bootstrap path (compare) gives the same lookup: all images once, and image 0 twice
     # (11 images, 11 GT: TP, TP, FP at 1/11, TP, FP at 2/11; refs up to 0.0562 -> miss 9/11, 0.1 on -> 8/11).
-    from pedcrowd.eval.crowdhuman import prepare, setup_matches
+    from pedcrowd.eval.crowdhuman_matching import prepare, setup_matches
 
     sm = setup_matches(prepare(*load_crowdhuman(*write_case(tmp_path, images, dets))))
     assert sm.mr(np.ones(10, dtype=np.int64)) == pytest.approx(r.mr, abs=1e-15)
@@ -258,7 +258,7 @@ def test_star_matchings_equal_a_loop_per_threshold():
 
 def test_pair_blocks_equal_one_block(tmp_path, monkeypatch):
     """Overlaps computed a few candidate pairs at a time equal those computed at once."""
-    import pedcrowd.eval.crowdhuman as ch
+    import pedcrowd.eval.crowdhuman_matching as ch
 
     gt, dt, sizes = synthetic_crowdhuman(tmp_path, 12, 120, 700, seed=0, ignore_fraction=0.15)
     loaded = load_crowdhuman(gt, dt, sizes)
@@ -272,7 +272,7 @@ def test_pair_blocks_equal_one_block(tmp_path, monkeypatch):
 
 def test_overlaps_equal_all_pairs():
     """The pruned pair search (only GT that may cover half a detection) finds every pair an all-pairs loop finds."""
-    from pedcrowd.eval.crowdhuman import EPS, Prepared
+    from pedcrowd.eval.crowdhuman_matching import EPS, Prepared
 
     rng = np.random.default_rng(1)
     n_img, n_det, n_gt = 6, 300, 80

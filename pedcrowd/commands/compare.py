@@ -1,4 +1,10 @@
-"""``pedcrowd compare``: runs side by side with bootstrap intervals and curves."""
+"""``pedcrowd compare``: runs side by side with bootstrap intervals and curves.
+
+Three views of several runs, each a library call and its rendering here: the
+comparison table (:func:`pedcrowd.compare.compare`), training curves
+(``--curves``, :func:`pedcrowd.compare.read_run_curves`) and ``pedcrowd analyze``
+outputs side by side (``--analysis``, :func:`pedcrowd.compare.read_analyses`).
+"""
 
 from __future__ import annotations
 
@@ -93,18 +99,14 @@ def compare_command(
           --plot cmp.png
     """
     from pedcrowd.compare import compare
-    from pedcrowd.compare_render import dumps_json, plot_comparison, to_csv, to_markdown
     from pedcrowd.errors import PedcrowdError
 
     if as_json:
         fmt = "json"
     if analysis:
-        from pedcrowd.commands.analyze import side_by_side
-
         if fmt not in ("table", "json"):
             raise PedcrowdError(f"--format {fmt}: --analysis prints a table or JSON")
-
-        side_by_side(runs, as_json=fmt == "json")
+        _print_analyses(runs, as_json=fmt == "json")
         return
     if fmt not in FORMATS:
         raise PedcrowdError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
@@ -127,6 +129,14 @@ def compare_command(
             runs, gt, protocol=protocol, setups=setups, images=images, bootstrap=bootstrap,
             seed=seed, with_ap=ap, resize_dets=resize_dets,
         )
+    _print_comparison(result, fmt, plot, console)
+
+
+def _print_comparison(result, fmt: str, plot: Path | None, console: Console) -> None:
+    """The comparison in ``fmt`` on stdout, and its curves in ``plot``."""
+    from pedcrowd.compare_render import dumps_json, plot_comparison, to_csv, to_markdown
+    from pedcrowd.errors import PedcrowdError
+
     if plot is not None:
         try:
             console.print(f"plot: {plot_comparison(result, plot)}")
@@ -145,22 +155,50 @@ def compare_command(
 
 def _overlay_curves(runs: list[str], path: Path) -> Path:
     """Draw the training curves of the run directories ``runs`` (NAME=DIR or DIR) into ``path``."""
-    from pedcrowd.compare import parse_run
-    from pedcrowd.engine.curves import plot_curves, read_curves
+    from pedcrowd.compare import read_run_curves
+    from pedcrowd.engine.curves import plot_curves
     from pedcrowd.errors import PedcrowdError
 
-    series = {}
-    for text in runs:
-        name, run_dir = parse_run(text)
-        if not (run_dir / "metrics.jsonl").is_file():
-            raise PedcrowdError(f"{run_dir}: --curves needs run directories with a metrics.jsonl")
-        if name in series:
-            raise PedcrowdError(f"compare: run names must differ ({name!r} twice); use name=path")
-        series[name] = read_curves(run_dir)
+    series = read_run_curves(runs)
     try:
         return plot_curves(series, path)
     except OSError as e:
         raise PedcrowdError(f"{path}: cannot write the curves ({e.strerror or e})") from None
+
+
+def _print_analyses(runs: list[str], as_json: bool) -> None:
+    """Several ``pedcrowd analyze --out`` files, one column per run and operating point:
+    the error counts and the oracle MR^-2 (or the documents as one JSON)."""
+    from rich.table import Table
+
+    from pedcrowd.compare import SIDE_BY_SIDE_FIXES, read_analyses
+    from pedcrowd.compare_render import FIX_LABELS, FP_LABELS, MISS_LABELS, share
+
+    docs = read_analyses(runs)
+    if as_json:
+        from pedcrowd.fileio import dumps_strict
+
+        typer.echo(dumps_strict({"runs": [{"name": n, **d} for n, d in docs]}, indent=1))
+        return
+    table = Table(title="pedcrowd analyze, side by side")
+    table.add_column("")
+    columns = []
+    for name, doc in docs:
+        for p in doc["points"]:
+            score = "-" if p["score"] is None else f"{p['score']:.3f}"
+            table.add_column(f"{name}\n{p['name']} ({score})", justify="right")
+            columns.append((doc, p))
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    table.add_row("MR^-2 % (all points)", *[pct(d["mr"]) for d, _ in columns])
+    table.add_row("missed people", *[str(p["n_missed"]) for _, p in columns])
+    for key, label in MISS_LABELS.items():
+        table.add_row(f"  {label}", *[share(p["misses"][key], p["n_missed"]) for _, p in columns])
+    table.add_row("false positives", *[str(p["n_fp"]) for _, p in columns])
+    for key, label in FP_LABELS.items():
+        table.add_row(f"  {label}", *[share(p["false_positives"][key], p["n_fp"]) for _, p in columns])
+    for fix in SIDE_BY_SIDE_FIXES:
+        table.add_row(f"MR^-2 % w/o {FIX_LABELS[fix]}", *[pct(p["oracle"][fix]["mr"]) for _, p in columns])
+    Console().print(table)
 
 
 def _cells(result, narrow: bool) -> dict[str, list[str]]:
@@ -170,6 +208,7 @@ def _cells(result, narrow: bool) -> dict[str, list[str]]:
     characters wide.
     """
     from pedcrowd.compare_render import best_per_setup, format_cell
+    from pedcrowd.eval.protocols import get_protocol
 
     best = best_per_setup(result)
     sep = "\n" if narrow else " "
@@ -194,7 +233,7 @@ def _cells(result, narrow: bool) -> dict[str, list[str]]:
         if i > 0 and r.ap is not None and result.runs[0].ap is not None:
             ap += f"\nΔ {100 * (r.ap - result.runs[0].ap):+.2f}"
         rows["AP %"].append(ap)
-    if result.protocol == "crowdhuman":
+    if get_protocol(result.protocol).reports_ji:
         rows["JI %"] = ["-" if r.ji is None else f"{100 * r.ji:.2f}" for r in result.runs]
     return rows
 

@@ -89,8 +89,8 @@ def eval_command(
       pedcrowd eval --gt gt.odgt --dets dets.json --protocol crowdhuman
     """
     from pedcrowd.errors import PedcrowdError
-    from pedcrowd.eval import coco_ap, evaluate, load_ground_truth, report_to_json
-    from pedcrowd.formats.detections import read_detections
+    from pedcrowd.eval import coco_ap, evaluate, report_to_json
+    from pedcrowd.eval.protocols import default_protocol, get_protocol
 
     log = Console(stderr=True)
     if metric not in METRICS:
@@ -100,22 +100,21 @@ def eval_command(
     if plot is not None and plot.is_dir():
         raise PedcrowdError(f"--plot {plot}: is a folder; give the PNG file to write")
     start = time.perf_counter()
-    odgt = gt.suffix.lower() == ".odgt"
-    if protocol is None:  # each format under its own protocol
-        protocol = "crowdhuman" if odgt else "citypersons"
-    elif odgt and protocol != "crowdhuman":  # asked for, but never silently
+    usual = default_protocol(gt_path=gt)  # each format under its own protocol
+    if protocol is None:
+        protocol = usual
+    elif protocol != usual and get_protocol(usual).reports_ji:  # asked for, but never silently
         log.print(f"note: evaluating CrowdHuman ground truth ({gt}) with the {protocol} protocol as asked; "
-                  "--protocol crowdhuman gives CrowdDet's AP, MR^-2 and JI")
-    if protocol not in ("citypersons", "caltech", "crowdhuman"):
-        raise PedcrowdError(f"--protocol {protocol!r}: expected one of citypersons, caltech, crowdhuman")
+                  f"--protocol {usual} gives CrowdDet's AP, MR^-2 and JI")
+    proto = get_protocol(protocol)
     _refuse_images_as_detections(dets)
-    if protocol == "crowdhuman":
+    if proto.reports_ji:  # CrowdHuman: CrowdDet's AP, MR^-2 and JI together
         _crowdhuman(gt, dets, metric, setup, images, image_root, as_json, out, plot, log, start)
         return
     if metric == "JI":
         raise PedcrowdError("--metric JI: the Jaccard index is a CrowdHuman metric; use it with --protocol crowdhuman")
-    truth = load_ground_truth(gt, protocol, images)
-    detections = read_detections(dets, truth.records)
+    truth = proto.load_ground_truth(gt, images=images)
+    detections, truth = proto.detections_for(truth, dets)
     warning = missing_detections_warning(truth.records, detections)
     if warning:
         log.print(f"warning: {warning}", style="yellow", highlight=False)

@@ -1,4 +1,8 @@
-"""MR^-2 (CityPersons / Caltech protocols) and COCO AP evaluation, pure numpy."""
+"""MR^-2 (CityPersons / Caltech protocols) and COCO AP evaluation, pure numpy.
+
+The protocols (CityPersons, Caltech, CrowdHuman) are one registry,
+:mod:`pedcrowd.eval.protocols` (:func:`get_protocol`, :func:`default_protocol`).
+"""
 
 from pedcrowd.eval.evaluate import (
     EvalReport,
@@ -11,6 +15,7 @@ from pedcrowd.eval.evaluate import (
     report_to_json,
 )
 from pedcrowd.eval.mr import SetupMatches
+from pedcrowd.eval.protocols import PROTOCOLS, Protocol, default_protocol, get_protocol
 
 
 def coco_ap(gt_records, dets) -> dict:
@@ -22,12 +27,16 @@ def coco_ap(gt_records, dets) -> dict:
 
 
 __all__ = [
+    "PROTOCOLS",
     "EvalReport",
     "GroundTruth",
+    "Protocol",
     "SetupMatches",
     "SetupResult",
     "coco_ap",
+    "default_protocol",
     "evaluate",
+    "get_protocol",
     "load_ground_truth",
     "match_setup",
     "match_setups",

@@ -57,3 +57,16 @@ def coco_ap(gt_records: list[ImageRecord], dets: dict[int, tuple[np.ndarray, np.
         ev.accumulate()
         ev.summarize()
     return {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1]), "AP75": float(ev.stats[2])}
+
+
+
+def coco_ap_value(gt, dets: dict[int, tuple[np.ndarray, np.ndarray]], matches: dict | None = None) -> float | None:
+    """COCO AP (0.5:0.95) of ``gt.records`` for ``pedcrowd compare``'s AP column: None
+    without pycocotools (AP is optional there) or without GT to score."""
+    try:
+        ap = coco_ap(gt.records, dets)
+    except ModuleNotFoundError:
+        return None
+    value = ap.get("AP")
+    # pycocotools reports -1 when there is no GT to score.
+    return None if value is None or value < 0 else float(value)

@@ -17,12 +17,28 @@ Shapes: B = resamples, N = images, D = non-ignored detections of one setup.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import typing
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from pedcrowd.eval.mr import SetupMatches
+
+class RankedMatches(typing.Protocol):
+    """What the resampling reads of a setup's matching outcome
+    (:class:`pedcrowd.eval.mr.SetupMatches`, which calls :func:`bootstrap_mr` for
+    ``mr(image_counts)`` and so sits above this module)."""
+
+    is_tp: np.ndarray  # [D] bool, official global order
+    det_image: np.ndarray  # [D] image index of each detection
+    gt_per_image: np.ndarray  # [N] non-ignored GT per image
+
+    @property
+    def n_images(self) -> int: ...
+
+    @property
+    def refs(self) -> np.ndarray: ...  # [9] FPPI references, "last point with FPPI <= ref"
+
+    @property
+    def sentinel_final(self) -> bool: ...
 
 
 def resample_counts(n_images: int, n_resamples: int, seed: int) -> np.ndarray:
@@ -48,7 +64,7 @@ def _max_fp_per_ref(refs: np.ndarray, n_images: np.ndarray, max_fp: int) -> np.n
     return out
 
 
-def bootstrap_mr(m: SetupMatches, counts: np.ndarray, chunk_elems: int = 4_000_000) -> np.ndarray:
+def bootstrap_mr(m: RankedMatches, counts: np.ndarray, chunk_elems: int = 4_000_000) -> np.ndarray:
     """MR^-2 of one run x setup on every resample.
 
     Args:

@@ -38,79 +38,21 @@ Shapes: D detections, M GT boxes (both over all images, image-major), I images.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.eval.matching import (
-    MatchDetails,
-    OverlapPairs,
-    expand_ranges,
-    greedy_match,
-    same_image_pairs,
-    source_positions,
-    x_overlap_ranges,
-)
-from pedcrowd.eval.mr import SetupMatches
+from pedcrowd.eval import crowdhuman_matching
+from pedcrowd.eval.crowdhuman_matching import Detections, prepare, setup_matches
+from pedcrowd.eval.evaluate import GroundTruth
+from pedcrowd.eval.ji import JI_THRESHOLDS, jaccard_index
+from pedcrowd.eval.matching import MatchDetails
+from pedcrowd.eval.mr import SetupMatches, average_precision
 from pedcrowd.formats.records import ImageRecord
 
-EPS = 1e-6
-THRESHOLD = 0.5
-JI_THRESHOLDS = np.array([1e-1 * i for i in range(10)])  # CrowdDet's score_thr, float quirks included
 METRICS = ("MR-2", "AP", "JI")
-
-Detections = dict[int, tuple[np.ndarray, np.ndarray]]
-
-
-@dataclass
-class Prepared:
-    """Clipped ``xyxy`` boxes of all images, ready for matching.
-
-    Attributes:
-        det_boxes: [D, 4]; det_scores: [D]; det_img: [D] image index, image-major,
-            score descending (stable) within an image.
-        gt_boxes: [M, 4]; gt_img: [M] non-decreasing; gt_ignore: [M] bool.
-        n_images: I (every GT image, with or without boxes or detections).
-    """
-
-    det_boxes: np.ndarray
-    det_scores: np.ndarray
-    det_img: np.ndarray
-    gt_boxes: np.ndarray
-    gt_img: np.ndarray
-    gt_ignore: np.ndarray
-    n_images: int
-    det_order: np.ndarray | None = None  # sorted position -> position in the image-major concatenation
-
-    def overlaps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(det [P], gt [P], IoU [P], IoA [P]) of every same-image pair with IoU or IoA > 0.5 (cached).
-
-        IoA is over the detection's area. A pair that intersects has a positive
-        width and height, so areas need no clamping here. IoU > 0.5 implies
-        IoA > 0.5 (the union is at least the detection's area), so only pairs
-        that may cover half the detection are searched.
-        """
-        if not hasattr(self, "_overlaps"):
-            a_det, a_gt = _area(self.det_boxes, False), _area(self.gt_boxes, False)
-            parts = []
-            for pd, pg, inter in intersection_blocks(
-                self.det_boxes, self.det_img, self.gt_boxes, self.gt_img, self.n_images, min_ioa=THRESHOLD
-            ):
-                a_d = a_det[pd]
-                iou = inter / (a_d + a_gt[pg] - inter + EPS)
-                ioa = inter / (a_d + EPS)
-                keep = (iou > THRESHOLD) | (ioa > THRESHOLD)
-                parts.append((pd[keep], pg[keep], iou[keep], ioa[keep]))
-            self._overlaps = _concat(parts, 4)
-        return self._overlaps
-
-    @property
-    def global_order(self) -> np.ndarray:
-        """[D] CrowdDet's global list: stable sort on -score of the image-major list."""
-        return np.argsort(-self.det_scores, kind="stable")
 
 
 @dataclass
@@ -135,194 +77,6 @@ class CrowdHumanResult:
     ji_per_threshold: list[float | None]
 
 
-def xywh_to_clipped_xyxy(boxes: np.ndarray, width: np.ndarray, height: np.ndarray) -> np.ndarray:
-    """CrowdDet's ``xywh -> xyxy`` then ``clip_all_boader``.
-
-    Args:
-        boxes: [K, 4] xywh; width, height: [K] the size of each box's image.
-    """
-    out = np.array(boxes, dtype=np.float64).reshape(-1, 4)
-    out[:, 2:4] += out[:, :2]
-    out[:, 0] = np.minimum(np.maximum(out[:, 0], 0), width - 1)
-    out[:, 1] = np.minimum(np.maximum(out[:, 1], 0), height - 1)
-    out[:, 2] = np.maximum(np.minimum(out[:, 2], width), 0)
-    out[:, 3] = np.maximum(np.minimum(out[:, 3], height), 0)
-    return out
-
-
-def prepare(records: list[ImageRecord], dets: Detections, sizes: dict[int, tuple[int, int]]) -> Prepared:
-    """Concatenate, sort and clip.
-
-    Args:
-        records: the GT images in ``.odgt`` order (their ``ignore`` flags mark ignore regions).
-        dets: record id -> (boxes [D_i, 4] xywh, scores [D_i]) in file order.
-        sizes: record id -> (width, height), for every record.
-    """
-    n = len(records)
-    missing = [r for r in records if r.id not in sizes]
-    if missing:
-        raise PedcrowdError(f"no image size for image {missing[0].file_name!r} ({len(missing)} images lack one)")
-    wh = np.array([sizes[r.id] for r in records], dtype=np.float64).reshape(n, 2)
-    # Per image: score descending, stable. One small argsort per image is 4x
-    # faster than a lexsort of the whole concatenation (500k detections: 20 vs 80 ms).
-    boxes, scores, orders, counts, which = [], [], [], [], []
-    start = 0
-    for i, rec in enumerate(records):
-        entry = dets.get(rec.id)
-        if entry is not None and len(entry[1]):
-            s = np.asarray(entry[1], dtype=np.float64).reshape(-1)
-            o = np.argsort(-s, kind="stable")
-            boxes.append(np.asarray(entry[0], dtype=np.float64).reshape(-1, 4)[o])
-            scores.append(s[o])
-            orders.append(o + start)
-            counts.append(len(s))
-            which.append(i)
-            start += len(s)
-    det_boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
-    det_scores = np.concatenate(scores) if scores else np.zeros(0)
-    order = np.concatenate(orders) if orders else np.zeros(0, dtype=np.int64)
-    det_img = np.repeat(np.array(which, dtype=np.int64), counts)
-    gt_img = np.repeat(np.arange(n), [len(r) for r in records]).astype(np.int64)
-    gt_raw = np.concatenate([np.asarray(r.boxes, dtype=np.float64).reshape(-1, 4) for r in records]) if n else np.zeros((0, 4))
-    gt_ignore = np.concatenate([np.asarray(r.ignore, dtype=bool).reshape(-1) for r in records]) if n else np.zeros(0, bool)
-    return Prepared(
-        det_order=order,
-        det_boxes=xywh_to_clipped_xyxy(det_boxes, wh[det_img, 0], wh[det_img, 1]),
-        det_scores=det_scores,
-        det_img=det_img,
-        gt_boxes=xywh_to_clipped_xyxy(gt_raw, wh[gt_img, 0], wh[gt_img, 1]),
-        gt_img=gt_img,
-        gt_ignore=gt_ignore,
-        n_images=n,
-    )
-
-
-def _area(boxes: np.ndarray, clamp: bool) -> np.ndarray:
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    return np.maximum(w, 0) * np.maximum(h, 0) if clamp else w * h
-
-
-_PAIR_CHUNK = 1 << 15  # candidate pairs per block (fresh process, 500k detections: 1 << 15 0.20 s, 1 << 19 0.24-0.34 s)
-
-
-def intersection_blocks(
-    a: np.ndarray, a_img: np.ndarray, b: np.ndarray, b_img: np.ndarray, n_images: int, min_ioa: float = 0.0
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Same-image pairs (i, j) of ``xyxy`` boxes with a positive intersection, and that intersection,
-    a block of rows of ``a`` at a time.
-
-    Candidates (x ranges, :func:`~pedcrowd.eval.matching.x_overlap_ranges`) are
-    expanded and filtered about ``_PAIR_CHUNK`` at once: blocks reuse memory
-    instead of touching hundreds of MB (twice as fast on 500k detections).
-
-    Args:
-        a: [A, 4]; a_img: [A]; b: [B, 4]; b_img: [B] non-decreasing.
-        min_ioa: only pairs whose intersection may exceed this fraction of the
-            ``a`` box's area need to be found (others may or may not be returned).
-
-    Yields:
-        (ia [P], jb [P], inter [P]) with CrowdDet's arithmetic
-        ``max(0, min(x2) - max(x1)) * max(0, min(y2) - max(y1))``.
-    """
-    as_xywh = lambda x: np.column_stack([x[:, :2], x[:, 2:] - x[:, :2]])  # noqa: E731
-    ranges = x_overlap_ranges(as_xywh(a), a_img, as_xywh(b), b_img, n_images, min_ioa)
-    ax1, ay1, ax2, ay2 = np.ascontiguousarray(a.T)  # 1-D gathers from contiguous columns
-    bx1, by1, bx2, by2 = np.ascontiguousarray(b.T)
-    if ranges is None:
-        blocks = iter([same_image_pairs(a_img, b_img, n_images)])
-    else:
-        lo, count, order = ranges
-        ends = np.searchsorted(np.cumsum(count), np.arange(1, int(count.sum()) // _PAIR_CHUNK + 1) * _PAIR_CHUNK)
-        bounds = np.unique(np.r_[0, np.minimum(ends, len(lo)), len(lo)])
-        blocks = (_expand_rows(lo, count, order, s, e) for s, e in zip(bounds[:-1], bounds[1:], strict=True))
-    for pa, pb in blocks:
-        iw = np.minimum(ax2[pa], bx2[pb]) - np.maximum(ax1[pa], bx1[pb])
-        hit = iw > 0
-        pa, pb, iw = pa[hit], pb[hit], iw[hit]
-        ih = np.minimum(ay2[pa], by2[pb]) - np.maximum(ay1[pa], by1[pb])
-        hit = ih > 0
-        yield pa[hit], pb[hit], iw[hit] * ih[hit]
-
-
-def intersections(
-    a: np.ndarray, a_img: np.ndarray, b: np.ndarray, b_img: np.ndarray, n_images: int, min_ioa: float = 0.0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All of :func:`intersection_blocks` at once: (ia [P], jb [P], inter [P])."""
-    return _concat(list(intersection_blocks(a, a_img, b, b_img, n_images, min_ioa)), 3)
-
-
-def _concat(parts: list[tuple], width: int) -> tuple:
-    """Column-wise concatenation of blocks (int64 indices, float64 values; empty if no block)."""
-    if not parts:
-        return (np.zeros(0, np.int64),) * 2 + (np.zeros(0),) * (width - 2)
-    return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
-
-
-def _expand_rows(lo: np.ndarray, count: np.ndarray, order: np.ndarray, start: int, end: int):
-    pa, pb = expand_ranges(lo[start:end], count[start:end], order)
-    return pa + start, pb
-
-
-def match(prep: Prepared, return_gt: bool = False):
-    """CrowdDet's ``compare_caltech`` for every image at once.
-
-    Returns:
-        tp [D] bool, ignored [D] bool (dropped: IoA > 0.5 with an ignore region);
-        with ``return_gt`` also [D] the valid GT each true positive took (else -1).
-    """
-    pairs = OverlapPairs(*prep.overlaps())
-    valid = np.ones(len(prep.det_scores), dtype=bool)
-    return greedy_match(pairs, valid, prep.gt_ignore, strict=True, ties="first", return_gt=return_gt)
-
-
-def match_details(records: list[ImageRecord], dets: Detections, sizes: dict[int, tuple[int, int]]) -> MatchDetails:
-    """Every detection's outcome (``pedcrowd analyze``); boxes ``xywh`` after clipping."""
-    prep = prepare(records, dets, sizes)
-    tp, ignored, taken = match(prep, return_gt=True)
-    order = prep.global_order
-    order = order[~ignored[order]]
-    gt_per_image = np.bincount(prep.gt_img[~prep.gt_ignore], minlength=prep.n_images)
-    sm = SetupMatches("All", "crowdhuman", prep.det_scores[order], tp[order], prep.det_img[order], gt_per_image)
-    xywh = lambda b: np.column_stack([b[:, :2], b[:, 2:] - b[:, :2]])  # noqa: E731
-    return MatchDetails(
-        image_ids=np.array([r.id for r in records], dtype=np.int64), det_img=prep.det_img,
-        det_src=source_positions(prep.det_img, prep.det_order), det_scores=prep.det_scores,
-        det_boxes=xywh(prep.det_boxes), valid=np.ones(len(tp), bool), tp=tp, ignored=ignored, taken=taken,
-        gt_img=prep.gt_img, gt_boxes=xywh(prep.gt_boxes), gt_ignore=prep.gt_ignore, strict=True, matches=sm,
-    )
-
-
-def setup_matches(prep: Prepared) -> SetupMatches:
-    """The non-dropped detections in CrowdDet's global order with their TP flags (for MR, AP, bootstrap)."""
-    tp, ignored = match(prep)
-    order = prep.global_order
-    order = order[~ignored[order]]
-    gt_per_image = np.bincount(prep.gt_img[~prep.gt_ignore], minlength=prep.n_images)
-    return SetupMatches("All", "crowdhuman", prep.det_scores[order], tp[order], prep.det_img[order], gt_per_image)
-
-
-def average_precision(matches: SetupMatches, image_counts: np.ndarray | None = None) -> float | None:
-    """CrowdDet's ``eval_AP``: trapezoids over consecutive (recall, precision) points.
-
-    None when there is no valid GT; 0 with fewer than two detections. With
-    ``image_counts`` (bootstrap), image i counts ``image_counts[i]`` times.
-    """
-    is_tp, n_gt = matches.is_tp, float(matches.gt_per_image.sum())
-    if image_counts is not None:
-        counts = np.asarray(image_counts).astype(np.int64)
-        is_tp = np.repeat(is_tp, counts[matches.det_image])
-        n_gt = float(counts @ matches.gt_per_image)
-    if n_gt == 0:
-        return None
-    tp = np.cumsum(is_tp, dtype=np.float64)
-    fp = np.cumsum(~is_tp, dtype=np.float64)
-    recall, precision = tp / n_gt, tp / (tp + fp)
-    if len(recall) < 2:
-        return 0.0
-    area = (recall[1:] - recall[:-1]) * ((precision[:-1] + precision[1:]) / 2)
-    return float(np.cumsum(area)[-1])  # cumsum: the same left-to-right sum as the official loop
-
-
 def evaluate_crowdhuman(
     records: list[ImageRecord],
     dets: Detections,
@@ -344,8 +98,6 @@ def evaluate_crowdhuman(
     sm = setup_matches(prep)
     fppi, miss = sm.curve()
     if "JI" in metrics:
-        from pedcrowd.eval.ji import jaccard_index
-
         ji, per_t = jaccard_index(prep)
     else:
         ji, per_t = None, [None] * len(JI_THRESHOLDS)
@@ -380,6 +132,76 @@ def result_to_json(result: CrowdHumanResult, metric: str) -> dict:
         },
         "ap": None,
     }
+
+
+# The protocol's entries in the registry (pedcrowd.eval.protocols): the same
+# arguments as pedcrowd.eval.evaluate's, ground truth as a GroundTruth with sizes.
+
+
+def load_ground_truth(path: str | Path, images: str | Path | None = None) -> GroundTruth:
+    """The ``.odgt`` as a :class:`GroundTruth` of kind ``crowdhuman``.
+
+    ``images`` is accepted for the registry's common signature; the sizes it
+    gives are read with the detections (:func:`detections_for`), after the
+    sizes a CrowdDet dump carries.
+    """
+    from pedcrowd.fileio import existing_path
+    from pedcrowd.formats.crowdhuman import read_odgt
+
+    path = existing_path(path)
+    return GroundTruth(read_odgt(path), "crowdhuman", path)
+
+
+def detections_for(
+    gt: GroundTruth, dets_path: str | Path, *, images: str | Path | None = None, image_root: str | Path | None = None
+) -> tuple[Detections, GroundTruth]:
+    """A results JSON list or a CrowdDet dump, and ``gt`` with every image's size
+    (:func:`add_image_sizes`, the dump's sizes after the ``.odgt``'s)."""
+    dets, det_sizes = load_detections(dets_path, gt.records)
+    return dets, add_image_sizes(gt, det_sizes, images=images, image_root=image_root)
+
+
+def add_image_sizes(
+    gt: GroundTruth,
+    sizes: dict[int, tuple[int, int]] | None = None,
+    *,
+    images: str | Path | None = None,
+    image_root: str | Path | None = None,
+) -> GroundTruth:
+    """``gt`` with every image's (width, height), from the first of: the ``.odgt``
+    line, ``sizes`` (a CrowdDet dump's, a data set's), the ``images`` file, the
+    image files (:func:`load_sizes`); PedcrowdError when an image has none."""
+    return replace(gt, sizes=load_sizes(gt.records, gt.source, sizes or {}, images, image_root))
+
+
+def _check_setup(setups: list[str] | None) -> None:
+    if setups and list(setups) != ["All"]:
+        raise PedcrowdError("--setups: the crowdhuman protocol has one setup, All")
+
+
+def match_setups(
+    gt: GroundTruth, dets: Detections, *, setups: list[str] | None = None, resize_dets: bool = True
+) -> dict[str, SetupMatches]:
+    """{"All": the matching outcome}; ``resize_dets`` is not used (CrowdDet never resizes)."""
+    _check_setup(setups)
+    return {"All": setup_matches(prepare(gt.records, dets, gt.sizes))}
+
+
+def match_details(gt: GroundTruth, dets: Detections, setup: str = "All", *, resize_dets: bool = True) -> MatchDetails:
+    """Every detection's outcome (``pedcrowd analyze``); ``resize_dets`` is not used."""
+    if setup != "All":
+        raise PedcrowdError("--setup: the crowdhuman protocol has one setup, All")
+    return crowdhuman_matching.match_details(gt.records, dets, gt.sizes)
+
+
+def crowddet_ap(gt: GroundTruth, dets: Detections, matches: dict[str, SetupMatches]) -> float | None:
+    """CrowdDet's AP of the matching (``pedcrowd compare``'s AP column)."""
+    return average_precision(matches["All"])
+
+
+def crowddet_ji(gt: GroundTruth, dets: Detections) -> float | None:
+    """CrowdDet's JI of a detection set (``pedcrowd compare``'s JI row)."""
+    return jaccard_index(prepare(gt.records, dets, gt.sizes))[0]
 
 
 def load_crowdhuman(
@@ -424,14 +246,14 @@ def load_detections(dets_path: str | Path, records: list[ImageRecord]) -> tuple[
 
 def load_sizes(
     records: list[ImageRecord],
-    gt_path: Path,
+    gt_path: Path | None,
     det_sizes: dict[int, tuple[int, int]],
     images: str | Path | None = None,
     image_root: str | Path | None = None,
 ) -> dict[int, tuple[int, int]]:
     """Every record's (width, height): the ``.odgt`` line, ``det_sizes``, the
-    ``images`` file, then the image files (see :func:`load_crowdhuman`)."""
-    gt_path = Path(gt_path)
+    ``images`` file, then the image files (see :func:`load_crowdhuman`; without
+    ``gt_path`` or ``image_root``, no image files)."""
     sizes = {r.id: (r.width, r.height) for r in records if r.width and r.height}
     for rid, wh in det_sizes.items():
         sizes.setdefault(rid, wh)
@@ -444,13 +266,13 @@ def load_sizes(
             rec = index.find(im.file_name)
             if rec is not None and im.width and im.height:
                 sizes.setdefault(rec.id, (im.width, im.height))
-    if len(sizes) < len(records):
-        root = Path(image_root) if image_root is not None else gt_path.parent / "Images"
+    if len(sizes) < len(records) and (image_root is not None or gt_path is not None):
+        root = Path(image_root) if image_root is not None else Path(gt_path).parent / "Images"
         _sizes_from_files(records, sizes, root)
     missing = [r for r in records if r.id not in sizes]
     if missing:
         raise PedcrowdError(
-            f"{gt_path}: no size for image {missing[0].file_name!r} ({len(missing)} of {len(records)} images): "
+            f"{gt_path or 'ground truth'}: no size for image {missing[0].file_name!r} ({len(missing)} of {len(records)} images): "
             "give CrowdDet records with height/width, --images FILE or --image-root DIR"
         )
     return sizes

@@ -32,7 +32,7 @@ from pedcrowd.eval.mr import SetupMatches
 from pedcrowd.eval.setups import CALTECH_SETUPS, CITYPERSONS_SETUPS, Setup, parse_setup
 from pedcrowd.formats.records import PEDESTRIAN, ImageRecord
 
-PROTOCOLS = ("citypersons", "caltech")
+HANDLED = ("citypersons", "caltech")  # the protocols matched here (CrowdHuman: pedcrowd.eval.crowdhuman)
 MAX_DETS = 1000  # CityPersons maxDets
 EXPAND = 1.25  # detection height filter expansion (expFilter / exp.filter)
 CALTECH_BOUNDS = (5.0, 5.0, 635.0, 475.0)
@@ -52,12 +52,15 @@ class GroundTruth:
         source: the file or folder it came from.
         caches: Caltech only: setup name -> records of ``gt-<Setup>.mat``
             (already filtered for that setup and resized).
+        sizes: CrowdHuman only: record id -> (width, height), every box is
+            clipped to its image (:func:`pedcrowd.eval.crowdhuman.with_sizes`).
     """
 
     records: list[ImageRecord]
     kind: str = "records"
     source: Path | None = None
     caches: dict[str, list[ImageRecord]] = field(default_factory=dict)
+    sizes: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,8 +93,8 @@ class EvalReport:
 
 
 def _check_protocol(protocol: str) -> None:
-    if protocol not in PROTOCOLS:
-        raise PedcrowdError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    if protocol not in HANDLED:
+        raise PedcrowdError(f"--protocol {protocol!r}: expected one of {', '.join(HANDLED)}")
 
 
 def load_ground_truth(path: str | Path, protocol: str = "citypersons", images: str | Path | None = None) -> GroundTruth:
@@ -404,6 +407,17 @@ def evaluate(
             miss_rate=miss,
         )
     return EvalReport(protocol, results, resize_dets)
+
+
+def detections_for(
+    gt: GroundTruth, dets_path: str | Path, *, images: str | Path | None = None, image_root: str | Path | None = None
+) -> tuple[Detections, GroundTruth]:
+    """The detections of ``gt``'s images (:func:`pedcrowd.formats.detections.read_detections`)
+    and ``gt`` itself; ``images`` and ``image_root`` are CrowdHuman's (the registry's
+    common signature)."""
+    from pedcrowd.formats.detections import read_detections
+
+    return read_detections(dets_path, gt.records), gt
 
 
 def report_to_json(report: EvalReport, metric: str = "MR-2", ap: dict | None = None) -> dict:

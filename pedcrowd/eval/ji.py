@@ -9,7 +9,8 @@ connected component: stars and two-node sides in closed form, the rest by
 unmatched ones whose IoA (over their own area) with an ignore region is > 0.5,
 m = valid GT less the unmatched ones whose IoA over *their own* area is > 0.5;
 ratio k / (m + n - k + 1e-6) averaged over the images with m or n non-zero;
-JI = the largest of the 10 averages. See :mod:`pedcrowd.eval.crowdhuman`.
+JI = the largest of the 10 averages. See :mod:`pedcrowd.eval.crowdhuman`; the
+preparation and overlaps are :mod:`pedcrowd.eval.crowdhuman_matching`'s.
 
 Shapes: D detections, M GT, E edges (detection, valid GT) with IoU > 0.5.
 """
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pedcrowd.eval.crowdhuman import EPS, JI_THRESHOLDS, THRESHOLD, Prepared, _area, intersections
+from pedcrowd.eval.crowdhuman_matching import EPS, THRESHOLD, Prepared, box_area, intersections
+
+JI_THRESHOLDS = np.array([1e-1 * i for i in range(10)])  # CrowdDet's score_thr, float quirks included
 
 
 def _components(ed: np.ndarray, eg: np.ndarray, n_det: int, n_gt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -232,7 +235,7 @@ def jaccard_index(prep: Prepared) -> tuple[float | None, list[float | None]]:
         gv, prep.gt_img[valid_idx], gi, prep.gt_img[ign_idx], prep.n_images, min_ioa=THRESHOLD
     )
     gt_cov = np.zeros(len(valid_idx), bool)
-    gt_cov[a[gi_inter / (_area(gv, True)[a] + EPS) > THRESHOLD]] = True
+    gt_cov[a[gi_inter / (box_area(gv, True)[a] + EPS) > THRESHOLD]] = True
     gv_img = prep.gt_img[valid_idx]
 
     # Matched edges as (edge, first threshold, stop threshold): stars at once, the rest per threshold.

@@ -6,6 +6,7 @@ file order) with its TP flag and image, plus the non-ignored GT count of every
 image. MR^-2 and the miss-rate/FPPI curve follow from it; with
 ``image_counts`` MR^-2 is recomputed for a bootstrap resample (image i drawn
 ``image_counts[i]`` times) without matching again, by :mod:`pedcrowd.eval.bootstrap`.
+:func:`average_precision` is the trapezoid AP of the same outcome.
 """
 
 from __future__ import annotations
@@ -20,6 +21,16 @@ from pedcrowd.eval.bootstrap import bootstrap_mr
 # decimals; dbEval.m uses the exact 10.^(-2:.25:0).
 FPPI_REFS_CITYPERSONS = np.array([0.0100, 0.0178, 0.0316, 0.0562, 0.1000, 0.1778, 0.3162, 0.5623, 1.0000])
 FPPI_REFS_CALTECH = 10.0 ** (np.arange(9) * 0.25 - 2.0)
+
+# How each protocol reads the miss rate off its curve (SetupMatches.refs and
+# .sentinel_final say why). They live here, below the matching that builds
+# SetupMatches; the protocol registry (pedcrowd.eval.protocols) shows them per protocol.
+FPPI_REFS: dict[str, np.ndarray] = {
+    "citypersons": FPPI_REFS_CITYPERSONS,
+    "caltech": FPPI_REFS_CALTECH,
+    "crowdhuman": np.nextafter(FPPI_REFS_CITYPERSONS, -np.inf),
+}
+SENTINEL_FINAL = frozenset({"citypersons"})
 
 
 @dataclass
@@ -58,15 +69,13 @@ class SetupMatches:
         with the references moved down one ulp (it differs from CityPersons
         where ref x N_images is an integer).
         """
-        if self.protocol == "crowdhuman":
-            return np.nextafter(FPPI_REFS_CITYPERSONS, -np.inf)
-        return FPPI_REFS_CITYPERSONS if self.protocol == "citypersons" else FPPI_REFS_CALTECH
+        return FPPI_REFS[self.protocol]
 
     @property
     def sentinel_final(self) -> bool:
         """When no point has FPPI <= ref, CityPersons' Python reads the *final*
         recall (quirk 1); Caltech's ROC starts at recall 0."""
-        return self.protocol == "citypersons"
+        return self.protocol in SENTINEL_FINAL
 
     def _fppi_recall(self) -> tuple[np.ndarray, np.ndarray]:
         n_gt, n_img = float(self.gt_per_image.sum()), float(self.n_images)
@@ -116,3 +125,29 @@ class SetupMatches:
             return None
         with np.errstate(divide="ignore"):
             return float(np.exp(np.mean(np.log(1.0 - self.recall_at_fppi()))))
+
+
+def average_precision(matches: SetupMatches, image_counts: np.ndarray | None = None) -> float | None:
+    """AP of a matching outcome as CrowdDet's ``eval_AP`` computes it: trapezoids over
+    consecutive (recall, precision) points, no envelope, no anchor at recall 0.
+
+    CrowdHuman's AP; ``pedcrowd analyze`` also reads it off the other protocols'
+    matching (an AP50, not COCO AP).
+
+    None when there is no valid GT; 0 with fewer than two detections. With
+    ``image_counts`` (bootstrap), image i counts ``image_counts[i]`` times.
+    """
+    is_tp, n_gt = matches.is_tp, float(matches.gt_per_image.sum())
+    if image_counts is not None:
+        counts = np.asarray(image_counts).astype(np.int64)
+        is_tp = np.repeat(is_tp, counts[matches.det_image])
+        n_gt = float(counts @ matches.gt_per_image)
+    if n_gt == 0:
+        return None
+    tp = np.cumsum(is_tp, dtype=np.float64)
+    fp = np.cumsum(~is_tp, dtype=np.float64)
+    recall, precision = tp / n_gt, tp / (tp + fp)
+    if len(recall) < 2:
+        return 0.0
+    area = (recall[1:] - recall[:-1]) * ((precision[:-1] + precision[1:]) / 2)
+    return float(np.cumsum(area)[-1])  # cumsum: the same left-to-right sum as the official loop

@@ -46,6 +46,7 @@ Shapes: D_i pre-NMS boxes of image i (``xywh``), K_i kept.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,8 +55,12 @@ from pathlib import Path
 import numpy as np
 
 from pedcrowd.box_np import box_iou, xywh_to_xyxy
+from pedcrowd.compare import parse_run
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.eval.evaluate import GroundTruth
 from pedcrowd.eval.matching import THRESHOLD, MatchDetails
+from pedcrowd.eval.mr import average_precision
+from pedcrowd.eval.protocols import default_protocol, get_protocol
 from pedcrowd.fileio import dumps_strict, load_json, write_text_atomic
 from pedcrowd.formats.detections import read_detections
 
@@ -178,70 +183,45 @@ class AnalysisReport:
     n_vis: int = 0
 
 
-# ----------------------------------------------------------------------------- protocol choices
-# Every place the analysis tells the protocols apart. pedcrowd.eval.protocols (issue 22)
-# replaces these with its registry: default_protocol(gt_path=, format_name=),
-# get_protocol(name).default_setup / .setups / .ap_label, and its matching.
-
-
-def default_protocol(gt_path: str | Path | None = None, format_name: str | None = None) -> str:
-    """The protocol when none is named: from the GT file (``.odgt``: CrowdHuman), else from
-    a run's data format (Caltech, CrowdHuman), else CityPersons."""
-    if gt_path is not None:
-        return "crowdhuman" if Path(gt_path).suffix.lower() == ".odgt" else "citypersons"
-    return {"caltech": "caltech", "crowdhuman": "crowdhuman"}.get(format_name or "", "citypersons")
+# ----------------------------------------------------------------------------- the protocol's parts
 
 
 def resolve_setup(protocol: str, setup: str | None) -> str:
     """``setup``, or the protocol's default (Reasonable; CrowdHuman: its one setup, All)."""
-    if protocol == "crowdhuman":
-        if setup not in (None, "All"):
-            raise PedcrowdError("--setup: the crowdhuman protocol has one setup, All")
-        return "All"
-    return setup or "Reasonable"
+    p = get_protocol(protocol)
+    p.check_setups([setup] if setup else None, "--setup")
+    return setup or p.default_setup
 
 
 def ap_name(protocol: str) -> str:
     """The analysis's AP is the protocol matching's (IoU 0.5, trapezoid over its
     precision/recall points), not the COCO AP 0.5:0.95 of eval and compare."""
-    return "CrowdDet AP" if protocol == "crowdhuman" else "AP50 (trapezoid, not COCO AP)"
-
-
-def _needs_image_sizes(protocol: str) -> bool:
-    """CrowdHuman's matching clips the boxes to the image."""
-    return protocol == "crowdhuman"
+    return get_protocol(protocol).ap_label
 
 
 def load_truth(gt: str | Path, protocol: str, images: str | Path | None = None,
                image_root: str | Path | None = None):
     """(the GT, CrowdHuman image sizes or None, the image folder or None) of a GT file."""
-    gt = Path(gt)
-    if protocol == "crowdhuman":
-        from pedcrowd.eval.crowdhuman import load_sizes
-        from pedcrowd.formats.crowdhuman import read_odgt
-
-        records = read_odgt(gt)
-        return records, load_sizes(records, gt, {}, images, image_root), image_root or gt.parent / "Images"
-    from pedcrowd.eval import load_ground_truth
-
-    return load_ground_truth(gt, protocol, images), None, image_root
+    p = get_protocol(protocol)
+    truth = p.load_ground_truth(Path(gt), images=images)
+    if p.needs_image_sizes:
+        truth = p.add_image_sizes(truth, images=images, image_root=image_root)
+        return truth, truth.sizes, image_root or Path(gt).parent / "Images"
+    return truth, None, image_root
 
 
 class _Matcher:
     """The protocol's matching of a detection set: :class:`MatchDetails`."""
 
     def __init__(self, gt, protocol: str, setup: str | None, sizes: dict | None, resize_dets: bool):
-        self.gt, self.protocol, self.sizes, self.resize_dets = gt, protocol, sizes, resize_dets
+        truth = gt if isinstance(gt, GroundTruth) else GroundTruth(list(gt))
+        if sizes is not None:
+            truth = dataclasses.replace(truth, sizes=sizes)
+        self.gt, self.protocol, self.resize_dets = truth, get_protocol(protocol), resize_dets
         self.setup = resolve_setup(protocol, setup)
 
     def __call__(self, dets: Detections) -> MatchDetails:
-        if self.protocol == "crowdhuman":
-            from pedcrowd.eval.crowdhuman_matching import match_details
-
-            return match_details(self.gt, dets, self.sizes)
-        from pedcrowd.eval.evaluate import match_details
-
-        return match_details(self.gt, dets, self.setup, protocol=self.protocol, resize_dets=self.resize_dets)
+        return self.protocol.match_details(self.gt, dets, self.setup, resize_dets=self.resize_dets)
 
 
 # ----------------------------------------------------------------------------- the analysis
@@ -318,8 +298,6 @@ def analyze_detections(
     match = _Matcher(gt, protocol, setup, sizes, resize_dets)
     replay = replay_nms(pre, nms_thresh, max_dets)
     md_post, md_pre = match(replay.post), match(pre)
-    from pedcrowd.eval.mr import average_precision
-
     report = AnalysisReport(
         protocol, match.setup, nms_thresh, max_dets, md_post.matches.mr(), average_precision(md_post.matches),
         int((~md_post.gt_ignore).sum()), len(md_post.image_ids), [],
@@ -415,8 +393,6 @@ def _analyze_point(name, s_star, pre, replay, md_pre, md_post, match, nms_thresh
             drop["background"].append((image_id, src))
 
     def oracle(add=(), remove=(), replace=()) -> dict[str, float | None]:
-        from pedcrowd.eval.mr import average_precision
-
         dets = {k: (v[0].copy(), v[1].copy()) for k, v in replay.post.items()}
         gone: dict[int, set[int]] = {}
         for image_id, src in remove:
@@ -582,7 +558,7 @@ def _pre_nms_from_model(path, gt, protocol, images, image_root, device, on_model
     if gt is None:
         dataset = build_dataset(cfg.data, "val", train=False)
         truth, root = list(dataset.records), getattr(dataset, "image_root", None)
-        sizes = _image_sizes(dataset) if _needs_image_sizes(protocol) else None
+        sizes = _image_sizes(dataset) if get_protocol(protocol).needs_image_sizes else None
     else:
         if image_root is None:
             raise PedcrowdError("--gt with a model needs --image-root (the images to run the model on)")
@@ -687,8 +663,6 @@ SIDE_BY_SIDE_FIXES = ("nms_all", "duplicate", "low_score", "never_proposed")  # 
 def read_analyses(runs: Sequence[str]) -> list[tuple[str, dict]]:
     """(name, document) of several ``pedcrowd analyze --out`` files (``name=path`` or ``path``),
     checked for what ``pedcrowd compare --analysis`` shows."""
-    from pedcrowd.compare import parse_run
-
     docs = []
     for text in runs:
         name, path = parse_run(text)

@@ -15,14 +15,12 @@ run directories (:func:`read_run_curves`) and ``pedcrowd analyze --out`` files
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pedcrowd.analyze import FALSE_POSITIVES, MISSES
 from pedcrowd.engine.curves import RunCurves, read_curves
 from pedcrowd.errors import PedcrowdError
 
@@ -190,64 +188,3 @@ def read_run_curves(runs: Sequence[str]) -> dict[str, RunCurves]:
             raise PedcrowdError(f"compare: run names must differ ({name!r} twice); use name=path")
         series[name] = read_curves(run_dir)
     return series
-
-
-# The oracle MR^-2 rows of the side-by-side analysis view.
-SIDE_BY_SIDE_FIXES = ("nms_all", "duplicate", "low_score", "never_proposed")
-
-
-def read_analyses(runs: Sequence[str]) -> list[tuple[str, dict]]:
-    """``pedcrowd analyze --out`` files (``name=path`` or ``path``) for ``pedcrowd compare --analysis``.
-
-    Returns:
-        (name, document) per run, in order; PedcrowdError naming the file and the
-        entry when a document lacks what the side-by-side view shows.
-    """
-    from pedcrowd.fileio import load_json
-
-    docs = []
-    for text in runs:
-        name, path = parse_run(text)
-        doc = load_json(path)
-        if not isinstance(doc, dict) or not isinstance(doc.get("points"), list):
-            raise PedcrowdError(f"{path}: not a pedcrowd analyze --out file (no 'points')")
-        _check_analysis(doc, path)
-        docs.append((name, doc))
-    return docs
-
-
-def _check_analysis(doc: dict, path) -> None:
-    """PedcrowdError naming the file and the entry when an ``analyze --out`` document lacks
-    what the side-by-side table shows (an edited or truncated file)."""
-
-    def number(value, where: str, optional: bool = False, integer: bool = False) -> None:
-        ok = (value is None and optional) or (
-            not isinstance(value, bool) and isinstance(value, int if integer else int | float)
-            and (integer or math.isfinite(value)) and value >= 0
-        )
-        if not ok:
-            kind = "a count" if integer else "a rate"
-            raise PedcrowdError(f"{path}: {where} must be {kind}, got {str(value)[:60]}")
-
-    number(doc.get("mr"), "'mr'", optional=True)
-    for i, p in enumerate(doc["points"]):
-        where = f"points[{i}]"
-        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
-            raise PedcrowdError(f"{path}: {where} is not an operating point with a 'name'")
-        score = p.get("score")
-        if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
-            raise PedcrowdError(f"{path}: {where}.score must be a number or null")
-        number(p.get("n_missed"), f"{where}.n_missed", integer=True)
-        number(p.get("n_fp"), f"{where}.n_fp", integer=True)
-        for section, keys in (("misses", MISSES), ("false_positives", FALSE_POSITIVES)):
-            part = p.get(section)
-            if not isinstance(part, dict):
-                raise PedcrowdError(f"{path}: {where}.{section} must be an object")
-            for key in keys:
-                number(part.get(key), f"{where}.{section}.{key}", integer=True)
-        oracle = p.get("oracle")
-        for fix in SIDE_BY_SIDE_FIXES:
-            entry = oracle.get(fix) if isinstance(oracle, dict) else None
-            if not isinstance(entry, dict):
-                raise PedcrowdError(f"{path}: {where}.oracle.{fix} must be an object")
-            number(entry.get("mr"), f"{where}.oracle.{fix}.mr", optional=True)

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pedcrowd.compare_render import FIX_LABELS, FP_LABELS, MISS_LABELS, share
+
 
 def analyze_command(
     source: Annotated[
@@ -93,31 +95,6 @@ def analyze_command(
         render(report)
 
 
-# What the analysis keys mean, in the tables (the JSON keeps the keys).
-MISS_LABELS = {
-    "nms_other_person": "removed by NMS (another person)",
-    "nms_false_positive": "removed by NMS (a false positive)",
-    "low_score": "scored below the threshold",
-    "never_proposed": "never proposed",
-    "other": "other",
-}
-FP_LABELS = {
-    "duplicate": "duplicates NMS kept",
-    "localisation": "poorly localised (IoU 0.1-0.5)",
-    "background": "background",
-}
-FIX_LABELS = {
-    "nms_other_person": "NMS misses (another person)",
-    "nms_false_positive": "NMS misses (a false positive)",
-    "nms_all": "all NMS misses",
-    "low_score": "low-score misses",
-    "never_proposed": "never-proposed misses",
-    "duplicate": "kept duplicates",
-    "localisation": "poor localisation",
-    "background": "background FPs",
-}
-
-
 def render(report) -> None:
     """The analysis as rich tables: one column per operating point."""
     from pedcrowd.analyze import ap_name
@@ -135,10 +112,10 @@ def render(report) -> None:
         table.add_column(f"{p.name}\n(score {score})", justify="right")
     rows = [("missed people", [str(p.n_missed) for p in report.points])]
     for key, label in MISS_LABELS.items():
-        rows.append((f"  {label}", [_share(p.misses[key], p.n_missed) for p in report.points]))
+        rows.append((f"  {label}", [share(p.misses[key], p.n_missed) for p in report.points]))
     rows.append(("false positives", [str(p.n_fp) for p in report.points]))
     for key, label in FP_LABELS.items():
-        rows.append((f"  {label}", [_share(p.false_positives[key], p.n_fp) for p in report.points]))
+        rows.append((f"  {label}", [share(p.false_positives[key], p.n_fp) for p in report.points]))
     rows.append(("    dup. below NMS overlap", [str(p.flags["duplicate_below_nms"]) for p in report.points]))
     rows.append(("    loc. touching >= 2 people", [str(p.flags["localisation_crowd"]) for p in report.points]))
     for label, values in rows:
@@ -157,42 +134,6 @@ def render(report) -> None:
             cells.append(f"{m} / {a}")
         oracle.add_row(FIX_LABELS.get(fix, fix), *cells)
     console.print(oracle)
-
-
-def side_by_side(runs: list[str], as_json: bool = False) -> None:
-    """Several ``pedcrowd analyze --out`` files (``name=path`` or ``path``), one column per run
-    and operating point: the error counts and the oracle MR^-2."""
-    from pedcrowd.analyze import SIDE_BY_SIDE_FIXES, read_analyses
-
-    docs = read_analyses(runs)
-    if as_json:
-        from pedcrowd.fileio import dumps_strict
-
-        typer.echo(dumps_strict({"runs": [{"name": n, **d} for n, d in docs]}, indent=1))
-        return
-    table = Table(title="pedcrowd analyze, side by side")
-    table.add_column("")
-    columns = []
-    for name, doc in docs:
-        for p in doc["points"]:
-            score = "-" if p["score"] is None else f"{p['score']:.3f}"
-            table.add_column(f"{name}\n{p['name']} ({score})", justify="right")
-            columns.append((doc, p))
-    pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"  # noqa: E731
-    table.add_row("MR^-2 % (all points)", *[pct(d["mr"]) for d, _ in columns])
-    table.add_row("missed people", *[str(p["n_missed"]) for _, p in columns])
-    for key, label in MISS_LABELS.items():
-        table.add_row(f"  {label}", *[_share(p["misses"][key], p["n_missed"]) for _, p in columns])
-    table.add_row("false positives", *[str(p["n_fp"]) for _, p in columns])
-    for key, label in FP_LABELS.items():
-        table.add_row(f"  {label}", *[_share(p["false_positives"][key], p["n_fp"]) for _, p in columns])
-    for fix in SIDE_BY_SIDE_FIXES:
-        table.add_row(f"MR^-2 % w/o {FIX_LABELS[fix]}", *[pct(p["oracle"][fix]["mr"]) for _, p in columns])
-    Console().print(table)
-
-
-def _share(count: int, total: int) -> str:
-    return f"{count} ({100 * count / total:.0f} %)" if total else str(count)
 
 
 def register(app: typer.Typer) -> None:

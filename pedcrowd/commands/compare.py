@@ -3,7 +3,7 @@
 Three views of several runs, each a library call and its rendering here: the
 comparison table (:func:`pedcrowd.compare.compare`), training curves
 (``--curves``, :func:`pedcrowd.compare.read_run_curves`) and ``pedcrowd analyze``
-outputs side by side (``--analysis``, :func:`pedcrowd.compare.read_analyses`).
+outputs side by side (``--analysis``, :func:`pedcrowd.analyze.read_analyses`).
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def _print_analyses(runs: list[str], as_json: bool) -> None:
     the error counts and the oracle MR^-2 (or the documents as one JSON)."""
     from rich.table import Table
 
-    from pedcrowd.compare import SIDE_BY_SIDE_FIXES, read_analyses
+    from pedcrowd.analyze import SIDE_BY_SIDE_FIXES, read_analyses
     from pedcrowd.compare_render import FIX_LABELS, FP_LABELS, MISS_LABELS, share
 
     docs = read_analyses(runs)

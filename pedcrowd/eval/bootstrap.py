@@ -1,4 +1,4 @@
-"""Bootstrap MR^-2 over images, without matching again (EVAL_PROTOCOL.md section 6).
+"""Bootstrap MR^-2 over images, without matching again (docs/evaluation.md section "CityPersons: matching and the miss rate").
 
 Matching is per image, so a resample only changes how often each image counts.
 Take the non-ignored detections of a setup in the official global order (stable
@@ -149,8 +149,8 @@ def _recall_at_refs(
         past_end = j == len(fp_img)
         jj = np.minimum(j, k - 1)
         got = np.where(past_end, total_tp, tp_at_fp[rows, jj])
-        # No point has FPPI <= ref when nothing drawn precedes that FP det and
-        # even its first copy (FP = 1) is past the limit (EVAL_PROTOCOL 6.7).
+        # No point has FPPI <= ref when nothing drawn precedes that FP det and even its
+        # first copy (FP = 1) is past the limit (docs/evaluation.md section "Quirks kept on purpose").
         none_before = (tp_at_fp[rows, jj] == 0) & (fp_prev[rows, jj] == 0) & ~past_end & (limit < 1)
         out[:, r] = np.where(none_before, sentinel, got)
     return out

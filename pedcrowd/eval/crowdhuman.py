@@ -1,7 +1,7 @@
 """CrowdHuman evaluation as CrowdDet computes it: AP, MR^-2 and JI, pure numpy, vectorised.
 
 The reference is CrowdDet's ``lib/evaluate`` (``APMRToolkits``, ``compute_JI.py``);
-EVAL_PROTOCOL.md section 10 lists the rules. In short:
+docs/evaluation.md section "CrowdHuman" lists the rules. In short:
 
 * GT: the full-body ``fbox``; ``tag != person`` or a non-zero ``extra.ignore``
   is an ignore region; no height or visibility filter. Detections and GT are

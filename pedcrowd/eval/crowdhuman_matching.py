@@ -1,7 +1,7 @@
 """CrowdHuman's matching as CrowdDet computes it, shared by its MR^-2 / AP and its JI.
 
-The reference is CrowdDet's ``lib/evaluate`` (``APMRToolkits``); EVAL_PROTOCOL.md
-section 10 lists the rules. Boxes are clipped to the image (x1 to [0, W-1],
+The reference is CrowdDet's ``lib/evaluate`` (``APMRToolkits``); docs/evaluation.md
+section "CrowdHuman" lists the rules. Boxes are clipped to the image (x1 to [0, W-1],
 y1 to [0, H-1], x2 to [0, W], y2 to [0, H]); overlaps are taken on clipped
 ``xyxy`` boxes with ``+1e-6`` in the denominators (IoU ``inter / (a_d + a_g -
 inter + 1e-6)``, IoA ``inter / (a_d + 1e-6)``). Per image, detections by score

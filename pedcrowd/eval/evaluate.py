@@ -1,6 +1,6 @@
 """MR^-2 evaluation: ground-truth loading, per-setup matching, the report.
 
-Protocols (EVAL_PROTOCOL.md):
+Protocols (docs/evaluation.md):
 
 * ``citypersons``: the official ``eval_MR_multisetup.py``, quirks included. GT
   is ignored outside the setup's height/visibility range (bounds inclusive);

@@ -183,7 +183,7 @@ def greedy_match(
         gt_id_zero: [M] bool, regular GT whose annotation id is 0. The official
             CityPersons code records a match as the GT's id and reads 0 as
             "unmatched", so such a GT takes its detection but the detection
-            counts as a false positive (EVAL_PROTOCOL.md section 2).
+            counts as a false positive (docs/evaluation.md section "Quirks kept on purpose").
         strict: overlaps must exceed the threshold (``> 0.5``, CrowdDet)
             instead of reaching it (``>= 0.5``, CityPersons and Caltech).
         ties: which GT an IoU tie goes to: ``last`` (the later GT, the official

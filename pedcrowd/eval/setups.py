@@ -1,8 +1,8 @@
 """Evaluation setups: which ground truth counts, by height and visibility.
 
 A setup is a frozen dataclass with the official name. Bounds are those of the
-official tables (EVAL_PROTOCOL.md sections 1 and 8); whether the upper height
-bound is inclusive is the protocol's business (CityPersons: inclusive,
+official tables (docs/evaluation.md sections "CityPersons: setups" and "Caltech");
+whether the upper height bound is inclusive is the protocol's business (CityPersons: inclusive,
 Caltech dbEval.m: exclusive), not the setup's.
 """
 

@@ -3,7 +3,7 @@
 ``val_gt.json`` (the file the official ``eval_MR_multisetup.py`` reads) and
 ``anno_{train,val}.mat`` (the released annotations) describe the same objects;
 both readers return identical records for the validation set, so the evaluator
-gives the same numbers from either (EVAL_PROTOCOL.md section 2).
+gives the same numbers from either (docs/evaluation.md section "CityPersons: ground truth and detections").
 
 Label mapping used by the official JSON (checked row by row against
 ``anno_val.mat``): pedestrian (1) is the only non-ignored class; ignore regions

@@ -9,8 +9,8 @@ the released files:
   ``[label, x, y, w, h, instance_id, xv, yv, wv, hv]``.
 * JSON: ``categories`` (the official table), ``images`` (``id``, ``im_name``,
   ``height``, ``width``) and ``annotations`` with ``category_id`` 1 for every
-  object and the label mapping of the official file (EVAL_PROTOCOL.md
-  section 2): pedestrians ``ignore`` 0; ignore regions, riders, sitting and
+  object and the label mapping of the official file (docs/evaluation.md
+  section "CityPersons: ground truth and detections"): pedestrians ``ignore`` 0; ignore regions, riders, sitting and
   other persons ``ignore`` 1; groups ``ignore`` 1, ``iscrowd`` 1,
   ``vis_bbox`` [0, 0, 0, 0] and ``vis_ratio`` 0.
 

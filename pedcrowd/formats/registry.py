@@ -1,8 +1,7 @@
 """The dataset formats: one entry each, read by training, ``pedcrowd eval``, ``infer --gt``
 and ``data stats`` alike.
 
-An entry names its reader (``"module:function"``, imported on first use so that
-this module imports only the standard library), the ground-truth file types it
+An entry names its reader (the function itself), the ground-truth file types it
 claims, where its files live in the standard layout, and the MR^-2 protocol
 its ground truth is evaluated with by default. Adding a format is a reader
 module plus one entry in :data:`FORMATS`.
@@ -13,21 +12,16 @@ is used, and the first one is named in the error when none does.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.formats import caltech, citypersons, coco, crowdhuman, mot, widerperson
 
 if TYPE_CHECKING:
     from pedcrowd.formats.records import ImageRecord
-
-
-def _resolve(spec: str) -> Callable:
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 @dataclass(frozen=True)
@@ -36,49 +30,49 @@ class DatasetFormat:
 
     Attributes:
         name: the ``data.format`` value.
-        reader: ``"module:function"``; ``function(path, **options) -> list[ImageRecord]``.
+        reader: ``function(path, **options) -> list[ImageRecord]``.
         suffixes: ground-truth file suffixes it reads (``"/"``: a folder).
         annotations: layout templates of the annotation file or folder.
         images: layout templates of the image folder.
         protocol: the MR^-2 protocol of its ground truth.
-        claims: ``"module:function"`` ``(path) -> bool``, for a suffix several formats share.
+        claims: ``(path) -> bool``, for a suffix several formats share.
         options: reader keyword -> the ``data:`` config field that sets it in training.
         eval_options: reader keywords for ground truth read by ``pedcrowd eval``.
-        prepare: ``"module:function"`` ``(records, split, options) -> records`` applied
+        prepare: ``(records, split, options) -> records`` applied
             for training (split selection, relabelling).
-        image_candidates: ``"module:function"`` ``(image_root, record) -> [Path]``,
+        image_candidates: ``(image_root, record) -> [Path]``,
             where an image may be (default: ``image_root / record.file_name``).
     """
 
     name: str
-    reader: str
+    reader: Callable[..., list[ImageRecord]]
     suffixes: tuple[str, ...]
     annotations: tuple[str, ...]
     images: tuple[str, ...]
     protocol: str = "citypersons"
-    claims: str | None = None
+    claims: Callable[[Path], bool] | None = None
     options: dict[str, str] = field(default_factory=dict)
     eval_options: dict[str, Any] = field(default_factory=dict)
-    prepare: str | None = None
-    image_candidates: str | None = None
+    prepare: Callable[[list[ImageRecord], str, dict], list[ImageRecord]] | None = None
+    image_candidates: Callable[[Path, ImageRecord], list[Path]] | None = None
 
     def read(self, path: str | Path, **options) -> list[ImageRecord]:
-        return _resolve(self.reader)(path, **options)
+        return self.reader(path, **options)
 
     def reads(self, path: Path) -> bool:
         """Whether a ground-truth file or folder ``path`` is in this format."""
         suffix = "/" if path.is_dir() else path.suffix.lower()
-        return suffix in self.suffixes and (self.claims is None or _resolve(self.claims)(path))
+        return suffix in self.suffixes and (self.claims is None or self.claims(path))
 
     def prepare_training(self, records: list[ImageRecord], split: str, options: dict) -> list[ImageRecord]:
         """The records trained on for ``split`` (the ``prepare`` hook, if any)."""
-        return records if self.prepare is None else _resolve(self.prepare)(records, split, options)
+        return records if self.prepare is None else self.prepare(records, split, options)
 
     def image_paths(self, image_root: Path, record: ImageRecord) -> list[Path]:
         """Where the image of ``record`` may be; the first that exists is read."""
         if self.image_candidates is None:
             return [image_root / record.file_name]
-        return _resolve(self.image_candidates)(image_root, record)
+        return self.image_candidates(image_root, record)
 
     def layout(self, templates: Sequence[str], root: str | Path, split: str) -> list[Path]:
         return [Path(t.format(root=Path(root), split=split)) for t in templates]
@@ -102,39 +96,39 @@ FORMATS: dict[str, DatasetFormat] = {
     f.name: f
     for f in (
         DatasetFormat(
-            "citypersons", "pedcrowd.formats.citypersons:read_citypersons", (".mat", ".json"),
+            "citypersons", citypersons.read_citypersons, (".mat", ".json"),
             annotations=tuple(
                 f"{d}/{n}" for n in ("anno_{split}.mat", "{split}_gt.json") for d in ("{root}/annotations", "{root}")
             ),
             images=("{root}/leftImg8bit/{split}",),
-            claims="pedcrowd.formats.citypersons:is_citypersons_file",
+            claims=citypersons.is_citypersons_file,
         ),
         DatasetFormat(  # before caltech, which reads any other folder
-            "mot", "pedcrowd.formats.mot:read_mot", ("/",), annotations=("{root}/{split}", "{root}"),
-            images=("{root}/{split}", "{root}"), claims="pedcrowd.formats.mot:is_mot_folder",
-            image_candidates="pedcrowd.formats.mot:image_candidates",
+            "mot", mot.read_mot, ("/",), annotations=("{root}/{split}", "{root}"),
+            images=("{root}/{split}", "{root}"), claims=mot.is_mot_folder,
+            image_candidates=mot.image_candidates,
         ),
         DatasetFormat(  # before caltech, which reads any other folder or .txt
-            "widerperson", "pedcrowd.formats.widerperson:read_widerperson", ("/", ".txt"),
+            "widerperson", widerperson.read_widerperson, ("/", ".txt"),
             annotations=("{root}/{split}.txt",), images=("{root}/Images",),
-            claims="pedcrowd.formats.widerperson:is_widerperson",
+            claims=widerperson.is_widerperson,
         ),
         DatasetFormat(
-            "caltech", "pedcrowd.formats.caltech:read_caltech_text", ("/", ".txt"),
+            "caltech", caltech.read_caltech_text, ("/", ".txt"),
             annotations=("{root}/annotations",), images=("{root}/images",), protocol="caltech",
-            prepare="pedcrowd.formats.caltech:select_split",
-            image_candidates="pedcrowd.formats.caltech:image_candidates",
+            prepare=caltech.select_split,
+            image_candidates=caltech.image_candidates,
         ),
         DatasetFormat(
-            "crowdhuman", "pedcrowd.formats.crowdhuman:read_odgt", (".odgt",),
+            "crowdhuman", crowdhuman.read_odgt, (".odgt",),
             annotations=("{root}/annotation_{split}.odgt",), images=("{root}/Images",),
         ),
         DatasetFormat(
-            "coco", "pedcrowd.formats.coco:read_coco_json", (".json",),
+            "coco", coco.read_coco_json, (".json",),
             annotations=("{root}/annotations/instances_{split}.json",),
             images=("{root}/images/{split}", "{root}/{split}", "{root}/images", "{root}"),
             options={"category": "coco_category"}, eval_options={"category": "auto"},
-            prepare="pedcrowd.formats.coco:as_pedestrians",
+            prepare=coco.as_pedestrians,
         ),
     )
 }

@@ -41,7 +41,7 @@ def read_tsv(path: str | Path) -> list[ImageRecord]:
 def tsv_format(monkeypatch, tmp_path):
     # The one registry line a new format needs (here added for the test only).
     fmt = registry.DatasetFormat(
-        "tsv", f"{__name__}:read_tsv", (".tsv",),
+        "tsv", read_tsv, (".tsv",),
         annotations=("{root}/{split}.tsv",), images=("{root}/images",),
     )
     monkeypatch.setitem(registry.FORMATS, "tsv", fmt)

@@ -24,8 +24,8 @@ from pedcrowd.losses import (
     repulsion_loss,
 )
 from pedcrowd.losses.criterion import StageCriterion
+from pedcrowd.losses.samples import StageSamples
 from pedcrowd.model import build_model, install_criteria
-from pedcrowd.model.samples import StageSamples
 
 
 def test_package_exports_the_functions():

@@ -1,7 +1,7 @@
 """The training criterion of a detector stage, composed from the registry.
 
 The RPN and the RoI head each own one :class:`StageCriterion`. It takes the
-stage's :class:`pedcrowd.model.samples.StageSamples` and returns the loss dict:
+stage's :class:`pedcrowd.losses.samples.StageSamples` and returns the loss dict:
 the classification term under the stage's torchvision name
 (``loss_classifier`` / ``loss_objectness``), the box term (``loss_box_reg`` /
 ``loss_rpn_box_reg``), the sampler's extra terms and every extra term with a
@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from pedcrowd.losses.config import TERMS, LossConfig
-from pedcrowd.model.precision import full_precision
+from pedcrowd.precision import full_precision
 
 if TYPE_CHECKING:
-    from pedcrowd.model.samples import StageSamples
+    from pedcrowd.losses.samples import StageSamples
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class StageCriterion:
 
     def __call__(self, s: StageSamples) -> dict[str, Tensor]:
         """The weighted loss terms of ``s``, computed in float32 with autocast off
-        (:mod:`pedcrowd.model.precision`), whatever precision the heads ran in."""
+        (:mod:`pedcrowd.precision`), whatever precision the heads ran in."""
         with full_precision(s.deltas.device.type):
             return self._terms(s.float32())
 

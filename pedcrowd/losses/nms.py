@@ -40,7 +40,7 @@ from pedcrowd.box_ops import box_iou, paired_iou
 
 if TYPE_CHECKING:
     from pedcrowd.losses.config import NmsLossConfig
-    from pedcrowd.model.samples import StageSamples
+    from pedcrowd.losses.samples import StageSamples
 
 PULL_IOU_MIN = 1e-6  # pull: IoU clamped below (official eps), so -ln(IoU) stays finite
 PUSH_IOU_MAX = 1.0 - 1e-6  # push: IoU clamped above; the official code is infinite at IoU = 1

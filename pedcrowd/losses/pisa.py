@@ -64,7 +64,7 @@ from pedcrowd.losses.standard import RandomSampler, SamplerContext, zero_loss
 
 if TYPE_CHECKING:
     from pedcrowd.losses.config import PisaConfig
-    from pedcrowd.model.samples import StageSamples
+    from pedcrowd.losses.samples import StageSamples
 
 
 def hlr_rank(values: Tensor, groups: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ from pedcrowd.box_ops import box_area, box_iou, paired_intersection
 
 if TYPE_CHECKING:
     from pedcrowd.losses.config import RepLossConfig
-    from pedcrowd.model.samples import StageSamples
+    from pedcrowd.losses.samples import StageSamples
 
 LOG_X_MAX = 1.0 - 1e-6  # -ln(1 - x) is evaluated at x <= 1 - 1e-6 (finite when IoG -> 1)
 REPBOX_EPS = 1e-6  # RepBox denominator: #overlapping pairs + eps (0 / eps = 0 without pairs)

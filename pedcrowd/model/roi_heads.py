@@ -16,18 +16,18 @@ from torchvision.ops import boxes as box_ops
 
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.losses.criterion import StageCriterion, build_criteria
+from pedcrowd.losses.samples import StageSamples
 from pedcrowd.losses.standard import SamplerContext
 from pedcrowd.model.config import PostprocessConfig
 from pedcrowd.model.ignore import exclude_ignored
 from pedcrowd.model.kl_head import EdgeBoxCoder, KLBoxPredictor
 from pedcrowd.model.postprocess import suppress
-from pedcrowd.model.precision import (
+from pedcrowd.precision import (
     Float32BoxCoder,
     at_least_float32,
     full_precision,
     same_autocast,
 )
-from pedcrowd.model.samples import StageSamples
 
 PEDESTRIAN = 1  # class index of the pedestrian (0 is background)
 

@@ -11,9 +11,9 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
 
 from pedcrowd.losses.criterion import StageCriterion, build_criteria
+from pedcrowd.losses.samples import StageSamples
 from pedcrowd.model.ignore import exclude_ignored
-from pedcrowd.model.precision import Float32BoxCoder
-from pedcrowd.model.samples import StageSamples
+from pedcrowd.precision import Float32BoxCoder
 
 
 class PedRegionProposalNetwork(RegionProposalNetwork):

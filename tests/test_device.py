@@ -147,7 +147,7 @@ LOSS_READS = {
     "nms-roi": {"losses/positives.py": 1, "losses/nms.py": 1},
     "nms-rpn": {"losses/positives.py": 1, "losses/nms.py": 3},
     "rep": {"losses/positives.py": 1},
-    "fcos": {"model/fcos.py": 1},
+    "fcos": {"losses/fcos.py": 1},
 }
 
 

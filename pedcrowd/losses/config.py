@@ -43,7 +43,7 @@ OFFICIAL_NMS_THRESH = 0.5  # the RPN NMS threshold NMS-Loss simulates in the off
 
 @dataclass
 class NmsLossConfig:
-    """NMS-Loss (Luo et al., ICMR 2021); see ``pedcrowd.losses.nms``.
+    """NMS-Loss (Luo et al., ICMR 2021); see ``pedcrowd.losses.nms_loss``.
 
     ``stage: rpn`` is the official code's setting: the RPN's decoded proposals,
     chosen and assigned as ``RPN_NMS_Head`` does (``rpn_*`` fields). ``stage: roi``
@@ -268,7 +268,7 @@ TERMS: dict[str, TermSpec] = {
     "bce": TermSpec("cls", "pedcrowd.losses.standard:binary_cross_entropy_term", ("rpn",)),
     "smooth_l1": TermSpec("box", "pedcrowd.losses.standard:smooth_l1_term", ("rpn", "roi")),
     "random": TermSpec("sampler", "pedcrowd.losses.standard:random_sampler"),
-    "nms": TermSpec("extra", "pedcrowd.losses.nms:nms_terms", ("roi", "rpn"), NmsLossConfig),
+    "nms": TermSpec("extra", "pedcrowd.losses.nms_loss:nms_terms", ("roi", "rpn"), NmsLossConfig),
     "rep": TermSpec("extra", "pedcrowd.losses.repulsion:rep_terms", ("roi",), RepLossConfig),
     "focal": TermSpec("cls", "pedcrowd.losses.focal:focal_term", ("roi", "rpn"), FocalConfig,
                       rows_impl="pedcrowd.losses.focal:focal_rows"),

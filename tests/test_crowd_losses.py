@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 
 import pytest
 import torch
@@ -16,12 +17,13 @@ import pedcrowd.losses.positives
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.losses import (
     LOSS_PRESETS,
-    TERMS,
+    TERM_CHOICES,
     LossConfig,
     apply_loss_preset,
 )
 from pedcrowd.losses.criterion import StageCriterion, build_criteria
 from pedcrowd.losses.nms_loss import nms_loss
+from pedcrowd.losses.registry import TERMS
 from pedcrowd.losses.repulsion import repulsion_loss
 from pedcrowd.losses.samples import StageSamples
 from pedcrowd.model import build_model, install_criteria
@@ -34,9 +36,21 @@ def test_package_exports_the_functions():
 
 def test_every_registry_entry_resolves():
     for name, spec in TERMS.items():
-        assert callable(spec.load()), name
+        assert callable(spec.fn), name
         if spec.options is not None:
             assert isinstance(getattr(LossConfig(), name), spec.options)
+
+
+def test_config_choices_agree_with_the_registry():
+    # the torch-free config names each key's choices; the registry holds the functions
+    for key, (role, stage, names) in TERM_CHOICES.items():
+        registered = tuple(n for n, s in TERMS.items() if s.has_role(role) and stage in s.stages)
+        assert names == registered, key
+    hints = typing.get_type_hints(LossConfig)
+    sections = {f.name for f in dataclasses.fields(LossConfig) if dataclasses.is_dataclass(hints[f.name])}
+    assert sections == {name for name, spec in TERMS.items() if spec.options is not None}
+    for name in sections:
+        assert hints[name] is TERMS[name].options, name
 
 
 def test_defaults_add_no_crowd_loss():

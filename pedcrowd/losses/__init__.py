@@ -13,20 +13,18 @@ from __future__ import annotations
 
 from pedcrowd.losses.config import (
     LOSS_PRESETS,
-    TERMS,
+    TERM_CHOICES,
     LossConfig,
     NmsLossConfig,
     RepLossConfig,
-    TermSpec,
     apply_loss_preset,
 )
 
 __all__ = [
     "LOSS_PRESETS",
-    "TERMS",
+    "TERM_CHOICES",
     "LossConfig",
     "NmsLossConfig",
     "RepLossConfig",
-    "TermSpec",
     "apply_loss_preset",
 ]

@@ -8,7 +8,8 @@ the classification term under the stage's torchvision name
 non-zero weight (``loss_nms_pull``; at the RPN ``loss_rpn_nms_pull``), each
 already multiplied by its weight, all in float32 (also under autocast). A term whose weights are all 0 is never
 computed. Which terms and with which options comes from the ``loss:`` config
-section (:mod:`pedcrowd.losses.config`); the criterion keeps each term's state
+section (:mod:`pedcrowd.losses.config`), the functions from the registry
+(:mod:`pedcrowd.losses.registry`); the criterion keeps each term's state
 (e.g. GHM's moving averages) as plain detached tensors between steps.
 """
 
@@ -22,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from pedcrowd.losses.config import TERMS, LossConfig
+from pedcrowd.losses.config import LossConfig
+from pedcrowd.losses.registry import TERMS
 from pedcrowd.precision import full_precision
 
 if TYPE_CHECKING:
@@ -58,14 +60,14 @@ class StageCriterion:
         cls_key, box_key, self.cls_name, self.box_name = _STAGE_KEYS[stage]
         self.stage = stage
         self.cls_term, self.box_term = getattr(cfg, cls_key), getattr(cfg, box_key)
-        self.cls_fn = TERMS[getattr(cfg, cls_key)].load()
-        self.box_fn = TERMS[getattr(cfg, box_key)].load("box")
-        self.cls_rows_fn = TERMS[getattr(cfg, cls_key)].load("rows")
+        self.cls_fn = TERMS[self.cls_term].function("cls")
+        self.box_fn = TERMS[self.box_term].function("box")
+        self.cls_rows_fn = TERMS[self.cls_term].rows_fn
         self.cls_options = self._options(cfg, getattr(cfg, cls_key), context)
         self.box_options = self._options(cfg, getattr(cfg, box_key), context)
         self.sampler = None
         if stage == "roi":
-            self.sampler = TERMS[cfg.sampler].load()(self._options(cfg, cfg.sampler, context))
+            self.sampler = TERMS[cfg.sampler].fn(self._options(cfg, cfg.sampler, context))
         self.extras: dict[str, tuple[Callable[..., dict[str, Tensor]], Any, dict[str, float]]] = {}
         for name, spec in TERMS.items():
             if spec.role != "extra":
@@ -75,7 +77,7 @@ class StageCriterion:
             stages = options.stages() if hasattr(options, "stages") else spec.stages
             # an extra term without weights (a user's, registered at run time) always runs
             if stage in stages and (not weights or any(w != 0.0 for w in weights.values())):
-                self.extras[name] = (spec.load(), options, weights)
+                self.extras[name] = (spec.fn, options, weights)
         self.state: dict[str, dict] = {name: {} for name in TERMS}
 
     def _options(self, cfg: Any, name: str, context: dict[str, Any]) -> Any:

@@ -128,5 +128,3 @@ class RandomSampler:
         """
         return {}
 
-
-random_sampler = RandomSampler

@@ -277,6 +277,26 @@ def test_zero_weight_skips_the_term_and_stage_moves_nms_to_the_rpn():
     assert build_criteria(cfg)[1].extras == {}
 
 
+def test_every_term_has_a_weight_as_detr_weight_dict():
+    cfg = apply_loss_preset(LossConfig(), "nms")
+    rpn, roi = build_criteria(cfg, {"box_nms_thresh": 0.5})
+    assert roi.weight_dict == {"loss_classifier": 1.0, "loss_box_reg": 1.0,
+                               "loss_nms_pull": 0.1, "loss_nms_push": 0.001}  # fmt: skip
+    assert rpn.weight_dict == {"loss_objectness": 1.0, "loss_rpn_box_reg": 1.0}
+    plain = roi(_stage(_images()))
+    # the default weights change no bit: the cls and box terms are the functions' own values
+    s = _stage(_images())
+    assert torch.equal(plain["loss_classifier"], TERMS["ce"].fn(s, None, {}))
+    assert torch.equal(plain["loss_box_reg"], TERMS["smooth_l1"].fn(s, None, {}))
+    heavy = dataclasses.replace(cfg, cls_weight=2.0, box_weight=0.0)
+    weighted = _roi(heavy)(_stage(_images()))
+    assert "loss_box_reg" not in weighted  # a zero weight skips the term
+    torch.testing.assert_close(weighted["loss_classifier"], 2.0 * plain["loss_classifier"])
+    torch.testing.assert_close(weighted["loss_nms_pull"], plain["loss_nms_pull"])
+    pisa = build_criteria(dataclasses.replace(LossConfig(), sampler="pisa"))[1]
+    assert pisa.weight_dict["loss_carl"] == 1.0
+
+
 def test_nms_options_reach_the_loss():
     cfg = apply_loss_preset(LossConfig(), "nms")
     cfg.nms.push_relax = True

@@ -211,6 +211,9 @@ class PisaConfig:
     # smooth-L1 beta of the box loss and of CARL (the official config's 1.0; torchvision 1/9)
     box_beta: float = field(default=1.0, metadata={"range": "> 0"})
 
+    def term_weights(self) -> dict[str, float]:
+        return {"carl": self.carl_weight}
+
 
 @dataclass
 class KlLossConfig:
@@ -249,6 +252,12 @@ class LossConfig:
     sampler: str = "random"  # how the RoI head picks its training RoIs: random | ohem | pisa
     rpn_cls: str = "bce"  # the RPN's objectness loss: bce | focal
     rpn_box: str = "smooth_l1"  # the RPN's box loss: smooth_l1
+    # the weights of those four losses (0 skips one); the extra terms' and the sampler's
+    # weights are in their sections (nms.lambda_pull, rep.alpha, pisa.carl_weight)
+    cls_weight: float = field(default=1.0, metadata={"range": ">= 0"})
+    box_weight: float = field(default=1.0, metadata={"range": ">= 0"})
+    rpn_cls_weight: float = field(default=1.0, metadata={"range": ">= 0"})
+    rpn_box_weight: float = field(default=1.0, metadata={"range": ">= 0"})
     nms: NmsLossConfig = field(default_factory=NmsLossConfig)
     rep: RepLossConfig = field(default_factory=RepLossConfig)
     focal: FocalConfig = field(default_factory=FocalConfig)

@@ -155,7 +155,8 @@ def _check_no_two_stage_losses(loss: object | None, rpn, roi, arch: str) -> None
     default = LossConfig()
     changed = [
         f"loss.{key}={getattr(loss, key)}"
-        for key in ("cls", "box", "sampler", "rpn_cls", "rpn_box")
+        for key in ("cls", "box", "sampler", "rpn_cls", "rpn_box",
+                    "cls_weight", "box_weight", "rpn_cls_weight", "rpn_box_weight")
         if getattr(loss, key) != getattr(default, key)
     ]
     changed += [f"loss.{name}" for name in {**rpn.extras, **roi.extras}]

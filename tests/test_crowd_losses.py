@@ -364,3 +364,22 @@ def test_train_forward_returns_crowd_terms_with_gradient_into_the_box_head():
     nms_terms = sum(losses[k] for k in crowd_keys if "nms" in k)
     assert nms_terms.requires_grad
     sum(losses.values()).backward()
+
+
+def test_build_model_builds_the_criteria_once(monkeypatch):
+    built = []
+    original = StageCriterion.__init__
+
+    def counting(self, stage, cfg, context=None):
+        built.append(stage)
+        original(self, stage, cfg, context)
+
+    monkeypatch.setattr(StageCriterion, "__init__", counting)
+    cfg = apply_loss_preset(LossConfig(), "nms")
+    model = build_model(SMALL, loss=cfg)
+    assert built == ["rpn", "roi"]  # one criterion per stage, no default ones thrown away
+    assert set(model.roi_heads.criterion.extras) == {"nms"}
+    assert model.roi_heads.criterion.weight_dict["loss_nms_pull"] == 0.1
+    built.clear()
+    build_model(SMALL)
+    assert built == ["rpn", "roi"]

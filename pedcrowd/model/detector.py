@@ -19,7 +19,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.losses.config import LossConfig
-from pedcrowd.losses.criterion import build_criteria
+from pedcrowd.losses.criterion import StageCriterion, build_criteria
 from pedcrowd.model.backbones import ROI_FEATURE_NAMES, backbone_levels, build_backbone
 from pedcrowd.model.config import ModelConfig
 from pedcrowd.model.fcos import build_fcos
@@ -36,8 +36,12 @@ NUM_CLASSES = 2  # background + pedestrian
 ROI_OUTPUT_SIZE = 7
 
 
-def build_model(cfg: ModelConfig, *, load: bool = True) -> torch.nn.Module:
-    """The detector described by ``cfg``, with ``cfg.weights`` loaded.
+def build_model(
+    cfg: ModelConfig, *, loss: LossConfig | None = None, load: bool = True
+) -> torch.nn.Module:
+    """The detector described by ``cfg``, with ``cfg.weights`` loaded and the training
+    criteria of the ``loss:`` section ``loss`` (None: torchvision's own losses), built
+    once here.
 
     ``cfg.arch == "fcos"``: :func:`pedcrowd.model.fcos.build_fcos`; otherwise:
 
@@ -53,7 +57,8 @@ def build_model(cfg: ModelConfig, *, load: bool = True) -> torch.nn.Module:
         PedcrowdError: unknown backbone, anchor sizes that do not fit its levels,
             missing or unreadable weights.
     """
-    if cfg.arch == "fcos":
+    if cfg.arch == "fcos":  # its loss is model.assigner's
+        _check_no_two_stage_losses(loss, cfg)
         return build_fcos(cfg, load=load)
     if cfg.assigner not in (None, "fcos"):  # fcos: what configs of pedcrowd <= 0.1 saved
         raise PedcrowdError(
@@ -68,6 +73,7 @@ def build_model(cfg: ModelConfig, *, load: bool = True) -> torch.nn.Module:
         )
     weights = str(cfg.weights)
     backbone = build_backbone(cfg.backbone, weights, cfg.trainable_layers, load=load)
+    rpn_criterion, roi_criterion = _criteria(loss, cfg)
 
     anchor_generator = Float32AnchorGenerator(
         sizes=tuple((int(s),) for s in cfg.anchor_sizes),
@@ -111,6 +117,7 @@ def build_model(cfg: ModelConfig, *, load: bool = True) -> torch.nn.Module:
         },
         nms_thresh=cfg.rpn_nms_thresh,
         drop_ignored_positives=cfg.ignore_positives == "drop",
+        criterion=rpn_criterion,
     )
     model.roi_heads = PedRoIHeads(
         box_roi_pool,
@@ -126,8 +133,8 @@ def build_model(cfg: ModelConfig, *, load: bool = True) -> torch.nn.Module:
         detections_per_img=cfg.box_detections_per_img,
         drop_ignored_positives=cfg.ignore_positives == "drop",
         box_std_head=cfg.box_std_head,
+        criterion=roi_criterion,
     )
-    install_criteria(model, cfg)
     if not load:
         return model
     if weights == "coco":
@@ -138,20 +145,27 @@ def build_model(cfg: ModelConfig, *, load: bool = True) -> torch.nn.Module:
     return model
 
 
-def install_criteria(model: torch.nn.Module, cfg: ModelConfig, loss: object | None = None) -> None:
-    """Give the RPN and the RoI head the training criteria of the ``loss:`` section
-    ``loss`` (None: torchvision's own losses, no crowd loss)."""
-    rpn, roi = build_criteria(loss, {"box_nms_thresh": cfg.box_nms_thresh})
+def _criteria(loss: LossConfig | None, cfg: ModelConfig) -> tuple[StageCriterion, StageCriterion]:
+    """The RPN's and the RoI head's criteria for ``loss`` on the detector ``cfg``."""
+    return build_criteria(loss, {"box_nms_thresh": cfg.box_nms_thresh})
+
+
+def install_criteria(model: torch.nn.Module, cfg: ModelConfig, loss: LossConfig | None = None) -> None:
+    """Replace the training criteria of a built detector by those of the ``loss:`` section
+    ``loss`` (None: torchvision's own losses, no crowd loss). A new model gets its
+    criteria from :func:`build_model` (``loss=``); this is for trying several loss
+    settings on one model."""
     if not hasattr(model, "roi_heads"):  # model.arch fcos: its loss is model.assigner's
-        _check_no_two_stage_losses(loss, rpn, roi, cfg.arch)
+        _check_no_two_stage_losses(loss, cfg)
         return
-    model.rpn.criterion, model.roi_heads.criterion = rpn, roi
+    model.rpn.criterion, model.roi_heads.criterion = _criteria(loss, cfg)
 
 
-def _check_no_two_stage_losses(loss: object | None, rpn, roi, arch: str) -> None:
+def _check_no_two_stage_losses(loss: LossConfig | None, cfg: ModelConfig) -> None:
     """Refuse a ``loss:`` section that changes anything of Faster R-CNN's losses (FCOS has none)."""
     if loss is None:
         return
+    rpn, roi = _criteria(loss, cfg)
     default = LossConfig()
     changed = [
         f"loss.{key}={getattr(loss, key)}"
@@ -163,5 +177,5 @@ def _check_no_two_stage_losses(loss: object | None, rpn, roi, arch: str) -> None
     if changed:
         raise PedcrowdError(
             f"loss: {', '.join(changed)} act on Faster R-CNN's RPN and RoI head; model.arch "
-            f"{arch} trains with model.assigner (leave the loss section at its defaults)"
+            f"{cfg.arch} trains with model.assigner (leave the loss section at its defaults)"
         )

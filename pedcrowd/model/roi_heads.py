@@ -15,7 +15,8 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.losses.criterion import StageCriterion, build_criteria
+from pedcrowd.losses.config import LossConfig
+from pedcrowd.losses.criterion import StageCriterion
 from pedcrowd.losses.samples import StageSamples
 from pedcrowd.losses.standard import SamplerContext
 from pedcrowd.model.config import PostprocessConfig
@@ -64,7 +65,8 @@ class PedRoIHeads(RoIHeads):
         super().__init__(*args, **kwargs)
         self.ignore_ioa_thresh = ignore_ioa_thresh
         self.drop_ignored_positives = drop_ignored_positives
-        self.criterion = criterion if criterion is not None else build_criteria()[1]
+        # None: torchvision's losses (build_model passes the criteria of its loss section)
+        self.criterion = criterion if criterion is not None else StageCriterion("roi", LossConfig())
         self.postprocess = PostprocessConfig()
         self.box_coder = Float32BoxCoder.like(self.box_coder)
         if box_std_head:  # the KL layer is drawn after every other weight: those stay the same

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from pedcrowd.box_ops import box_area, box_iou, paired_intersection
+from pedcrowd.losses import positives
 
 if TYPE_CHECKING:
     from pedcrowd.losses.config import RepLossConfig
@@ -169,12 +170,10 @@ def rep_terms(s: StageSamples, options: RepLossConfig, state: dict) -> dict[str,
     Returns:
         ``{"rep_gt": ..., "rep_box": ...}`` unweighted.
     """
-    from pedcrowd.losses.positives import image_groups, positives_of
-
     rows = s.positive & s.sampled  # [N]
-    p = positives_of(s, rows)
+    p = positives.positives_of(s, rows)
     rep_gts, rep_boxes = [], []
-    for g in image_groups(p):
+    for g in positives.image_groups(p):  # looked up per call: tests bound the group size
         rep_gt, rep_box = batched_repulsion_loss(
             g.pred_boxes, g.proposals, g.gt_index, g.gt_boxes, g.image_index,
             g.gt_image_index, g.num_images, sigma_gt=options.sigma_gt, sigma_box=options.sigma_box,

@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from pedcrowd.engine.config import DEMO_MODEL
-from pedcrowd.losses import LossConfig, apply_loss_preset, nms_loss
+from pedcrowd.losses import LossConfig, apply_loss_preset
 from pedcrowd.losses.config import set_loss_fields
+from pedcrowd.losses.nms_loss import nms_loss
 from pedcrowd.model import ModelConfig, build_model, install_criteria
 
 REPO = Path(__file__).resolve().parents[1]

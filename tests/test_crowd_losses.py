@@ -5,39 +5,52 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 
 import pytest
 import torch
 from tiny_run import SMALL  # tests/ is on sys.path under pytest
 from torchvision.models.detection._utils import BoxCoder
 
-import pedcrowd.losses
+import pedcrowd.losses.nms_loss
 import pedcrowd.losses.positives
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.losses import (
     LOSS_PRESETS,
-    TERMS,
+    TERM_CHOICES,
     LossConfig,
     apply_loss_preset,
-    build_criteria,
-    nms_loss,
-    repulsion_loss,
 )
-from pedcrowd.losses.criterion import StageCriterion
+from pedcrowd.losses.criterion import StageCriterion, build_criteria
+from pedcrowd.losses.nms_loss import nms_loss
+from pedcrowd.losses.registry import TERMS
+from pedcrowd.losses.repulsion import repulsion_loss
+from pedcrowd.losses.samples import StageSamples
 from pedcrowd.model import build_model, install_criteria
-from pedcrowd.model.samples import StageSamples
 
 
 def test_package_exports_the_functions():
     assert callable(nms_loss) and callable(repulsion_loss)
-    assert pedcrowd.losses.nms_loss is pedcrowd.losses.nms.nms_loss
+    assert pedcrowd.losses.nms_loss.nms_loss is nms_loss
 
 
 def test_every_registry_entry_resolves():
     for name, spec in TERMS.items():
-        assert callable(spec.load()), name
+        assert callable(spec.fn), name
         if spec.options is not None:
             assert isinstance(getattr(LossConfig(), name), spec.options)
+
+
+def test_config_choices_agree_with_the_registry():
+    # the torch-free config names each key's choices; the registry holds the functions
+    for key, (role, stage, names) in TERM_CHOICES.items():
+        registered = tuple(n for n, s in TERMS.items() if s.has_role(role) and stage in s.stages)
+        assert names == registered, key
+    hints = typing.get_type_hints(LossConfig)
+    sections = {f.name for f in dataclasses.fields(LossConfig) if dataclasses.is_dataclass(hints[f.name])}
+    assert sections == {name for name, spec in TERMS.items() if spec.options is not None}
+    for name in sections:
+        assert hints[name] is TERMS[name].options, name
 
 
 def test_defaults_add_no_crowd_loss():
@@ -264,6 +277,26 @@ def test_zero_weight_skips_the_term_and_stage_moves_nms_to_the_rpn():
     assert build_criteria(cfg)[1].extras == {}
 
 
+def test_every_term_has_a_weight_as_detr_weight_dict():
+    cfg = apply_loss_preset(LossConfig(), "nms")
+    rpn, roi = build_criteria(cfg, {"box_nms_thresh": 0.5})
+    assert roi.weight_dict == {"loss_classifier": 1.0, "loss_box_reg": 1.0,
+                               "loss_nms_pull": 0.1, "loss_nms_push": 0.001}  # fmt: skip
+    assert rpn.weight_dict == {"loss_objectness": 1.0, "loss_rpn_box_reg": 1.0}
+    plain = roi(_stage(_images()))
+    # the default weights change no bit: the cls and box terms are the functions' own values
+    s = _stage(_images())
+    assert torch.equal(plain["loss_classifier"], TERMS["ce"].fn(s, None, {}))
+    assert torch.equal(plain["loss_box_reg"], TERMS["smooth_l1"].fn(s, None, {}))
+    heavy = dataclasses.replace(cfg, cls_weight=2.0, box_weight=0.0)
+    weighted = _roi(heavy)(_stage(_images()))
+    assert "loss_box_reg" not in weighted  # a zero weight skips the term
+    torch.testing.assert_close(weighted["loss_classifier"], 2.0 * plain["loss_classifier"])
+    torch.testing.assert_close(weighted["loss_nms_pull"], plain["loss_nms_pull"])
+    pisa = build_criteria(dataclasses.replace(LossConfig(), sampler="pisa"))[1]
+    assert pisa.weight_dict["loss_carl"] == 1.0
+
+
 def test_nms_options_reach_the_loss():
     cfg = apply_loss_preset(LossConfig(), "nms")
     cfg.nms.push_relax = True
@@ -331,3 +364,22 @@ def test_train_forward_returns_crowd_terms_with_gradient_into_the_box_head():
     nms_terms = sum(losses[k] for k in crowd_keys if "nms" in k)
     assert nms_terms.requires_grad
     sum(losses.values()).backward()
+
+
+def test_build_model_builds_the_criteria_once(monkeypatch):
+    built = []
+    original = StageCriterion.__init__
+
+    def counting(self, stage, cfg, context=None):
+        built.append(stage)
+        original(self, stage, cfg, context)
+
+    monkeypatch.setattr(StageCriterion, "__init__", counting)
+    cfg = apply_loss_preset(LossConfig(), "nms")
+    model = build_model(SMALL, loss=cfg)
+    assert built == ["rpn", "roi"]  # one criterion per stage, no default ones thrown away
+    assert set(model.roi_heads.criterion.extras) == {"nms"}
+    assert model.roi_heads.criterion.weight_dict["loss_nms_pull"] == 0.1
+    built.clear()
+    build_model(SMALL)
+    assert built == ["rpn", "roi"]

@@ -144,10 +144,10 @@ def _train(model, steps: int, **kwargs):
 # technique -> pedcrowd's reads per step besides the loop's one: the pairwise crowd losses
 # split their positives per image (sizes read once per group), FCOS its positives count
 LOSS_READS = {
-    "nms-roi": {"losses/positives.py": 1, "losses/nms.py": 1},
-    "nms-rpn": {"losses/positives.py": 1, "losses/nms.py": 3},
+    "nms-roi": {"losses/positives.py": 1, "losses/nms_loss.py": 1},
+    "nms-rpn": {"losses/positives.py": 1, "losses/nms_loss.py": 3},
     "rep": {"losses/positives.py": 1},
-    "fcos": {"model/fcos.py": 1},
+    "fcos": {"losses/fcos.py": 1},
 }
 
 

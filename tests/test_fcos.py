@@ -20,14 +20,9 @@ from pedcrowd.engine.metrics import read_metrics
 from pedcrowd.engine.predict import predict
 from pedcrowd.engine.train import fit
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.losses.fcos import fcos_loss, fcos_match
 from pedcrowd.model import ModelConfig, build_model
-from pedcrowd.model.fcos import (
-    PedFCOS,
-    fcos_loss,
-    fcos_match,
-    refine_distances,
-    sample_per_channel,
-)
+from pedcrowd.model.fcos import PedFCOS, refine_distances, sample_per_channel
 
 runner = CliRunner()
 TINY = SynthConfig(train_images=4, val_images=2, height=96, width=160, seed=3)

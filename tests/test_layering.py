@@ -58,9 +58,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pedcrowd"
 # The layers, bottom first: a module may import its own layer and the layers below it,
 # never one above. Top-level modules are named in full; a package stands for all its modules.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    # base: errors, file writing, weights-only loading, box arithmetic, config checking
+    # base: errors, file writing, weights-only loading, box arithmetic, config checking,
+    # float32 islands under autocast
     ("pedcrowd.errors", "pedcrowd.fileio", "pedcrowd.safeload", "pedcrowd.box_np",
-     "pedcrowd.box_torch"),
+     "pedcrowd.box_torch", "pedcrowd.precision"),
     ("pedcrowd.formats",),
     ("pedcrowd.eval",),
     ("pedcrowd.losses", "pedcrowd.vis"),

@@ -234,7 +234,7 @@ def _dummy_terms(s, options, state):
 
 
 def _with_dummy_term(monkeypatch):
-    from pedcrowd.losses.config import TERMS, TermSpec
+    from pedcrowd.losses.registry import TERMS, TermSpec
 
     monkeypatch.setitem(TERMS, "dummy", TermSpec("extra", _dummy_terms, ("rpn", "roi")))
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from greedy_nms_loss import greedy_nms_loss
 
-from pedcrowd.losses import nms_loss
+from pedcrowd.losses.nms_loss import nms_loss
 
 EPS = 1e-6  # the per-image normalisation: sum / (count + 1e-6)
 

@@ -14,9 +14,9 @@ from torchvision.models.detection._utils import BoxCoder
 from pedcrowd.losses import LossConfig, apply_loss_preset
 from pedcrowd.losses.config import set_loss_fields
 from pedcrowd.losses.criterion import StageCriterion
-from pedcrowd.losses.nms import assign_by_anchor_iou, rpn_candidates
+from pedcrowd.losses.nms_loss import assign_by_anchor_iou, rpn_candidates
+from pedcrowd.losses.samples import StageSamples
 from pedcrowd.model import ModelConfig
-from pedcrowd.model.samples import StageSamples
 
 REPO = Path(__file__).resolve().parents[1]
 CODER = BoxCoder((10.0, 10.0, 5.0, 5.0))

@@ -28,7 +28,7 @@ from pedcrowd.losses.standard import SamplerContext
 from pedcrowd.model import build_model, install_criteria
 from pedcrowd.model.config import ModelConfig, PostprocessConfig
 from pedcrowd.model.postprocess import suppress
-from pedcrowd.model.precision import Float32AnchorGenerator
+from pedcrowd.precision import Float32AnchorGenerator
 
 BF16 = torch.bfloat16
 CROWD = [[20.0, 20.0, 40.0, 70.0], [30.0, 22.0, 50.0, 72.0], [36.0, 18.0, 56.0, 70.0],

@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from pedcrowd.losses import repulsion_loss
-from pedcrowd.losses.repulsion import smooth_ln
+from pedcrowd.losses.repulsion import repulsion_loss, smooth_ln
 
 
 def t(rows, grad=False):

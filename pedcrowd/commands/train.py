@@ -40,7 +40,7 @@ def train_command(
         typer.Option(
             "--cls-loss",
             help="RoI-head classification loss: ce | focal | ghm | qfl, a "
-            "registered term (pedcrowd.losses.config.TERMS); the same as --set loss.cls=NAME "
+            "registered term (pedcrowd.losses.registry.TERMS); the same as --set loss.cls=NAME "
             "[default: the config's loss.cls, ce].",
         ),
     ] = None,

@@ -92,7 +92,7 @@ class TrainConfig:
     batch_size: int = field(default=8, metadata={"range": ">= 1"})
     # mixed precision: CUDA float16 autocast with a GradScaler; CPU bfloat16 autocast where
     # the CPU has bfloat16 instructions (else float32, with a warning); the crowd losses,
-    # samplers and post-processing compute in float32 either way (pedcrowd/model/precision.py)
+    # samplers and post-processing compute in float32 either way (pedcrowd/precision.py)
     amp: bool = False
     # model init, data order, RPN/RoI sampling (augmentations: data.seed)
     seed: int = field(default=0, metadata={"range": "[0, 4294967295]"})

@@ -1,4 +1,4 @@
-"""The ``loss:`` section of the training config and the registry of training terms.
+"""The ``loss:`` section of the training config: which term computes each loss, and options.
 
 Every training loss of both stages is a registered *term*: torchvision's
 cross-entropy and smooth-L1 included. ``loss.cls`` / ``loss.box`` name the
@@ -8,12 +8,14 @@ head picks its training samples; *extra* terms (NMS-Loss, RepLoss) are added
 wherever their weights are non-zero. Options of a technique live in the
 section of its name (``loss.nms.lambda_pull``).
 
-Adding a technique touches three places in two files: its file under
-``pedcrowd/losses/`` (the function), its options dataclass here, and one line
-of :data:`TERMS` here. ``LossConfig`` gets the options section from the
-registry line. Implementations are named by ``"module:function"`` so that this
-module, and with it the whole config tree, never imports torch; a test
-resolves every entry.
+The terms themselves (the functions) are registered in
+:data:`pedcrowd.losses.registry.TERMS`; this module, and with it the whole
+config tree, never imports torch, so it names the choices of each key in
+:data:`TERM_CHOICES` (a test checks that they agree with the registry).
+Adding a technique touches: its file under ``pedcrowd/losses/`` (the function),
+one line of ``TERMS``, and here its name in ``TERM_CHOICES`` (a cls, box or
+sampler term) and, if it has options, its options dataclass and one
+``LossConfig`` field.
 
 ``pedcrowd train --loss NAME`` applies one of :data:`LOSS_PRESETS` (named
 dicts of ``loss.`` fields).
@@ -22,9 +24,7 @@ dicts of ``loss.`` fields).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,7 +43,7 @@ OFFICIAL_NMS_THRESH = 0.5  # the RPN NMS threshold NMS-Loss simulates in the off
 
 @dataclass
 class NmsLossConfig:
-    """NMS-Loss (Luo et al., ICMR 2021); see ``pedcrowd.losses.nms``.
+    """NMS-Loss (Luo et al., ICMR 2021); see ``pedcrowd.losses.nms_loss``.
 
     ``stage: rpn`` is the official code's setting: the RPN's decoded proposals,
     chosen and assigned as ``RPN_NMS_Head`` does (``rpn_*`` fields). ``stage: roi``
@@ -211,6 +211,9 @@ class PisaConfig:
     # smooth-L1 beta of the box loss and of CARL (the official config's 1.0; torchvision 1/9)
     box_beta: float = field(default=1.0, metadata={"range": "> 0"})
 
+    def term_weights(self) -> dict[str, float]:
+        return {"carl": self.carl_weight}
+
 
 @dataclass
 class KlLossConfig:
@@ -221,112 +224,56 @@ class KlLossConfig:
     beta: float = field(default=1.0, metadata={"range": "> 0"})
 
 
-# ----------------------------------------------------------------------------- registry
+# ----------------------------------------------------------------------------- choices
 
-
-@dataclass(frozen=True)
-class TermSpec:
-    """One registered training term or sampler.
-
-    Attributes:
-        role: ``cls`` / ``box`` replace a stage's classification / box loss;
-            ``extra`` terms are added; ``sampler`` picks the RoI head's samples.
-        impl: ``"module:function"`` of the implementation (loaded on first use), or
-            the function itself (a term registered at run time by a user).
-        stages: where it may run.
-        options: the dataclass of its ``loss.<name>`` section, or None.
-        box_impl: a ``cls`` term that is also a ``box`` term under the same name
-            (``ghm``: GHM-C and GHM-R) names its box implementation here.
-        rows_impl: a ``cls`` term's unweighted per-row loss ``fn(s, rows, options) -> [S]``
-            (what PISA's ISR-P keeps the sum of), or None.
-    """
-
-    role: Role
-    impl: str | Callable[..., Any]
-    stages: tuple[Stage, ...] = ("roi",)
-    options: type | None = None
-    box_impl: str | None = None
-    rows_impl: str | None = None
-
-    def has_role(self, role: str) -> bool:
-        return role == self.role or (role == "box" and self.box_impl is not None)
-
-    def load(self, role: str | None = None) -> Callable[..., Any]:
-        impl = self.box_impl if role == "box" and self.box_impl is not None else self.impl
-        if role == "rows":
-            impl = self.rows_impl
-        if impl is None or callable(impl):
-            return impl
-        module, _, name = impl.partition(":")
-        return getattr(importlib.import_module(module), name)
-
-
-# name -> spec. One line per technique.
-TERMS: dict[str, TermSpec] = {
-    "ce": TermSpec("cls", "pedcrowd.losses.standard:cross_entropy_term",
-                   rows_impl="pedcrowd.losses.standard:cross_entropy_rows"),
-    "bce": TermSpec("cls", "pedcrowd.losses.standard:binary_cross_entropy_term", ("rpn",)),
-    "smooth_l1": TermSpec("box", "pedcrowd.losses.standard:smooth_l1_term", ("rpn", "roi")),
-    "random": TermSpec("sampler", "pedcrowd.losses.standard:random_sampler"),
-    "nms": TermSpec("extra", "pedcrowd.losses.nms:nms_terms", ("roi", "rpn"), NmsLossConfig),
-    "rep": TermSpec("extra", "pedcrowd.losses.repulsion:rep_terms", ("roi",), RepLossConfig),
-    "focal": TermSpec("cls", "pedcrowd.losses.focal:focal_term", ("roi", "rpn"), FocalConfig,
-                      rows_impl="pedcrowd.losses.focal:focal_rows"),
-    "ghm": TermSpec("cls", "pedcrowd.losses.ghm:ghmc_term", ("roi",), GhmConfig,
-                    box_impl="pedcrowd.losses.ghm:ghmr_term"),
-    "qfl": TermSpec("cls", "pedcrowd.losses.qfl:qfl_term", ("roi",), QflConfig,
-                    rows_impl="pedcrowd.losses.qfl:qfl_rows"),
-    "ohem": TermSpec("sampler", "pedcrowd.losses.ohem:OhemSampler", ("roi",), OhemConfig),
-    "pisa": TermSpec("sampler", "pedcrowd.losses.pisa:PisaSampler", ("roi",), PisaConfig),
-    "kl": TermSpec("box", "pedcrowd.losses.kl:kl_term", ("roi",), KlLossConfig),
+# key of LossConfig -> (role, stage, the registered terms it may name, in registry order).
+# The terms themselves are :data:`pedcrowd.losses.registry.TERMS` (torch); a test checks
+# that the two agree.
+TERM_CHOICES: dict[str, tuple[Role, Stage, tuple[str, ...]]] = {
+    "cls": ("cls", "roi", ("ce", "focal", "ghm", "qfl")),
+    "box": ("box", "roi", ("smooth_l1", "ghm", "kl")),
+    "sampler": ("sampler", "roi", ("random", "ohem", "pisa")),
+    "rpn_cls": ("cls", "rpn", ("bce", "focal")),
+    "rpn_box": ("box", "rpn", ("smooth_l1",)),
 }
 
 
-def _loss_config_class() -> type:
-    """``LossConfig``: the term choices plus one options section per registered technique."""
-    fields: list[tuple[str, Any, Any]] = [
-        # RoI head classification loss: a registered "cls" term
-        ("cls", str, field(default="ce")),
-        # RoI head box loss: a registered "box" term
-        ("box", str, field(default="smooth_l1")),
-        # how the RoI head picks its training RoIs: a registered "sampler"
-        ("sampler", str, field(default="random")),
-        # the RPN's objectness and box losses
-        ("rpn_cls", str, field(default="bce")),
-        ("rpn_box", str, field(default="smooth_l1")),
-    ]
-    for name, spec in TERMS.items():
-        if spec.options is not None:
-            fields.append((name, spec.options, field(default_factory=spec.options)))
-    cls = dataclasses.make_dataclass(
-        "LossConfig", fields, namespace={"__post_init__": _check_choices}
-    )
-    cls.__module__ = __name__
-    cls.__doc__ = (
-        "Training losses of both stages: which registered term computes each, and "
-        "every technique's options (no crowd loss by default)."
-    )
-    return cls
+@dataclass
+class LossConfig:
+    """Training losses of both stages: which registered term computes each, and every
+    technique's options (no crowd loss by default).
 
+    The term keys hold plain strings (not ``Literal``): the config loader checks a
+    ``Literal`` itself, and the choices' error should name the term's role and stage.
+    """
 
-def _check_choices(self: Any) -> None:
-    for key, role, stage in (
-        ("cls", "cls", "roi"),
-        ("box", "box", "roi"),
-        ("sampler", "sampler", "roi"),
-        ("rpn_cls", "cls", "rpn"),
-        ("rpn_box", "box", "rpn"),
-    ):
-        name = getattr(self, key)
-        spec = TERMS.get(name)
-        if spec is None or not spec.has_role(role) or stage not in spec.stages:
-            known = [n for n, s in TERMS.items() if s.has_role(role) and stage in s.stages]
-            raise PedcrowdError(
-                f"loss.{key}: unknown {role} term {name!r} (choose one of: {', '.join(known)})"
-            )
+    cls: str = "ce"  # RoI head classification loss: ce | focal | ghm | qfl
+    box: str = "smooth_l1"  # RoI head box loss: smooth_l1 | ghm | kl
+    sampler: str = "random"  # how the RoI head picks its training RoIs: random | ohem | pisa
+    rpn_cls: str = "bce"  # the RPN's objectness loss: bce | focal
+    rpn_box: str = "smooth_l1"  # the RPN's box loss: smooth_l1
+    # the weights of those four losses (0 skips one); the extra terms' and the sampler's
+    # weights are in their sections (nms.lambda_pull, rep.alpha, pisa.carl_weight)
+    cls_weight: float = field(default=1.0, metadata={"range": ">= 0"})
+    box_weight: float = field(default=1.0, metadata={"range": ">= 0"})
+    rpn_cls_weight: float = field(default=1.0, metadata={"range": ">= 0"})
+    rpn_box_weight: float = field(default=1.0, metadata={"range": ">= 0"})
+    nms: NmsLossConfig = field(default_factory=NmsLossConfig)
+    rep: RepLossConfig = field(default_factory=RepLossConfig)
+    focal: FocalConfig = field(default_factory=FocalConfig)
+    ghm: GhmConfig = field(default_factory=GhmConfig)
+    qfl: QflConfig = field(default_factory=QflConfig)
+    ohem: OhemConfig = field(default_factory=OhemConfig)
+    pisa: PisaConfig = field(default_factory=PisaConfig)
+    kl: KlLossConfig = field(default_factory=KlLossConfig)
 
-
-LossConfig = _loss_config_class()
+    def __post_init__(self) -> None:
+        for key, (role, _, names) in TERM_CHOICES.items():
+            name = getattr(self, key)
+            if name not in names:
+                raise PedcrowdError(
+                    f"loss.{key}: unknown {role} term {name!r} (choose one of: {', '.join(names)})"
+                )
 
 
 # ----------------------------------------------------------------------------- presets

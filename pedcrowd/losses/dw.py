@@ -32,7 +32,7 @@ anchor points (offset 0, not the official 0.5), and the regression is
 torchvision's ``relu(conv)`` in strides, without the official per-level
 learnable ``Scale``. Background locations whose
 point lies inside an ignore box take no negative loss and do not count in its
-normaliser (see :mod:`pedcrowd.model.fcos`).
+normaliser (see :mod:`pedcrowd.losses.fcos`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss
+
+from pedcrowd.losses.fcos import ignored_points
 
 EPS = 1e-12
 POS_GAMMA, POS_GAMMA_NORM = 5.0, 3.0  # e^{5p} over e^{3p}
@@ -215,8 +217,6 @@ def dw_loss(
     Returns:
         ``loss_cls_pos``, ``loss_loc``, ``loss_cls_neg`` (scalars).
     """
-    from pedcrowd.model.fcos import ignored_points
-
     sums = [
         dw_image_terms(
             head_outputs["cls_logits"][i, :, 0], head_outputs["bbox_ctrness"][i, :, 0],

@@ -34,7 +34,7 @@ from pedcrowd.losses.standard import sampled_rows, zero_loss
 
 if TYPE_CHECKING:
     from pedcrowd.losses.config import FocalConfig
-    from pedcrowd.model.samples import StageSamples
+    from pedcrowd.losses.samples import StageSamples
 
 
 def focal_loss(

@@ -18,7 +18,7 @@ torchvision's 1/9; normalised like torchvision's box loss: summed over the
 sampled positives' four edges, divided by the number of sampled rows (the
 official ReduceMean over RoIs).
 
-Shapes: N rows (:class:`pedcrowd.model.samples.StageSamples`), P sampled positives.
+Shapes: N rows (:class:`pedcrowd.losses.samples.StageSamples`), P sampled positives.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pedcrowd.losses.standard import sampled_rows, zero_loss
 
 if TYPE_CHECKING:
     from pedcrowd.losses.config import KlLossConfig
-    from pedcrowd.model.samples import StageSamples
+    from pedcrowd.losses.samples import StageSamples
 
 
 def kl_loss(deltas: Tensor, targets: Tensor, log_var: Tensor, *, beta: float = 1.0) -> Tensor:

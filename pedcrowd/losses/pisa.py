@@ -64,7 +64,7 @@ from pedcrowd.losses.standard import RandomSampler, SamplerContext, zero_loss
 
 if TYPE_CHECKING:
     from pedcrowd.losses.config import PisaConfig
-    from pedcrowd.model.samples import StageSamples
+    from pedcrowd.losses.samples import StageSamples
 
 
 def hlr_rank(values: Tensor, groups: Tensor) -> Tensor:
@@ -302,7 +302,7 @@ class PisaSampler(RandomSampler):
                     ious, s.matched_gt[pos], pos_loss, k=opts.k, bias=opts.bias
                 ).to(weights.dtype)
         s.weights = weights  # classification only; the box loss stays unweighted (official)
-        if opts.carl_weight == 0.0:
+        if opts.carl_weight == 0.0:  # a zero weight skips the computation
             return {}
         sampled = s.sampled.sum().to(s.deltas.dtype)  # a device tensor: no host read
         box = torch.nn.functional.smooth_l1_loss(
@@ -311,4 +311,4 @@ class PisaSampler(RandomSampler):
         carl = carl_loss(
             s.scores()[pos], box, k=opts.carl_k, bias=opts.carl_bias, avg_factor=sampled
         )
-        return {"carl": opts.carl_weight * carl + zero_loss(s)}
+        return {"carl": carl + zero_loss(s)}  # weighted by the criterion (carl_weight)

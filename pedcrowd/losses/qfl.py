@@ -34,7 +34,7 @@ from pedcrowd.losses.standard import sampled_rows, zero_loss
 
 if TYPE_CHECKING:
     from pedcrowd.losses.config import QflConfig
-    from pedcrowd.model.samples import StageSamples
+    from pedcrowd.losses.samples import StageSamples
 
 
 def quality_focal_loss(logits: Tensor, quality: Tensor, *, beta: float = 2.0) -> Tensor:

@@ -26,10 +26,11 @@ import torch
 from torch import Tensor
 
 from pedcrowd.box_torch import box_area, box_iou, paired_intersection
+from pedcrowd.losses import positives
 
 if TYPE_CHECKING:
     from pedcrowd.losses.config import RepLossConfig
-    from pedcrowd.model.samples import StageSamples
+    from pedcrowd.losses.samples import StageSamples
 
 LOG_X_MAX = 1.0 - 1e-6  # -ln(1 - x) is evaluated at x <= 1 - 1e-6 (finite when IoG -> 1)
 REPBOX_EPS = 1e-6  # RepBox denominator: #overlapping pairs + eps (0 / eps = 0 without pairs)
@@ -169,12 +170,10 @@ def rep_terms(s: StageSamples, options: RepLossConfig, state: dict) -> dict[str,
     Returns:
         ``{"rep_gt": ..., "rep_box": ...}`` unweighted.
     """
-    from pedcrowd.losses.positives import image_groups, positives_of
-
     rows = s.positive & s.sampled  # [N]
-    p = positives_of(s, rows)
+    p = positives.positives_of(s, rows)
     rep_gts, rep_boxes = [], []
-    for g in image_groups(p):
+    for g in positives.image_groups(p):  # looked up per call: tests bound the group size
         rep_gt, rep_box = batched_repulsion_loss(
             g.pred_boxes, g.proposals, g.gt_index, g.gt_boxes, g.image_index,
             g.gt_image_index, g.num_images, sigma_gt=options.sigma_gt, sigma_box=options.sigma_box,

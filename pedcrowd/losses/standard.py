@@ -7,7 +7,7 @@ bit-identical to torchvision's (a test holds them to it). With ``s.weights``
 (classification) or ``s.box_weights`` (box) set (e.g. by PISA) each row's loss is
 scaled, the normaliser unchanged.
 
-Shapes: N rows of the stage (:class:`pedcrowd.model.samples.StageSamples`),
+Shapes: N rows of the stage (:class:`pedcrowd.losses.samples.StageSamples`),
 S of them sampled, P sampled positives.
 """
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from pedcrowd.model.samples import StageSamples
+    from pedcrowd.losses.samples import StageSamples
 
 BOX_BETA = 1.0 / 9.0  # torchvision's smooth-L1 beta at both stages
 
@@ -128,5 +128,3 @@ class RandomSampler:
         """
         return {}
 
-
-random_sampler = RandomSampler

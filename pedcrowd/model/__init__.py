@@ -6,31 +6,35 @@ The torch parts load on first use (PEP 562 ``__getattr__``), so that
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from pedcrowd.model.config import ModelConfig
 
 if TYPE_CHECKING:
-    from pedcrowd.model.detector import WeightsReport, build_model, install_criteria, load_weights
+    from pedcrowd.model.detector import build_model, install_criteria
     from pedcrowd.model.roi_heads import PedRoIHeads
     from pedcrowd.model.rpn import PedRegionProposalNetwork
-    from pedcrowd.model.samples import StageSamples
-
-_LAZY = {
-    "PedRegionProposalNetwork": "pedcrowd.model.rpn",
-    "PedRoIHeads": "pedcrowd.model.roi_heads",
-    "StageSamples": "pedcrowd.model.samples",
-    "WeightsReport": "pedcrowd.model.detector",
-    "build_model": "pedcrowd.model.detector",
-    "install_criteria": "pedcrowd.model.detector",
-    "load_weights": "pedcrowd.model.detector",
-}
+    from pedcrowd.model.weights import WeightsReport, load_weights
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    # plain imports, run on first use of a torch name (not at ``import pedcrowd.model``)
+    if name in ("build_model", "install_criteria"):
+        from pedcrowd.model import detector
+
+        return getattr(detector, name)
+    if name in ("WeightsReport", "load_weights"):
+        from pedcrowd.model import weights
+
+        return getattr(weights, name)
+    if name == "PedRoIHeads":
+        from pedcrowd.model.roi_heads import PedRoIHeads
+
+        return PedRoIHeads
+    if name == "PedRegionProposalNetwork":
+        from pedcrowd.model.rpn import PedRegionProposalNetwork
+
+        return PedRegionProposalNetwork
     raise AttributeError(f"module 'pedcrowd.model' has no attribute {name!r}")
 
 
@@ -38,7 +42,6 @@ __all__ = [
     "ModelConfig",
     "PedRegionProposalNetwork",
     "PedRoIHeads",
-    "StageSamples",
     "WeightsReport",
     "build_model",
     "install_criteria",

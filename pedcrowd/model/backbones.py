@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.model.pretrained import fetch_state_dict
 
 # feature levels each backbone returns (resnet: P2-P5 + max-pool P6; mobilenet: 2 stages + pool)
 NUM_LEVELS = {"resnet50_fpn": 5, "resnet18_fpn": 5, "mobilenet_v3_fpn": 3, "tiny_fpn": 3}
@@ -117,8 +118,6 @@ def load_imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
         PedcrowdError: not cached and no download possible or allowed (the message
             names the URL and where to put the file), or a file that fails the check.
     """
-    from pedcrowd.model.pretrained import fetch_state_dict
-
     imagenet_weights_path(backbone)  # tiny_fpn: the explanation
     return fetch_state_dict(_torchvision_weights(backbone), f"model.weights: imagenet ({backbone})")
 

@@ -11,8 +11,6 @@ detector state dicts load directly.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torchvision.models.detection import FasterRCNN
@@ -20,24 +18,30 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, RPNHead,
 from torchvision.ops import MultiScaleRoIAlign
 
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.losses.config import LossConfig
+from pedcrowd.losses.criterion import StageCriterion, build_criteria
 from pedcrowd.model.backbones import ROI_FEATURE_NAMES, backbone_levels, build_backbone
 from pedcrowd.model.config import ModelConfig
-from pedcrowd.model.precision import Float32AnchorGenerator
+from pedcrowd.model.fcos import build_fcos
+from pedcrowd.model.pretrained import load_coco_into
 from pedcrowd.model.roi_heads import PedRoIHeads
 from pedcrowd.model.rpn import PedRegionProposalNetwork
-from pedcrowd.model.transform import PedTransform
-from pedcrowd.safeload import load_tensor_file
+from pedcrowd.model.transform import IMAGE_MEAN, IMAGE_STD, PedTransform
+from pedcrowd.model.weights import load_weights
+from pedcrowd.precision import Float32AnchorGenerator
 
 log = logging.getLogger(__name__)
 
 NUM_CLASSES = 2  # background + pedestrian
-IMAGE_MEAN = [0.485, 0.456, 0.406]  # torchvision's ImageNet statistics, for every backbone
-IMAGE_STD = [0.229, 0.224, 0.225]
 ROI_OUTPUT_SIZE = 7
 
 
-def build_model(cfg: ModelConfig, *, load: bool = True) -> torch.nn.Module:
-    """The detector described by ``cfg``, with ``cfg.weights`` loaded.
+def build_model(
+    cfg: ModelConfig, *, loss: LossConfig | None = None, load: bool = True
+) -> torch.nn.Module:
+    """The detector described by ``cfg``, with ``cfg.weights`` loaded and the training
+    criteria of the ``loss:`` section ``loss`` (None: torchvision's own losses), built
+    once here.
 
     ``cfg.arch == "fcos"``: :func:`pedcrowd.model.fcos.build_fcos`; otherwise:
 
@@ -53,9 +57,8 @@ def build_model(cfg: ModelConfig, *, load: bool = True) -> torch.nn.Module:
         PedcrowdError: unknown backbone, anchor sizes that do not fit its levels,
             missing or unreadable weights.
     """
-    if cfg.arch == "fcos":
-        from pedcrowd.model.fcos import build_fcos
-
+    if cfg.arch == "fcos":  # its loss is model.assigner's
+        _check_no_two_stage_losses(loss, cfg)
         return build_fcos(cfg, load=load)
     if cfg.assigner not in (None, "fcos"):  # fcos: what configs of pedcrowd <= 0.1 saved
         raise PedcrowdError(
@@ -70,6 +73,7 @@ def build_model(cfg: ModelConfig, *, load: bool = True) -> torch.nn.Module:
         )
     weights = str(cfg.weights)
     backbone = build_backbone(cfg.backbone, weights, cfg.trainable_layers, load=load)
+    rpn_criterion, roi_criterion = _criteria(loss, cfg)
 
     anchor_generator = Float32AnchorGenerator(
         sizes=tuple((int(s),) for s in cfg.anchor_sizes),
@@ -113,6 +117,7 @@ def build_model(cfg: ModelConfig, *, load: bool = True) -> torch.nn.Module:
         },
         nms_thresh=cfg.rpn_nms_thresh,
         drop_ignored_positives=cfg.ignore_positives == "drop",
+        criterion=rpn_criterion,
     )
     model.roi_heads = PedRoIHeads(
         box_roi_pool,
@@ -128,13 +133,11 @@ def build_model(cfg: ModelConfig, *, load: bool = True) -> torch.nn.Module:
         detections_per_img=cfg.box_detections_per_img,
         drop_ignored_positives=cfg.ignore_positives == "drop",
         box_std_head=cfg.box_std_head,
+        criterion=roi_criterion,
     )
-    install_criteria(model, cfg)
     if not load:
         return model
     if weights == "coco":
-        from pedcrowd.model.pretrained import load_coco_into
-
         load_coco_into(model, cfg)
     elif weights not in ("none", "imagenet"):
         report = load_weights(model, weights)
@@ -142,111 +145,37 @@ def build_model(cfg: ModelConfig, *, load: bool = True) -> torch.nn.Module:
     return model
 
 
-def install_criteria(model: torch.nn.Module, cfg: ModelConfig, loss: object | None = None) -> None:
-    """Give the RPN and the RoI head the training criteria of the ``loss:`` section
-    ``loss`` (None: torchvision's own losses, no crowd loss)."""
-    from pedcrowd.losses.criterion import build_criteria
+def _criteria(loss: LossConfig | None, cfg: ModelConfig) -> tuple[StageCriterion, StageCriterion]:
+    """The RPN's and the RoI head's criteria for ``loss`` on the detector ``cfg``."""
+    return build_criteria(loss, {"box_nms_thresh": cfg.box_nms_thresh})
 
-    rpn, roi = build_criteria(loss, {"box_nms_thresh": cfg.box_nms_thresh})
+
+def install_criteria(model: torch.nn.Module, cfg: ModelConfig, loss: LossConfig | None = None) -> None:
+    """Replace the training criteria of a built detector by those of the ``loss:`` section
+    ``loss`` (None: torchvision's own losses, no crowd loss). A new model gets its
+    criteria from :func:`build_model` (``loss=``); this is for trying several loss
+    settings on one model."""
     if not hasattr(model, "roi_heads"):  # model.arch fcos: its loss is model.assigner's
-        _check_no_two_stage_losses(loss, rpn, roi, cfg.arch)
+        _check_no_two_stage_losses(loss, cfg)
         return
-    model.rpn.criterion, model.roi_heads.criterion = rpn, roi
+    model.rpn.criterion, model.roi_heads.criterion = _criteria(loss, cfg)
 
 
-def _check_no_two_stage_losses(loss: object | None, rpn, roi, arch: str) -> None:
+def _check_no_two_stage_losses(loss: LossConfig | None, cfg: ModelConfig) -> None:
     """Refuse a ``loss:`` section that changes anything of Faster R-CNN's losses (FCOS has none)."""
-    from pedcrowd.losses.config import LossConfig
-
     if loss is None:
         return
+    rpn, roi = _criteria(loss, cfg)
     default = LossConfig()
     changed = [
         f"loss.{key}={getattr(loss, key)}"
-        for key in ("cls", "box", "sampler", "rpn_cls", "rpn_box")
+        for key in ("cls", "box", "sampler", "rpn_cls", "rpn_box",
+                    "cls_weight", "box_weight", "rpn_cls_weight", "rpn_box_weight")
         if getattr(loss, key) != getattr(default, key)
     ]
     changed += [f"loss.{name}" for name in {**rpn.extras, **roi.extras}]
     if changed:
         raise PedcrowdError(
             f"loss: {', '.join(changed)} act on Faster R-CNN's RPN and RoI head; model.arch "
-            f"{arch} trains with model.assigner (leave the loss section at its defaults)"
+            f"{cfg.arch} trains with model.assigner (leave the loss section at its defaults)"
         )
-
-
-@dataclass
-class WeightsReport:
-    """What :func:`load_weights` did with each key of the file."""
-
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # in the model, not in the file
-    unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
-    mismatched: list[str] = field(default_factory=list)  # in both, different shapes (left as built)
-
-
-def load_weights(model: torch.nn.Module, path: str | Path) -> WeightsReport:
-    """Load a pedcrowd checkpoint (a dict with a ``model`` state dict) or a torchvision state dict.
-
-    Tensors whose shapes differ (e.g. a COCO detector's 91-class predictor or its
-    3-anchor RPN head) are skipped and reported, so a torchvision detector can
-    seed a pedcrowd one; every backbone tensor must be present.
-
-    Raises:
-        PedcrowdError: the file is missing or unreadable, holds objects other
-            than tensors and plain containers (refused, not run), is not a state
-            dict, loads nothing, or lacks backbone tensors.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise PedcrowdError(
-            f"model.weights: {path} is not a file (expected none, imagenet, coco or a checkpoint path)"
-        )
-    # weights_only=True: a file holding anything but tensors, containers and numbers
-    # is refused, never executed (pedcrowd's own checkpoints hold only those).
-    obj = load_tensor_file(path, "model.weights")
-    state = obj["model"] if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PedcrowdError(
-            f"model.weights: {path} holds neither a state dict nor a checkpoint with a 'model' entry"
-        )
-    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from a DDP wrapper
-
-    own = model.state_dict()
-    report = WeightsReport()
-    compatible = {}
-    for key, value in state.items():
-        if key not in own:
-            if not key.endswith("num_batches_tracked"):  # BN counter vs FrozenBatchNorm2d
-                report.unexpected.append(key)
-        elif own[key].shape != value.shape:
-            report.mismatched.append(
-                f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}"
-            )
-        else:
-            compatible[key] = value
-            report.loaded.append(key)
-    # BatchNorm's step counter is not a weight (FrozenBatchNorm2d has none)
-    report.missing = [
-        k for k in own if k not in compatible and not k.endswith("num_batches_tracked")
-    ]
-    missing_backbone = [k for k in report.missing if k.startswith("backbone.")]
-    if not compatible or missing_backbone:
-        shown = ", ".join((missing_backbone or report.missing)[:5])
-        raise PedcrowdError(
-            f"model.weights: {path} does not fit this model ({len(report.loaded)} tensors match, "
-            f"{len(report.missing)} missing, e.g. {shown}; {len(report.unexpected)} unexpected"
-            f"{', e.g. ' + ', '.join(report.unexpected[:3]) if report.unexpected else ''}); "
-            "check model.backbone"
-        )
-    model.load_state_dict(compatible, strict=False)
-    for kind in ("missing", "unexpected", "mismatched"):
-        keys = getattr(report, kind)
-        if keys:
-            log.warning(
-                "model.weights %s: %d %s tensors left as built: %s",
-                path,
-                len(keys),
-                kind,
-                ", ".join(keys[:5]),
-            )
-    return report

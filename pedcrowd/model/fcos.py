@@ -9,7 +9,8 @@ rescales ignore boxes) and its own loss, chosen by ``model.assigner``:
   ``fcos_center_sampling_radius`` strides of the GT centre and in the
   level's scale range ``[4s, 8s]`` of ``max(l, t, r, b)``), and torchvision's
   loss (sigmoid focal loss, GIoU, centre-ness BCE, each divided by the number
-  of positives). With no ignore boxes the losses equal torchvision's.
+  of positives; :mod:`pedcrowd.losses.fcos`). With no ignore boxes the losses
+  equal torchvision's.
 - ``dw``: Dual Weighting (:mod:`pedcrowd.losses.dw`).
 
 Ignore regions (one rule for both assigners): a location that is not a
@@ -38,12 +39,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.fcos import FCOSHead, FCOSRegressionHead
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.losses.dw import dw_loss
+from pedcrowd.losses.fcos import fcos_loss, fcos_match
+from pedcrowd.model.backbones import backbone_levels, build_backbone
 from pedcrowd.model.config import ModelConfig
-from pedcrowd.model.precision import Float32AnchorGenerator, at_least_float32, full_precision
-from pedcrowd.model.transform import PedTransform
+from pedcrowd.model.pretrained import load_coco_into
+from pedcrowd.model.transform import IMAGE_MEAN, IMAGE_STD, PedTransform
+from pedcrowd.model.weights import load_weights
+from pedcrowd.precision import Float32AnchorGenerator, at_least_float32, full_precision
 
 # feature strides of each backbone's levels, finest first (mobilenet_v3_fpn returns two
 # levels at stride 32, which FCOS's per-level scale ranges cannot tell apart)
@@ -61,9 +66,6 @@ def build_fcos(cfg: ModelConfig, *, load: bool = True) -> PedFCOS:
     Raises:
         PedcrowdError: a backbone FCOS cannot use, bad head settings, unreadable weights.
     """
-    from pedcrowd.model.backbones import backbone_levels, build_backbone
-    from pedcrowd.model.detector import IMAGE_MEAN, IMAGE_STD, load_weights
-
     backbone_levels(cfg.backbone)  # an unknown name: the one error of every architecture
     strides = FCOS_STRIDES.get(cfg.backbone)
     if strides is None:
@@ -111,8 +113,6 @@ def build_fcos(cfg: ModelConfig, *, load: bool = True) -> PedFCOS:
     model.dw_prior_sigma = cfg.dw_prior_sigma
     model.dw_neg_overlap = cfg.dw_neg_overlap
     if load and weights == "coco":
-        from pedcrowd.model.pretrained import load_coco_into
-
         load_coco_into(model, cfg)
     elif load and weights not in ("none", "imagenet", "coco"):
         load_weights(model, weights)
@@ -229,7 +229,7 @@ class PedFCOS(FCOS):
         num_anchors_per_level: list[int],
     ) -> dict[str, Tensor]:
         # the losses in float32 with autocast off (under autocast the head's outputs are half
-        # precision; pedcrowd.model.precision)
+        # precision; pedcrowd.precision)
         with full_precision(anchors[0].device.type):
             return self._float32_loss(
                 targets, {k: v.float() for k, v in head_outputs.items()}, anchors, num_anchors_per_level
@@ -243,8 +243,6 @@ class PedFCOS(FCOS):
         num_anchors_per_level: list[int],
     ) -> dict[str, Tensor]:
         if self.assigner == "dw":
-            from pedcrowd.losses.dw import dw_loss
-
             return dw_loss(
                 head_outputs, anchors, targets, self.box_coder,
                 prior_sigma=self.dw_prior_sigma, neg_overlap=self.dw_neg_overlap,
@@ -264,96 +262,3 @@ class PedFCOS(FCOS):
         for d in dets:
             d["labels"] = d["labels"] + 1  # the one logit is the pedestrian class
         return dets
-
-
-def points_in_boxes(points: Tensor, boxes: Tensor | None) -> Tensor:
-    """[N, 2] points x [M, 4] xyxy boxes -> [N, M] bool: strictly inside (l, t, r, b > 0)."""
-    if boxes is None or boxes.numel() == 0:
-        return torch.zeros(points.shape[0], 0, dtype=torch.bool, device=points.device)
-    boxes = boxes.reshape(-1, 4).to(points)
-    lt = points[:, None, :] - boxes[None, :, :2]
-    rb = boxes[None, :, 2:] - points[:, None, :]
-    return torch.cat([lt, rb], dim=2).min(dim=2).values > 0
-
-
-def ignored_points(anchors: Tensor, ignore_boxes: Tensor | None) -> Tensor:
-    """[N, 4] anchors -> [N] bool: the anchor's point lies inside an ignore box."""
-    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
-    return points_in_boxes(centres, ignore_boxes).any(dim=1)
-
-
-def fcos_match(
-    anchors: Tensor, gt_boxes: Tensor, num_anchors_per_level: list[int], radius: float
-) -> Tensor:
-    """FCOS's assignment of one image: [N, 4] anchors, [M, 4] GTs -> [N] GT index or -1.
-
-    A location matches a GT when its point is inside the box, within ``radius``
-    anchor sizes of the box centre (both axes), and ``max(l, t, r, b)`` lies in
-    the level's range ``(4 s, 8 s)`` (no lower bound on the finest level, no
-    upper bound on the coarsest); of several matches the smallest-area GT wins.
-    """
-    n = anchors.shape[0]
-    if gt_boxes.numel() == 0:
-        return torch.full((n,), -1, dtype=torch.int64, device=anchors.device)
-    centres = (anchors[:, :2] + anchors[:, 2:]) / 2  # [N, 2]
-    size = anchors[:, 2] - anchors[:, 0]  # [N]
-    gt_centres = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2  # [M, 2]
-    near = (centres[:, None] - gt_centres[None]).abs().amax(dim=2) < radius * size[:, None]
-    ltrb = torch.cat([centres[:, None] - gt_boxes[None, :, :2], gt_boxes[None, :, 2:] - centres[:, None]], 2)
-    low, high = size * 4, size * 8
-    low[: num_anchors_per_level[0]] = 0
-    high[n - num_anchors_per_level[-1]:] = math.inf
-    reach = ltrb.amax(dim=2)  # [N, M]
-    ok = near & (ltrb.amin(dim=2) > 0) & (reach > low[:, None]) & (reach < high[:, None])
-    area = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])  # [M]
-    cost = torch.where(ok, area[None].expand_as(ok), torch.full_like(reach, math.inf))
-    best, idx = cost.min(dim=1)
-    return torch.where(torch.isfinite(best), idx, torch.full_like(idx, -1))
-
-
-def fcos_loss(
-    head_outputs: dict[str, Tensor],
-    anchors: list[Tensor],
-    targets: list[dict[str, Tensor]],
-    matched: list[Tensor],
-    box_coder,
-) -> dict[str, Tensor]:
-    """torchvision's FCOS loss, with ignored background locations left out of the focal loss.
-
-    Args:
-        head_outputs: ``cls_logits`` [B, N, 1], ``bbox_regression`` [B, N, 4],
-            ``bbox_ctrness`` [B, N, 1].
-        anchors: per image [N, 4]; matched: per image [N] GT index or -1.
-
-    Returns:
-        ``loss_cls`` (focal, alpha 0.25, gamma 2), ``loss_giou``, ``loss_ctrness``,
-        each summed and divided by max(1, positives in the batch).
-    """
-    cls_logits = head_outputs["cls_logits"][..., 0]  # [B, N]
-    regression = head_outputs["bbox_regression"]  # [B, N, 4]
-    ctrness = head_outputs["bbox_ctrness"][..., 0]  # [B, N]
-    fg = torch.stack(matched) >= 0  # [B, N]
-    keep = torch.stack(
-        [m.ge(0) | ~ignored_points(a, t.get("ignore_boxes"))
-         for m, a, t in zip(matched, anchors, targets, strict=True)]
-    )  # [B, N]
-    gt = torch.stack([
-        t["boxes"][m.clamp(min=0)] if t["boxes"].numel() else a.new_zeros(a.shape)
-        for m, a, t in zip(matched, anchors, targets, strict=True)
-    ])  # [B, N, 4]
-    anchors_b = torch.stack(anchors)
-    num_fg = max(1, int(fg.sum()))
-    loss_cls = sigmoid_focal_loss(cls_logits[keep], fg[keep].to(cls_logits.dtype), reduction="sum")
-    pred = box_coder.decode(regression[fg], anchors_b[fg])
-    loss_giou = generalized_box_iou_loss(pred, gt[fg], reduction="sum")
-    enc = box_coder.encode(anchors_b[fg], gt[fg])  # [P, 4] l, t, r, b in anchor sizes
-    lr, tb = enc[:, [0, 2]], enc[:, [1, 3]]
-    target_ctr = torch.sqrt(
-        (lr.amin(1) / lr.amax(1)) * (tb.amin(1) / tb.amax(1))
-    )
-    loss_ctr = F.binary_cross_entropy_with_logits(ctrness[fg], target_ctr, reduction="sum")
-    return {
-        "loss_cls": loss_cls / num_fg,
-        "loss_giou": loss_giou / num_fg,
-        "loss_ctrness": loss_ctr / num_fg,
-    }

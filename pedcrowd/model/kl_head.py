@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torchvision.models.detection._utils import BoxCoder
 
-from pedcrowd.model.precision import at_least_float32
+from pedcrowd.precision import at_least_float32
 
 EDGE_WEIGHTS = (10.0, 10.0, 10.0, 10.0)
 EDGE_CLIP = 1000.0 / 16  # official BBOX_XFORM_CLIPe: at most 62.5 proposal sizes per edge
@@ -53,7 +53,7 @@ class EdgeBoxCoder(BoxCoder):
 
     def decode_single(self, rel_codes: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """Boxes [R, K * 4] from codes [R, K * 4] and proposals ``boxes`` [R, 4] (float32
-        under autocast, :mod:`pedcrowd.model.precision`)."""
+        under autocast, :mod:`pedcrowd.precision`)."""
         rel_codes = at_least_float32(rel_codes)
         boxes = boxes.to(rel_codes.dtype)
         codes = rel_codes.reshape(boxes.shape[0], -1, 4)  # [R,K,4]

@@ -45,7 +45,7 @@ import torch
 from torchvision.ops import nms
 
 from pedcrowd.model.config import PostprocessConfig
-from pedcrowd.model.precision import at_least_float32, full_precision
+from pedcrowd.precision import at_least_float32, full_precision
 
 OFFICIAL_VOTE_IOU = 0.01  # KL-Loss STD_TH for the stdiou method
 _LOG2E = 1.4426950408889634  # log2(e)
@@ -232,7 +232,7 @@ def suppress(
     Returns:
         keep [D] indices into the candidates, scores [D], boxes [D, 4], in float32 also
         under autocast (half-precision inputs are cast; the IoUs, exponentials, sort and
-        the voting product run with autocast off: :mod:`pedcrowd.model.precision`).
+        the voting product run with autocast off: :mod:`pedcrowd.precision`).
     """
     with full_precision(boxes.device.type):
         return _suppress(

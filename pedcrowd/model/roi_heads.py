@@ -15,19 +15,20 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.losses.criterion import StageCriterion, build_criteria
+from pedcrowd.losses.config import LossConfig
+from pedcrowd.losses.criterion import StageCriterion
+from pedcrowd.losses.samples import StageSamples
 from pedcrowd.losses.standard import SamplerContext
 from pedcrowd.model.config import PostprocessConfig
 from pedcrowd.model.ignore import exclude_ignored
 from pedcrowd.model.kl_head import EdgeBoxCoder, KLBoxPredictor
 from pedcrowd.model.postprocess import suppress
-from pedcrowd.model.precision import (
+from pedcrowd.precision import (
     Float32BoxCoder,
     at_least_float32,
     full_precision,
     same_autocast,
 )
-from pedcrowd.model.samples import StageSamples
 
 PEDESTRIAN = 1  # class index of the pedestrian (0 is background)
 
@@ -64,7 +65,8 @@ class PedRoIHeads(RoIHeads):
         super().__init__(*args, **kwargs)
         self.ignore_ioa_thresh = ignore_ioa_thresh
         self.drop_ignored_positives = drop_ignored_positives
-        self.criterion = criterion if criterion is not None else build_criteria()[1]
+        # None: torchvision's losses (build_model passes the criteria of its loss section)
+        self.criterion = criterion if criterion is not None else StageCriterion("roi", LossConfig())
         self.postprocess = PostprocessConfig()
         self.box_coder = Float32BoxCoder.like(self.box_coder)
         if box_std_head:  # the KL layer is drawn after every other weight: those stay the same

@@ -10,10 +10,11 @@ import torch
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
 
-from pedcrowd.losses.criterion import StageCriterion, build_criteria
+from pedcrowd.losses.config import LossConfig
+from pedcrowd.losses.criterion import StageCriterion
+from pedcrowd.losses.samples import StageSamples
 from pedcrowd.model.ignore import exclude_ignored
-from pedcrowd.model.precision import Float32BoxCoder
-from pedcrowd.model.samples import StageSamples
+from pedcrowd.precision import Float32BoxCoder
 
 
 class PedRegionProposalNetwork(RegionProposalNetwork):
@@ -39,7 +40,8 @@ class PedRegionProposalNetwork(RegionProposalNetwork):
         self.box_coder = Float32BoxCoder.like(self.box_coder)  # proposals in float32 under autocast
         self.ignore_ioa_thresh = ignore_ioa_thresh
         self.drop_ignored_positives = drop_ignored_positives
-        self.criterion = criterion if criterion is not None else build_criteria()[0]
+        # None: torchvision's losses (build_model passes the criteria of its loss section)
+        self.criterion = criterion if criterion is not None else StageCriterion("rpn", LossConfig())
 
     def assign_targets_with_ignore(
         self, anchors: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]

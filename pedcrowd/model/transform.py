@@ -14,6 +14,9 @@ from __future__ import annotations
 import torch
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
+IMAGE_MEAN = [0.485, 0.456, 0.406]  # torchvision's ImageNet statistics, for every backbone
+IMAGE_STD = [0.229, 0.224, 0.225]
+
 
 class PedTransform(GeneralizedRCNNTransform):
     """``GeneralizedRCNNTransform`` that resizes ``target["ignore_boxes"]`` with the image

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torchvision.models.detection._utils import BoxCoder
 
-from pedcrowd.model.precision import at_least_float32
+from pedcrowd.precision import at_least_float32
 
 
 @dataclass(eq=False)
@@ -107,7 +107,7 @@ class StageSamples:
     def float32(self) -> StageSamples:
         """The same batch with every half-precision tensor (logits, deltas, boxes, weights,
         extras) cast to float32, differentiably: what the criteria compute on under
-        autocast (:mod:`pedcrowd.model.precision`). ``self`` when nothing is half."""
+        autocast (:mod:`pedcrowd.precision`). ``self`` when nothing is half."""
         fields = {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extras"
         }

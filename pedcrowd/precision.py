@@ -15,7 +15,7 @@ everything after it in float32:
   coder does the same);
 * every training criterion and sampler reads its stage's samples cast to
   float32, with autocast off (:func:`full_precision`,
-  :meth:`pedcrowd.model.samples.StageSamples.float32`); the network's outputs
+  :meth:`pedcrowd.losses.samples.StageSamples.float32`); the network's outputs
   keep their half-precision rounding, the arithmetic on them is float32;
 * post-processing (score threshold, hard NMS, soft-NMS, variance voting) reads
   float32 logits, boxes and variances.

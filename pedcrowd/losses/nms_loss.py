@@ -36,11 +36,12 @@ import torch
 from torch import Tensor
 from torchvision.ops import clip_boxes_to_image, nms
 
-from pedcrowd.box_torch import box_iou, paired_iou
+from pedcrowd.box_torch import box_ioa, box_iou, paired_iou
+from pedcrowd.losses import positives
 
 if TYPE_CHECKING:
     from pedcrowd.losses.config import NmsLossConfig
-    from pedcrowd.model.samples import StageSamples
+    from pedcrowd.losses.samples import StageSamples
 
 PULL_IOU_MIN = 1e-6  # pull: IoU clamped below (official eps), so -ln(IoU) stays finite
 PUSH_IOU_MAX = 1.0 - 1e-6  # push: IoU clamped above; the official code is infinite at IoU = 1
@@ -281,11 +282,9 @@ def nms_terms(s: StageSamples, options: NmsLossConfig, state: dict) -> dict[str,
         ``{"nms_pull": ..., "nms_push": ...}`` unweighted; each image normalised by
         its own pair counts, then the mean over the images.
     """
-    from pedcrowd.losses.positives import image_groups
-
     p = rpn_candidates(s, options) if s.stage == "rpn" else roi_candidates(s, options)
     pulls, pushes = [], []
-    for g in image_groups(p):
+    for g in positives.image_groups(p):  # looked up per call: tests bound the group size
         pull, push = batched_nms_loss(
             g.pred_boxes, g.scores, g.gt_index, g.gt_boxes, g.image_index,
             g.gt_image_index, g.num_images,
@@ -300,9 +299,7 @@ def nms_terms(s: StageSamples, options: NmsLossConfig, state: dict) -> dict[str,
 
 def roi_candidates(s: StageSamples, options: NmsLossConfig):
     """The RoI head's positives NMS-Loss sees (``options.candidates``)."""
-    from pedcrowd.losses.positives import positives_of
-
-    return positives_of(s, s.positive if options.candidates == "all" else s.positive & s.sampled)
+    return positives.positives_of(s, s.positive if options.candidates == "all" else s.positive & s.sampled)
 
 
 def rpn_candidates(s: StageSamples, options: NmsLossConfig):
@@ -321,8 +318,6 @@ def rpn_candidates(s: StageSamples, options: NmsLossConfig):
     where this is the same); heights and IoUs are continuous (no +1 pixel); the
     score is the sigmoid objectness (the official RPN has a 2-class softmax).
     """
-    from pedcrowd.losses.positives import Positives
-
     scores = s.scores()  # [N] with gradient
     per_image = torch.bincount(s.image_index, minlength=s.num_images).tolist()
     gt_counts = torch.bincount(s.gt_image_index, minlength=s.num_images).tolist()
@@ -351,7 +346,7 @@ def rpn_candidates(s: StageSamples, options: NmsLossConfig):
         parts["anchor"].append(s.boxes[rows[pos]])
         parts["gt"].append(gt[pos] + g0)
         parts["img"].append(torch.full_like(gt[pos], i))  # [P] int64 (no host read of P)
-    return Positives(
+    return positives.Positives(
         pred_boxes=torch.cat(parts["box"]),
         scores=torch.cat(parts["score"]),
         proposals=torch.cat(parts["anchor"]),
@@ -379,8 +374,6 @@ def assign_by_anchor_iou(
     Returns:
         [C] int64 GT index of positives, -1 for negatives and ignored candidates.
     """
-    from pedcrowd.box_torch import box_ioa
-
     num = anchors.shape[0]
     assigned = torch.full((num,), -1, dtype=torch.long, device=anchors.device)
     if num == 0 or gt_boxes.shape[0] == 0:

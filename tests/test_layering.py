@@ -60,7 +60,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pedcrowd"
 LAYERS: tuple[tuple[str, ...], ...] = (
     # base: errors, file writing, weights-only loading, box arithmetic, config checking
     ("pedcrowd.errors", "pedcrowd.fileio", "pedcrowd.safeload", "pedcrowd.boxes",
-     "pedcrowd.box_ops"),
+     "pedcrowd.box_ops", "pedcrowd.config_check"),
     ("pedcrowd.formats",),
     ("pedcrowd.eval",),
     ("pedcrowd.losses", "pedcrowd.vis"),

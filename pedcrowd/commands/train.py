@@ -101,7 +101,8 @@ def train_command(
       pedcrowd train --set train.epochs=2 --out runs/short
       pedcrowd train -c configs/nms_ped_citypersons.yaml --loss nms
     """
-    from pedcrowd.engine.config import apply_overrides, check_config, config_source, load_config
+    from pedcrowd.config_check import check_config
+    from pedcrowd.engine.config import apply_overrides, config_source, load_config
     from pedcrowd.engine.train import train
 
     sets = list(overrides or [])

@@ -60,9 +60,9 @@ from pedcrowd.engine.checkpoint import (
     set_rng_state,
     unwrap,
 )
+from pedcrowd.config_check import check_config
 from pedcrowd.engine.config import (
     Config,
-    check_config,
     config_from_dict,
     config_to_dict,
     save_config,

@@ -181,20 +181,15 @@ def main() -> None:
                         f"(comma-separated, or all: {', '.join(OPTIONS)})")
     args = parser.parse_args()
 
-    import dataclasses
-
     from pedcrowd.data.config import build_dataset
     from pedcrowd.data.synth import ensure_synth
-    from pedcrowd.engine.config import load_config
+    from pedcrowd.engine.config import resolve_config
     from pedcrowd.engine.distributed import DistInfo
     from pedcrowd.engine.train import _install_crowd_losses, make_loader, train_one_epoch
     from pedcrowd.model import build_model
 
-    cfg = load_config(args.config, args.overrides)
-    if args.loss is not None:
-        from pedcrowd.losses import apply_loss_preset
-
-        cfg = dataclasses.replace(cfg, loss=apply_loss_preset(cfg.loss, args.loss))
+    # as `pedcrowd train` resolves its options (the --loss preset first, then each --set)
+    cfg = resolve_config(args.config, loss=args.loss, overrides=args.overrides)
     if cfg.synth is not None:
         ensure_synth(cfg.data.root, cfg.synth)
     device = torch.device(args.device)

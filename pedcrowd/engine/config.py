@@ -46,9 +46,10 @@ import yaml
 
 from pedcrowd.config_check import check_config, check_range, short_repr
 from pedcrowd.data.config import DataConfig, SynthConfig
+from pedcrowd.engine.device import parse_device
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import write_text_atomic
-from pedcrowd.losses.config import LossConfig
+from pedcrowd.losses.config import LossConfig, apply_loss_preset
 from pedcrowd.model.config import ModelConfig, PostprocessConfig
 
 
@@ -159,6 +160,57 @@ def load_config(
     cfg = apply_overrides(cfg, overrides)
     check_config(cfg, config_source(path, overrides))
     return cfg
+
+
+def resolve_config(
+    path: str | Path | Config | None = None,
+    *,
+    loss: str | None = None,
+    cls_loss: str | None = None,
+    box_loss: str | None = None,
+    sampler: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    device: str | None = None,
+) -> Config:
+    """The config ``pedcrowd train`` runs: ``path``, then the ``loss`` preset, then
+    ``loss.cls``/``loss.box``/``loss.sampler``, then each ``--set``, then the device.
+
+    Args:
+        path: a YAML file, None for the defaults (the CPU demo), or a :class:`Config`
+            already loaded (the crowd benchmark's rows start from its base config).
+        loss: a crowd-loss preset (``none``, ``nms``, ``rep``, ``nms+rep``;
+            :data:`pedcrowd.losses.config.LOSS_PRESETS`).
+        cls_loss, box_loss, sampler: ``loss.cls``, ``loss.box`` and ``loss.sampler``,
+            applied before ``overrides`` (so a ``--set`` of the same key wins).
+        overrides: ``"a.b=value"`` strings (``--set``).
+        device: ``train.device`` (``auto``, ``cpu``, ``cuda``), applied last.
+
+    The relations between values are checked once every value is set, so the
+    order of the overrides does not matter.
+    """
+    sets = list(overrides)
+    if device is not None:
+        parse_device(device)  # its own message, before anything is read
+        sets.append(f"train.device={device}")
+    for key, value in (("cls", cls_loss), ("box", box_loss), ("sampler", sampler)):
+        if value is not None:
+            sets.insert(0, f"loss.{key}={value}")  # before --set, after --loss
+    if isinstance(path, Config):
+        cfg, path = path, None
+    else:
+        cfg = load_config(path)
+    if loss is not None:
+        cfg = dataclasses.replace(cfg, loss=apply_loss_preset(cfg.loss, loss))
+    cfg = apply_overrides(cfg, sets)
+    check_config(cfg, config_source(path, sets))  # relations, once every value is set
+    return cfg
+
+
+def run_config_path(out_dir: str | Path | None) -> Path | None:
+    """The ``config.yaml`` a resumed run was configured with (``out_dir``, or the default
+    ``train.out_dir``), None when it has none."""
+    saved = Path(out_dir if out_dir is not None else Config().train.out_dir) / "config.yaml"
+    return saved if saved.is_file() else None
 
 
 MAX_YAML_NODES = 100_000  # values of a config once its aliases are expanded (the biggest has ~300)

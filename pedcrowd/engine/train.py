@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pedcrowd.config_check import check_config
 from pedcrowd.engine import distributed as ddp
 from pedcrowd.engine import rundir
 from pedcrowd.engine.checkpoint import (
@@ -60,7 +61,6 @@ from pedcrowd.engine.checkpoint import (
     set_rng_state,
     unwrap,
 )
-from pedcrowd.config_check import check_config
 from pedcrowd.engine.config import (
     Config,
     config_from_dict,

@@ -69,7 +69,8 @@ def bench_options(cfg, names: list[str], images, targets, device, steps: int, wa
     """Median step time of each option against the default, in one interleaved run."""
     import dataclasses
 
-    from pedcrowd.engine.train import _install_crowd_losses, train_one_epoch
+    from pedcrowd.engine.loop import train_one_epoch
+    from pedcrowd.engine.train import install_crowd_losses
     from pedcrowd.losses.config import set_loss_fields
     from pedcrowd.model import build_model
 
@@ -80,7 +81,7 @@ def bench_options(cfg, names: list[str], images, targets, device, steps: int, wa
         fields = {} if name == "default" else OPTIONS[name][0]
         option_cfg = dataclasses.replace(cfg, loss=set_loss_fields(cfg.loss, fields))
         model = copy.deepcopy(base)
-        _install_crowd_losses(model, option_cfg)
+        install_crowd_losses(model, option_cfg)
         model.to(device).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=cfg.optim.momentum)
         models[name] = (model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0))
@@ -122,13 +123,11 @@ def bench_options(cfg, names: list[str], images, targets, device, steps: int, wa
 
 def bench_amp(cfg, images, targets, device, steps: int, warmup: int) -> None:
     """Median step time of pedcrowd's engine step, train.amp off against on."""
-    from pedcrowd.engine.loop import amp_dtype
-    from pedcrowd.engine.train import _install_crowd_losses, train_one_epoch
-    from pedcrowd.model import build_model
+    from pedcrowd.engine.loop import amp_dtype, train_one_epoch
+    from pedcrowd.engine.train import build_training_model
 
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model)
-    _install_crowd_losses(model, cfg)
+    model = build_training_model(cfg)
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=cfg.optim.momentum)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
@@ -185,8 +184,8 @@ def main() -> None:
     from pedcrowd.data.synth import ensure_synth
     from pedcrowd.engine.config import resolve_config
     from pedcrowd.engine.distributed import DistInfo
-    from pedcrowd.engine.train import _install_crowd_losses, make_loader, train_one_epoch
-    from pedcrowd.model import build_model
+    from pedcrowd.engine.loop import make_loader, train_one_epoch
+    from pedcrowd.engine.train import build_training_model
 
     # as `pedcrowd train` resolves its options (the --loss preset first, then each --set)
     cfg = resolve_config(args.config, loss=args.loss, overrides=args.overrides)
@@ -214,8 +213,7 @@ def main() -> None:
         return
 
     torch.manual_seed(cfg.train.seed)
-    ped = build_model(cfg.model)
-    _install_crowd_losses(ped, cfg)
+    ped = build_training_model(cfg)
     plain = build_plain_torchvision(ped, cfg)
     ped.to(device).train()
     plain.to(device).train()
@@ -274,16 +272,12 @@ def main() -> None:
           f"(overhead {100 * (ped_med / plain_med - 1):+.1f} %, target <= +5 %)")
 
     if args.loader_steps > 0:
-        waits, steps = [], []
-
-        def on_step(rec):
-            waits.append(rec["data_wait_s"])
-            steps.append(rec["step_s"])
-
         loader = make_loader(dataset, bs, cfg.data.num_workers, cfg.train.seed, 0, DistInfo())
         limited = (b for _, b in zip(range(args.loader_steps), loader, strict=False))
-        train_one_epoch(ped, ped_opt, ped_sched, scaler, limited, device, 0, on_step=on_step,
-                        grad_clip=cfg.optim.grad_clip)
+        records = train_one_epoch(ped, ped_opt, ped_sched, scaler, limited, device, 0,
+                                  grad_clip=cfg.optim.grad_clip).records
+        waits = [r["data_wait_s"] for r in records]
+        steps = [r["step_s"] for r in records]
         steady = waits[1:] or waits  # the first batch includes the workers' start-up
         print(f"data wait per step ({cfg.data.num_workers} workers, {len(waits)} steps): "
               f"median {statistics.median(steady) * 1000:.1f} ms, mean {statistics.mean(steady) * 1000:.1f} ms, "

@@ -224,27 +224,18 @@ def calibrate_step_s(base, out: Path, steps: int = 6) -> float:
 
     import torch
 
-    from pedcrowd.data.config import build_dataset
-    from pedcrowd.engine import distributed as ddp
-    from pedcrowd.engine.schedule import build_optimizer, build_scheduler
-    from pedcrowd.engine.train import _install_crowd_losses, make_loader, train_one_epoch
-    from pedcrowd.model import build_model
+    from pedcrowd.engine.distributed import DistInfo
+    from pedcrowd.engine.loop import make_loader, train_one_epoch
+    from pedcrowd.engine.train import build_training
 
     cfg = row_config(base, ROW_BY_NAME["none"], seed=0, epochs=1, eval_every=1)
     device = torch.device("cpu") if cfg.train.device == "cpu" or not torch.cuda.is_available() \
         else torch.device("cuda")
-    data = build_dataset(cfg.data, "train", train=True)
-    model = build_model(cfg.model)
-    _install_crowd_losses(model, cfg)
-    model.to(device)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.schedule, max(1, len(data) // cfg.train.batch_size), 1)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    info = ddp.DistInfo()
-    loader = make_loader(data, cfg.train.batch_size, 0, 0, 0, info)
-    times: list[float] = []
-    train_one_epoch(model, optimizer, scheduler, scaler, itertools.islice(loader, steps + 1),
-                    device, 0, on_step=lambda r: times.append(r["step_s"]))
+    t = build_training(cfg, device)  # the model with its losses, optimiser, scheduler, data
+    loader = make_loader(t.train_set, cfg.train.batch_size, 0, 0, 0, DistInfo())
+    result = train_one_epoch(t.model, t.optimizer, t.scheduler, t.scaler,
+                             itertools.islice(loader, steps + 1), device, 0)
+    times = [r["step_s"] for r in result.records]
     step_s = statistics.median(times[1:] or times)
     path.write_text(json.dumps({"step_s": step_s, "steps": len(times)}) + "\n")
     return step_s

@@ -309,7 +309,7 @@ def test_a_run_whose_weights_became_infinite_fails_before_writing_them(tmp_path,
 
     from pedcrowd.data.synth import ensure_synth
     from pedcrowd.engine import train as train_module
-    from pedcrowd.engine.train import _check_trained, fit
+    from pedcrowd.engine.train import check_trained, fit
 
     real_build = train_module.build_optimizer
 
@@ -340,9 +340,9 @@ def test_a_run_whose_weights_became_infinite_fails_before_writing_them(tmp_path,
     # and the all-skipped rule on its own
     ok = torch.nn.Linear(2, 2)
     with pytest.raises(PedcrowdError, match="without a single optimisation step"):
-        _check_trained(ok, [{"finite_steps": 0}, {"finite_steps": 0}], last=True, epoch=2)
-    _check_trained(ok, [{"finite_steps": 0}, {"finite_steps": 3}], last=True, epoch=2)
-    _check_trained(ok, [{"finite_steps": 0}], last=False, epoch=1)  # an epoch more may still train
+        check_trained(ok, [{"finite_steps": 0}, {"finite_steps": 0}], last=True, epoch=2)
+    check_trained(ok, [{"finite_steps": 0}, {"finite_steps": 3}], last=True, epoch=2)
+    check_trained(ok, [{"finite_steps": 0}], last=False, epoch=1)  # an epoch more may still train
 
 
 TINY_SET = SynthConfig(train_images=3, val_images=2, height=64, width=96, seed=1)

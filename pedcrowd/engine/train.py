@@ -48,6 +48,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -197,17 +198,15 @@ def head_for_box_loss(cfg: Config) -> Config:
 
 
 class EvaluationStopped(Exception):  # noqa: N818 - what happened, not an error
-    """A signal arrived during :func:`predict`."""
+    """``should_stop`` returned True during :func:`predict`."""
 
 
 def predict(
     model: torch.nn.Module, dataset, device: torch.device, batch_size: int = 4,
-    signals: StopOnSignal | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Detections of ``model`` on every image of ``dataset`` (eval mode, no augmentation),
     through the inference loop ``pedcrowd infer`` runs too (:func:`run_detector`).
-
-    ``signals``: read after every batch; a caught signal raises :class:`EvaluationStopped`.
 
     Returns:
         image id -> (boxes [D, 4] float64 ``x, y, w, h``, scores [D]) in the
@@ -220,7 +219,7 @@ def predict(
                               batch_size=batch_size):
         for (_, target), out in batch:
             dets[int(target["image_id"])] = output_to_xywh(out)
-        if signals is not None and signals.signum is not None:
+        if should_stop is not None and should_stop():
             raise EvaluationStopped
     return dets
 
@@ -238,12 +237,12 @@ def detections_to_json(dets: dict[int, tuple[np.ndarray, np.ndarray]], records) 
 def evaluate_model(
     model: torch.nn.Module, dataset, device: torch.device, protocol: str = "citypersons",
     batch_size: int = 4, postprocess: PostprocessConfig | None = None,
-    signals: StopOnSignal | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ):
     """Detect on ``dataset`` (the val split) and score with the pedcrowd evaluator.
 
     ``postprocess`` (the config's section; None keeps the model's) is set on the
-    model first. ``signals`` is read after every batch; a caught signal raises
+    model first. ``should_stop`` is checked after every batch; True raises
     :class:`EvaluationStopped`.
 
     Returns:
@@ -251,7 +250,7 @@ def evaluate_model(
         evaluator's report (``report.results[setup].mr``).
     """
     configure_postprocess(unwrap(model), postprocess)
-    dets = predict(unwrap(model), dataset, device, batch_size=batch_size, signals=signals)
+    dets = predict(unwrap(model), dataset, device, batch_size=batch_size, should_stop=should_stop)
     report = evaluate(dataset.records, dets, protocol=protocol)
     return dets, report
 
@@ -555,7 +554,8 @@ def evaluate_epoch(run: Run, epoch: int, entry: dict[str, Any]) -> bool:
     try:
         dets, report = evaluate_model(
             t.model, t.val_set, run.device, protocol=dataset_format(run.cfg.data.format).protocol,
-            postprocess=run.cfg.postprocess, signals=None if run.info.enabled else run.signals,
+            postprocess=run.cfg.postprocess,
+            should_stop=None if run.info.enabled else (lambda: run.signals.signum is not None),
         )
     except EvaluationStopped:
         # every batch of the epoch is done: last.pt says so (a mid-epoch checkpoint at

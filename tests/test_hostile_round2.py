@@ -276,11 +276,11 @@ def test_analyze_operating_points_must_be_finite(tmp_path, point):
 
 def test_a_run_that_never_took_a_finite_step_fails(tmp_path, monkeypatch):
     """Every step's loss non-finite, fewer of them than the abort limit: not exit 0 with an untrained best.pt."""
-    import pedcrowd.model as model_package
+    import pedcrowd.engine.train as train_module
     from pedcrowd.data.synth import ensure_synth
     from pedcrowd.engine.train import fit
 
-    real_build = model_package.build_model
+    real_build = train_module.build_model
 
     def nan_in_training(cfg):  # the detector's training losses are all NaN
         model = real_build(cfg)
@@ -293,7 +293,7 @@ def test_a_run_that_never_took_a_finite_step_fails(tmp_path, monkeypatch):
         model.forward = nan_forward
         return model
 
-    monkeypatch.setattr(model_package, "build_model", nan_in_training)
+    monkeypatch.setattr(train_module, "build_model", nan_in_training)
     ensure_synth(tmp_path / "synth", TINY_SYNTH)
     cfg = apply_overrides(Config(), [*tiny_overrides(tmp_path / "synth"), "train.epochs=2",
                                      "train.eval_every=1", "train.max_nonfinite_steps=50"])

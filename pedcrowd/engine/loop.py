@@ -168,22 +168,11 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, epoch, 
 
 
 def training_steps(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    loader: Iterable,
-    device: torch.device,
-    epoch: int,
-    *,
-    iteration: int = 0,
-    amp: bool = False,
-    grad_clip: float | None = None,
-    log_every: int = 20,
-    world_size: int = 1,
-    state: EpochState | None = None,
-    max_nonfinite: int = 5,
-    signals: StopOnSignal | None = None,
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+    loader: Iterable, device: torch.device, epoch: int, *, iteration: int = 0, amp: bool = False,
+    grad_clip: float | None = None, log_every: int = 20, world_size: int = 1,
+    state: EpochState | None = None, max_nonfinite: int = 5, signals: StopOnSignal | None = None,
 ) -> Iterator[Step]:
     """The steps of one pass over ``loader``, each yielded as a :class:`Step` once done.
 
@@ -220,7 +209,7 @@ def training_steps(
         values, total, bad, stop, unscaled = _forward_backward(
             model, optimizer, scaler, images, targets, device, dtype, grad_clip, signals
         )
-        warning = None
+        warning = None  # a skipped step's; Diverged after max_nonfinite in a row
         if bad:
             warning = _skip_step(optimizer, scaler, unscaled, state, values, epoch, iteration, max_nonfinite)
         else:
@@ -233,7 +222,6 @@ def training_steps(
         # backward; its optimiser step is counted in the next step's time (steady state)
         step_time = time.perf_counter() - end
         end = time.perf_counter()
-
         state.steps += 1
         iteration += 1
         record = {

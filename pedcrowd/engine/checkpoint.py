@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pedcrowd.engine.config import config_from_dict
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import temporary_beside
+from pedcrowd.model import build_model
 from pedcrowd.safeload import first_line, load_tensor_file, to_plain
 
 
@@ -143,9 +145,6 @@ def load_for_inference(
         path_or_run_dir: a ``.pt`` checkpoint, or a run directory (its ``best.pt``,
             else ``last.pt``). The config comes from the checkpoint itself.
     """
-    from pedcrowd.engine.config import config_from_dict
-    from pedcrowd.model import build_model
-
     path = resolve_checkpoint(path_or_run_dir)
     ckpt = load_checkpoint(path)
     if "model" not in ckpt or "config" not in ckpt:

@@ -11,7 +11,9 @@ pedcrowd's own checkpoints hold only those types (RNG states as tensors and
 tuples of ints, the config as a dict). A checkpoint written by an older
 pedcrowd (numpy RNG state as an array) or by other code can be converted once,
 by someone who trusts the file, with ``pedcrowd convert-checkpoint OLD NEW
---trust`` (:func:`convert_trusted`).
+--trust`` (:func:`pedcrowd.engine.checkpoint.convert_trusted`, which writes the
+result with :func:`~pedcrowd.engine.checkpoint.save_checkpoint`; this module is
+below the engine and imports nothing from it).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def load_tensor_file(path: str | Path, what: str, map_location: Any = "cpu") -> 
             detail = re.search(r"WeightsUnpickler error: \s*(.+)", text)
             raise PedcrowdError(
                 f"{what} {path}: not a readable checkpoint (torn or not a torch file: "
-                f"{detail.group(1).strip() if detail else _first_line(text)})"
+                f"{detail.group(1).strip() if detail else first_line(text)})"
             ) from None
         name = f" ({found.group(1)})" if found.re.pattern.startswith("GLOBAL") else ""
         raise PedcrowdError(
@@ -58,11 +60,11 @@ def load_tensor_file(path: str | Path, what: str, map_location: Any = "cpu") -> 
         ) from None
     except Exception as e:  # truncated zip, empty file, a text file, ...
         raise PedcrowdError(
-            f"{what} {path}: not a readable checkpoint (torn or not a torch file: {_first_line(str(e))})"
+            f"{what} {path}: not a readable checkpoint (torn or not a torch file: {first_line(str(e))})"
         ) from None
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
     line = text.strip().splitlines()[0] if text.strip() else "empty"
     return line[:200]
 
@@ -105,33 +107,3 @@ def to_plain(obj: Any, where: str = "checkpoint") -> Any:
         f"{where}: a {type(obj).__module__}.{type(obj).__qualname__} cannot be stored safely "
         "(only tensors, containers, numbers and strings)"
     )
-
-
-def convert_trusted(old: str | Path, new: str | Path) -> dict[str, Any]:
-    """Load ``old`` with the full (unsafe) unpickler and write its plain form to ``new``.
-
-    Only for files the user trusts: loading ``old`` can run code in it. The
-    result is written atomically and read back with ``weights_only=True``.
-    Returns the converted object (a dict for checkpoints).
-    """
-    import torch
-
-    from pedcrowd.engine.checkpoint import save_checkpoint
-
-    old, new = Path(old), Path(new)
-    if not old.is_file():
-        raise PedcrowdError(f"{old}: no such checkpoint")
-    if new.is_dir():
-        raise PedcrowdError(f"{new}: is a folder; give the file name of the converted checkpoint")
-    if new.resolve() == old.resolve():
-        raise PedcrowdError(f"{new}: write the converted checkpoint to a new file, not over {old}")
-    try:
-        obj = torch.load(old, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise PedcrowdError(f"{old}: not a readable checkpoint ({_first_line(str(e))})") from None
-    plain = to_plain(obj, where=str(old))
-    if not isinstance(plain, dict):
-        raise PedcrowdError(f"{old}: holds a {type(obj).__name__}, expected a dict (checkpoint or state dict)")
-    save_checkpoint(new, **plain)
-    load_tensor_file(new, "converted checkpoint")  # proves it now loads safely
-    return plain

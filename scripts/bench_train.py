@@ -69,7 +69,8 @@ def bench_options(cfg, names: list[str], images, targets, device, steps: int, wa
     """Median step time of each option against the default, in one interleaved run."""
     import dataclasses
 
-    from pedcrowd.engine.train import _install_crowd_losses, train_one_epoch
+    from pedcrowd.engine.loop import train_one_epoch
+    from pedcrowd.engine.train import install_crowd_losses
     from pedcrowd.losses.config import set_loss_fields
     from pedcrowd.model import build_model
 
@@ -80,7 +81,7 @@ def bench_options(cfg, names: list[str], images, targets, device, steps: int, wa
         fields = {} if name == "default" else OPTIONS[name][0]
         option_cfg = dataclasses.replace(cfg, loss=set_loss_fields(cfg.loss, fields))
         model = copy.deepcopy(base)
-        _install_crowd_losses(model, option_cfg)
+        install_crowd_losses(model, option_cfg)
         model.to(device).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=cfg.optim.momentum)
         models[name] = (model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0))
@@ -122,13 +123,11 @@ def bench_options(cfg, names: list[str], images, targets, device, steps: int, wa
 
 def bench_amp(cfg, images, targets, device, steps: int, warmup: int) -> None:
     """Median step time of pedcrowd's engine step, train.amp off against on."""
-    from pedcrowd.engine.loop import amp_dtype
-    from pedcrowd.engine.train import _install_crowd_losses, train_one_epoch
-    from pedcrowd.model import build_model
+    from pedcrowd.engine.loop import amp_dtype, train_one_epoch
+    from pedcrowd.engine.train import build_training_model
 
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model)
-    _install_crowd_losses(model, cfg)
+    model = build_training_model(cfg)
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=cfg.optim.momentum)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
@@ -163,64 +162,15 @@ def bench_amp(cfg, images, targets, device, steps: int, warmup: int) -> None:
     print(f"amp speed-up: {off / on:.3f}x (target >= 1.3x on a GPU)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=None, help="YAML config (default: the CPU demo)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="config override KEY=VALUE (repeatable)")
-    parser.add_argument("--loss", default=None, help="crowd-loss preset for the pedcrowd model")
-    parser.add_argument("--steps", type=int, default=15, help="timed steps per detector")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per detector first")
-    parser.add_argument("--loader-steps", type=int, default=20,
-                        help="engine steps on the real DataLoader for the data-wait figure")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda")
-    parser.add_argument("--amp-compare", action="store_true",
-                        help="time pedcrowd's step with train.amp off and on instead")
-    parser.add_argument("--options", default=None,
-                        help="time these sample-imbalance options against the default instead "
-                        f"(comma-separated, or all: {', '.join(OPTIONS)})")
-    args = parser.parse_args()
-
-    import dataclasses
-
-    from pedcrowd.data.config import build_dataset
-    from pedcrowd.data.synth import ensure_synth
-    from pedcrowd.engine.config import load_config
-    from pedcrowd.engine.distributed import DistInfo
-    from pedcrowd.engine.train import _install_crowd_losses, make_loader, train_one_epoch
-    from pedcrowd.model import build_model
-
-    cfg = load_config(args.config, args.overrides)
-    if args.loss is not None:
-        from pedcrowd.losses import apply_loss_preset
-
-        cfg = dataclasses.replace(cfg, loss=apply_loss_preset(cfg.loss, args.loss))
-    if cfg.synth is not None:
-        ensure_synth(cfg.data.root, cfg.synth)
-    device = torch.device(args.device)
-    bs = cfg.train.batch_size
-    dataset = build_dataset(cfg.data, "train", train=True)
-    batch = [dataset[i] for i in range(bs)]
-    images = [img.to(device) for img, _ in batch]
-    targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()}
-               for _, t in batch]
-    if args.options is not None:
-        names = list(OPTIONS) if args.options == "all" else args.options.split(",")
-        unknown = [n for n in names if n not in OPTIONS]
-        if unknown:
-            parser.error(f"--options: unknown {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
-        print(f"config: {args.config or 'CPU demo'}, batch {bs}, input {cfg.model.min_size}x"
-              f"{cfg.model.max_size}, device {device}, torch threads {torch.get_num_threads()}")
-        bench_options(cfg, names, images, targets, device, args.steps, args.warmup)
-        return
-
-    if args.amp_compare:
-        bench_amp(cfg, images, targets, device, args.steps, args.warmup)
-        return
+def bench_plain(cfg, label: str, images, targets, device, steps: int, warmup: int):
+    """Median step time of pedcrowd's engine step against torchvision's reference step on the
+    same weights and batch, alternating; returns pedcrowd's model, optimiser, scheduler and
+    scaler (the loader phase goes on with them)."""
+    from pedcrowd.engine.loop import train_one_epoch
+    from pedcrowd.engine.train import build_training_model
 
     torch.manual_seed(cfg.train.seed)
-    ped = build_model(cfg.model)
-    _install_crowd_losses(ped, cfg)
+    ped = build_training_model(cfg)
     plain = build_plain_torchvision(ped, cfg)
     ped.to(device).train()
     plain.to(device).train()
@@ -257,14 +207,14 @@ def main() -> None:
         sync()
         return time.perf_counter() - t
 
-    print(f"config: {args.config or 'CPU demo'}, backbone {cfg.model.backbone}, batch {bs}, "
+    print(f"config: {label}, backbone {cfg.model.backbone}, batch {len(images)}, "
           f"input {cfg.model.min_size}x{cfg.model.max_size}, device {device}, "
           f"torch threads {torch.get_num_threads()}")
-    for i in range(args.warmup):
+    for i in range(warmup):
         time_ped(i)
         time_plain(i)
     ped_times, plain_times = [], []
-    for i in range(args.steps):
+    for i in range(steps):
         # alternate which one goes first, so that neither always follows the other
         if i % 2 == 0:
             ped_times.append(time_ped(1000 + i))
@@ -277,24 +227,80 @@ def main() -> None:
     print(f"torchvision step median {plain_med * 1000:8.1f} ms  (min {min(plain_times) * 1000:.1f})")
     print(f"ratio pedcrowd / torchvision: {ped_med / plain_med:.3f} "
           f"(overhead {100 * (ped_med / plain_med - 1):+.1f} %, target <= +5 %)")
+    return ped, ped_opt, ped_sched, scaler
 
+
+def bench_loader(cfg, dataset, ped, ped_opt, ped_sched, scaler, device, loader_steps: int) -> None:
+    """How long each engine step waits for its batch on the real DataLoader (the config's workers)."""
+    from pedcrowd.engine.distributed import DistInfo
+    from pedcrowd.engine.loop import make_loader, train_one_epoch
+
+    loader = make_loader(dataset, cfg.train.batch_size, cfg.data.num_workers, cfg.train.seed, 0,
+                         DistInfo())
+    limited = (b for _, b in zip(range(loader_steps), loader, strict=False))
+    records = train_one_epoch(ped, ped_opt, ped_sched, scaler, limited, device, 0,
+                              grad_clip=cfg.optim.grad_clip).records
+    waits = [r["data_wait_s"] for r in records]
+    steps = [r["step_s"] for r in records]
+    steady = waits[1:] or waits  # the first batch includes the workers' start-up
+    print(f"data wait per step ({cfg.data.num_workers} workers, {len(waits)} steps): "
+          f"median {statistics.median(steady) * 1000:.1f} ms, mean {statistics.mean(steady) * 1000:.1f} ms, "
+          f"first {waits[0] * 1000:.0f} ms; {100 * sum(steady) / sum(steps[1:] or steps):.1f} % "
+          f"of the step time")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=None, help="YAML config (default: the CPU demo)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="config override KEY=VALUE (repeatable)")
+    parser.add_argument("--loss", default=None, help="crowd-loss preset for the pedcrowd model")
+    parser.add_argument("--steps", type=int, default=15, help="timed steps per detector")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per detector first")
+    parser.add_argument("--loader-steps", type=int, default=20,
+                        help="engine steps on the real DataLoader for the data-wait figure")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--amp-compare", action="store_true",
+                        help="time pedcrowd's step with train.amp off and on instead")
+    parser.add_argument("--options", default=None,
+                        help="time these sample-imbalance options against the default instead "
+                        f"(comma-separated, or all: {', '.join(OPTIONS)})")
+    args = parser.parse_args()
+
+    from pedcrowd.data.config import build_dataset
+    from pedcrowd.data.synth import ensure_synth
+    from pedcrowd.engine.config import resolve_config
+
+    # as `pedcrowd train` resolves its options (the --loss preset first, then each --set)
+    cfg = resolve_config(args.config, loss=args.loss, overrides=args.overrides)
+    if cfg.synth is not None:
+        ensure_synth(cfg.data.root, cfg.synth)
+    device = torch.device(args.device)
+    bs = cfg.train.batch_size
+    dataset = build_dataset(cfg.data, "train", train=True)
+    batch = [dataset[i] for i in range(bs)]
+    images = [img.to(device) for img, _ in batch]
+    targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()}
+               for _, t in batch]
+    if args.options is not None:
+        names = list(OPTIONS) if args.options == "all" else args.options.split(",")
+        unknown = [n for n in names if n not in OPTIONS]
+        if unknown:
+            parser.error(f"--options: unknown {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
+        print(f"config: {args.config or 'CPU demo'}, batch {bs}, input {cfg.model.min_size}x"
+              f"{cfg.model.max_size}, device {device}, torch threads {torch.get_num_threads()}")
+        bench_options(cfg, names, images, targets, device, args.steps, args.warmup)
+        return
+
+    if args.amp_compare:
+        bench_amp(cfg, images, targets, device, args.steps, args.warmup)
+        return
+
+    label = args.config or "CPU demo"
+    ped, ped_opt, ped_sched, scaler = bench_plain(cfg, label, images, targets, device, args.steps,
+                                                  args.warmup)
     if args.loader_steps > 0:
-        waits, steps = [], []
-
-        def on_step(rec):
-            waits.append(rec["data_wait_s"])
-            steps.append(rec["step_s"])
-
-        loader = make_loader(dataset, bs, cfg.data.num_workers, cfg.train.seed, 0, DistInfo())
-        limited = (b for _, b in zip(range(args.loader_steps), loader, strict=False))
-        train_one_epoch(ped, ped_opt, ped_sched, scaler, limited, device, 0, on_step=on_step,
-                        grad_clip=cfg.optim.grad_clip)
-        steady = waits[1:] or waits  # the first batch includes the workers' start-up
-        print(f"data wait per step ({cfg.data.num_workers} workers, {len(waits)} steps): "
-              f"median {statistics.median(steady) * 1000:.1f} ms, mean {statistics.mean(steady) * 1000:.1f} ms, "
-              f"first {waits[0] * 1000:.0f} ms; {100 * sum(steady) / sum(steps[1:] or steps):.1f} % "
-              f"of the step time")
-
+        bench_loader(cfg, dataset, ped, ped_opt, ped_sched, scaler, device, args.loader_steps)
 
 if __name__ == "__main__":
     main()

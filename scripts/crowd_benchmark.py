@@ -33,8 +33,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
+import importlib.util
 import json
 import shutil
 import sys
@@ -42,11 +42,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pedcrowd.engine.config import apply_overrides, config_to_dict, load_config, resolve_config
+from pedcrowd.errors import PedcrowdError
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from pedcrowd.errors import PedcrowdError  # noqa: E402
-
 DEFAULT_CONFIG = REPO / "configs" / "crowd_benchmark.yaml"
 
 
@@ -117,32 +116,23 @@ ROW_BY_NAME = {r.name: r for r in ROWS}
 
 def base_config(args: argparse.Namespace):
     """The benchmark's config (data, sizes, budget-free) with ``--set`` applied."""
-    from pedcrowd.engine.config import apply_overrides, load_config
-
-    cfg = load_config(args.config)
     sets = [f"data.root={args.out / 'data'}"]
     if args.train_images is not None:
         sets.append(f"synth.train_images={args.train_images}")
     if args.val_images is not None:
         sets.append(f"synth.val_images={args.val_images}")
-    cfg = apply_overrides(cfg, [*sets, *args.set])
+    cfg = resolve_config(args.config, overrides=[*sets, *args.set])
     if cfg.synth is None:
         raise PedcrowdError(f"{args.config}: the benchmark needs a synth: section (its data)")
     return cfg
 
 
 def row_config(base, row: Row, *, seed: int, epochs: int, eval_every: int):
-    """``base`` + the row's options + seed and budget; PedcrowdError if the row is not available."""
-    from pedcrowd.engine.config import apply_overrides
-
-    cfg = base
-    if row.loss is not None:
-        from pedcrowd.losses import apply_loss_preset
-
-        cfg = dataclasses.replace(cfg, loss=apply_loss_preset(cfg.loss, row.loss))
+    """``base`` + the row's options + seed and budget, resolved as ``pedcrowd train`` resolves
+    its options; PedcrowdError if the row is not available."""
     budget = [f"train.seed={seed}", f"data.seed={seed}", f"train.epochs={epochs}",
               f"train.eval_every={eval_every}"]
-    return apply_overrides(cfg, [*row.sets, *budget])
+    return resolve_config(base, loss=row.loss, overrides=[*row.sets, *budget])
 
 
 def availability(base, row: Row) -> str | None:
@@ -156,8 +146,6 @@ def availability(base, row: Row) -> str | None:
 
 def config_digest(cfg) -> str:
     """sha256 (16 hex) of the resolved config without its run directory."""
-    from pedcrowd.engine.config import config_to_dict
-
     d = config_to_dict(cfg)
     d.get("train", {}).pop("out_dir", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -178,7 +166,6 @@ def prepare_backbone(args: argparse.Namespace, log) -> Path | None:
         return None
     if args.backbone_from == "demo":
         from pedcrowd.data.synth import ensure_synth
-        from pedcrowd.engine.config import load_config
 
         cfg = load_config(None, [f"data.root={args.out / 'pretrain_data'}"])
         ensure_synth(cfg.data.root, cfg.synth)
@@ -213,8 +200,6 @@ def with_backbone(base, path: Path | None):
     """``base`` starting from the backbone file (``model.weights``), or unchanged."""
     if path is None:
         return base
-    from pedcrowd.engine.config import apply_overrides
-
     return apply_overrides(base, [f"model.weights={path}"])
 
 
@@ -239,27 +224,18 @@ def calibrate_step_s(base, out: Path, steps: int = 6) -> float:
 
     import torch
 
-    from pedcrowd.data.config import build_dataset
-    from pedcrowd.engine import distributed as ddp
-    from pedcrowd.engine.schedule import build_optimizer, build_scheduler
-    from pedcrowd.engine.train import _install_crowd_losses, make_loader, train_one_epoch
-    from pedcrowd.model import build_model
+    from pedcrowd.engine.distributed import DistInfo
+    from pedcrowd.engine.loop import make_loader, train_one_epoch
+    from pedcrowd.engine.train import build_training
 
     cfg = row_config(base, ROW_BY_NAME["none"], seed=0, epochs=1, eval_every=1)
     device = torch.device("cpu") if cfg.train.device == "cpu" or not torch.cuda.is_available() \
         else torch.device("cuda")
-    data = build_dataset(cfg.data, "train", train=True)
-    model = build_model(cfg.model)
-    _install_crowd_losses(model, cfg)
-    model.to(device)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.schedule, max(1, len(data) // cfg.train.batch_size), 1)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    info = ddp.DistInfo()
-    loader = make_loader(data, cfg.train.batch_size, 0, 0, 0, info)
-    times: list[float] = []
-    train_one_epoch(model, optimizer, scheduler, scaler, itertools.islice(loader, steps + 1),
-                    device, 0, on_step=lambda r: times.append(r["step_s"]))
+    t = build_training(cfg, device)  # the model with its losses, optimiser, scheduler, data
+    loader = make_loader(t.train_set, cfg.train.batch_size, 0, 0, 0, DistInfo())
+    result = train_one_epoch(t.model, t.optimizer, t.scheduler, t.scaler,
+                             itertools.islice(loader, steps + 1), device, 0)
+    times = [r["step_s"] for r in result.records]
     step_s = statistics.median(times[1:] or times)
     path.write_text(json.dumps({"step_s": step_s, "steps": len(times)}) + "\n")
     return step_s
@@ -289,8 +265,6 @@ def run_training(cfg, run_dir: Path, log) -> dict:
         log(f"{run_dir}: finished with another configuration; moved to {_move_aside(run_dir)}")
     resume = False
     if (run_dir / "last.pt").is_file():
-        from pedcrowd.engine.config import load_config
-
         same = (run_dir / "config.yaml").is_file() and config_digest(
             load_config(run_dir / "config.yaml")) == digest
         if same:
@@ -317,8 +291,7 @@ def run_training(cfg, run_dir: Path, log) -> dict:
 
 def run_test_time(base_run: Path, sets: tuple[str, ...], run_dir: Path, log) -> dict:
     """Detections of ``base_run``'s weights on the val split with ``sets`` applied."""
-    from crowd_benchmark_report import detect_checkpoint
-
+    detect_checkpoint = report_module().detect_checkpoint
     base_done = json.loads((base_run / "done.json").read_text())
     digest = hashlib.sha256(json.dumps([base_done["digest"], list(sets)]).encode()).hexdigest()[:16]
     done = run_dir / "done.json"
@@ -333,6 +306,17 @@ def run_test_time(base_run: Path, sets: tuple[str, ...], run_dir: Path, log) -> 
             "images": n, "iterations": base_done["iterations"]}
     done.write_text(json.dumps(info, indent=2) + "\n")
     return info | {"reused": False}
+
+
+def report_module():
+    """``crowd_benchmark_report.py`` beside this file (scripts/ is a folder, not a package)."""
+    name = "crowd_benchmark_report"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def log(msg: str) -> None:
@@ -572,9 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [r for r in rows if r.name in results]
         runs_s = time.perf_counter() - t_runs
 
-        from crowd_benchmark_report import write_report
-
-        write_report(args, base, rows, unavailable, results, budget={
+        report_module().write_report(args, base, rows, unavailable, results, budget={
             "epochs": epochs, "iters_per_epoch": ipe, "asked_steps": target,
             "calibrated_step_s": step_s, "eval_every": eval_every,
             # each run's own training time (a reused run counts the time it took when it ran)

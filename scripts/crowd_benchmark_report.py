@@ -324,11 +324,9 @@ def _jsonable(x):
     return str(x)
 
 
-def render_markdown(args, rep: dict, rows, cmp_md: str, images: dict) -> str:
-    """The text of docs/RESULTS.md from the report dict."""
+def _overview_lines(args, rep: dict, rows) -> list[str]:
+    """The title, the note and reading, how the numbers were made, and the data."""
     b = rep["budget"]
-    rel = {k: Path(v).resolve().relative_to(args.results.parent.resolve()).as_posix()
-           for k, v in images.items()}
     seeds = rep["seeds"]
     L = ["# Crowd benchmark results", ""]
     if args.note:
@@ -371,6 +369,12 @@ def render_markdown(args, rep: dict, rows, cmp_md: str, images: dict) -> str:
         ("background-only images (no annotation)", rep["background_images"]),
     ]:
         L.append(f"| {name} | {value} |")
+    return L
+
+
+def _technique_table_lines(args, rep: dict, rows) -> list[str]:
+    """The MR^-2 table: every row's seed mean, delta to the baseline and its interval."""
+    L: list[str] = []
     L += ["", "## MR⁻² per technique (mean over seeds)", "",
           "MR⁻² in %, lower is better. Δ: seed mean minus the baseline's seed mean, with its paired "
           "95 % bootstrap interval over val images; sd: seed-to-seed standard deviation. "
@@ -404,6 +408,12 @@ def render_markdown(args, rep: dict, rows, cmp_md: str, images: dict) -> str:
         L += ["", "Not in the table (options not on this checkout, or the run failed; nothing is "
               "faked):", ""]
         L += [f"- `{n}`: {why}" for n, why in rep["unavailable"].items()]
+    return L
+
+
+def _row_reading_lines(args, rep: dict, rows) -> list[str]:
+    """One line per row: its delta and verdict per setup."""
+    L: list[str] = []
     L += ["", "## Reading, row by row", ""]
     for r in rows:
         row = rep["rows"][r.name]
@@ -422,6 +432,12 @@ def render_markdown(args, rep: dict, rows, cmp_md: str, images: dict) -> str:
             width = f", could show effects beyond ±{_pct((ci[1] - ci[0]) / 2, digits=1)} pp" if ci else ""
             parts.append(f"{s} Δ {_pct(st['delta'], True)} pp: **{st['verdict']}**{width}")
         L.append(f"- `{r.name}` ({r.note}): " + "; ".join(parts) + ".")
+    return L
+
+
+def _background_lines(args, rep: dict, rows) -> list[str]:
+    """False positives on background-only images under each background policy."""
+    L: list[str] = []
     L += ["", "## Background images", "",
           f"False positives (score ≥ {BG_SCORE}) per background-only val image "
           f"({rep['background_images']} such images) and MR⁻² Reasonable, with `data.background` "
@@ -437,6 +453,12 @@ def render_markdown(args, rep: dict, rows, cmp_md: str, images: dict) -> str:
                 f"{_pct(st['delta'], True)} [{_pct(ci[0], True, 1)}, {_pct(ci[1], True, 1)}]" if ci
                 else _pct(st["delta"], True))
             L.append(f"| {label} | {fp} | {_pct(st.get('mean'))} | {delta} |")
+    return L
+
+
+def _resolution_lines(args, rep: dict, rows) -> list[str]:
+    """How large an effect the paired intervals can resolve, and the images that would need."""
+    L: list[str] = []
     L += ["", "## What this benchmark can resolve", ""]
     for s, v in rep["resolvable"].items():
         if v is None:
@@ -452,6 +474,12 @@ def render_markdown(args, rep: dict, rows, cmp_md: str, images: dict) -> str:
                  f"effect); {100 * v['target']:.0f} pp needs about {v['images_needed']} val images "
                  "(half-width ∝ 1/√images, at these detectors' MR⁻²), and more seeds when the "
                  "seed spread is larger than the interval.")
+    return L
+
+
+def _timing_lines(args, rep: dict, rows) -> list[str]:
+    """Training step and inference time per row against the baseline's."""
+    L: list[str] = []
     L += ["", "## Timing", "",
           "Train step: median `step_s` of the logged steps (seed mean); inference: the best of two "
           f"passes over {args.time_images} val images, batch 4, CPU. The machine is shared, so both "
@@ -466,6 +494,12 @@ def render_markdown(args, rep: dict, rows, cmp_md: str, images: dict) -> str:
         rstep = f"{t['step_s'] / base_step:.2f}x" if t["step_s"] and base_step else "—"
         L.append(f"| `{r.name}` | {'yes' if r.training_only else 'no'} | {step} | {rstep} | "
                  f"{t['infer_ms_per_image']:.1f} | {t['infer_ms_per_image'] / base_inf:.2f}x |")
+    return L
+
+
+def _analyze_lines(args, rep: dict, rows) -> list[str]:
+    """The pedcrowd analyze table (NMS-caused misses, kept duplicates)."""
+    L: list[str] = []
     L += ["", "## `pedcrowd analyze` (seed 0, Reasonable, at FPPI 0.1)", ""]
     an = [(r.name, rep["rows"][r.name]["analyze"]) for r in rows]
     if not any(a.get("available") for _, a in an):
@@ -484,6 +518,17 @@ def render_markdown(args, rep: dict, rows, cmp_md: str, images: dict) -> str:
                     L.append(f"| `{name}` | see runs/{name}/seed0/analyze.json |||||||")
             else:
                 L.append(f"| `{name}` | not analysed: {a.get('error', 'unavailable')} |||||||")
+    return L
+
+
+def render_markdown(args, rep: dict, rows, cmp_md: str, images: dict) -> str:
+    """The text of docs/RESULTS.md from the report dict."""
+    rel = {k: Path(v).resolve().relative_to(args.results.parent.resolve()).as_posix()
+           for k, v in images.items()}
+    L: list[str] = []
+    for section in (_overview_lines, _technique_table_lines, _row_reading_lines, _background_lines,
+                    _resolution_lines, _timing_lines, _analyze_lines):
+        L += section(args, rep, rows)
     L += ["", "## `pedcrowd compare`, seed 0 of every row", "", cmp_md,
           f"![MR-FPPI, seed 0]({rel['fppi']})", "",
           f"Training curves (`pedcrowd compare --curves`, seed 0): ![curves]({rel['curves']})", ""]

@@ -183,7 +183,7 @@ def time_inference(model, images, device, amp: bool, iters: int) -> float:
 def run_checks(dry_run: bool, warmup: int, iters: int, techniques: list[str]) -> dict:
 
     from pedcrowd.engine.loop import amp_dtype
-    from pedcrowd.engine.train import _install_crowd_losses
+    from pedcrowd.engine.train import install_crowd_losses
     from pedcrowd.model import build_model
     from pedcrowd.model.plain import build_plain_torchvision
 
@@ -207,7 +207,7 @@ def run_checks(dry_run: bool, warmup: int, iters: int, techniques: list[str]) ->
                 model = build_model(tcfg.model)
             else:
                 model = copy.deepcopy(base)
-            _install_crowd_losses(model, tcfg)
+            install_crowd_losses(model, tcfg)
             model.to(device).train()
             _peak_reset(device)
             step = statistics.median(time_pedcrowd(model, tcfg, batch, device, amp, warmup, iters))
@@ -239,8 +239,7 @@ def ddp_step(dry_run: bool) -> None:
 
     from pedcrowd.engine import distributed as ddp
     from pedcrowd.engine.loop import train_one_epoch
-    from pedcrowd.engine.train import _install_crowd_losses, _max_over_ranks
-    from pedcrowd.model import build_model
+    from pedcrowd.engine.train import build_training_model
 
     cfg, height, width, device = _settings(dry_run)
     if dry_run:
@@ -253,18 +252,16 @@ def ddp_step(dry_run: bool) -> None:
             torch.cuda.set_device(device)
         dist.init_process_group(backend=ddp.backend_for(device), init_method="env://")
     try:
-        model = build_model(cfg.model)
-        _install_crowd_losses(model, cfg)
+        model = build_training_model(cfg)
         model = torch.nn.parallel.DistributedDataParallel(
             model.to(device), device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=False,
         )
         opt = torch.optim.SGD(model.parameters(), lr=0.001)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
-        records = []
-        train_one_epoch(model, opt, sched, torch.amp.GradScaler(device.type, enabled=False),
-                        [synthetic_batch(height, width, device)], device, 0,
-                        reduce_flags=_max_over_ranks(info), on_step=records.append)
+        # under the process group the step reduces its flags over the ranks itself
+        records = train_one_epoch(model, opt, sched, torch.amp.GradScaler(device.type, enabled=False),
+                                  [synthetic_batch(height, width, device)], device, 0).records
         print("DDP_RESULT " + json.dumps({
             "backend": str(dist.get_backend()) if dist.is_initialized() else "none",
             "world_size": info.world_size, "loss": records[0]["loss"],

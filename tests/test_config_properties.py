@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from pedcrowd.cli import app
-from pedcrowd.engine.config import _RANGE, Config, check_config, load_config
+from pedcrowd.config_check import RANGE_SPEC, check_config
+from pedcrowd.engine.config import Config, load_config
 from pedcrowd.errors import PedcrowdError
 
 # Fields without a declared range and why (none: loss.focal.alpha declares "[0, 1] or -1").
@@ -94,7 +95,7 @@ def _outside(spec: str, kind: type) -> st.SearchStrategy:
 
 
 def _outside_one(spec: str, kind: type) -> st.SearchStrategy:
-    m = _RANGE.match(spec)
+    m = RANGE_SPEC.match(spec)
     assert m is not None
     if m["op"]:
         bound = float(m["bound"])

@@ -134,11 +134,9 @@ def host_reads(monkeypatch):
 def _train(model, steps: int, **kwargs):
     opt = torch.optim.SGD(model.parameters(), lr=0.001)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
-    records = []
-    train_one_epoch(model, opt, sched, torch.amp.GradScaler("cpu", enabled=False),
-                    [batch()] * steps, torch.device("cpu"), 0, grad_clip=10.0,
-                    on_step=records.append, **kwargs)
-    return records
+    return train_one_epoch(model, opt, sched, torch.amp.GradScaler("cpu", enabled=False),
+                           [batch()] * steps, torch.device("cpu"), 0, grad_clip=10.0,
+                           **kwargs).records
 
 
 # technique -> pedcrowd's reads per step besides the loop's one: the pairwise crowd losses
@@ -162,30 +160,40 @@ def test_a_training_step_reads_the_host_once(name, host_reads):
     assert ours == want
 
 
-def test_flags_are_reduced_once_per_step_with_the_stop_flag():
+class _Signals:
+    """A StopOnSignal whose ``signum`` is read from ``stops``, one value per read."""
+
+    def __init__(self, stops):
+        self.stops = iter(stops)
+
+    @property
+    def signum(self):
+        return 15 if next(self.stops) else None
+
+
+def test_flags_are_reduced_once_per_step_with_the_stop_flag(monkeypatch):
     calls = []
 
     def reduce_flags(flags):
         calls.append(flags.clone())
         return flags
 
-    stops = iter([False, True, False])
-    records = _train(model_for("default"), steps=3, reduce_flags=reduce_flags,
-                     should_stop=lambda: next(stops))
+    monkeypatch.setattr(loop, "max_over_ranks", reduce_flags)
+    records = _train(model_for("default"), steps=3, signals=_Signals([False, True, False]))
     assert len(records) == 2  # stopped after the second step
     assert [c.tolist() for c in calls] == [[0.0, 0.0], [0.0, 1.0]]
 
 
-def test_another_rank_nonfinite_flag_skips_the_step_here():
+def test_another_rank_nonfinite_flag_skips_the_step_here(monkeypatch):
     model = model_for("default")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    warnings = []
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
-    records = []
-    train_one_epoch(model, opt, sched, torch.amp.GradScaler("cpu", enabled=False), [batch()],
-                    torch.device("cpu"), 0, on_step=records.append, warn=warnings.append,
-                    reduce_flags=lambda flags: flags.copy_(torch.tensor([1.0, 0.0])))  # [bad, stop]
+    # [bad, stop]
+    monkeypatch.setattr(loop, "max_over_ranks", lambda flags: flags.copy_(torch.tensor([1.0, 0.0])))
+    result = train_one_epoch(model, opt, sched, torch.amp.GradScaler("cpu", enabled=False), [batch()],
+                             torch.device("cpu"), 0)
+    records, warnings = result.records, result.warnings
     assert records[0]["skipped"] and len(warnings) == 1
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -218,9 +226,7 @@ def test_grad_scaler_skips_the_step_of_an_infinite_gradient_and_lowers_the_scale
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1000)
     inf_grad = ([torch.zeros(3, 2, 2)], [{}])
     plain = ([torch.ones(3, 2, 2)], [{}])
-    records = []
-    train_one_epoch(model, opt, sched, scaler, [inf_grad], torch.device("cpu"), 0,
-                    on_step=records.append)
+    records = train_one_epoch(model, opt, sched, scaler, [inf_grad], torch.device("cpu"), 0).records
     assert torch.equal(model.w.detach(), torch.zeros(3))  # the scaler skipped the update
     assert scaler.get_scale() == 512.0  # and halved the scale
     assert records[0]["loss_a"] == 3.0 and not records[0]["skipped"]  # the loss was finite
@@ -238,9 +244,8 @@ def test_grad_scaler_with_clipping_and_a_nonfinite_loss_keeps_working():
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1000)
     nan_loss = ([torch.full((3, 2, 2), float("nan"))], [{}])
     plain = ([torch.ones(3, 2, 2)], [{}])
-    records = []
-    train_one_epoch(model, opt, sched, scaler, [nan_loss, plain], torch.device("cpu"), 0,
-                    grad_clip=100.0, on_step=records.append)
+    records = train_one_epoch(model, opt, sched, scaler, [nan_loss, plain], torch.device("cpu"), 0,
+                              grad_clip=100.0).records
     assert [r["skipped"] for r in records] == [True, False]
     assert torch.allclose(model.w.detach(), torch.full((3,), 0.2))
     # without clipping too: unscale_ must run before the gradients are cleared, or the
@@ -250,9 +255,8 @@ def test_grad_scaler_with_clipping_and_a_nonfinite_loss_keeps_working():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1000)
-    records = []
-    train_one_epoch(model, opt, sched, scaler, [nan_loss, plain], torch.device("cpu"), 0,
-                    on_step=records.append)
+    records = train_one_epoch(model, opt, sched, scaler, [nan_loss, plain], torch.device("cpu"),
+                              0).records
     assert [r["skipped"] for r in records] == [True, False]
     assert scaler.get_scale() == 1024.0
     assert torch.allclose(model.w.detach(), torch.full((3,), 0.2))
@@ -380,9 +384,9 @@ def test_fit_with_train_amp_on_the_cpu(tmp_path, monkeypatch, has_bf16):
         def warning(self, message):
             self.messages.append(message)
 
-    from pedcrowd.model import detector
+    from pedcrowd.engine import train as train_module
 
-    real_build = detector.build_model
+    real_build = train_module.build_model
 
     def build_and_watch(mcfg):
         model = real_build(mcfg)
@@ -390,7 +394,7 @@ def test_fit_with_train_amp_on_the_cpu(tmp_path, monkeypatch, has_bf16):
         first.register_forward_hook(lambda m, i, o: conv_dtypes.append(o.dtype) if m.training else None)
         return model
 
-    monkeypatch.setattr(detector, "build_model", build_and_watch)
+    monkeypatch.setattr(train_module, "build_model", build_and_watch)
     rep = Warnings()
     _, summary = fit(cfg, tmp_path / "run", reporter=rep)
     assert summary["iterations"] == 2 and summary["final_mr"] is not None

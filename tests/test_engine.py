@@ -19,10 +19,11 @@ from pedcrowd.engine.checkpoint import (
     save_checkpoint,
 )
 from pedcrowd.engine.config import Config, ScheduleConfig, apply_overrides
+from pedcrowd.engine.loop import train_one_epoch
 from pedcrowd.engine.metrics import read_metrics, to_jsonable
 from pedcrowd.engine.predict import predict
 from pedcrowd.engine.schedule import build_scheduler, lr_factor
-from pedcrowd.engine.train import fit, train_one_epoch
+from pedcrowd.engine.train import fit
 from pedcrowd.errors import PedcrowdError
 
 
@@ -86,8 +87,7 @@ def test_train_one_epoch_clips_the_gradient_and_logs_every_term():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     batch = ([torch.ones(3, 2, 2)], [{"boxes": torch.zeros(0, 4)}])
-    records = []
-    iteration, means = train_one_epoch(
+    result = train_one_epoch(
         model,
         opt,
         sched,
@@ -98,8 +98,8 @@ def test_train_one_epoch_clips_the_gradient_and_logs_every_term():
         iteration=7,
         grad_clip=1.0,
         log_every=1,
-        on_step=records.append,
     )
+    iteration, means, records = result.iteration, result.means, result.records
     # x = 12 (a 3 x 2 x 2 image of ones): loss_a = 1000 * 12^2 = 144000; its
     # gradient at w = 0 is 1000 * 2 * (0 - 12) = -24000 per component (norm
     # 24000 * sqrt 3); loss_b's subgradient at 0 is 0. Clipped to norm 1, lr 1:
@@ -140,13 +140,11 @@ class FlakyModel(QuadraticModel):
 def _run_flaky(model, batches, max_nonfinite):
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
-    warnings, records = [], []
     result = train_one_epoch(
         model, opt, sched, torch.amp.GradScaler("cpu", enabled=False), batches,
-        torch.device("cpu"), epoch=0, max_nonfinite=max_nonfinite, warn=warnings.append,
-        on_step=records.append,
+        torch.device("cpu"), epoch=0, max_nonfinite=max_nonfinite,
     )
-    return result, sched, warnings, records
+    return (result.iteration, result.means), sched, result.warnings, result.records
 
 
 def test_train_one_epoch_skips_nonfinite_steps_then_stops_after_n_in_a_row():
@@ -310,25 +308,23 @@ def test_a_run_failing_mid_training_closes_the_log_and_keeps_last_pt(
     import pedcrowd.engine.train as train_mod
     from pedcrowd.engine.metrics import MetricsLog
 
-    real_epoch, real_close = train_mod.train_one_epoch, MetricsLog.close
+    real_steps, real_close = train_mod.training_steps, MetricsLog.close
     epochs_run, closed = [], []
 
-    def failing_epoch(*args, on_step, **kwargs):
+    def failing_steps(*args, **kwargs):
         epochs_run.append(len(epochs_run) + 1)
+        steps = real_steps(*args, **kwargs)
         if len(epochs_run) == 1:
-            return real_epoch(*args, on_step=on_step, **kwargs)
-
-        def step_then_fail(record):
-            on_step(record)
-            raise error("loss is nan")
-
-        return real_epoch(*args, on_step=step_then_fail, **kwargs)
+            yield from steps
+            return
+        yield next(steps)  # the first step of epoch 2 is reported and logged, then it fails
+        raise error("loss is nan")
 
     def spy_close(self):
         closed.append(self.path)
         real_close(self)
 
-    monkeypatch.setattr(train_mod, "train_one_epoch", failing_epoch)
+    monkeypatch.setattr(train_mod, "training_steps", failing_steps)
     monkeypatch.setattr(MetricsLog, "close", spy_close)
     cfg = apply_overrides(tiny_cfg, ["train.epochs=2", "train.eval_every=0"])
     run = tmp_path / "run"

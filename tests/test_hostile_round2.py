@@ -276,11 +276,11 @@ def test_analyze_operating_points_must_be_finite(tmp_path, point):
 
 def test_a_run_that_never_took_a_finite_step_fails(tmp_path, monkeypatch):
     """Every step's loss non-finite, fewer of them than the abort limit: not exit 0 with an untrained best.pt."""
-    import pedcrowd.model as model_package
+    import pedcrowd.engine.train as train_module
     from pedcrowd.data.synth import ensure_synth
     from pedcrowd.engine.train import fit
 
-    real_build = model_package.build_model
+    real_build = train_module.build_model
 
     def nan_in_training(cfg):  # the detector's training losses are all NaN
         model = real_build(cfg)
@@ -293,7 +293,7 @@ def test_a_run_that_never_took_a_finite_step_fails(tmp_path, monkeypatch):
         model.forward = nan_forward
         return model
 
-    monkeypatch.setattr(model_package, "build_model", nan_in_training)
+    monkeypatch.setattr(train_module, "build_model", nan_in_training)
     ensure_synth(tmp_path / "synth", TINY_SYNTH)
     cfg = apply_overrides(Config(), [*tiny_overrides(tmp_path / "synth"), "train.epochs=2",
                                      "train.eval_every=1", "train.max_nonfinite_steps=50"])
@@ -309,7 +309,7 @@ def test_a_run_whose_weights_became_infinite_fails_before_writing_them(tmp_path,
 
     from pedcrowd.data.synth import ensure_synth
     from pedcrowd.engine import train as train_module
-    from pedcrowd.engine.train import _check_trained, fit
+    from pedcrowd.engine.train import check_trained, fit
 
     real_build = train_module.build_optimizer
 
@@ -340,9 +340,9 @@ def test_a_run_whose_weights_became_infinite_fails_before_writing_them(tmp_path,
     # and the all-skipped rule on its own
     ok = torch.nn.Linear(2, 2)
     with pytest.raises(PedcrowdError, match="without a single optimisation step"):
-        _check_trained(ok, [{"finite_steps": 0}, {"finite_steps": 0}], last=True, epoch=2)
-    _check_trained(ok, [{"finite_steps": 0}, {"finite_steps": 3}], last=True, epoch=2)
-    _check_trained(ok, [{"finite_steps": 0}], last=False, epoch=1)  # an epoch more may still train
+        check_trained(ok, [{"finite_steps": 0}, {"finite_steps": 0}], last=True, epoch=2)
+    check_trained(ok, [{"finite_steps": 0}, {"finite_steps": 3}], last=True, epoch=2)
+    check_trained(ok, [{"finite_steps": 0}], last=False, epoch=1)  # an epoch more may still train
 
 
 TINY_SET = SynthConfig(train_images=3, val_images=2, height=64, width=96, seed=1)

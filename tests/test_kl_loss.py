@@ -74,14 +74,14 @@ def test_the_kl_head_follows_the_box_loss():
     import dataclasses
 
     from pedcrowd.engine.config import Config, apply_overrides
-    from pedcrowd.engine.train import _head_for_box_loss
+    from pedcrowd.engine.train import head_for_box_loss
 
-    cfg = _head_for_box_loss(apply_overrides(Config(), ["loss.box=kl"]))  # a YAML or --set
+    cfg = head_for_box_loss(apply_overrides(Config(), ["loss.box=kl"]))  # a YAML or --set
     assert cfg.model.box_std_head
-    assert _head_for_box_loss(Config()) == Config()
+    assert head_for_box_loss(Config()) == Config()
     bad = dataclasses.replace(Config(), model=dataclasses.replace(Config().model, box_std_head=True))
     with pytest.raises(PedcrowdError, match="box_std_head: true needs loss.box: kl"):
-        _head_for_box_loss(bad)
+        head_for_box_loss(bad)
 
 
 # --------------------------------------------------------------------------- end to end

@@ -61,7 +61,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # base: errors, file writing, weights-only loading, box arithmetic, config checking,
     # float32 islands under autocast
     ("pedcrowd.errors", "pedcrowd.fileio", "pedcrowd.safeload", "pedcrowd.box_np",
-     "pedcrowd.box_torch", "pedcrowd.precision"),
+     "pedcrowd.box_torch", "pedcrowd.precision", "pedcrowd.config_check"),
     ("pedcrowd.formats",),
     ("pedcrowd.eval",),
     ("pedcrowd.losses", "pedcrowd.vis"),

@@ -111,8 +111,9 @@ def test_coco_configs_load(name):
 def test_each_training_set_is_checked_like_the_data_section():
     import dataclasses
 
+    from pedcrowd.config_check import check_config
     from pedcrowd.data.config import GtFilterConfig, TrainSetConfig
-    from pedcrowd.engine.config import Config, check_config
+    from pedcrowd.engine.config import Config
     from pedcrowd.errors import PedcrowdError
 
     def with_sets(*sets):

@@ -14,7 +14,8 @@ from test_eval_cli import small_dets, small_gt  # tests/ is on sys.path under py
 from typer.testing import CliRunner
 
 from pedcrowd.cli import app
-from pedcrowd.engine.config import Config, apply_overrides, in_range, load_config
+from pedcrowd.config_check import in_range
+from pedcrowd.engine.config import Config, apply_overrides, load_config
 from pedcrowd.errors import PedcrowdError
 
 runner = CliRunner()

@@ -39,7 +39,7 @@ def convert_command(
             f"{old}: converting unpickles the file in full, which runs any code in it; "
             "pass --trust only if you made it or trust its source"
         )
-    from pedcrowd.safeload import convert_trusted
+    from pedcrowd.engine.checkpoint import convert_trusted
 
     state = convert_trusted(old, new)
     typer.echo(f"wrote {new} ({len(state)} entries; loads with weights_only=True)")

@@ -101,32 +101,13 @@ def train_command(
       pedcrowd train --set train.epochs=2 --out runs/short
       pedcrowd train -c configs/nms_ped_citypersons.yaml --loss nms
     """
-    from pedcrowd.engine.config import apply_overrides, check_config, config_source, load_config
+    from pedcrowd.engine.config import resolve_config, run_config_path
     from pedcrowd.engine.train import train
 
-    sets = list(overrides or [])
-    if device is not None:
-        from pedcrowd.engine.device import parse_device
-
-        parse_device(device)  # fail before loading anything
-        sets.append(f"train.device={device}")
     if config is None and resume:  # continue a run as it was configured
-        from pedcrowd.engine.config import Config
-
-        saved = (out if out is not None else Path(Config().train.out_dir)) / "config.yaml"
-        config = saved if saved.is_file() else None
-    cfg = load_config(config)
-    if loss is not None:
-        import dataclasses
-
-        from pedcrowd.losses import apply_loss_preset
-
-        cfg = dataclasses.replace(cfg, loss=apply_loss_preset(cfg.loss, loss))
-    for key, value in (("cls", cls_loss), ("box", box_loss), ("sampler", sampler)):
-        if value is not None:
-            sets.insert(0, f"loss.{key}={value}")  # before --set, after --loss
-    cfg = apply_overrides(cfg, sets)
-    check_config(cfg, config_source(config, sets))  # relations, once every value is set
+        config = run_config_path(out)
+    cfg = resolve_config(config, loss=loss, cls_loss=cls_loss, box_loss=box_loss, sampler=sampler,
+                         overrides=overrides or [], device=device)
 
     from pedcrowd.engine.reporter import RichReporter
     from pedcrowd.engine.signals import Interrupted

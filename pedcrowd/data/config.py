@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from pedcrowd.config_check import check_config
 from pedcrowd.errors import PedcrowdError
 
 if TYPE_CHECKING:
@@ -47,8 +48,6 @@ class SynthConfig:
     def __post_init__(self) -> None:
         # the ranges above, for a SynthConfig built in Python or by ``pedcrowd data synth``
         # (the config loader checks them with the file and key named)
-        from pedcrowd.engine.config import check_config
-
         check_config(self, "synth")
 
     def params(self) -> dict:

@@ -10,7 +10,8 @@ then ``os.replace``, so a run killed mid-write never leaves a torn ``last.pt``.
 It holds only tensors, plain containers, numbers and strings (the numpy RNG
 key as an int64 tensor, Python's state as a tuple of ints), so it loads with
 ``torch.load(..., weights_only=True)``: :func:`load_checkpoint` refuses any
-file holding other objects instead of running them (see :mod:`pedcrowd.safeload`).
+file holding other objects instead of running them (see :mod:`pedcrowd.safeload`);
+:func:`convert_trusted` rewrites a trusted older one into this form.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from pedcrowd.engine.config import config_from_dict
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import temporary_beside
-from pedcrowd.safeload import load_tensor_file
+from pedcrowd.model import build_model
+from pedcrowd.safeload import first_line, load_tensor_file, to_plain
 
 
 def rng_state() -> dict[str, Any]:
@@ -142,9 +145,6 @@ def load_for_inference(
         path_or_run_dir: a ``.pt`` checkpoint, or a run directory (its ``best.pt``,
             else ``last.pt``). The config comes from the checkpoint itself.
     """
-    from pedcrowd.engine.config import config_from_dict
-    from pedcrowd.model import build_model
-
     path = resolve_checkpoint(path_or_run_dir)
     ckpt = load_checkpoint(path)
     if "model" not in ckpt or "config" not in ckpt:
@@ -180,3 +180,29 @@ def load_matching_state(model: torch.nn.Module, state: Any, path: str | Path) ->
             + "; ".join(parts)
         )
     model.load_state_dict(state)
+
+
+def convert_trusted(old: str | Path, new: str | Path) -> dict[str, Any]:
+    """Load ``old`` with the full (unsafe) unpickler and write its plain form to ``new``.
+
+    Only for files the user trusts: loading ``old`` can run code in it. The
+    result is written atomically and read back with ``weights_only=True``.
+    Returns the converted object (a dict for checkpoints).
+    """
+    old, new = Path(old), Path(new)
+    if not old.is_file():
+        raise PedcrowdError(f"{old}: no such checkpoint")
+    if new.is_dir():
+        raise PedcrowdError(f"{new}: is a folder; give the file name of the converted checkpoint")
+    if new.resolve() == old.resolve():
+        raise PedcrowdError(f"{new}: write the converted checkpoint to a new file, not over {old}")
+    try:
+        obj = torch.load(old, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise PedcrowdError(f"{old}: not a readable checkpoint ({first_line(str(e))})") from None
+    plain = to_plain(obj, where=str(old))
+    if not isinstance(plain, dict):
+        raise PedcrowdError(f"{old}: holds a {type(obj).__name__}, expected a dict (checkpoint or state dict)")
+    save_checkpoint(new, **plain)
+    load_tensor_file(new, "converted checkpoint")  # proves it now loads safely
+    return plain

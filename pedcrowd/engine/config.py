@@ -13,11 +13,9 @@ error, so a config never hides behind a chain (what mmdetection's ``_base_``
 chains are criticised for). ``--set a.b=value`` overrides are parsed as YAML
 scalars and type-checked like the file.
 
-Value ranges are declared on the fields themselves, as dataclass metadata:
-``lr: float = field(default=0.08, metadata={"range": "> 0"})``; the forms are
-``"> a"``, ``">= a"``, ``"< a"``, ``"<= a"`` and intervals ``"(a, b]"``,
-``"[a, b)"``, ... (``inf`` allowed), alternatives joined by ``or`` with a bare
-number for one allowed value (``"[0, 1] or -1"``). The loader checks them after the type, for
+Value ranges are declared on the fields themselves, as dataclass metadata
+(``lr: float = field(default=0.08, metadata={"range": "> 0"})``, the forms in
+:mod:`pedcrowd.config_check`). The loader checks them after the type, for
 every number of a list or tuple too, so ``box_nms_thresh: 1.5``, ``epochs: 0``
 or a NaN are one-line errors naming the file and the key. Infinity is outside
 every range that does not name ``inf`` as a bound. Every int and float field of
@@ -25,8 +23,8 @@ the tree declares a range (a test walks the tree).
 
 Relations between values (``rpn_fg_iou_thresh >= rpn_bg_iou_thresh``, an ordered
 ``scale_range``, a non-empty ``aspect_ratios``) are a section's ``validate()``
-method, raising ``ValueError``; :func:`check_config` runs them, and the ranges
-again, on the whole tree once the file and every ``--set`` are applied (so the
+method, raising ``ValueError``; :func:`~pedcrowd.config_check.check_config` runs
+them, and the ranges again, on the whole tree once the file and every ``--set`` are applied (so the
 order of ``--set`` options does not matter), and :func:`pedcrowd.engine.train.fit`
 runs it on a config built in Python.
 
@@ -38,8 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -48,10 +44,12 @@ from typing import Any, Literal
 
 import yaml
 
+from pedcrowd.config_check import check_config, check_range, short_repr
 from pedcrowd.data.config import DataConfig, SynthConfig
+from pedcrowd.engine.device import parse_device
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import write_text_atomic
-from pedcrowd.losses.config import LossConfig
+from pedcrowd.losses.config import LossConfig, apply_loss_preset
 from pedcrowd.model.config import ModelConfig, PostprocessConfig
 
 
@@ -164,6 +162,57 @@ def load_config(
     return cfg
 
 
+def resolve_config(
+    path: str | Path | Config | None = None,
+    *,
+    loss: str | None = None,
+    cls_loss: str | None = None,
+    box_loss: str | None = None,
+    sampler: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    device: str | None = None,
+) -> Config:
+    """The config ``pedcrowd train`` runs: ``path``, then the ``loss`` preset, then
+    ``loss.cls``/``loss.box``/``loss.sampler``, then each ``--set``, then the device.
+
+    Args:
+        path: a YAML file, None for the defaults (the CPU demo), or a :class:`Config`
+            already loaded (the crowd benchmark's rows start from its base config).
+        loss: a crowd-loss preset (``none``, ``nms``, ``rep``, ``nms+rep``;
+            :data:`pedcrowd.losses.config.LOSS_PRESETS`).
+        cls_loss, box_loss, sampler: ``loss.cls``, ``loss.box`` and ``loss.sampler``,
+            applied before ``overrides`` (so a ``--set`` of the same key wins).
+        overrides: ``"a.b=value"`` strings (``--set``).
+        device: ``train.device`` (``auto``, ``cpu``, ``cuda``), applied last.
+
+    The relations between values are checked once every value is set, so the
+    order of the overrides does not matter.
+    """
+    sets = list(overrides)
+    if device is not None:
+        parse_device(device)  # its own message, before anything is read
+        sets.append(f"train.device={device}")
+    for key, value in (("cls", cls_loss), ("box", box_loss), ("sampler", sampler)):
+        if value is not None:
+            sets.insert(0, f"loss.{key}={value}")  # before --set, after --loss
+    if isinstance(path, Config):
+        cfg, path = path, None
+    else:
+        cfg = load_config(path)
+    if loss is not None:
+        cfg = dataclasses.replace(cfg, loss=apply_loss_preset(cfg.loss, loss))
+    cfg = apply_overrides(cfg, sets)
+    check_config(cfg, config_source(path, sets))  # relations, once every value is set
+    return cfg
+
+
+def run_config_path(out_dir: str | Path | None) -> Path | None:
+    """The ``config.yaml`` a resumed run was configured with (``out_dir``, or the default
+    ``train.out_dir``), None when it has none."""
+    saved = Path(out_dir if out_dir is not None else Config().train.out_dir) / "config.yaml"
+    return saved if saved.is_file() else None
+
+
 MAX_YAML_NODES = 100_000  # values of a config once its aliases are expanded (the biggest has ~300)
 
 
@@ -180,7 +229,7 @@ class _StrictLoader(yaml.SafeLoader):
                 break
             if first is not None:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {_short(key)} given twice (first at line {first})",
+                    None, None, f"key {short_repr(key)} given twice (first at line {first})",
                     key_node.start_mark,
                 )
             seen[key] = key_node.start_mark.line + 1
@@ -336,7 +385,7 @@ def _check(tp: Any, value: Any, source: str, key: str) -> Any:
     args = typing.get_args(tp)
 
     def fail(expected: str) -> PedcrowdError:
-        return PedcrowdError(f"{source}: '{key}' must be {expected}, got {_short(value)}")
+        return PedcrowdError(f"{source}: '{key}' must be {expected}, got {short_repr(value)}")
 
     if tp is Any:
         return value
@@ -404,84 +453,6 @@ def _check(tp: Any, value: Any, source: str, key: str) -> Any:
             return Path(value)
         raise fail("a path")
     raise PedcrowdError(f"{source}: '{key}' has an unsupported type {tp!r} in the config schema")
-
-
-_RANGE = re.compile(
-    r"^\s*(?:(?P<op>>=|<=|>|<)\s*(?P<bound>\S+)|(?P<lo_b>[\[(])\s*(?P<lo>[^,]+),\s*(?P<hi>[^\])]+)(?P<hi_b>[\])]))\s*$"
-)
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters (a huge list must not become a huge error line)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def in_range(spec: str, value: float) -> bool:
-    """Whether ``value`` lies in the range ``spec`` (``"> 0"``, ``"(0, 1]"``, ``"[0, 1] or -1"``:
-    a bare number is that value exactly; ``or`` joins alternatives); NaN never does, and
-    infinity only when the spec names ``inf`` as a bound (``"[0, inf]"``)."""
-    return any(_in_one_range(part, value) for part in spec.split(" or "))
-
-
-def _in_one_range(spec: str, value: float) -> bool:
-    try:
-        return value == float(spec)
-    except ValueError:
-        pass
-    m = _RANGE.match(spec)
-    if m is None:
-        raise ValueError(f"bad range spec {spec!r}")
-    if not math.isfinite(value) and "inf" not in spec:
-        return False
-    if m["op"]:
-        b = float(m["bound"])
-        return {">": value > b, ">=": value >= b, "<": value < b, "<=": value <= b}[m["op"]]
-    lo, hi = float(m["lo"]), float(m["hi"])
-    above = value > lo if m["lo_b"] == "(" else value >= lo
-    below = value < hi if m["hi_b"] == ")" else value <= hi
-    return above and below
-
-
-def check_range(f: dataclasses.Field, value: Any, source: str, key: str) -> None:
-    """PedcrowdError when ``value`` (or a number inside it) is outside ``f``'s declared range."""
-    spec = f.metadata.get("range")
-    if spec is None or value is None:
-        return
-    items = value if isinstance(value, list | tuple) else [value]
-    for i, v in enumerate(items):
-        if isinstance(v, int | float) and not isinstance(v, bool) and not in_range(spec, v):
-            where = key if items is not value else f"{key}[{i}]"
-            spec = spec.strip()
-            raise PedcrowdError(
-                f"{source}: '{where}' must be {'in ' if spec[0] in '([' else ''}{spec}, got {v!r}"
-            )
-
-
-def check_config(cfg: Any, source: str = "config", prefix: str = "") -> None:
-    """Every declared range and relation of the dataclass tree ``cfg``; PedcrowdError
-    naming ``source`` and the dotted key.
-
-    The loader checks each value as it reads it; this checks the finished tree
-    (a config built in Python, ``--set`` values that only together break a relation).
-    """
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            check_config(value, source, prefix=f"{key}.")
-        elif isinstance(value, list | tuple) and any(dataclasses.is_dataclass(v) for v in value):
-            for i, item in enumerate(value):  # data.train: one section per training set
-                check_config(item, source, prefix=f"{key}[{i}].")
-        else:
-            check_range(f, value, source, key)
-    validate = getattr(cfg, "validate", None)
-    if validate is not None:
-        try:
-            validate()
-        except (ValueError, PedcrowdError) as e:
-            where = f"{prefix.rstrip('.')}: " if prefix else ""
-            raise PedcrowdError(f"{source}: {where}{e}") from None
 
 
 # ----------------------------------------------------------------------------- overrides

@@ -143,7 +143,7 @@ def load_resume_checkpoint(run_dir: Path, map_location: Any) -> tuple[dict[str, 
 
     A ``last.pt`` that is refused as unsafe is never skipped over: that error stands.
     """
-    from pedcrowd.engine.checkpoint import load_checkpoint
+    from pedcrowd.engine.checkpoint import load_checkpoint  # torch: only when one is read
 
     last, prev = run_dir / LAST, run_dir / PREV
     try:

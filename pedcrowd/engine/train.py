@@ -1,8 +1,13 @@
 """The training loop as plain functions: read top to bottom in one sitting.
 
-:func:`train` builds everything from a :class:`Config` and runs the epochs;
-:func:`train_one_epoch` is one pass over the loader; :func:`evaluate_model`
-runs the detector over the val split and scores it with :mod:`pedcrowd.eval`.
+:func:`fit` (and :func:`train`, its summary only) claims the run directory and
+runs :func:`train_epochs`: one short loop whose checkpoint, stop and evaluation
+are plain ``if``s over named functions: :func:`build_training` (model with its
+losses, optimiser, scheduler, scaler, data), :func:`resume_progress`,
+:func:`train_epoch` (the steps of :func:`~pedcrowd.engine.loop.training_steps`,
+logged, with the mid-epoch checkpoints), :func:`write_checkpoint`,
+:func:`stop_requested` and :func:`evaluate_epoch` (:func:`evaluate_model` runs the
+detector over the val split and scores it with :mod:`pedcrowd.eval`).
 
 Run directory (``pedcrowd infer``/``compare`` read it; keep the names):
 ``config.yaml`` (resolved), ``last.pt``, ``best.pt`` (best MR^-2 Reasonable),
@@ -50,6 +55,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from pedcrowd.config_check import check_config
+from pedcrowd.data.config import build_dataset
+from pedcrowd.data.synth import SynthInterrupted, set_lock
 from pedcrowd.engine import distributed as ddp
 from pedcrowd.engine import rundir
 from pedcrowd.engine.checkpoint import (
@@ -60,20 +68,15 @@ from pedcrowd.engine.checkpoint import (
     set_rng_state,
     unwrap,
 )
-from pedcrowd.engine.config import (
-    Config,
-    check_config,
-    config_from_dict,
-    config_to_dict,
-    save_config,
-)
+from pedcrowd.engine.config import Config, config_from_dict, config_to_dict, save_config
 from pedcrowd.engine.curves import write_run_curves
-from pedcrowd.engine.loop import (  # noqa: F401 - train_one_epoch, make_loader re-exported
+from pedcrowd.engine.loop import (
     Diverged,
     EpochState,
     amp_dtype,
     make_loader,
-    train_one_epoch,
+    max_over_ranks,
+    training_steps,
 )
 from pedcrowd.engine.metrics import MetricsLog, to_jsonable
 from pedcrowd.engine.predict import (
@@ -86,11 +89,18 @@ from pedcrowd.engine.reporter import Reporter
 from pedcrowd.engine.schedule import build_optimizer, build_scheduler
 from pedcrowd.engine.signals import Interrupted, StopOnSignal
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.eval import evaluate, report_to_json
 from pedcrowd.fileio import copy_file_atomic, write_text_atomic
 from pedcrowd.formats.registry import dataset_format
+from pedcrowd.losses.focal import init_classifier_priors
+from pedcrowd.model import build_model
 from pedcrowd.model.config import PostprocessConfig
+from pedcrowd.model.detector import install_criteria
 
 PRIMARY_SETUP = "Reasonable"
+
+
+# ----------------------------------------------------------------------------- building
 
 
 def seed_everything(seed: int) -> None:
@@ -100,13 +110,96 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def weights_digest(model: torch.nn.Module) -> str:
-    """sha256 of the model's parameters and buffers (equal digests = equal weights)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(unwrap(model).state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+def install_crowd_losses(model: torch.nn.Module, cfg: Config) -> None:
+    """Give an existing detector the RPN and RoI head training criteria of ``cfg.loss`` (and
+    the prior bias of a focal / QFL classifier): for trying several loss settings on one
+    model; :func:`build_training_model` builds a new model's criteria once."""
+    install_criteria(model, cfg.model, cfg.loss)
+    init_classifier_priors(model, cfg.model.weights, cfg.loss)
+
+
+def build_training_model(cfg: Config) -> torch.nn.Module:
+    """The detector of ``cfg.model`` (on the CPU) with its post-processing and the training
+    criteria of ``cfg.loss`` installed: the model every training step runs."""
+    model = build_model(cfg.model, loss=cfg.loss)
+    configure_postprocess(model, cfg.postprocess)  # fails now, not at the first evaluation
+    init_classifier_priors(model, cfg.model.weights, cfg.loss)
+    return model
+
+
+@dataclasses.dataclass
+class Training:
+    """What :func:`build_training` makes of a config: the model (under DDP its wrapper;
+    :func:`unwrap` gives the detector), optimiser, per-iteration scheduler, AMP scaler,
+    the data, and the autocast dtype ``train.amp`` means here (None: float32)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    train_set: Any
+    val_set: Any | None
+    iters_per_epoch: int
+    precision: torch.dtype | None
+
+
+def build_training(
+    cfg: Config, device: torch.device, info: ddp.DistInfo | None = None, *, evaluate: bool = False
+) -> Training:
+    """Build the model with its losses, the optimiser, scheduler and scaler, and the data.
+
+    Args:
+        device: where the model trains.
+        info: the process's place in a DDP job (None: a plain run); with several
+            processes the model is wrapped in ``DistributedDataParallel``.
+        evaluate: also build the val split (the process that evaluates).
+
+    Raises:
+        PedcrowdError: fewer training images than one batch over every process.
+    """
+    info = info if info is not None else ddp.DistInfo()
+    tcfg = cfg.train
+    train_set = build_dataset(cfg.data, "train", train=True)
+    val_set = build_dataset(cfg.data, "val", train=False) if evaluate else None
+    if len(train_set) < tcfg.batch_size * info.world_size:
+        raise PedcrowdError(
+            f"data: {len(train_set)} training images, fewer than one batch "
+            f"({tcfg.batch_size} x {info.world_size} processes)"
+        )
+    model = build_training_model(cfg)
+    model.to(device)
+    if info.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            # every technique gives every trainable parameter a gradient at every step
+            # (tests/test_precision.py, the one-step test of every technique)
+            find_unused_parameters=False,
+        )
+    iters_per_epoch = len(train_set) // (tcfg.batch_size * info.world_size)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.schedule, iters_per_epoch, tcfg.epochs)
+    precision = amp_dtype(device) if tcfg.amp else None
+    # loss scaling for float16 only (bfloat16 has float32's exponent range)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
+    return Training(model, optimizer, scheduler, scaler, train_set, val_set, iters_per_epoch, precision)
+
+
+def head_for_box_loss(cfg: Config) -> Config:
+    """``cfg`` with the box head that ``loss.box`` needs: KL-Loss trains the KL head's
+    variances, so ``loss.box: kl`` turns ``model.box_std_head`` on (and the saved config
+    records it, so the checkpoint loads with its head); a KL head without KL-Loss would
+    never train its variances, and is refused."""
+    if cfg.loss.box == "kl" and not cfg.model.box_std_head:
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, box_std_head=True))
+    if cfg.model.box_std_head and cfg.loss.box != "kl":
+        raise PedcrowdError(
+            f"model.box_std_head: true needs loss.box: kl (with loss.box: {cfg.loss.box} the "
+            "box variances would never be trained); use --box-loss kl or turn the head off"
+        )
+    return cfg
+
+
+# ----------------------------------------------------------------------------- evaluation
 
 
 def evaluate_model(
@@ -124,34 +217,46 @@ def evaluate_model(
         (detections, report): image id -> (boxes [D, 4] xywh, scores [D]), and the
         evaluator's report (``report.results[setup].mr``).
     """
-    from pedcrowd.eval import evaluate
-
     configure_postprocess(unwrap(model), postprocess)
     dets = predict(unwrap(model), dataset, device, batch_size=batch_size, should_stop=should_stop)
     report = evaluate(dataset.records, dets, protocol=protocol)
     return dets, report
 
 
-def _report_mrs(report) -> dict[str, float | None]:
-    out = {}
-    for name, res in report.results.items():
-        mr = getattr(res, "mr", None)
-        out[name] = None if mr is None or not math.isfinite(mr) else float(mr)
-    return out
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of the model's parameters and buffers (equal digests = equal weights)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(unwrap(model).state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
-def _write_json(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(to_jsonable(data)))
-
-
-def _ensure_synth_data(root: Path, synth_cfg, reporter: Reporter, should_stop: Callable[[], bool]) -> None:
-    """Generate the synthetic data set on first use, else reuse it."""
-    summary = reporter.synthesize(root, synth_cfg, should_stop)
-    if not summary.reused:
-        reporter.info(
-            f"generated {sum(summary.images.values())} synthetic images in {root} "
-            f"({summary.seconds:.0f} s, reused by later runs)"
+def check_trained(model: torch.nn.Module, history: list[dict[str, Any]], last: bool, epoch: int) -> None:
+    """Diverged when the weights hold NaN/inf after ``epoch``, or when the run is over and
+    none of its steps had a finite loss (every one was skipped: the weights are the
+    initial ones). Either would otherwise end as a normal exit with a useless checkpoint."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise Diverged(
+            f"training diverged: after epoch {epoch} the weights hold NaN or infinite values "
+            f"({bad[0]}{more}); lower optim.lr or check the data"
         )
+    if last and not any(h.get("finite_steps", 1) for h in history):  # older checkpoints: assume steps
+        raise Diverged(
+            "training ended without a single optimisation step: every step's loss was non-finite "
+            "and skipped, so the weights are the untrained ones; lower optim.lr or check the data"
+        )
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
+          reporter: Reporter | None = None) -> dict[str, Any]:
+    """Train per ``cfg`` into ``out_dir``; returns the summary (final MR^-2 per setup, ...)."""
+    return fit(cfg, out_dir, resume=resume, reporter=reporter)[1]
 
 
 def fit(
@@ -175,7 +280,7 @@ def fit(
         Interrupted: SIGTERM/SIGINT; ``last.pt`` was written first.
     """
     check_config(cfg)  # a config built in Python: the ranges and relations the loader checks
-    cfg = _head_for_box_loss(cfg)
+    cfg = head_for_box_loss(cfg)
     tcfg = cfg.train
     run_dir = Path(out_dir if out_dir is not None else tcfg.out_dir)
     device = ddp.resolve_device(tcfg.device, ddp.local_rank_from_env())
@@ -191,28 +296,13 @@ def fit(
         # the saved config names the directory it was really written to
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(tcfg, out_dir=str(run_dir)))
         rep = reporter if (reporter is not None and info.is_main) else Reporter()
-        with StopOnSignal() as stop:
-            return _run(cfg, run_dir, resume, device, info, rep, stop)
+        with StopOnSignal() as signals:
+            return _fit_in(cfg, run_dir, resume, device, info, rep, signals)
     finally:
         if lock is not None:
             lock.release()
         if owns_group:
             ddp.cleanup(info)
-
-
-def _head_for_box_loss(cfg: Config) -> Config:
-    """``cfg`` with the box head that ``loss.box`` needs: KL-Loss trains the KL head's
-    variances, so ``loss.box: kl`` turns ``model.box_std_head`` on (and the saved config
-    records it, so the checkpoint loads with its head); a KL head without KL-Loss would
-    never train its variances, and is refused."""
-    if cfg.loss.box == "kl" and not cfg.model.box_std_head:
-        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, box_std_head=True))
-    if cfg.model.box_std_head and cfg.loss.box != "kl":
-        raise PedcrowdError(
-            f"model.box_std_head: true needs loss.box: kl (with loss.box: {cfg.loss.box} the "
-            "box variances would never be trained); use --box-loss kl or turn the head off"
-        )
-    return cfg
 
 
 def _same_on_all_ranks(run_dir: Path, info: ddp.DistInfo) -> Path:
@@ -224,248 +314,287 @@ def _same_on_all_ranks(run_dir: Path, info: ddp.DistInfo) -> Path:
     return Path(box[0])
 
 
-def _any_rank(info: ddp.DistInfo, device: torch.device) -> Callable[[bool], bool]:
-    """``flag`` -> True when it is True on any rank (a collective under DDP; once per epoch,
-    the training steps reduce their flags with :func:`_max_over_ranks`)."""
-    if not info.enabled:
-        return lambda flag: flag
-    reduce = _max_over_ranks(info)
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands (with the :class:`Training` states, what ``last.pt`` stores):
+    epochs done, global iteration, best MR^-2 Reasonable, one history entry per epoch,
+    and the current epoch so far (a mid-epoch checkpoint's batches done)."""
 
-    def any_rank(flag: bool) -> bool:
-        return bool(reduce(torch.full((1,), float(flag), device=device)).item() > 0)
-
-    return any_rank
-
-
-def _max_over_ranks(info: ddp.DistInfo) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """In-place elementwise max of a flag tensor over the ranks: one all-reduce (None: no
-    process group, a plain run)."""
-    if not torch.distributed.is_initialized():
-        return None
-
-    def reduce(flags: torch.Tensor) -> torch.Tensor:
-        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        return flags
-
-    return reduce
+    epoch: int = 0
+    iteration: int = 0
+    best_mr: float = math.inf
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    state: EpochState = dataclasses.field(default_factory=EpochState)
 
 
-def _run(
+@dataclasses.dataclass
+class Run:
+    """One :func:`fit` inside its run lock and signal handlers: the config, where it
+    writes, how it reports, what it trains and how far it is."""
+
+    cfg: Config
+    run_dir: Path
+    device: torch.device
+    info: ddp.DistInfo
+    rep: Reporter
+    signals: StopOnSignal
+    training: Training
+    progress: Progress = dataclasses.field(default_factory=Progress)
+    log: MetricsLog | None = None
+
+    @property
+    def cfg_dict(self) -> dict[str, Any]:
+        return config_to_dict(self.cfg)
+
+
+def _fit_in(
     cfg: Config, run_dir: Path, resume: bool, device: torch.device, info: ddp.DistInfo,
-    rep: Reporter, stop: StopOnSignal,
+    rep: Reporter, signals: StopOnSignal,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The body of :func:`fit`, inside the run lock and the signal handlers."""
-    from pedcrowd.data.config import build_dataset
-    from pedcrowd.data.synth import SynthInterrupted, set_lock
-    from pedcrowd.model import build_model
-
-    tcfg, main = cfg.train, info.is_main
-    log: MetricsLog | None = None
+    run: Run | None = None
     held = contextlib.ExitStack()
     try:  # on any failure too: flush the metrics log, close the reporter, release the data set
-        if cfg.synth is not None:
-            if main:
-                signalled = lambda: stop.signum is not None  # noqa: E731
-                try:
-                    # shared while the run reads it: another run never regenerates it underneath
-                    held.enter_context(set_lock(Path(cfg.data.root), signalled))
-                    _ensure_synth_data(Path(cfg.data.root), cfg.synth, rep, signalled)
-                except SynthInterrupted:
-                    raise Interrupted(stop.signum or signal.SIGTERM, run_dir, None, 0) from None
-            ddp.barrier(info)
-
-        if tcfg.threads is not None:  # for this process from here on (also after fit returns)
-            torch.set_num_threads(tcfg.threads)
-        seed_everything(tcfg.seed)
-        train_set = build_dataset(cfg.data, "train", train=True)
-        val_set = build_dataset(cfg.data, "val", train=False) if main else None
-        if len(train_set) < tcfg.batch_size * info.world_size:
-            raise PedcrowdError(
-                f"data: {len(train_set)} training images, fewer than one batch "
-                f"({tcfg.batch_size} x {info.world_size} processes)"
-            )
-        model = build_model(cfg.model)
-        configure_postprocess(model, cfg.postprocess)  # fails now, not at the first evaluation
-        _install_crowd_losses(model, cfg)
-        model.to(device)
-        if info.enabled:
-            model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None,
-                # every technique gives every trainable parameter a gradient at every step
-                # (tests/test_precision.py, the one-step test of every technique)
-                find_unused_parameters=False,
-            )
-        iters_per_epoch = len(train_set) // (tcfg.batch_size * info.world_size)
-        optimizer = build_optimizer(model, cfg.optim)
-        scheduler = build_scheduler(optimizer, cfg.schedule, iters_per_epoch, tcfg.epochs)
-        precision = amp_dtype(device) if tcfg.amp else None
-        if tcfg.amp and precision is None:
-            rep.warning(f"train.amp: this {device.type.upper()} has no bfloat16 instructions "
-                        "(AVX512-BF16 or AMX); training in float32")
-        # loss scaling for float16 only (bfloat16 has float32's exponent range)
-        scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
-        cfg_dict = config_to_dict(cfg)
-
-        start_epoch, iteration, best_mr, history, state = 0, 0, math.inf, [], EpochState()
+        prepare_data(cfg, run_dir, info, rep, signals, held)
+        training = setup_training(cfg, device, info, rep)
+        run = Run(cfg, run_dir, device, info, rep, signals, training)
         if resume:
-            ckpt, ckpt_path, torn = rundir.load_resume_checkpoint(run_dir, map_location=device)
-            if torn:
-                rep.warning(torn)
-            saved = config_to_dict(config_from_dict(ckpt.get("config", {}), source=str(ckpt_path)))
-            for warning in rundir.check_resume_config(saved, cfg_dict, ckpt["epoch"], ckpt_path):
-                rep.warning(f"resuming {ckpt_path}: {warning}")
-            load_matching_state(unwrap(model), ckpt["model"], ckpt_path)
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
-            start_epoch, iteration = ckpt["epoch"], ckpt["iteration"]
-            state = EpochState(**ckpt.get("epoch_state", {}))
-            best_mr = ckpt.get("best_mr", math.inf)
-            history = ckpt.get("history", [])
-            rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
-            if info.rank < len(rngs):  # a resume on more processes starts the new ranks fresh
-                set_rng_state(rngs[info.rank])
-
-        if main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(run_dir)  # of writes killed mid-way (we hold the lock)
-            if resume:
-                rundir.truncate_metrics(run_dir, iteration, eval_done=state.steps == 0)
-            save_config(cfg, run_dir / "config.yaml")
-        log = MetricsLog(run_dir, enabled=main)
-        protocol = dataset_format(cfg.data.format).protocol
-        any_rank = _any_rank(info, device)
+            run.progress = resume_progress(run)
+        start_run_dir(run, resume)
         t0 = time.perf_counter()
-
-        def write_last(epoch: int, best: bool = False) -> None:
-            """``last.pt`` (the one before it kept as ``prev.pt``); a collective under DDP."""
-            rngs = _gather_rng(info)  # every rank's RNG state, so that a DDP run resumes exactly
-            if main:
-                save_checkpoint(
-                    run_dir / rundir.LAST, keep_previous_as=rundir.PREV,
-                    model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                    epoch=epoch, iteration=iteration, epoch_state=dataclasses.asdict(state),
-                    best_mr=best_mr, history=history, rng=rngs, config=cfg_dict,
-                )
-                if best:
-                    copy_file_atomic(run_dir / rundir.LAST, run_dir / "best.pt")
-                write_run_curves(run_dir)  # curves.png follows the run, checkpoint by checkpoint
-            ddp.barrier(info)
-
-        def should_stop() -> bool:  # this process's flag; the step reduces it with the others
-            return stop.signum is not None
-
-        def interrupted() -> Interrupted:
-            return Interrupted(stop.signum or signal.SIGTERM, run_dir, run_dir / rundir.LAST, iteration)
-
-        rep.start(run_dir, cfg, iters_per_epoch * tcfg.epochs, iteration, start_epoch)
-        for epoch in range(start_epoch, tcfg.epochs):
-            rep.epoch(epoch + 1, tcfg.epochs)
-            loader = make_loader(
-                train_set, tcfg.batch_size, cfg.data.num_workers, tcfg.seed, epoch, info,
-                skip_batches=state.steps,
-            )
-
-            def on_step(record: dict[str, Any], epoch: int = epoch, state: EpochState = state) -> None:
-                nonlocal iteration
-                rep.step(record)
-                if record["log"]:
-                    log.write({"kind": "train", **{k: v for k, v in record.items() if k != "log"}})
-                every = tcfg.checkpoint_every
-                if every > 0 and record["iter"] % every == 0 and state.steps < iters_per_epoch:
-                    iteration = record["iter"]
-                    write_last(epoch)  # mid-epoch: state.steps batches of this epoch are done
-
-            iteration, means = train_one_epoch(
-                model, optimizer, scheduler, scaler, loader, device, epoch,
-                iteration=iteration, amp=tcfg.amp, grad_clip=cfg.optim.grad_clip,
-                log_every=tcfg.log_every, on_step=on_step, world_size=info.world_size,
-                state=state, max_nonfinite=tcfg.max_nonfinite_steps, should_stop=should_stop,
-                reduce_flags=_max_over_ranks(info), warn=rep.warning,
-            )
-            if any_rank(stop.signum is not None):  # a signal: checkpoint where we are (even at
-                # the epoch's last step); one collective per epoch
-                write_last(epoch)
-                raise interrupted()
-            means = ddp.all_mean(means, info, device)
-            entry: dict[str, Any] = {"epoch": epoch + 1, "iter": iteration, "train": means,
-                                     "finite_steps": state.finite_steps}
-            last = epoch + 1 == tcfg.epochs
-            # before anything is written: a useless model never replaces the last checkpoint
-            _check_trained(unwrap(model), [*history, entry], last, epoch + 1)
-            is_best = False
-            if main and (last or (tcfg.eval_every > 0 and (epoch + 1) % tcfg.eval_every == 0)):
-                rep.evaluating()
-                try:
-                    dets, report = evaluate_model(
-                        model, val_set, device, protocol=protocol, postprocess=cfg.postprocess,
-                        # a signal ends the evaluation at the next batch (a scheduler's grace period
-                        # is shorter than an evaluation); under DDP the other ranks wait in a
-                        # collective, so there it finishes first
-                        should_stop=None if info.enabled else (lambda: stop.signum is not None),
-                    )
-                except EvaluationStopped:
-                    # every batch of the epoch is done: last.pt says so (a mid-epoch checkpoint at
-                    # its end), and the resumed run evaluates this epoch again, the final one too
-                    write_last(epoch)
-                    raise interrupted() from None
-                mrs = _report_mrs(report)
-                entry["mr"] = mrs
-                log.write({"kind": "eval", "epoch": epoch + 1, "iter": iteration, "mr": mrs})
-                _write_eval_files(run_dir, epoch + 1, dets, report, val_set.records)
-                primary = mrs.get(PRIMARY_SETUP)
-                if primary is not None and primary < best_mr:
-                    best_mr, is_best = primary, True
-                rep.evaluated(epoch + 1, mrs)
-            history.append(entry)
-            state = EpochState(nonfinite_run=state.nonfinite_run)  # the next epoch starts empty
-            write_last(epoch + 1, best=is_best)
-            if any_rank(stop.signum is not None):  # a signal during the evaluation or the write
-                if not last:
-                    raise interrupted()
-                rep.warning(f"{signal.Signals(stop.signum or signal.SIGTERM).name} arrived after the "
-                            "run's last step and evaluation: the run is complete")
-
-        summary = {
-            "run_dir": str(run_dir), "epochs": tcfg.epochs, "iterations": iteration,
-            "wall_s": time.perf_counter() - t0, "best_mr": None if math.isinf(best_mr) else best_mr,
-            "final_mr": next((h["mr"] for h in reversed(history) if "mr" in h), None),
-            "history": history, "weights_digest": weights_digest(model),
-            "rank": info.rank, "world_size": info.world_size,
-        }
-        return unwrap(model), summary
+        rep.start(run_dir, cfg, training.iters_per_epoch * cfg.train.epochs, run.progress.iteration,
+                  run.progress.epoch)
+        train_epochs(run)
+        return unwrap(training.model), run_summary(run, time.perf_counter() - t0)
     except Diverged as e:
         raise Diverged(f"{e}; the last checkpoint ({run_dir / rundir.LAST}) is left as it was") from None
     finally:
         rep.close()
-        if log is not None:
-            log.close()
+        if run is not None and run.log is not None:
+            run.log.close()
         held.close()
 
 
-def _check_trained(model: torch.nn.Module, history: list[dict[str, Any]], last: bool, epoch: int) -> None:
-    """Diverged when the weights hold NaN/inf after ``epoch``, or when the run is over and
-    none of its steps had a finite loss (every one was skipped: the weights are the
-    initial ones). Either would otherwise end as a normal exit with a useless checkpoint."""
-    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-        raise Diverged(
-            f"training diverged: after epoch {epoch} the weights hold NaN or infinite values "
-            f"({bad[0]}{more}); lower optim.lr or check the data"
-        )
-    if last and not any(h.get("finite_steps", 1) for h in history):  # older checkpoints: assume steps
-        raise Diverged(
-            "training ended without a single optimisation step: every step's loss was non-finite "
-            "and skipped, so the weights are the untrained ones; lower optim.lr or check the data"
-        )
+def prepare_data(cfg: Config, run_dir: Path, info: ddp.DistInfo, rep: Reporter,
+                 signals: StopOnSignal, held: contextlib.ExitStack) -> None:
+    """Generate the synthetic data set on first use (rank 0; the others wait), and hold
+    its shared lock in ``held`` while the run reads it (another run never regenerates
+    it underneath). A signal during the generation stops with :class:`Interrupted`."""
+    if cfg.synth is None:
+        return
+    if info.is_main:
+        signalled = lambda: signals.signum is not None  # noqa: E731
+        root = Path(cfg.data.root)
+        try:
+            held.enter_context(set_lock(root, signalled))
+            summary = rep.synthesize(root, cfg.synth, signalled)
+        except SynthInterrupted:
+            raise Interrupted(signals.signum or signal.SIGTERM, run_dir, None, 0) from None
+        if not summary.reused:
+            rep.info(
+                f"generated {sum(summary.images.values())} synthetic images in {root} "
+                f"({summary.seconds:.0f} s, reused by later runs)"
+            )
+    ddp.barrier(info)
 
 
-def train(cfg: Config, out_dir: str | Path | None = None, resume: bool = False,
-          reporter: Reporter | None = None) -> dict[str, Any]:
-    """Train per ``cfg`` into ``out_dir``; returns the summary (final MR^-2 per setup, ...)."""
-    return fit(cfg, out_dir, resume=resume, reporter=reporter)[1]
+def setup_training(cfg: Config, device: torch.device, info: ddp.DistInfo, rep: Reporter) -> Training:
+    """Threads, seeds, then :func:`build_training` (rank 0 also builds the val split)."""
+    if cfg.train.threads is not None:  # for this process from here on (also after fit returns)
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    training = build_training(cfg, device, info, evaluate=info.is_main)
+    if cfg.train.amp and training.precision is None:
+        rep.warning(f"train.amp: this {device.type.upper()} has no bfloat16 instructions "
+                    "(AVX512-BF16 or AMX); training in float32")
+    return training
+
+
+def resume_progress(run: Run) -> Progress:
+    """Load ``last.pt`` (``prev.pt`` when torn) into the run's model, optimiser, scheduler,
+    scaler and RNGs; returns the progress it stores. A resume on more processes than the
+    checkpoint's starts the new ranks' RNGs fresh."""
+    t = run.training
+    ckpt, ckpt_path, torn = rundir.load_resume_checkpoint(run.run_dir, map_location=run.device)
+    if torn:
+        run.rep.warning(torn)
+    saved = config_to_dict(config_from_dict(ckpt.get("config", {}), source=str(ckpt_path)))
+    for warning in rundir.check_resume_config(saved, run.cfg_dict, ckpt["epoch"], ckpt_path):
+        run.rep.warning(f"resuming {ckpt_path}: {warning}")
+    load_matching_state(unwrap(t.model), ckpt["model"], ckpt_path)
+    t.optimizer.load_state_dict(ckpt["optimizer"])
+    t.scheduler.load_state_dict(ckpt["scheduler"])
+    t.scaler.load_state_dict(ckpt["scaler"])
+    progress = Progress(
+        epoch=ckpt["epoch"], iteration=ckpt["iteration"], best_mr=ckpt.get("best_mr", math.inf),
+        history=ckpt.get("history", []), state=EpochState(**ckpt.get("epoch_state", {})),
+    )
+    rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
+    if run.info.rank < len(rngs):
+        set_rng_state(rngs[run.info.rank])
+    return progress
+
+
+def start_run_dir(run: Run, resume: bool) -> None:
+    """Rank 0: the run directory without stale temporaries, its metrics cut back to the
+    checkpoint on a resume, the resolved ``config.yaml``; then the metrics log opens."""
+    if run.info.is_main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run.run_dir)  # of writes killed mid-way (we hold the lock)
+        if resume:
+            rundir.truncate_metrics(run.run_dir, run.progress.iteration,
+                                    eval_done=run.progress.state.steps == 0)
+        save_config(run.cfg, run.run_dir / "config.yaml")
+    run.log = MetricsLog(run.run_dir, enabled=run.info.is_main)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train_epochs(run: Run) -> None:
+    """The epochs from where the run stands to ``train.epochs``: train, stop on a signal,
+    check, evaluate, checkpoint."""
+    epochs, p = run.cfg.train.epochs, run.progress
+    for epoch in range(p.epoch, epochs):
+        run.rep.epoch(epoch + 1, epochs)
+        means = train_epoch(run, epoch)
+        if stop_requested(run):  # a signal: checkpoint where we are (even at the epoch's last step)
+            write_checkpoint(run, epoch)
+            raise interrupted(run)
+        means = ddp.all_mean(means, run.info, run.device)
+        entry: dict[str, Any] = {"epoch": epoch + 1, "iter": p.iteration, "train": means,
+                                 "finite_steps": p.state.finite_steps}
+        last = epoch + 1 == epochs
+        # before anything is written: a useless model never replaces the last checkpoint
+        check_trained(unwrap(run.training.model), [*p.history, entry], last, epoch + 1)
+        is_best = False
+        if run.info.is_main and (last or evaluation_due(run.cfg.train.eval_every, epoch)):
+            is_best = evaluate_epoch(run, epoch, entry)
+        p.history.append(entry)
+        p.state = EpochState(nonfinite_run=p.state.nonfinite_run)  # the next epoch starts empty
+        write_checkpoint(run, epoch + 1, best=is_best)
+        if stop_requested(run):  # a signal during the evaluation or the write
+            if not last:
+                raise interrupted(run)
+            run.rep.warning(f"{signal.Signals(run.signals.signum or signal.SIGTERM).name} arrived "
+                            "after the run's last step and evaluation: the run is complete")
+
+
+def train_epoch(run: Run, epoch: int) -> dict[str, float]:
+    """One pass over the training data (the rest of it after a mid-epoch resume): every step
+    reported and logged, ``last.pt`` every ``train.checkpoint_every`` iterations. Returns
+    this process's mean loss terms."""
+    tcfg, t, p = run.cfg.train, run.training, run.progress
+    loader = make_loader(t.train_set, tcfg.batch_size, run.cfg.data.num_workers, tcfg.seed, epoch,
+                         run.info, skip_batches=p.state.steps)
+    steps = training_steps(
+        t.model, t.optimizer, t.scheduler, t.scaler, loader, run.device, epoch,
+        iteration=p.iteration, amp=tcfg.amp, grad_clip=run.cfg.optim.grad_clip,
+        log_every=tcfg.log_every, world_size=run.info.world_size, state=p.state,
+        max_nonfinite=tcfg.max_nonfinite_steps, signals=run.signals,
+    )
+    for step in steps:
+        p.iteration = step.record["iter"]
+        if step.warning is not None:
+            run.rep.warning(step.warning)
+        run.rep.step(step.record)
+        if step.record["log"]:
+            run.log.write({"kind": "train", **{k: v for k, v in step.record.items() if k != "log"}})
+        every = tcfg.checkpoint_every
+        if every > 0 and p.iteration % every == 0 and p.state.steps < t.iters_per_epoch:
+            write_checkpoint(run, epoch)  # mid-epoch: p.state.steps batches of this epoch are done
+    return p.state.means()
+
+
+def evaluation_due(eval_every: int, epoch: int) -> bool:
+    """Whether ``train.eval_every`` asks for an evaluation after ``epoch`` (0-based)."""
+    return eval_every > 0 and (epoch + 1) % eval_every == 0
+
+
+def evaluate_epoch(run: Run, epoch: int, entry: dict[str, Any]) -> bool:
+    """Evaluate on the val split after ``epoch``: the MR^-2 go into ``entry`` and the log,
+    the detections and report into the run directory. Returns whether it is the best
+    Reasonable so far. A signal ends the evaluation at the next batch (a scheduler's grace
+    period is shorter than an evaluation) with a checkpoint; under DDP the other ranks wait
+    in a collective, so there it finishes first."""
+    t, p = run.training, run.progress
+    run.rep.evaluating()
+    try:
+        dets, report = evaluate_model(
+            t.model, t.val_set, run.device, protocol=dataset_format(run.cfg.data.format).protocol,
+            postprocess=run.cfg.postprocess,
+            should_stop=None if run.info.enabled else (lambda: run.signals.signum is not None),
+        )
+    except EvaluationStopped:
+        # every batch of the epoch is done: last.pt says so (a mid-epoch checkpoint at
+        # its end), and the resumed run evaluates this epoch again, the final one too
+        write_checkpoint(run, epoch)
+        raise interrupted(run) from None
+    mrs = _report_mrs(report)
+    entry["mr"] = mrs
+    run.log.write({"kind": "eval", "epoch": epoch + 1, "iter": p.iteration, "mr": mrs})
+    _write_eval_files(run.run_dir, epoch + 1, dets, report, t.val_set.records)
+    primary = mrs.get(PRIMARY_SETUP)
+    is_best = primary is not None and primary < p.best_mr
+    if is_best:
+        p.best_mr = primary
+    run.rep.evaluated(epoch + 1, mrs)
+    return is_best
+
+
+def write_checkpoint(run: Run, epoch: int, best: bool = False) -> None:
+    """``last.pt`` (the one before it kept as ``prev.pt``; ``best`` also copies it to
+    ``best.pt``) and the curves; a collective under DDP (every rank's RNG state goes in,
+    so that a DDP run resumes exactly)."""
+    t, p = run.training, run.progress
+    rngs = _gather_rng(run.info)
+    if run.info.is_main:
+        save_checkpoint(
+            run.run_dir / rundir.LAST, keep_previous_as=rundir.PREV,
+            model=unwrap(t.model).state_dict(), optimizer=t.optimizer.state_dict(),
+            scheduler=t.scheduler.state_dict(), scaler=t.scaler.state_dict(),
+            epoch=epoch, iteration=p.iteration, epoch_state=dataclasses.asdict(p.state),
+            best_mr=p.best_mr, history=p.history, rng=rngs, config=run.cfg_dict,
+        )
+        if best:
+            copy_file_atomic(run.run_dir / rundir.LAST, run.run_dir / "best.pt")
+        write_run_curves(run.run_dir)  # curves.png follows the run, checkpoint by checkpoint
+    ddp.barrier(run.info)
+
+
+def stop_requested(run: Run) -> bool:
+    """Whether a signal was caught on any rank (a collective under DDP; once per epoch,
+    the steps reduce their own flag with their loss read)."""
+    flag = run.signals.signum is not None
+    if not run.info.enabled:
+        return flag
+    return bool(max_over_ranks(torch.full((1,), float(flag), device=run.device)).item() > 0)
+
+
+def interrupted(run: Run) -> Interrupted:
+    """The exception that ends a run stopped by a signal, naming its ``last.pt``."""
+    return Interrupted(run.signals.signum or signal.SIGTERM, run.run_dir, run.run_dir / rundir.LAST,
+                       run.progress.iteration)
+
+
+def run_summary(run: Run, wall_s: float) -> dict[str, Any]:
+    """What :func:`fit` returns besides the model (``pedcrowd train --json`` prints it)."""
+    p = run.progress
+    return {
+        "run_dir": str(run.run_dir), "epochs": run.cfg.train.epochs, "iterations": p.iteration,
+        "wall_s": wall_s, "best_mr": None if math.isinf(p.best_mr) else p.best_mr,
+        "final_mr": next((h["mr"] for h in reversed(p.history) if "mr" in h), None),
+        "history": p.history, "weights_digest": weights_digest(run.training.model),
+        "rank": run.info.rank, "world_size": run.info.world_size,
+    }
+
+
+def _report_mrs(report) -> dict[str, float | None]:
+    out = {}
+    for name, res in report.results.items():
+        mr = getattr(res, "mr", None)
+        out[name] = None if mr is None or not math.isfinite(mr) else float(mr)
+    return out
 
 
 def _gather_rng(info: ddp.DistInfo):
@@ -477,9 +606,11 @@ def _gather_rng(info: ddp.DistInfo):
     return states
 
 
-def _write_eval_files(run_dir: Path, epoch: int, dets, report, records) -> None:
-    from pedcrowd.eval import report_to_json
+def _write_json(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(to_jsonable(data)))
 
+
+def _write_eval_files(run_dir: Path, epoch: int, dets, report, records) -> None:
     det_json = detections_to_json(dets, records)
     eval_json = report_to_json(report)
     (run_dir / "eval").mkdir(exist_ok=True)
@@ -487,13 +618,3 @@ def _write_eval_files(run_dir: Path, epoch: int, dets, report, records) -> None:
     _write_json(run_dir / "val_eval.json", eval_json)
     _write_json(run_dir / "eval" / f"epoch{epoch:03d}_dets.json", det_json)
     _write_json(run_dir / "eval" / f"epoch{epoch:03d}_eval.json", eval_json)
-
-
-def _install_crowd_losses(model: torch.nn.Module, cfg: Config) -> None:
-    """Give the RPN and the RoI head the training criteria of ``cfg.loss`` (and the
-    prior bias of a focal / QFL classifier)."""
-    from pedcrowd.losses.focal import init_classifier_priors
-    from pedcrowd.model.detector import install_criteria
-
-    install_criteria(model, cfg.model, cfg.loss)
-    init_classifier_priors(model, cfg.model.weights, cfg.loss)

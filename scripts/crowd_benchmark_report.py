@@ -18,7 +18,6 @@ plot; ``compare --curves`` the training curves.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -51,17 +50,9 @@ def detect_checkpoint(run_dir: Path, sets: tuple[str, ...] = (), n_images: int |
     import torch
 
     from pedcrowd.data.config import build_dataset
-    from pedcrowd.engine.checkpoint import load_for_inference
-    from pedcrowd.engine.config import apply_overrides
-    from pedcrowd.engine.predict import detections_to_json, predict
+    from pedcrowd.engine.predict import detections_to_json, load_detector, predict
 
-    model, cfg = load_for_inference(run_dir / "last.pt", device="cpu")
-    if sets:
-        cfg = apply_overrides(cfg, list(sets))
-    if hasattr(cfg, "postprocess"):  # the postprocess: section (issue 12) when it exists
-        from pedcrowd.engine.predict import configure_postprocess
-
-        configure_postprocess(model, cfg.postprocess)
+    model, cfg = load_detector(run_dir / "last.pt", device="cpu", overrides=sets)
     data = build_dataset(cfg.data, "val", train=False)
     if n_images is not None and n_images < len(data):
         data = torch.utils.data.Subset(data, range(n_images))
@@ -211,32 +202,18 @@ def _git(*args: str) -> str:
 
 
 def run_analyze(run_dir: Path) -> dict:
-    """``pedcrowd analyze RUN --json`` (issue 14) when this checkout has it: the run's model
-    once more with its final NMS off, on its val split, at FPPI 0.1 on Reasonable."""
-    if importlib.util.find_spec("pedcrowd.commands.analyze") is None:
-        return {"available": False}
+    """``pedcrowd.analyze.analyze`` of the run (what ``pedcrowd analyze RUN --json`` prints): the
+    run's model once more with its final NMS off, on its val split, at FPPI 0.1 on Reasonable."""
     cached, weights = run_dir / "analyze.json", run_dir / "last.pt"
     if cached.is_file() and weights.is_file() and cached.stat().st_mtime >= weights.stat().st_mtime:
         return {"available": True, "result": json.loads(cached.read_text())}  # of these weights
-    import contextlib
-    import io
-
-    from pedcrowd.cli import app
+    from pedcrowd.analyze import analyze, report_to_json
     from pedcrowd.errors import PedcrowdError
 
-    out, err = io.StringIO(), io.StringIO()
-    try:  # in this process: the command line's own code, without a second torch start-up
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = app(["analyze", str(run_dir), "--device", "cpu", "--json"], standalone_mode=False)
-    except PedcrowdError as e:
-        return {"available": True, "error": str(e)}
-    if rc not in (None, 0):  # the CLI printed its one-line error and exited
-        lines = err.getvalue().strip().splitlines()
-        return {"available": True, "error": lines[-1] if lines else f"exit {rc}"}
     try:
-        data = json.loads(out.getvalue())
-    except ValueError:
-        return {"available": True, "error": "unreadable JSON output"}
+        data = report_to_json(analyze(run_dir, device="cpu"))
+    except PedcrowdError as e:  # worded as the command line says it
+        return {"available": True, "error": f"pedcrowd: error: {e}"}
     (run_dir / "analyze.json").write_text(json.dumps(data, indent=1) + "\n")
     return {"available": True, "result": data}
 

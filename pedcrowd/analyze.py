@@ -56,6 +56,8 @@ import numpy as np
 
 from pedcrowd.box_np import box_iou, xywh_to_xyxy
 from pedcrowd.compare import parse_run
+from pedcrowd.data.config import build_dataset
+from pedcrowd.engine.device import resolve_device
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.eval.evaluate import GroundTruth
 from pedcrowd.eval.matching import THRESHOLD, MatchDetails
@@ -547,9 +549,7 @@ def _pre_nms_from_model(path, gt, protocol, images, image_root, device, on_model
     """Run the model once with its final NMS off: (the boxes, the GT, CrowdHuman sizes or None,
     the image folder, the protocol, the model's NMS threshold and detection cap)."""
     # torch comes in here only: analysing a file stays numpy
-    from pedcrowd.data.config import build_dataset
     from pedcrowd.data.datasets import DetectionDataset
-    from pedcrowd.engine.device import resolve_device
     from pedcrowd.engine.predict import final_nms_off, load_detector, predict
 
     dev = resolve_device(device)

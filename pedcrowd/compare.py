@@ -23,6 +23,8 @@ import numpy as np
 
 from pedcrowd.engine.curves import RunCurves, read_curves
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.eval.bootstrap import bootstrap_mr, percentile_ci, resample_counts
+from pedcrowd.eval.protocols import get_protocol
 
 
 @dataclass
@@ -123,9 +125,6 @@ def compare(
     Returns:
         A :class:`Comparison`.
     """
-    from pedcrowd.eval.bootstrap import bootstrap_mr, percentile_ci, resample_counts
-    from pedcrowd.eval.protocols import get_protocol
-
     if not runs:
         raise PedcrowdError("compare: give at least one run or detection file")
     specs = [parse_run(r) if isinstance(r, str) else (r[0], Path(r[1])) for r in runs]

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from pedcrowd.compare import Comparison, RunResult
+from pedcrowd.eval.plot import plot_mr_fppi
 from pedcrowd.eval.protocols import get_protocol
+from pedcrowd.fileio import dumps_strict
 
 # What the analysis keys (pedcrowd.analyze.MISSES, FALSE_POSITIVES, FIXES) mean, in tables.
 MISS_LABELS = {
@@ -142,8 +144,6 @@ def to_csv(c: Comparison) -> str:
 
 
 def dumps_json(c: Comparison) -> str:
-    from pedcrowd.fileio import dumps_strict
-
     return dumps_strict(to_json(c), indent=2)
 
 
@@ -153,8 +153,6 @@ def plot_comparison(c: Comparison, path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from pedcrowd.eval.plot import plot_mr_fppi
 
     n = len(c.setups)
     cols = min(n, 4)

@@ -39,11 +39,14 @@ from pedcrowd.engine.predict import (
     run_detector,
 )
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.eval import load_ground_truth
 from pedcrowd.fileio import write_text_atomic
 from pedcrowd.formats.detections import ImageIds, file_name_index
 from pedcrowd.media.decode import Item, decode_workers, iter_items
 from pedcrowd.media.sources import collect_sources, count_frames
 from pedcrowd.model.config import PostprocessConfig
+from pedcrowd.model.pretrained import coco_person_detector
+from pedcrowd.vis import VisWriter
 
 
 @dataclass
@@ -103,8 +106,6 @@ def load_model(weights: str | Path, device: torch.device) -> torch.nn.Module:
     ``coco``: torchvision's COCO Faster R-CNN as it is, its person detections
     (:func:`pedcrowd.model.pretrained.coco_person_detector`, a zero-shot pedestrian detector)."""
     if str(weights) == "coco" and not Path(weights).exists():
-        from pedcrowd.model.pretrained import coco_person_detector
-
         return coco_person_detector().to(device).eval()
     return load_detector(weights, device=str(device))[0]
 
@@ -132,7 +133,6 @@ def gt_image_ids(gt: str | Path | None, protocol: str) -> ImageIds:
     ``pedcrowd eval`` matches them; 1, 2, ... without GT."""
     if gt is None:
         return ImageIds()
-    from pedcrowd.eval import load_ground_truth
 
     return ImageIds(file_name_index(load_ground_truth(gt, protocol).records))
 
@@ -233,8 +233,6 @@ def infer(
 
     vis = None
     if vis_dir is not None:
-        from pedcrowd.vis import VisWriter
-
         vis = VisWriter(Path(vis_dir), vis_score_thr)
     result = InferResult(detections=[], n_images=0, n_videos=sum(s.is_video for s in sources))
     result.postprocess = {

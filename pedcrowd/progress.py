@@ -6,6 +6,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from pedcrowd.data.synth import ensure_synth, generate
+
 
 def synth_with_progress(out: str | Path, cfg, console: Console, label: str, force: bool = False,
                         should_stop=None):
@@ -26,8 +28,6 @@ def synth_with_progress(out: str | Path, cfg, console: Console, label: str, forc
         TextColumn,
         TimeRemainingColumn,
     )
-
-    from pedcrowd.data.synth import ensure_synth, generate
 
     bar = None
     task = None

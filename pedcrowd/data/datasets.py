@@ -33,6 +33,7 @@ from pedcrowd.box_np import xywh_to_xyxy
 from pedcrowd.data.transforms import Target, sample_rng
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.formats.records import CATEGORIES, PEDESTRIAN, ImageRecord
+from pedcrowd.formats.registry import dataset_format
 
 Transform = Callable[[torch.Tensor, Target, np.random.Generator], tuple[torch.Tensor, Target]]
 
@@ -282,8 +283,6 @@ class FormatDataset(DetectionDataset):
         images: str | Path | None = None,
         **kwargs,
     ) -> None:
-        from pedcrowd.formats.registry import dataset_format
-
         self.format = fmt = dataset_format(format or self.format_name)
         options = {key: kwargs.pop(key) for key in fmt.options if key in kwargs}
         self.annotations = (

@@ -18,6 +18,7 @@ from pedcrowd.box_np import box_iou, xywh_to_xyxy
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.eval.setups import CITYPERSONS_SETUPS
 from pedcrowd.formats.records import GROUP, IGNORE_REGION, PEDESTRIAN, ImageRecord
+from pedcrowd.formats.registry import dataset_format
 
 # BGR colours of the sample drawings (full box, visible box, ignore region, group).
 FULL_COLOR = (60, 220, 60)
@@ -28,8 +29,6 @@ GROUP_COLOR = (40, 40, 230)
 
 def load_split(root: str | Path, split: str, format: str = "citypersons") -> list[ImageRecord]:
     """Records of one split of a data set in ``format``'s layout (the format's own reader)."""
-    from pedcrowd.formats.registry import dataset_format
-
     fmt = dataset_format(format)
     return fmt.prepare_training(fmt.read(fmt.find_annotations(root, split)), split, {})
 
@@ -140,8 +139,6 @@ def write_samples(
         the written PNG paths.
     """
     import cv2
-
-    from pedcrowd.formats.registry import dataset_format
 
     fmt = dataset_format(format)
     records = load_split(root, split, format)

@@ -1,7 +1,6 @@
 """Synthetic crowded street scenes in the CityPersons layout: pedcrowd's built-in data.
 
 ``generate(out, cfg)`` writes::
-
     OUT/leftImg8bit/{train,val}/CITY/CITY_000000_FFFFFF_leftImg8bit.png
     OUT/annotations/anno_train.mat, anno_val.mat     (official .mat structure)
     OUT/annotations/val_gt.json                      (official evaluation JSON)
@@ -42,7 +41,8 @@ import numpy as np
 from pedcrowd.data.config import SynthConfig
 from pedcrowd.data.synth_scene import render_scene
 from pedcrowd.errors import PedcrowdError
-from pedcrowd.fileio import write_text_atomic
+from pedcrowd.fileio import open_nofollow, write_text_atomic
+from pedcrowd.formats.citypersons_write import write_citypersons_json, write_citypersons_mat
 from pedcrowd.formats.records import GROUP, IGNORE_REGION, PEDESTRIAN, ImageRecord
 
 # Bump when the drawn pixels or annotations change for the same parameters:
@@ -179,8 +179,6 @@ class SetLock:
 
     def _open(self) -> int:
         if self.fd is None:
-            from pedcrowd.fileio import open_nofollow
-
             self.root.mkdir(parents=True, exist_ok=True)
             self.fd = open_nofollow(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT)
         return self.fd
@@ -280,8 +278,6 @@ def generate(
 
 
 def _generate(out: Path, cfg: SynthConfig, progress, should_stop) -> SynthSummary:
-    from pedcrowd.formats.citypersons_write import write_citypersons_json, write_citypersons_mat
-
     _check_generated_here(out)
     t0 = time.perf_counter()
     total = cfg.train_images + cfg.val_images

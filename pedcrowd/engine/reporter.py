@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pedcrowd.data.synth import ensure_synth
+from pedcrowd.progress import synth_with_progress
+
 log = logging.getLogger("pedcrowd.train")
 
 
@@ -71,8 +74,6 @@ class Reporter:
     def synthesize(self, root: Path, synth_cfg: Any, should_stop=None):
         """Generate (or reuse) the synthetic data set; returns its ``SynthSummary``.
         ``should_stop`` is checked before every image (a signal stops the generation)."""
-        from pedcrowd.data.synth import ensure_synth  # cv2: only when a set is generated
-
         return ensure_synth(root, synth_cfg, should_stop=should_stop)
 
     def close(self) -> None:
@@ -245,8 +246,6 @@ class RichReporter(Reporter):
             self._print(f"warning: {message}", style="yellow")
 
     def synthesize(self, root, synth_cfg, should_stop=None):
-        from pedcrowd.progress import synth_with_progress  # (as above)
-
         if not self.enabled:
             return super().synthesize(root, synth_cfg, should_stop)
         return synth_with_progress(root, synth_cfg, self.console, f"generating synthetic crowds in {root}",

@@ -50,6 +50,10 @@ from pedcrowd.eval.evaluate import GroundTruth
 from pedcrowd.eval.ji import JI_THRESHOLDS, jaccard_index
 from pedcrowd.eval.matching import MatchDetails
 from pedcrowd.eval.mr import SetupMatches, average_precision
+from pedcrowd.fileio import existing_path, gc_paused
+from pedcrowd.formats.coco import read_image_list
+from pedcrowd.formats.crowdhuman import read_crowddet_detections, read_odgt
+from pedcrowd.formats.detections import file_name_index, read_detections_json
 from pedcrowd.formats.records import ImageRecord
 
 METRICS = ("MR-2", "AP", "JI")
@@ -145,9 +149,6 @@ def load_ground_truth(path: str | Path, images: str | Path | None = None) -> Gro
     gives are read with the detections (:func:`detections_for`), after the
     sizes a CrowdDet dump carries.
     """
-    from pedcrowd.fileio import existing_path
-    from pedcrowd.formats.crowdhuman import read_odgt
-
     path = existing_path(path)
     return GroundTruth(read_odgt(path), "crowdhuman", path)
 
@@ -219,9 +220,6 @@ def load_crowdhuman(
     file (matched by file name), the image file ``image_root/{ID}.jpg|.png``
     (default ``Images/`` beside the ``.odgt``).
     """
-    from pedcrowd.fileio import existing_path, gc_paused
-    from pedcrowd.formats.crowdhuman import read_odgt
-
     gt_path = existing_path(gt_path)
     with gc_paused():  # the JSON-lines files too (see gc_paused)
         records = read_odgt(gt_path)
@@ -231,15 +229,11 @@ def load_crowdhuman(
 
 def load_detections(dets_path: str | Path, records: list[ImageRecord]) -> tuple[Detections, dict[int, tuple[int, int]]]:
     """A results JSON list or a CrowdDet dump (sniffed from the first character) -> (dets, sizes it gives)."""
-    from pedcrowd.fileio import existing_path
-    from pedcrowd.formats.crowdhuman import read_crowddet_detections
-
     dets_path = existing_path(dets_path)
     with open(dets_path, "rb") as f:
         head = f.read(4096).lstrip()
     if head[:1] == b"{":
         return read_crowddet_detections(dets_path, records)
-    from pedcrowd.formats.detections import read_detections_json
 
     return read_detections_json(dets_path, records), {}
 
@@ -258,9 +252,6 @@ def load_sizes(
     for rid, wh in det_sizes.items():
         sizes.setdefault(rid, wh)
     if images is not None and len(sizes) < len(records):
-        from pedcrowd.formats.coco import read_image_list
-        from pedcrowd.formats.detections import file_name_index
-
         index = file_name_index(records)
         for im in read_image_list(images):
             rec = index.find(im.file_name)

@@ -30,7 +30,12 @@ from pedcrowd.errors import PedcrowdError
 from pedcrowd.eval.matching import MatchDetails, greedy_match, overlap_pairs, source_positions
 from pedcrowd.eval.mr import SetupMatches
 from pedcrowd.eval.setups import CALTECH_SETUPS, CITYPERSONS_SETUPS, Setup, parse_setup
+from pedcrowd.fileio import existing_path, regular_file
+from pedcrowd.formats.caltech import read_caltech_gt_cache
+from pedcrowd.formats.coco import read_image_list
+from pedcrowd.formats.detections import read_detections
 from pedcrowd.formats.records import PEDESTRIAN, ImageRecord
+from pedcrowd.formats.registry import ground_truth_format
 
 HANDLED = ("citypersons", "caltech")  # the protocols matched here (CrowdHuman: pedcrowd.eval.crowdhuman)
 MAX_DETS = 1000  # CityPersons maxDets
@@ -108,9 +113,6 @@ def load_ground_truth(path: str | Path, protocol: str = "citypersons", images: s
         protocol: ``citypersons`` or ``caltech`` (only checked here).
         images: the ``{"images": [...]}`` list naming the frames of Caltech caches.
     """
-    from pedcrowd.fileio import existing_path, regular_file
-    from pedcrowd.formats.registry import ground_truth_format
-
     _check_protocol(protocol)
     path = existing_path(path, "file or folder")
     if not path.is_dir():
@@ -136,9 +138,6 @@ def load_ground_truth(path: str | Path, protocol: str = "citypersons", images: s
 
 
 def _load_caches(files: list[Path], images: str | Path | None, source: Path) -> GroundTruth:
-    from pedcrowd.formats.caltech import read_caltech_gt_cache
-    from pedcrowd.formats.coco import read_image_list
-
     if images is None:
         raise PedcrowdError(f"{source}: Caltech ground-truth caches hold no frame names; pass --images FILE")
     image_list = read_image_list(images)
@@ -415,8 +414,6 @@ def detections_for(
     """The detections of ``gt``'s images (:func:`pedcrowd.formats.detections.read_detections`)
     and ``gt`` itself; ``images`` and ``image_root`` are CrowdHuman's (the registry's
     common signature)."""
-    from pedcrowd.formats.detections import read_detections
-
     return read_detections(dets_path, gt.records), gt
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import existing_path, regular_file
 from pedcrowd.formats import validate
+from pedcrowd.formats.coco import read_image_list
 from pedcrowd.formats.records import GROUP, IGNORE_REGION, PEDESTRIAN, UNSURE, ImageRecord
 
 LABELS = {"person": PEDESTRIAN, "person?": UNSURE, "people": GROUP, "ignore": IGNORE_REGION}
@@ -145,8 +146,6 @@ def read_caltech_gt_cache(path: str | Path, images: str | Path | list[ImageRecor
         cache keeps only the ignore flag).
     """
     import scipy.io
-
-    from pedcrowd.formats.coco import read_image_list
 
     path = regular_file(path, ".mat file")
     if not isinstance(images, list):

@@ -20,6 +20,8 @@ from pedcrowd.box_np import xyxy_to_xywh
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.fileio import existing_path, json_list_chunks, load_json
 from pedcrowd.formats import validate
+from pedcrowd.formats.caltech import frame_key, read_caltech_results
+from pedcrowd.formats.mot import is_mot_detections, read_mot_detections
 from pedcrowd.formats.records import ImageRecord
 
 log = logging.getLogger(__name__)
@@ -358,8 +360,6 @@ def read_detections(path: str | Path, images: list[ImageRecord]) -> Detections:
     """
     p = existing_path(path, "file or folder")
     if p.is_file() and p.suffix.lower() == ".txt":
-        from pedcrowd.formats.mot import is_mot_detections, read_mot_detections
-
         if is_mot_detections(p):
             return read_mot_detections(p, images)
     if p.is_dir() or p.suffix.lower() == ".txt":
@@ -369,8 +369,6 @@ def read_detections(path: str | Path, images: list[ImageRecord]) -> Detections:
 
 def read_caltech_detections(path: str | Path, images: list[ImageRecord]) -> Detections:
     """Read a Caltech result tree for ``images`` (matched by set, video and frame index)."""
-    from pedcrowd.formats.caltech import frame_key, read_caltech_results
-
     path = Path(path)
     results = read_caltech_results(path)
     keys = {}

@@ -16,6 +16,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pedcrowd.losses.config import LOSS_PRESETS, TERM_CHOICES
+
+
+def _choices(key: str) -> str:
+    """The registered terms of ``loss.<key>``, for the help: ``ce | focal | ghm | qfl``."""
+    return " | ".join(TERM_CHOICES[key][2])
+
 
 def train_command(
     config: Annotated[
@@ -31,7 +38,7 @@ def train_command(
         str | None,
         typer.Option(
             "--loss",
-            help="Crowd-loss preset: none | nms | rep | nms+rep (the papers' weights); "
+            help=f"Crowd-loss preset: {' | '.join(LOSS_PRESETS)} (the papers' weights); "
             "applied after the config file, before --set [default: the config's loss section].",
         ),
     ] = None,
@@ -39,7 +46,7 @@ def train_command(
         str | None,
         typer.Option(
             "--cls-loss",
-            help="RoI-head classification loss: ce | focal | ghm | qfl, a "
+            help=f"RoI-head classification loss: {_choices('cls')}, a "
             "registered term (pedcrowd.losses.registry.TERMS); the same as --set loss.cls=NAME "
             "[default: the config's loss.cls, ce].",
         ),
@@ -48,7 +55,7 @@ def train_command(
         str | None,
         typer.Option(
             "--box-loss",
-            help="RoI-head box loss: smooth_l1 | ghm | kl, a registered term; "
+            help=f"RoI-head box loss: {_choices('box')}, a registered term; "
             "the same as --set loss.box=NAME. kl (KL-Loss) also turns on model.box_std_head; "
             "add --set postprocess.var_voting=true to evaluate with variance voting "
             "[default: the config's loss.box, smooth_l1].",
@@ -58,8 +65,8 @@ def train_command(
         str | None,
         typer.Option(
             "--sampler",
-            help="How the RoI head picks its training RoIs: random (torchvision's) "
-            "| ohem | pisa; the same as --set loss.sampler=NAME [default: the config's "
+            help=f"How the RoI head picks its training RoIs: {_choices('sampler')} (random is "
+            "torchvision's); the same as --set loss.sampler=NAME [default: the config's "
             "loss.sampler, random].",
         ),
     ] = None,

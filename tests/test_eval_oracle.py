@@ -1,11 +1,12 @@
-"""The test oracle (tests/mr_oracle.py) against the official CityPersons and Caltech numbers."""
+"""The test oracle (pedcrowd/reference/mr.py) against the official CityPersons and Caltech numbers."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from mr_oracle import (  # tests/ is on sys.path under pytest
+
+from pedcrowd.reference.mr import (
     CP_SETUPS,
     dets_from_json,
     images_from_records,

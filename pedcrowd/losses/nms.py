@@ -12,7 +12,7 @@ predictions of one image and penalises exactly the two mistakes NMS makes:
   rule).
 
 The semantics (tie order, normalisation, clamps, the official edge rule) are
-those of ``docs/REFERENCE.md`` section 1; ``tests/greedy_nms_loss.py`` is the
+those of ``docs/REFERENCE.md`` section 1; ``pedcrowd/reference/greedy_nms_loss.py`` is the
 plain greedy loop this vectorised form must equal.
 
 Fast exact form (no Python loop over boxes): the greedy keep set is

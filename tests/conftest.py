@@ -25,11 +25,10 @@ _parity: set[str] = set()
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """A weights-only checkpoint of the tiny test detector (random weights) and its config."""
-    from tiny_run import tiny_overrides
-
     from pedcrowd.engine.checkpoint import save_checkpoint
     from pedcrowd.engine.config import Config, apply_overrides, config_to_dict
     from pedcrowd.model import build_model
+    from pedcrowd.reference.tiny import tiny_overrides
 
     tmp = tmp_path_factory.mktemp("ckpt")
     cfg = apply_overrides(Config(), [o for o in tiny_overrides(tmp) if not o.startswith("synth.")])

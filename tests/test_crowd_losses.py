@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from tiny_run import SMALL  # tests/ is on sys.path under pytest
 from torchvision.models.detection._utils import BoxCoder
 
 import pedcrowd.losses
@@ -26,6 +25,7 @@ from pedcrowd.losses import (
 from pedcrowd.losses.criterion import StageCriterion
 from pedcrowd.model import build_model, install_criteria
 from pedcrowd.model.samples import StageSamples
+from pedcrowd.reference.tiny import SMALL
 
 
 def test_package_exports_the_functions():

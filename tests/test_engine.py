@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny_run import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
 
 from pedcrowd.data.synth import ensure_synth
 from pedcrowd.engine import distributed as ddp
@@ -23,6 +22,7 @@ from pedcrowd.engine.metrics import read_metrics, to_jsonable
 from pedcrowd.engine.schedule import build_scheduler, lr_factor
 from pedcrowd.engine.train import fit, predict, train_one_epoch
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.reference.tiny import TINY_SYNTH, tiny_overrides
 
 
 @pytest.fixture(scope="module")

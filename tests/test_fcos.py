@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_run import tiny_overrides  # tests/ is on sys.path under pytest
 from typer.testing import CliRunner
 
 from pedcrowd.cli import app
@@ -27,6 +26,7 @@ from pedcrowd.model.fcos import (
     refine_distances,
     sample_per_channel,
 )
+from pedcrowd.reference.tiny import tiny_overrides
 
 runner = CliRunner()
 TINY = SynthConfig(train_images=4, val_images=2, height=96, width=160, seed=3)

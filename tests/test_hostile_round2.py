@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_validation import gt_doc, one_line_exit_2  # tests/ is on sys.path under pytest
-from tiny_run import TINY_SYNTH, tiny_overrides
 from typer.testing import CliRunner
 
 from pedcrowd.cli import app, error_line
 from pedcrowd.data.config import SynthConfig
 from pedcrowd.engine.config import Config, apply_overrides
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.reference.tiny import TINY_SYNTH, tiny_overrides
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]

@@ -89,10 +89,9 @@ def test_the_kl_head_follows_the_box_loss():
 
 @pytest.fixture(scope="module")
 def tiny_yaml(tmp_path_factory):
-    from tiny_run import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
-
     from pedcrowd.data.synth import ensure_synth
     from pedcrowd.engine.config import Config, apply_overrides, save_config
+    from pedcrowd.reference.tiny import TINY_SYNTH, tiny_overrides
 
     tmp = tmp_path_factory.mktemp("kl")
     ensure_synth(tmp / "synth", TINY_SYNTH)

@@ -153,6 +153,7 @@ def test_cli_pre_nms_file_and_crowdhuman(tmp_path):
     assert bad.exit_code == 2 and "needs --gt" in bad.output
 
 
+@pytest.mark.slow
 def test_model_path_restores_nms_and_replay_equals_normal_output(tmp_path):
     torch = pytest.importorskip("torch")
     from pedcrowd.data.config import build_dataset

@@ -250,6 +250,7 @@ def one_epoch_run(tmp_path_factory):
     return cfg, tmp / "run"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -271,6 +272,7 @@ def test_resume_refuses_a_changed_trajectory(one_epoch_run, override, message):
     assert message in text and "--set model.weights=" in text
 
 
+@pytest.mark.slow
 def test_resume_epochs_step_schedule_warns_cosine_refuses(one_epoch_run, tmp_path):
     import shutil
 
@@ -302,6 +304,7 @@ def test_resume_epochs_step_schedule_warns_cosine_refuses(one_epoch_run, tmp_pat
     ]
 
 
+@pytest.mark.slow
 def test_divergence_stops_after_n_nonfinite_steps_and_keeps_last_pt(one_epoch_run, tmp_path):
     from pedcrowd.engine.train import fit
     from pedcrowd.errors import PedcrowdError

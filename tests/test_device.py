@@ -82,6 +82,7 @@ def test_the_mode_catches_a_factory_without_device():
         b + torch.ones(3)  # noqa: B018 - the next operation fails
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TECHNIQUES))
 def test_training_forward_makes_every_tensor_on_the_model_device(name):
     model = model_for(name)
@@ -153,6 +154,7 @@ LOSS_READS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TECHNIQUES))
 def test_a_training_step_reads_the_host_once(name, host_reads):
     model = model_for(name)

@@ -203,6 +203,7 @@ def test_checkpoint_atomic_write_and_resolution(tmp_path):
 # ----------------------------------------------------------------------------- tiny runs
 
 
+@pytest.mark.slow
 def test_tiny_training_run_writes_the_run_directory(tiny_cfg, tmp_path):
     run = tmp_path / "run"
     model, summary = fit(tiny_cfg, run)
@@ -300,6 +301,7 @@ def test_resume_without_a_checkpoint_is_an_error(tiny_cfg, tmp_path, monkeypatch
         fit(tiny_cfg, tmp_path / "nothing", resume=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("error", [PedcrowdError, KeyboardInterrupt])
 def test_a_run_failing_mid_training_closes_the_log_and_keeps_last_pt(
     tiny_cfg, tmp_path, monkeypatch, error

@@ -188,6 +188,7 @@ def runs(synth_root, tmp_path_factory) -> dict[str, tuple]:
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["fcos", "dw"])
 def test_fcos_trains_two_iterations_and_evaluates(runs, name):
     cfg, run, model, summary = runs[name]
@@ -245,6 +246,7 @@ def test_fcos_rejects_crowd_losses(synth_root, tmp_path):
         fit(cfg, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_infer_vis_and_compare_on_fcos_run_dirs(runs, synth_root, tmp_path):
     images = synth_root / "leftImg8bit" / "val"
     gt = synth_root / "annotations" / "val_gt.json"

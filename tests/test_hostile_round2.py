@@ -74,6 +74,7 @@ def test_glob_names_with_dotdot_never_climb_out_of_out(tmp_path, monkeypatch, ti
     assert (cwd / "a" / "out" / "vis" / "z" / "p.png").is_file()
 
 
+@pytest.mark.slow
 def test_two_images_with_one_base_name_keep_apart(tmp_path, tiny_checkpoint):
     from pedcrowd.media.sources import collect_sources
 
@@ -273,6 +274,7 @@ def test_analyze_operating_points_must_be_finite(tmp_path, point, gt_doc, one_li
     one_line_exit_2(result, f"--at '{point}': ")
 
 
+@pytest.mark.slow
 def test_a_run_that_never_took_a_finite_step_fails(tmp_path, monkeypatch):
     """Every step's loss non-finite, fewer of them than the abort limit: not exit 0 with an untrained best.pt."""
     import pedcrowd.model as model_package
@@ -303,6 +305,7 @@ def test_a_run_that_never_took_a_finite_step_fails(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_run_whose_weights_became_infinite_fails_before_writing_them(tmp_path, monkeypatch):
     import torch
 

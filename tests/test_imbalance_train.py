@@ -235,6 +235,7 @@ def tiny_yaml(tmp_path_factory):
     return tmp / "tiny.yaml"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CLI))
 def test_cli_trains_two_iterations_with_nms_loss_and_evaluates(name, tiny_yaml, tmp_path):
     run = tmp_path / "run"

@@ -295,6 +295,7 @@ def synth_run(tmp_path_factory) -> dict[str, Path]:
     return {"root": root / "data", "run": run, "cfg": cfg}
 
 
+@pytest.mark.slow
 def test_infer_then_eval_matches_training_evaluation(synth_run, tmp_path: Path):
     from pedcrowd.data.config import build_dataset
     from pedcrowd.engine.checkpoint import load_for_inference

@@ -99,6 +99,7 @@ def tiny_yaml(tmp_path_factory):
     return tmp / "tiny.yaml"
 
 
+@pytest.mark.slow
 def test_kl_model_trains_evaluates_with_voting_and_infer_writes_bbox_std(tiny_yaml, tmp_path):
     from typer.testing import CliRunner
 

@@ -37,6 +37,7 @@ def test_help_lists_the_options():
     assert runner.invoke(app, ["train", "--help"]).exit_code == 0
 
 
+@pytest.mark.slow
 def test_train_with_loss_preset_prints_the_summary(tiny_yaml, tmp_path):
     run = tmp_path / "run"
     result = runner.invoke(

@@ -293,6 +293,7 @@ def test_infer_on_only_unreadable_images_exits_2(tmp_path, tiny_checkpoint):
     assert [line.split(":")[0] for line in skips] == [f"skipped bad{i}.png" for i in range(4)]
 
 
+@pytest.mark.slow
 def test_infer_finishes_the_readable_images_and_names_the_rest(tmp_path, tiny_checkpoint):
     folder = images_folder(tmp_path, good=2, bad=7, truncated=1)
     result = runner.invoke(app, ["infer", str(folder), "--weights", str(tiny_checkpoint), "--out", str(tmp_path / "o")])
@@ -305,6 +306,7 @@ def test_infer_finishes_the_readable_images_and_names_the_rest(tmp_path, tiny_ch
     assert (tmp_path / "o" / "detections.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_cut_off_video_is_reported_and_its_good_frames_kept(tmp_path, tiny_checkpoint):
     import cv2
 

@@ -1,9 +1,9 @@
 """Time and peak memory of pedcrowd's CrowdHuman evaluation against the plain per-image loops.
 
 A CrowdHuman-sized synthetic set (default 4,370 images, 100k GT boxes, 500k
-detections; tests/crowdhuman_reference.py writes it) is evaluated for AP,
+detections; ``pedcrowd.reference.crowdhuman`` writes it) is evaluated for AP,
 MR^-2 and JI by pedcrowd (``pedcrowd.eval.crowdhuman``) and by the reference
-loops (``tests/crowdhuman_reference.py``), each in its own fresh process,
+loops (``pedcrowd.reference.crowdhuman``), each in its own fresh process,
 JSON loading included. Peak memory is the child's maximum resident set size.
 
     python scripts/bench_crowdhuman.py [--images 4370 --gt 100000 --dets 500000] [--repeat 3] [--ref-repeat 1]
@@ -19,9 +19,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def run_one(impl: str, data: Path) -> dict:
@@ -40,7 +37,8 @@ def run_one(impl: str, data: Path) -> dict:
         ap, mr, ji = r.ap, r.mr, r.ji
     else:
         import scipy.optimize  # noqa: F401
-        from crowdhuman_reference import load, reference_apmr, reference_ji
+
+        from pedcrowd.reference.crowdhuman import load, reference_apmr, reference_ji
 
         start, start_cpu = time.perf_counter(), time.process_time()
         loaded = load(gt, dets, images)
@@ -76,7 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or Path(tmp)
         if not (data / "dets.json").exists():
-            from crowdhuman_reference import synthetic_crowdhuman
+            from pedcrowd.reference.crowdhuman import synthetic_crowdhuman
 
             synthetic_crowdhuman(data, args.images, args.gt, args.dets, seed=0)
         size = (data / "dets.json").stat().st_size / 2**20

@@ -1,4 +1,5 @@
-"""Time pedcrowd's MR^-2 against the plain-loop reference implementation (tests/mr_oracle.py).
+"""Time pedcrowd's MR^-2 against the plain-loop reference implementation
+(``pedcrowd.reference.mr``).
 
 Both evaluate the seven CityPersons setups of the NMS-Ped val detections
 (500 images, 34k detections), JSON loading included, in this one process.
@@ -10,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def run_pedcrowd(gt_path: Path, dets_path: Path) -> dict[str, float | None]:
@@ -30,7 +29,7 @@ def run_pedcrowd(gt_path: Path, dets_path: Path) -> dict[str, float | None]:
 def run_reference(gt_path: Path, dets_path: Path) -> dict[str, float | None]:
     import json
 
-    from mr_oracle import CP_SETUPS, dets_from_json, reference_mr
+    from pedcrowd.reference.mr import CP_SETUPS, dets_from_json, reference_mr
 
     doc = json.loads(gt_path.read_text())
     by_image: dict[int, list] = {im["id"]: [] for im in doc["images"]}

@@ -2,7 +2,7 @@
 
 1. NMS-Loss forward + backward on one crowded image of N positive predictions
    (default 1,000): the vectorised ``pedcrowd.losses.nms_loss`` against the plain
-   greedy loop of ``tests/greedy_nms_loss.py`` (target: >= 20x faster), after
+   greedy loop of ``pedcrowd.reference.greedy_nms_loss`` (target: >= 20x faster), after
    checking that both give the same values.
 2. A full training step (forward, backward, SGD step) of the demo detector
    (``configs/cpu_demo.yaml``'s model) with ``--loss nms`` at the RoI stage over
@@ -16,10 +16,8 @@ Usage: ``python scripts/bench_losses.py [--predictions 1000] [--steps 10] [--thr
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -28,18 +26,7 @@ from pedcrowd.losses import LossConfig, apply_loss_preset
 from pedcrowd.losses.config import set_loss_fields
 from pedcrowd.losses.nms_loss import nms_loss
 from pedcrowd.model import ModelConfig, build_model, install_criteria
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_greedy_reference():
-    """``greedy_nms_loss`` from tests/greedy_nms_loss.py (the tests' reference)."""
-    spec = importlib.util.spec_from_file_location(
-        "greedy_nms_loss", REPO / "tests" / "greedy_nms_loss.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.greedy_nms_loss
+from pedcrowd.reference.greedy_nms_loss import greedy_nms_loss
 
 
 def crowded_image(num_pred: int, num_people: int, seed: int = 0, device: str = "cpu"):
@@ -82,10 +69,9 @@ def _sync(device: str) -> None:
 
 def bench_nms_loss(num_pred: int, num_people: int, device: str) -> None:
     inputs = crowded_image(num_pred, num_people, device=device)
-    greedy = load_greedy_reference()
     time_loss(nms_loss, inputs, 3, device)  # warm-up
     fast, fast_values = time_loss(nms_loss, inputs, 20, device)
-    slow, slow_values = time_loss(greedy, inputs, 1, device)
+    slow, slow_values = time_loss(greedy_nms_loss, inputs, 1, device)
     same = all(
         abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in zip(fast_values, slow_values, strict=True)
     )

@@ -153,6 +153,7 @@ def test_cli_pre_nms_file_and_crowdhuman(tmp_path):
     assert bad.exit_code == 2 and "needs --gt" in bad.output
 
 
+@pytest.mark.slow
 def test_model_path_restores_nms_and_replay_equals_normal_output(tmp_path):
     torch = pytest.importorskip("torch")
     from pedcrowd.data.config import build_dataset
@@ -207,10 +208,9 @@ def test_model_path_restores_nms_and_replay_equals_normal_output(tmp_path):
 def test_the_library_analyze_runs_the_model_and_writes_what_the_command_prints(tiny_checkpoint, tmp_path):
     """``pedcrowd.analyze.analyze`` from Python, no CLI: the model run, the analysis and the
     ``--out`` file are the command's."""
-    from tiny_run import TINY_SYNTH
-
     from pedcrowd.analyze import analyze, report_to_json
     from pedcrowd.data.synth import ensure_synth
+    from pedcrowd.reference.tiny import TINY_SYNTH
 
     ensure_synth(tiny_checkpoint.parent, TINY_SYNTH)  # the val split the checkpoint's config names
     started = []
@@ -281,3 +281,20 @@ def test_every_error_has_exactly_one_category(people, rows, nms):
         assert p.flags["duplicate_below_nms"] == p.false_positives["duplicate"]  # greedy NMS over the same boxes
         if thresh == 1.0:
             assert p.misses["nms_other_person"] == p.misses["nms_false_positive"] == 0
+
+
+def test_analyze_names_rows_for_users_and_its_ap_apart_from_coco(tmp_path):
+    dets, gt = tmp_path / "pre.json", tmp_path / "gt.json"
+    dets.write_text(json.dumps([{"image_id": 1, "bbox": b, "score": s} for b, s in PRE]))
+    gt.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 1200, "height": 300}],
+        "annotations": [{"id": k + 1, "image_id": 1, "category_id": 1, "bbox": b, "iscrowd": 0}
+                        for k, b in enumerate(PEOPLE)],
+        "categories": [{"id": 1, "name": "person"}]}))
+    result = runner.invoke(app, ["analyze", str(dets), "--gt", str(gt), "--at", "score=0.5"],
+                           terminal_width=80)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "AP50 (trapezoid, not COCO AP) 31.00 %" in text
+    assert "removed by NMS (another person) │ 1 (33 %)" in text
+    assert "nms_other_person" not in text and "never_proposed" not in text

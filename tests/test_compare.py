@@ -48,7 +48,7 @@ def random_matched_images(rng: np.random.Generator, n_images: int, max_dets: int
 
 
 def official_mr(images: list[dict], refs: np.ndarray, sentinel_final: bool) -> float:
-    """EVAL_PROTOCOL.md section 6, step by step, on a list of images."""
+    """docs/evaluation.md section "CityPersons: matching and the miss rate", step by step, on a list of images."""
     scores = np.concatenate([im["scores"] for im in images] + [np.zeros(0)])
     labels = np.concatenate([im["labels"] for im in images] + [np.zeros(0, dtype="<U3")])
     order = np.argsort(-scores, kind="mergesort")
@@ -112,7 +112,7 @@ def test_bootstrap_kernel_equals_expanded_resamples(n_images, max_dets, refs, se
 
 
 def test_bootstrap_kernel_sentinel_example():
-    # EVAL_PROTOCOL.md 6.7: 50 images, 2 GT, an FP at 0.9 then a TP:
+    # docs/evaluation.md section "Quirks kept on purpose": 50 images, 2 GT, an FP at 0.9 then a TP:
     # Python 0.5, Matlab 0.5 ** (7 / 9).
     images = [{"n_gt": 2, "scores": np.array([0.9, 0.8]), "labels": np.array(["fp", "tp"])}]
     images += [{"n_gt": 0, "scores": np.zeros(0), "labels": np.zeros(0, "<U3")}] * 49

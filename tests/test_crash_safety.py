@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny_run import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
 from typer.testing import CliRunner
 
 from pedcrowd.cli import app
@@ -27,6 +26,7 @@ from pedcrowd.engine.config import Config, apply_overrides, save_config
 from pedcrowd.engine.metrics import read_metrics
 from pedcrowd.engine.rundir import RunLock, truncate_metrics
 from pedcrowd.engine.signals import StopOnSignal
+from pedcrowd.reference.tiny import TINY_SYNTH, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 ITERS = 16  # 16 images, batch 2, 2 epochs: 8 iterations per epoch
@@ -241,17 +241,16 @@ def test_truncate_metrics_keeps_each_iteration_once(tmp_path):
 @pytest.fixture(scope="module")
 def one_epoch_run(tmp_path_factory):
     """A finished 1-epoch tiny run (step schedule) and its config."""
-    from test_engine import tiny_overrides as overrides
-
     from pedcrowd.engine.train import fit
 
     tmp = tmp_path_factory.mktemp("resume_rules")
     ensure_synth(tmp / "synth", TINY_SYNTH)
-    cfg = apply_overrides(Config(), [*overrides(tmp / "synth"), "train.eval_every=0"])
+    cfg = apply_overrides(Config(), [*tiny_overrides(tmp / "synth"), "train.eval_every=0"])
     fit(cfg, tmp / "run")
     return cfg, tmp / "run"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -273,6 +272,7 @@ def test_resume_refuses_a_changed_trajectory(one_epoch_run, override, message):
     assert message in text and "--set model.weights=" in text
 
 
+@pytest.mark.slow
 def test_resume_epochs_step_schedule_warns_cosine_refuses(one_epoch_run, tmp_path):
     import shutil
 
@@ -304,6 +304,7 @@ def test_resume_epochs_step_schedule_warns_cosine_refuses(one_epoch_run, tmp_pat
     ]
 
 
+@pytest.mark.slow
 def test_divergence_stops_after_n_nonfinite_steps_and_keeps_last_pt(one_epoch_run, tmp_path):
     from pedcrowd.engine.train import fit
     from pedcrowd.errors import PedcrowdError

@@ -60,6 +60,7 @@ def test_rows_are_the_issue_list():
     assert bench.ROW_BY_NAME["nms_rpn"].command() == "--loss nms --set loss.nms.stage=rpn"
 
 
+@pytest.mark.slow
 def test_toy_benchmark_end_to_end(toy):
     report = json.loads((toy / "bench" / "report.json").read_text())
     assert set(report["rows"]) == {"none", "rep"}
@@ -101,6 +102,7 @@ def _stamps(tmp: Path) -> dict[str, float]:
         str(p.relative_to(runs)): p.stat().st_mtime_ns for p in runs.rglob("done.json")}
 
 
+@pytest.mark.slow
 def test_second_invocation_redoes_nothing(toy, capsys, monkeypatch):
     monkeypatch.setitem(bench.ROW_BY_NAME, "future", FUTURE)
     monkeypatch.setitem(bench.ROW_BY_NAME, "broken", BROKEN)
@@ -112,6 +114,7 @@ def test_second_invocation_redoes_nothing(toy, capsys, monkeypatch):
     assert _stamps(toy) == before
 
 
+@pytest.mark.slow
 def test_killed_runs_are_continued_or_redone_never_counted(toy, capsys):
     runs = toy / "bench" / "runs"
     # killed after its checkpoint: no done.json, so it is continued from last.pt
@@ -134,6 +137,7 @@ def test_unknown_row_is_an_error(tmp_path, capsys):
     assert "unknown row(s) nms, bogus" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_parallel_jobs_give_the_same_runs_as_one_process(toy, tmp_path, capsys):
     """--jobs 2: each run in its own process (log beside it), the same MR^-2 as in-process
     (training on the CPU is deterministic), and a second invocation reuses them."""
@@ -154,6 +158,7 @@ def test_parallel_jobs_give_the_same_runs_as_one_process(toy, tmp_path, capsys):
     assert "none seed 0: reused" in err and "rep seed 0: reused" in err
 
 
+@pytest.mark.slow
 def test_rows_start_from_the_backbone_of_a_checkpoint(toy, tmp_path):
     """--backbone-from CKPT: only its backbone.* tensors, in a file named by the source's hash,
     become every row's model.weights; the heads start fresh."""

@@ -9,7 +9,6 @@ import typing
 
 import pytest
 import torch
-from tiny_run import SMALL  # tests/ is on sys.path under pytest
 from torchvision.models.detection._utils import BoxCoder
 
 import pedcrowd.losses.nms_loss
@@ -27,6 +26,7 @@ from pedcrowd.losses.registry import TERMS
 from pedcrowd.losses.repulsion import repulsion_loss
 from pedcrowd.losses.samples import StageSamples
 from pedcrowd.model import build_model, install_criteria
+from pedcrowd.reference.tiny import SMALL
 
 
 def test_package_exports_the_functions():

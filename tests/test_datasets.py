@@ -2,7 +2,7 @@
 
 Small annotation files in every format are written by the tests (with tiny
 PNG/JPG images); the CityPersons label mapping is checked on the real
-``anno_val.mat`` / ``val_gt.json`` against the counts of EVAL_PROTOCOL.md section 2.
+``anno_val.mat`` / ``val_gt.json`` against the counts of docs/evaluation.md section "CityPersons: ground truth and detections".
 """
 
 from __future__ import annotations
@@ -291,7 +291,7 @@ def test_citypersons_real_val_label_mapping(shared_data):
     mat = shared_data / "citypersons" / "anno_val.mat"
     rows = _raw_mat_rows(mat)
     counts = {label: int((rows[:, 0] == label).sum()) for label in range(6)}
-    # EVAL_PROTOCOL.md section 2: pedestrian / ignore / rider / sitting / other / group.
+    # docs/evaluation.md section "CityPersons: ground truth and detections": pedestrian / ignore / rider / sitting / other / group.
     assert [counts[i] for i in (1, 0, 2, 3, 4, 5)] == [3157, 1631, 509, 185, 87, 226]
 
     def totals(ds):

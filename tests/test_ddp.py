@@ -11,11 +11,11 @@ import textwrap
 
 import pytest
 import torch
-from tiny_run import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
 
 from pedcrowd.data.synth import ensure_synth
 from pedcrowd.engine.checkpoint import load_checkpoint
 from pedcrowd.engine.config import Config, apply_overrides, save_config
+from pedcrowd.reference.tiny import TINY_SYNTH, tiny_overrides
 
 WORKER = textwrap.dedent("""
     import json, os, sys

@@ -24,13 +24,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_precision import TECHNIQUES, batch, model_for  # tests/ is on sys.path under pytest
 from torch.overrides import TorchFunctionMode
 
 import pedcrowd
 from pedcrowd.engine import loop
 from pedcrowd.engine.loop import amp_dtype, train_one_epoch
 from pedcrowd.model.config import PostprocessConfig
+from pedcrowd.reference.tiny import TECHNIQUES
+from pedcrowd.reference.tiny import crowd_batch as batch
+from pedcrowd.reference.tiny import technique_model as model_for
 
 PEDCROWD = str(Path(pedcrowd.__file__).parent) + "/"
 TORCH = str(Path(torch.__file__).parent) + "/"  # not torchvision
@@ -80,6 +82,7 @@ def test_the_mode_catches_a_factory_without_device():
         b + torch.ones(3)  # noqa: B018 - the next operation fails
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TECHNIQUES))
 def test_training_forward_makes_every_tensor_on_the_model_device(name):
     model = model_for(name)
@@ -149,6 +152,7 @@ LOSS_READS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TECHNIQUES))
 def test_a_training_step_reads_the_host_once(name, host_reads):
     model = model_for(name)
@@ -365,12 +369,11 @@ def test_bgr_to_tensor_equals_torch_float_division_for_every_byte():
 def test_fit_with_train_amp_on_the_cpu(tmp_path, monkeypatch, has_bf16):
     """A tiny run with train.amp: bfloat16 autocast where the CPU has it; elsewhere a
     warning and float32 (the loop sees amp=True but autocasts nothing)."""
-    from tiny_run import TINY_SYNTH, tiny_overrides
-
     from pedcrowd.data.synth import ensure_synth
     from pedcrowd.engine.config import Config, apply_overrides
     from pedcrowd.engine.reporter import Reporter
     from pedcrowd.engine.train import fit
+    from pedcrowd.reference.tiny import TINY_SYNTH, tiny_overrides
 
     monkeypatch.setattr(loop, "_cpu_has_bf16", lambda: has_bf16)
     ensure_synth(tmp_path / "synth", TINY_SYNTH)

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny_run import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
 
 from pedcrowd.data.synth import ensure_synth
 from pedcrowd.engine import distributed as ddp
@@ -25,6 +24,7 @@ from pedcrowd.engine.predict import predict
 from pedcrowd.engine.schedule import build_scheduler, lr_factor
 from pedcrowd.engine.train import fit
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.reference.tiny import TINY_SYNTH, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +202,7 @@ def test_checkpoint_atomic_write_and_resolution(tmp_path):
 # ----------------------------------------------------------------------------- tiny runs
 
 
+@pytest.mark.slow
 def test_tiny_training_run_writes_the_run_directory(tiny_cfg, tmp_path):
     run = tmp_path / "run"
     model, summary = fit(tiny_cfg, run)
@@ -299,6 +300,7 @@ def test_resume_without_a_checkpoint_is_an_error(tiny_cfg, tmp_path, monkeypatch
         fit(tiny_cfg, tmp_path / "nothing", resume=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("error", [PedcrowdError, KeyboardInterrupt])
 def test_a_run_failing_mid_training_closes_the_log_and_keeps_last_pt(
     tiny_cfg, tmp_path, monkeypatch, error

@@ -14,34 +14,8 @@ from pedcrowd.cli import app
 runner = CliRunner()
 
 
-def small_gt(tmp_path):
-    """Two images, three pedestrians (one 40 px: only in All), one ignore region."""
-    anns = [
-        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 41, 100], "height": 100, "vis_ratio": 1.0, "ignore": 0},
-        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [300, 10, 41, 100], "height": 100, "vis_ratio": 1.0, "ignore": 0},
-        {"id": 3, "image_id": 2, "category_id": 1, "bbox": [10, 10, 16, 40], "height": 40, "vis_ratio": 1.0, "ignore": 0},
-        {"id": 4, "image_id": 2, "category_id": 1, "bbox": [500, 0, 200, 200], "height": 200, "vis_ratio": 1.0, "ignore": 1},
-    ]
-    doc = {"images": [{"id": 1, "im_name": "a_1.png"}, {"id": 2, "im_name": "b_2.png"}],
-           "annotations": anns, "categories": [{"id": 1, "name": "pedestrian"}]}
-    path = tmp_path / "gt.json"
-    path.write_text(json.dumps(doc))
-    return path
-
-
-def small_dets(tmp_path, dets=None):
-    dets = dets if dets is not None else [
-        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 41, 100], "score": 0.9},
-        {"image_id": 1, "category_id": 1, "bbox": [150, 10, 41, 100], "score": 0.8},
-        {"image_id": 2, "category_id": 1, "bbox": [550, 50, 41, 100], "score": 0.95},
-    ]
-    path = tmp_path / "dets.json"
-    path.write_text(json.dumps(dets) if not isinstance(dets, str) else dets)
-    return path
-
-
-def test_table(tmp_path):
-    result = runner.invoke(app, ["eval", "--gt", str(small_gt(tmp_path)), "--dets", str(small_dets(tmp_path))])
+def test_table(tmp_path, small_gt, small_dets):
+    result = runner.invoke(app, ["eval", "--gt", str(small_gt()), "--dets", str(small_dets())])
     assert result.exit_code == 0, result.output
     rows = [[c.strip() for c in ln.split("│") if c.strip()] for ln in result.stdout.splitlines()]
     rows = {r[0]: r[1:] for r in rows if r}
@@ -51,9 +25,9 @@ def test_table(tmp_path):
     assert rows["All"][1:] == ["3", "2"]
 
 
-def test_json_out_and_plot(tmp_path):
+def test_json_out_and_plot(tmp_path, small_gt, small_dets):
     out, plot = tmp_path / "r.json", tmp_path / "c.png"
-    args = ["eval", "--gt", str(small_gt(tmp_path)), "--dets", str(small_dets(tmp_path)), "--json",
+    args = ["eval", "--gt", str(small_gt()), "--dets", str(small_dets()), "--json",
             "--out", str(out), "--plot", str(plot), "--setup", "Reasonable", "--setup", "All", "--setup", "tall:90-200:0-2"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -67,16 +41,16 @@ def test_json_out_and_plot(tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_empty_detections_and_no_gt_setup(tmp_path):
-    args = ["eval", "--gt", str(small_gt(tmp_path)), "--dets", str(small_dets(tmp_path, [])), "--json",
+def test_empty_detections_and_no_gt_setup(tmp_path, small_gt, small_dets):
+    args = ["eval", "--gt", str(small_gt()), "--dets", str(small_dets([])), "--json",
             "--setup", "Reasonable", "--setup", "huge:500-600:0-1"]
     doc = json.loads(runner.invoke(app, args).stdout)
     assert doc["results"]["Reasonable"]["mr"] == 1.0
     assert doc["results"]["huge"]["mr"] is None and doc["results"]["huge"]["n_gt"] == 0
 
 
-def test_metric_ap(tmp_path):
-    args = ["eval", "--gt", str(small_gt(tmp_path)), "--dets", str(small_dets(tmp_path)), "--json", "--metric", "all"]
+def test_metric_ap(tmp_path, small_gt, small_dets):
+    args = ["eval", "--gt", str(small_gt()), "--dets", str(small_dets()), "--json", "--metric", "all"]
     doc = json.loads(runner.invoke(app, args).stdout)
     assert set(doc["ap"]) == {"AP", "AP50", "AP75"}
     # 3 GT; TP first (precision 1 up to recall 1/3), then FPs: AP50 = 1/3 over 101 recall points -> 34/101.
@@ -94,29 +68,29 @@ def test_metric_ap(tmp_path):
         ([{"image_id": 1, "bbox": [0, 0, 1, -2], "score": 1}], "negative box size"),
     ],
 )
-def test_bad_detections_exit_2_with_one_line(tmp_path, dets, message):
-    path = tmp_path / "dets.json" if dets is None else small_dets(tmp_path, dets)
-    result = runner.invoke(app, ["eval", "--gt", str(small_gt(tmp_path)), "--dets", str(path)])
+def test_bad_detections_exit_2_with_one_line(tmp_path, dets, message, small_gt, small_dets):
+    path = tmp_path / "dets.json" if dets is None else small_dets(dets)
+    result = runner.invoke(app, ["eval", "--gt", str(small_gt()), "--dets", str(path)])
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and message in lines[0]
     assert "Traceback" not in result.output
 
 
-def test_bad_ground_truth_and_options(tmp_path):
-    dets = str(small_dets(tmp_path))
+def test_bad_ground_truth_and_options(tmp_path, small_gt, small_dets):
+    dets = str(small_dets())
     bad = tmp_path / "bad_gt.json"
     bad.write_text(json.dumps({"images": [{"id": 1, "im_name": "a_1.png"}],
                                "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}]}))
     cases = [
         (["--gt", str(tmp_path / "none.json")], "none.json: no such file"),
         (["--gt", str(bad)], "no 'height' field"),
-        (["--gt", str(small_gt(tmp_path)), "--setup", "Nope"], "--setup 'Nope'"),
-        (["--gt", str(small_gt(tmp_path)), "--protocol", "voc"], "--protocol 'voc'"),
-        (["--gt", str(small_gt(tmp_path)), "--metric", "F1"], "--metric 'F1'"),
-        (["--gt", str(small_gt(tmp_path)), "--metric", "AP", "--plot", str(tmp_path / "p.png")],
+        (["--gt", str(small_gt()), "--setup", "Nope"], "--setup 'Nope'"),
+        (["--gt", str(small_gt()), "--protocol", "voc"], "--protocol 'voc'"),
+        (["--gt", str(small_gt()), "--metric", "F1"], "--metric 'F1'"),
+        (["--gt", str(small_gt()), "--metric", "AP", "--plot", str(tmp_path / "p.png")],
          "use it with --metric MR-2 or all"),
-        (["--gt", str(small_gt(tmp_path)), "--out", str(tmp_path / "bad_gt.json" / "o.json")],
+        (["--gt", str(small_gt()), "--out", str(tmp_path / "bad_gt.json" / "o.json")],
          "o.json: cannot write"),
     ]
     for args, message in cases:
@@ -154,10 +128,10 @@ def test_acceptance_caltech(shared_data):
         assert got[name]["mr"] == pytest.approx(value, abs=1e-9)
 
 
-def test_eval_does_not_import_torch(tmp_path):
+def test_eval_does_not_import_torch(tmp_path, small_gt, small_dets):
     code = (
         "import sys; from pedcrowd.cli import app\n"
-        f"app(['eval', '--gt', {str(small_gt(tmp_path))!r}, '--dets', {str(small_dets(tmp_path))!r}, '--json'],"
+        f"app(['eval', '--gt', {str(small_gt())!r}, '--dets', {str(small_dets())!r}, '--json'],"
         " standalone_mode=False)\n"
         "heavy = [m for m in ('torch', 'torchvision', 'cv2', 'matplotlib') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"

@@ -1,5 +1,5 @@
 """CrowdHuman evaluation (CrowdDet's AP, MR^-2, JI): one hand-built case per quirk, the
-crash cases, the CLI, properties, and agreement with the plain loops of crowdhuman_reference.py."""
+crash cases, the CLI, properties, and agreement with the plain loops of pedcrowd/reference/crowdhuman.py."""
 
 from __future__ import annotations
 
@@ -8,14 +8,6 @@ import math
 
 import numpy as np
 import pytest
-from crowdhuman_reference import (
-    brute_force_matching,
-    load,
-    lsa_matching,
-    reference_apmr,
-    reference_ji,
-    synthetic_crowdhuman,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -24,6 +16,14 @@ from pedcrowd.cli import app
 from pedcrowd.eval.crowdhuman import evaluate_crowdhuman, load_crowdhuman
 from pedcrowd.eval.mr import SetupMatches
 from pedcrowd.formats.records import ImageRecord
+from pedcrowd.reference.crowdhuman import (
+    brute_force_matching,
+    load,
+    lsa_matching,
+    reference_apmr,
+    reference_ji,
+    synthetic_crowdhuman,
+)
 
 EPS = 1e-6
 runner = CliRunner()

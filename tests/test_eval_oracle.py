@@ -1,11 +1,12 @@
-"""The test oracle (tests/mr_oracle.py) against the official CityPersons and Caltech numbers."""
+"""The test oracle (pedcrowd/reference/mr.py) against the official CityPersons and Caltech numbers."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from mr_oracle import (  # tests/ is on sys.path under pytest
+
+from pedcrowd.reference.mr import (
     CP_SETUPS,
     dets_from_json,
     images_from_records,
@@ -25,7 +26,7 @@ def test_oracle_reproduces_official_citypersons(shared_data):
 
 
 def test_oracle_sentinel_example():
-    # EVAL_PROTOCOL.md 6.7: 50 images, 2 GT, an FP at 0.9 then a TP: Python 0.5, Matlab 0.5^(7/9).
+    # docs/evaluation.md section "Quirks kept on purpose": 50 images, 2 GT, an FP at 0.9 then a TP: Python 0.5, Matlab 0.5^(7/9).
     images = [{"id": i + 1, "boxes": [], "ignore": [], "heights": [], "vis": []} for i in range(50)]
     images[0].update(boxes=[[0, 0, 41, 100], [200, 0, 41, 100]], ignore=[0, 0], heights=[100, 100], vis=[1, 1])
     dets = {1: [([400, 0, 41, 100], 0.9), ([0, 0, 41, 100], 0.8)]}

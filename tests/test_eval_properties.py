@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mr_oracle import CP_SETUPS, images_from_records, reference_mr
 
 from pedcrowd.eval import GroundTruth, evaluate, match_setup
 from pedcrowd.formats.records import ImageRecord
+from pedcrowd.reference.mr import CP_SETUPS, images_from_records, reference_mr
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 VIS = [0.0, 0.2, 0.5, 0.65, 0.8, 0.9, 1.0]

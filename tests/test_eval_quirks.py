@@ -1,4 +1,4 @@
-"""One hand-built case per quirk of EVAL_PROTOCOL.md; expected values worked out by hand."""
+"""One hand-built case per quirk of docs/evaluation.md (section "Quirks kept on purpose"); expected values worked out by hand."""
 
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_run import tiny_overrides  # tests/ is on sys.path under pytest
 from typer.testing import CliRunner
 
 from pedcrowd.cli import app
@@ -23,6 +22,7 @@ from pedcrowd.errors import PedcrowdError
 from pedcrowd.losses.fcos import fcos_loss, fcos_match
 from pedcrowd.model import ModelConfig, build_model
 from pedcrowd.model.fcos import PedFCOS, refine_distances, sample_per_channel
+from pedcrowd.reference.tiny import tiny_overrides
 
 runner = CliRunner()
 TINY = SynthConfig(train_images=4, val_images=2, height=96, width=160, seed=3)
@@ -184,6 +184,7 @@ def runs(synth_root, tmp_path_factory) -> dict[str, tuple]:
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["fcos", "dw"])
 def test_fcos_trains_two_iterations_and_evaluates(runs, name):
     cfg, run, model, summary = runs[name]
@@ -241,6 +242,7 @@ def test_fcos_rejects_crowd_losses(synth_root, tmp_path):
         fit(cfg, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_infer_vis_and_compare_on_fcos_run_dirs(runs, synth_root, tmp_path):
     images = synth_root / "leftImg8bit" / "val"
     gt = synth_root / "annotations" / "val_gt.json"

@@ -20,14 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_validation import gt_doc, one_line_exit_2  # tests/ is on sys.path under pytest
-from tiny_run import TINY_SYNTH, tiny_overrides
 from typer.testing import CliRunner
 
 from pedcrowd.cli import app, error_line
 from pedcrowd.data.config import SynthConfig
 from pedcrowd.engine.config import Config, apply_overrides
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.reference.tiny import TINY_SYNTH, tiny_overrides
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -75,6 +74,7 @@ def test_glob_names_with_dotdot_never_climb_out_of_out(tmp_path, monkeypatch, ti
     assert (cwd / "a" / "out" / "vis" / "z" / "p.png").is_file()
 
 
+@pytest.mark.slow
 def test_two_images_with_one_base_name_keep_apart(tmp_path, tiny_checkpoint):
     from pedcrowd.media.sources import collect_sources
 
@@ -94,7 +94,7 @@ def test_two_images_with_one_base_name_keep_apart(tmp_path, tiny_checkpoint):
     assert set(by_name) <= {"a/x.png", "b/x.png"} and len(set(by_name.values())) == len(by_name)
 
 
-def test_a_planted_lock_link_is_refused_not_truncated(tmp_path, victim):
+def test_a_planted_lock_link_is_refused_not_truncated(tmp_path, victim, one_line_exit_2):
     run = tmp_path / "run"
     run.mkdir()
     (run / ".lock").symlink_to(victim)
@@ -191,8 +191,8 @@ def test_a_dataset_never_reads_outside_its_image_folder(tmp_path):
 # ----------------------------------------------------------------------------- (b) silent wrong results
 
 
-def test_an_annotation_listed_twice_in_an_eval_gt_is_refused(tmp_path):
-    doc = gt_doc()
+def test_an_annotation_listed_twice_in_an_eval_gt_is_refused(tmp_path, gt_doc, one_line_exit_2):
+    doc = gt_doc
     doc["annotations"] = doc["annotations"] * 2  # every annotation twice: MR^-2 would be ~50 %
     gt = tmp_path / "gt.json"
     gt.write_text(json.dumps(doc))
@@ -202,8 +202,8 @@ def test_an_annotation_listed_twice_in_an_eval_gt_is_refused(tmp_path):
     one_line_exit_2(result, f"{gt}: annotation id 1 is listed twice: its person would be counted twice")
 
 
-def test_the_same_box_under_another_id_is_warned(tmp_path, caplog):
-    doc = gt_doc()
+def test_the_same_box_under_another_id_is_warned(tmp_path, caplog, gt_doc):
+    doc = gt_doc
     doc["annotations"].append({**doc["annotations"][0], "id": 7})  # renumbered copy (or two synthetic people)
     gt = tmp_path / "gt.json"
     gt.write_text(json.dumps(doc))
@@ -215,10 +215,10 @@ def test_the_same_box_under_another_id_is_warned(tmp_path, caplog):
     assert f"{gt}: annotations 1 and 7 of image 1 are the same box [10.0, 10.0, 41.0, 100.0]" in caplog.text
 
 
-def test_two_people_at_one_place_but_one_ignored_are_not_duplicates(tmp_path):
+def test_two_people_at_one_place_but_one_ignored_are_not_duplicates(tmp_path, gt_doc):
     from pedcrowd.formats.citypersons import read_citypersons_json
 
-    doc = gt_doc()
+    doc = gt_doc
     doc["annotations"].append({**doc["annotations"][0], "id": 7, "ignore": 1})
     (tmp_path / "gt.json").write_text(json.dumps(doc))
     assert len(read_citypersons_json(tmp_path / "gt.json")[0]) == 2
@@ -238,7 +238,7 @@ def test_odgt_boxes_that_cannot_be_right(tmp_path, box, message):
     assert str(e.value) == f"{path}:1: image 'p1': {message}" or str(e.value).startswith(f"{path}:1: image 'p1': {message}")
 
 
-def test_an_odgt_line_without_gtboxes_and_an_empty_odgt(tmp_path):
+def test_an_odgt_line_without_gtboxes_and_an_empty_odgt(tmp_path, one_line_exit_2):
     from pedcrowd.formats.crowdhuman import read_odgt
 
     path = odgt(tmp_path, [{"ID": "p1", "gtboxes": [PERSON]}, {"ID": "p2"}])
@@ -253,7 +253,7 @@ def test_an_odgt_line_without_gtboxes_and_an_empty_odgt(tmp_path):
 
 
 @pytest.mark.parametrize("width", ["-640", "0", "NaN", "640.5", '"wide"'])
-def test_images_file_sizes_are_checked_and_name_that_file(tmp_path, width):
+def test_images_file_sizes_are_checked_and_name_that_file(tmp_path, width, one_line_exit_2):
     gt = odgt(tmp_path, [{"ID": "p1", "gtboxes": [PERSON]}])
     images = tmp_path / "images.json"
     images.write_text('{"images": [{"id": 1, "file_name": "p1.jpg", "width": ' + width + ', "height": 480}]}')
@@ -265,15 +265,16 @@ def test_images_file_sizes_are_checked_and_name_that_file(tmp_path, width):
 
 
 @pytest.mark.parametrize("point", ["fppi=nan", "fppi=inf", "fppi=-1", "score=nan"])
-def test_analyze_operating_points_must_be_finite(tmp_path, point):
+def test_analyze_operating_points_must_be_finite(tmp_path, point, gt_doc, one_line_exit_2):
     gt = tmp_path / "gt.json"
-    gt.write_text(json.dumps(gt_doc()))
+    gt.write_text(json.dumps(gt_doc))
     dets = tmp_path / "pre.json"
     dets.write_text("[]")
     result = runner.invoke(app, ["analyze", str(dets), "--gt", str(gt), "--at", point])
     one_line_exit_2(result, f"--at '{point}': ")
 
 
+@pytest.mark.slow
 def test_a_run_that_never_took_a_finite_step_fails(tmp_path, monkeypatch):
     """Every step's loss non-finite, fewer of them than the abort limit: not exit 0 with an untrained best.pt."""
     import pedcrowd.engine.train as train_module
@@ -304,6 +305,7 @@ def test_a_run_that_never_took_a_finite_step_fails(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_run_whose_weights_became_infinite_fails_before_writing_them(tmp_path, monkeypatch):
     import torch
 
@@ -411,7 +413,7 @@ def test_a_set_another_process_trains_on_is_never_regenerated(tmp_path):
     assert json.loads((out / "synth.json").read_text())["params"]["seed"] == 1
 
 
-def test_infer_takes_the_out_lock_like_train(tmp_path, tiny_checkpoint):
+def test_infer_takes_the_out_lock_like_train(tmp_path, tiny_checkpoint, one_line_exit_2):
     from pedcrowd.engine.rundir import RunLock
 
     image = write_png(tmp_path / "x.png")
@@ -428,7 +430,7 @@ def test_infer_takes_the_out_lock_like_train(tmp_path, tiny_checkpoint):
     assert RunLock(out).acquire()  # released by the dead process
 
 
-def test_an_infer_that_fails_early_leaves_no_out_folder(tmp_path, tiny_checkpoint):
+def test_an_infer_that_fails_early_leaves_no_out_folder(tmp_path, tiny_checkpoint, one_line_exit_2):
     image = write_png(tmp_path / "x.png")
     out = tmp_path / "out"
     result = runner.invoke(app, ["infer", str(image), "--weights", str(tiny_checkpoint), "--out", str(out),
@@ -437,9 +439,9 @@ def test_an_infer_that_fails_early_leaves_no_out_folder(tmp_path, tiny_checkpoin
     assert not out.exists()
 
 
-def test_detections_all_of_another_category_are_warned(tmp_path, caplog):
+def test_detections_all_of_another_category_are_warned(tmp_path, caplog, gt_doc):
     gt = tmp_path / "gt.json"
-    gt.write_text(json.dumps(gt_doc()))
+    gt.write_text(json.dumps(gt_doc))
     dets = tmp_path / "dets.json"
     dets.write_text(json.dumps([{"image_id": 1, "category_id": 2, "bbox": [10, 10, 41, 100], "score": 0.9}]))
     with caplog.at_level("WARNING"):
@@ -456,7 +458,7 @@ def test_detections_all_of_another_category_are_warned(tmp_path, caplog):
     ({"mr": "low"}, "'mr' must be a rate, got low"),
     ({"points": [7]}, "points[0] is not an operating point with a 'name'"),
 ])
-def test_a_malformed_analysis_file_is_one_line(tmp_path, change, message):
+def test_a_malformed_analysis_file_is_one_line(tmp_path, change, message, one_line_exit_2):
     good = {"mr": 0.1, "points": [{"name": "fppi=0.1", "score": 0.5, "n_missed": 1, "n_fp": 2,
                                    "misses": dict.fromkeys(("nms_other_person", "nms_false_positive",
                                                             "low_score", "never_proposed", "other"), 0),
@@ -493,7 +495,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_says_so(tmp_path, 
     assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
-def test_an_oserror_anywhere_is_one_line_naming_path_and_cause(tmp_path, monkeypatch):
+def test_an_oserror_anywhere_is_one_line_naming_path_and_cause(tmp_path, monkeypatch, gt_doc, one_line_exit_2):
     import errno
 
     from pedcrowd.commands import eval as eval_command
@@ -503,7 +505,7 @@ def test_an_oserror_anywhere_is_one_line_naming_path_and_cause(tmp_path, monkeyp
 
     monkeypatch.setattr(eval_command, "_write", no_space)
     gt = tmp_path / "gt.json"
-    gt.write_text(json.dumps(gt_doc()))
+    gt.write_text(json.dumps(gt_doc))
     dets = tmp_path / "dets.json"  # one detection: no "images without detections" warning
     dets.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [10, 10, 41, 100], "score": 0.9}]))
     result = runner.invoke(app, ["eval", "--gt", str(gt), "--dets", str(dets), "--out", str(tmp_path / "r.json")])
@@ -511,7 +513,7 @@ def test_an_oserror_anywhere_is_one_line_naming_path_and_cause(tmp_path, monkeyp
     assert err == f"pedcrowd: error: {tmp_path / 'r.json'}: No space left on device"
 
 
-def test_out_naming_a_file_and_convert_onto_a_folder(tmp_path, tiny_checkpoint):
+def test_out_naming_a_file_and_convert_onto_a_folder(tmp_path, tiny_checkpoint, gt_doc, one_line_exit_2):
     a_file = tmp_path / "f"
     a_file.write_text("x")
     one_line_exit_2(runner.invoke(app, ["train", "--out", str(a_file)]), f"{a_file}: names a file")
@@ -519,7 +521,7 @@ def test_out_naming_a_file_and_convert_onto_a_folder(tmp_path, tiny_checkpoint):
     one_line_exit_2(runner.invoke(app, ["infer", str(image), "--weights", str(tiny_checkpoint), "--out", str(a_file)]),
                     f"{a_file}: --out names a file")
     gt = tmp_path / "gt.json"
-    gt.write_text(json.dumps(gt_doc()))
+    gt.write_text(json.dumps(gt_doc))
     one_line_exit_2(runner.invoke(app, ["eval", "--gt", str(gt), "--dets", str(gt.with_name("d.json")),
                                         "--out", str(a_file / "r.json")]))
     folder = tmp_path / "folder"
@@ -528,10 +530,10 @@ def test_out_naming_a_file_and_convert_onto_a_folder(tmp_path, tiny_checkpoint):
                     f"{folder}: is a folder")
 
 
-def test_a_100k_deep_json_line_is_one_line(tmp_path):
+def test_a_100k_deep_json_line_is_one_line(tmp_path, gt_doc, one_line_exit_2):
     deep = "[" * 100_000 + "]" * 100_000
     gt = tmp_path / "gt.json"
-    gt.write_text(json.dumps(gt_doc()))
+    gt.write_text(json.dumps(gt_doc))
     dets = tmp_path / "dets.json"
     dets.write_text(deep)
     one_line_exit_2(runner.invoke(app, ["eval", "--gt", str(gt), "--dets", str(dets)]),
@@ -551,7 +553,7 @@ def test_error_lines_are_cut_to_a_readable_length():
 # ----------------------------------------------------------------------------- (d) clear errors
 
 
-def test_analyze_names_a_crowddet_dump_instead_of_calling_it_a_checkpoint(tmp_path):
+def test_analyze_names_a_crowddet_dump_instead_of_calling_it_a_checkpoint(tmp_path, one_line_exit_2):
     dump = tmp_path / "dump.odgt"
     dump.write_text(json.dumps({"ID": "p1", "dtboxes": []}) + "\n")
     gt = odgt(tmp_path, [{"ID": "p1", "gtboxes": [PERSON]}])
@@ -638,7 +640,7 @@ def test_a_signal_during_synth_stops_the_generation_within_an_image(tmp_path, mo
 # ----------------------------------------------------------------------------- (f) strict JSON
 
 
-def test_eval_json_is_strict(tmp_path, monkeypatch):
+def test_eval_json_is_strict(tmp_path, monkeypatch, gt_doc):
     """Whatever number comes out undefined (a setup without GT, a degenerate curve), the
     --json document spells it null: strict parsers reject the bare NaN token."""
     import pedcrowd.eval as eval_package
@@ -653,7 +655,7 @@ def test_eval_json_is_strict(tmp_path, monkeypatch):
 
     monkeypatch.setattr(eval_package, "report_to_json", with_undefined_numbers)
     gt = tmp_path / "gt.json"
-    gt.write_text(json.dumps(gt_doc()))
+    gt.write_text(json.dumps(gt_doc))
     dets = tmp_path / "dets.json"
     dets.write_text("[]")
     out = tmp_path / "r.json"

@@ -12,11 +12,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_run import (  # tests/ is on sys.path under pytest
-    SMALL,  # tests/ is on sys.path under pytest
-    TINY_SYNTH,
-    tiny_overrides,
-)
 from typer.testing import CliRunner
 
 from pedcrowd.cli import app
@@ -28,6 +23,7 @@ from pedcrowd.losses.config import set_loss_fields
 from pedcrowd.losses.focal import init_classifier_priors, prior_bias
 from pedcrowd.losses.ohem import ohem_row_loss, ohem_select
 from pedcrowd.model import build_model, install_criteria
+from pedcrowd.reference.tiny import SMALL, TINY_SYNTH, tiny_overrides
 
 CROWD = [[20.0, 20.0, 40.0, 70.0], [30.0, 22.0, 50.0, 72.0], [36.0, 18.0, 56.0, 70.0]]
 
@@ -239,6 +235,7 @@ def tiny_yaml(tmp_path_factory):
     return tmp / "tiny.yaml"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CLI))
 def test_cli_trains_two_iterations_with_nms_loss_and_evaluates(name, tiny_yaml, tmp_path):
     run = tmp_path / "run"

@@ -16,8 +16,6 @@ import pytest
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.ops import MultiScaleRoIAlign
 from typer.testing import CliRunner
 
 import pedcrowd.infer as infer_mod
@@ -29,35 +27,10 @@ runner = CliRunner()
 H, W = 72, 96
 
 
-def tiny_model(seed: int = 0) -> FasterRCNN:
-    """A 2-conv backbone FasterRCNN: ~50 boxes per image in a few ms."""
-    torch.manual_seed(seed)
-    backbone = nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=4, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1),
-        nn.ReLU(),
-    )
-    backbone.out_channels = 16
-    model = FasterRCNN(
-        backbone,
-        num_classes=2,
-        rpn_anchor_generator=AnchorGenerator(sizes=((16, 32),), aspect_ratios=((2.0,),)),
-        box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2),
-        min_size=H,
-        max_size=W,
-        box_score_thresh=0.0,
-        representation_size=32,
-        rpn_pre_nms_top_n_test=100,
-        rpn_post_nms_top_n_test=30,
-    )
-    return model.eval()
-
-
 @pytest.fixture()
-def model(monkeypatch) -> FasterRCNN:
-    """The tiny model, also returned by ``--weights`` whatever the path."""
-    m = tiny_model()
+def model(monkeypatch, tiny_fasterrcnn) -> FasterRCNN:
+    """The tiny model (72 x 96 = H x W inputs), also returned by ``--weights`` whatever the path."""
+    m = tiny_fasterrcnn
     monkeypatch.setattr(infer_mod, "load_model", lambda weights, device: m.to(device))
     return m
 
@@ -322,6 +295,7 @@ def synth_run(tmp_path_factory) -> dict[str, Path]:
     return {"root": root / "data", "run": run, "cfg": cfg}
 
 
+@pytest.mark.slow
 def test_infer_then_eval_matches_training_evaluation(synth_run, tmp_path: Path):
     from pedcrowd.data.config import build_dataset
     from pedcrowd.engine.checkpoint import load_for_inference

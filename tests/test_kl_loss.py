@@ -89,10 +89,9 @@ def test_the_kl_head_follows_the_box_loss():
 
 @pytest.fixture(scope="module")
 def tiny_yaml(tmp_path_factory):
-    from tiny_run import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
-
     from pedcrowd.data.synth import ensure_synth
     from pedcrowd.engine.config import Config, apply_overrides, save_config
+    from pedcrowd.reference.tiny import TINY_SYNTH, tiny_overrides
 
     tmp = tmp_path_factory.mktemp("kl")
     ensure_synth(tmp / "synth", TINY_SYNTH)
@@ -100,6 +99,7 @@ def tiny_yaml(tmp_path_factory):
     return tmp / "tiny.yaml"
 
 
+@pytest.mark.slow
 def test_kl_model_trains_evaluates_with_voting_and_infer_writes_bbox_std(tiny_yaml, tmp_path):
     from typer.testing import CliRunner
 

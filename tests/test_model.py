@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 import torch
-from tiny_run import SMALL  # tests/ is on sys.path under pytest
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import box_iou
@@ -20,6 +19,7 @@ from pedcrowd.model import (
     load_weights,
 )
 from pedcrowd.model.transform import PedTransform
+from pedcrowd.reference.tiny import SMALL
 
 # small and fast: 96 x 192 inputs, few proposals
 

@@ -1,5 +1,5 @@
 """NMS-Loss: hand-built scenes per rule, edge cases, options, and equality with
-the plain greedy loop (tests/greedy_nms_loss.py) on random crowded scenes."""
+the plain greedy loop (pedcrowd/reference/greedy_nms_loss.py) on random crowded scenes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from greedy_nms_loss import greedy_nms_loss
 
 from pedcrowd.losses.nms_loss import nms_loss
+from pedcrowd.reference.greedy_nms_loss import greedy_nms_loss
 
 EPS = 1e-6  # the per-image normalisation: sum / (count + 1e-6)
 

@@ -16,61 +16,19 @@ import dataclasses
 
 import pytest
 import torch
-from tiny_run import SMALL  # tests/ is on sys.path under pytest
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
-from pedcrowd.losses import LossConfig
-from pedcrowd.losses.config import set_loss_fields
 from pedcrowd.losses.criterion import StageCriterion
-from pedcrowd.losses.focal import init_classifier_priors
 from pedcrowd.losses.standard import SamplerContext
-from pedcrowd.model import build_model, install_criteria
-from pedcrowd.model.config import ModelConfig, PostprocessConfig
+from pedcrowd.model.config import PostprocessConfig
 from pedcrowd.model.postprocess import suppress
 from pedcrowd.precision import Float32AnchorGenerator
+from pedcrowd.reference.tiny import TECHNIQUES
+from pedcrowd.reference.tiny import crowd_batch as batch
+from pedcrowd.reference.tiny import technique_model as model_for
 
 BF16 = torch.bfloat16
-CROWD = [[20.0, 20.0, 40.0, 70.0], [30.0, 22.0, 50.0, 72.0], [36.0, 18.0, 56.0, 70.0],
-         [100.0, 10.0, 125.0, 80.0], [112.0, 12.0, 138.0, 84.0]]
-FCOS = ModelConfig(arch="fcos", min_size=96, max_size=160, fcos_num_convs=1)
-
-# technique -> (loss fields, model config)
-TECHNIQUES = {
-    "default": ({}, SMALL),
-    "nms-roi": ({"nms.lambda_pull": 1.0, "nms.lambda_push": 1.0}, SMALL),
-    "nms-rpn": ({"nms.lambda_pull": 1.0, "nms.lambda_push": 1.0, "nms.stage": "rpn",
-                 "nms.rpn_min_height": 10.0}, SMALL),
-    "rep": ({"rep.alpha": 0.5, "rep.beta": 0.5}, SMALL),
-    "focal": ({"cls": "focal"}, SMALL),
-    "rpn-focal": ({"rpn_cls": "focal"}, SMALL),
-    "ghm": ({"cls": "ghm", "box": "ghm"}, SMALL),
-    "qfl": ({"cls": "qfl"}, SMALL),
-    "ohem": ({"sampler": "ohem"}, SMALL),
-    "pisa": ({"sampler": "pisa"}, SMALL),
-    "kl": ({"box": "kl"}, dataclasses.replace(SMALL, box_std_head=True)),
-    "fcos": ({}, FCOS),
-    "dw": ({}, dataclasses.replace(FCOS, assigner="dw")),
-}
-
-
-def batch():
-    g = torch.Generator().manual_seed(1)
-    images = [torch.rand(3, 96, 160, generator=g) for _ in range(2)]
-    targets = [{"boxes": torch.tensor(CROWD), "labels": torch.ones(len(CROWD), dtype=torch.int64)}
-               for _ in range(2)]
-    return images, targets
-
-
-def model_for(name: str) -> torch.nn.Module:
-    fields, mcfg = TECHNIQUES[name]
-    torch.manual_seed(0)
-    model = build_model(mcfg).train()
-    loss = set_loss_fields(LossConfig(), fields)
-    if mcfg.arch == "faster_rcnn":
-        install_criteria(model, mcfg, loss)
-        init_classifier_priors(model, mcfg.weights, loss)
-    return model
 
 
 @pytest.mark.parametrize("name", list(TECHNIQUES))

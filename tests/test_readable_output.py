@@ -1,16 +1,10 @@
-"""Readable pictures and names: score labels of dense groups, analyze's row names and AP."""
+"""Readable pictures: score labels of dense groups (analyze's row names and AP: test_analyze.py)."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-from typer.testing import CliRunner
 
-from pedcrowd.cli import app
 from pedcrowd.vis import draw_detections, place_label
-
-runner = CliRunner()
 
 
 def _overlap(a, b) -> int:
@@ -39,22 +33,3 @@ def test_draw_detections_labels_a_dense_group():
     boxes = np.array([[50 + 5 * k, 40, 90 + 5 * k, 160] for k in range(6)], float)
     out = draw_detections(image, boxes, np.linspace(0.9, 0.5, 6), score_thr=0.3)
     assert out.shape == image.shape and out.any()
-
-
-def test_analyze_names_rows_for_users_and_its_ap_apart_from_coco(tmp_path):
-    import test_analyze as t
-
-    dets, gt = tmp_path / "pre.json", tmp_path / "gt.json"
-    dets.write_text(json.dumps([{"image_id": 1, "bbox": b, "score": s} for b, s in t.PRE]))
-    gt.write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "a.png", "width": 1200, "height": 300}],
-        "annotations": [{"id": k + 1, "image_id": 1, "category_id": 1, "bbox": b, "iscrowd": 0}
-                        for k, b in enumerate(t.PEOPLE)],
-        "categories": [{"id": 1, "name": "person"}]}))
-    result = runner.invoke(app, ["analyze", str(dets), "--gt", str(gt), "--at", "score=0.5"],
-                           terminal_width=80)
-    assert result.exit_code == 0, result.output
-    text = " ".join(result.stdout.split())
-    assert "AP50 (trapezoid, not COCO AP) 31.00 %" in text
-    assert "removed by NMS (another person) │ 1 (33 %)" in text
-    assert "nms_other_person" not in text and "never_proposed" not in text

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_run import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
 from typer.testing import CliRunner
 
 from pedcrowd.cli import app
@@ -19,6 +18,7 @@ from pedcrowd.engine.checkpoint import (
 )
 from pedcrowd.engine.config import Config, apply_overrides, config_to_dict, save_config
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.reference.tiny import TINY_SYNTH, tiny_overrides
 
 runner = CliRunner()
 

@@ -27,19 +27,15 @@ def synth_val(tmp_path_factory) -> Path:
     return root
 
 
-def test_input_scale_follows_torchvisions_rule():
-    from test_infer import tiny_model  # min_size 72, max_size 96
-
-    model = tiny_model()
+def test_input_scale_follows_torchvisions_rule(tiny_fasterrcnn):
+    model = tiny_fasterrcnn  # min_size 72, max_size 96
     assert infer_mod.input_scale(model, 72, 96) == 1.0
     assert infer_mod.input_scale(model, 288, 512) == pytest.approx(96 / 512)
     assert infer_mod.input_scale(model, 36, 40) == pytest.approx(2.0)
 
 
-def test_infer_notes_inputs_resized_more_than_2x(tmp_path, monkeypatch):
-    from test_infer import tiny_model
-
-    model = tiny_model()
+def test_infer_notes_inputs_resized_more_than_2x(tmp_path, monkeypatch, tiny_fasterrcnn):
+    model = tiny_fasterrcnn
     monkeypatch.setattr(infer_mod, "load_model", lambda weights, device: model.to(device))
     rng = np.random.default_rng(0)
     (tmp_path / "in").mkdir()

@@ -296,6 +296,7 @@ def test_self_detections_give_mr_zero(tmp_path):
         assert report.results[name].mr == 0.0, name
 
 
+@pytest.mark.slow
 def test_default_val_set_has_enough_heavy_occlusion():
     """The first 60 default val images (the same images generate() writes) have
     >= 15 % as many Reasonable_occ=heavy pedestrians as Reasonable ones."""

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import yaml
-from tiny_run import TINY_SYNTH, tiny_overrides  # tests/ is on sys.path under pytest
 from typer.testing import CliRunner
 
 from pedcrowd.cli import app
@@ -14,6 +13,7 @@ from pedcrowd.data.synth import ensure_synth
 from pedcrowd.engine.config import Config, apply_overrides, save_config
 from pedcrowd.engine.metrics import read_metrics
 from pedcrowd.errors import PedcrowdError
+from pedcrowd.reference.tiny import TINY_SYNTH, tiny_overrides
 
 runner = CliRunner()
 
@@ -37,6 +37,7 @@ def test_help_lists_the_options():
     assert runner.invoke(app, ["train", "--help"]).exit_code == 0
 
 
+@pytest.mark.slow
 def test_train_with_loss_preset_prints_the_summary(tiny_yaml, tmp_path):
     run = tmp_path / "run"
     result = runner.invoke(

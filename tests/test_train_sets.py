@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import yaml
-from tiny_run import tiny_overrides  # tests/ is on sys.path under pytest
 from typer.testing import CliRunner
 
 from pedcrowd.cli import app
@@ -19,6 +18,7 @@ from pedcrowd.engine.metrics import read_metrics
 from pedcrowd.errors import PedcrowdError
 from pedcrowd.formats.mot import read_mot
 from pedcrowd.formats.records import PEDESTRIAN
+from pedcrowd.reference.tiny import tiny_overrides
 
 runner = CliRunner()
 

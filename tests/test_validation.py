@@ -10,7 +10,6 @@ import os
 
 import numpy as np
 import pytest
-from test_eval_cli import small_dets, small_gt  # tests/ is on sys.path under pytest
 from typer.testing import CliRunner
 
 from pedcrowd.cli import app
@@ -20,31 +19,17 @@ from pedcrowd.errors import PedcrowdError
 
 runner = CliRunner()
 
-GT_IMAGES = [{"id": 1, "im_name": "a_1.png"}, {"id": 2, "im_name": "b_2.png"}]
+@pytest.fixture
+def run_eval(small_gt, small_dets):
+    """``pedcrowd eval`` on ``dets`` (a path, or a list / text for :func:`small_dets`) and
+    ``gt`` (default :func:`small_gt`), with ``extra`` options."""
 
+    def run(dets, gt=None, *extra):
+        gt_path = small_gt() if gt is None else gt
+        dets_path = dets if not isinstance(dets, list | str) else small_dets(dets)
+        return runner.invoke(app, ["eval", "--gt", str(gt_path), "--dets", str(dets_path), *extra])
 
-def gt_doc(images=None, anns=None):
-    ann = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 41, 100], "height": 100,
-           "vis_ratio": 1.0, "ignore": 0}
-    return {"images": GT_IMAGES if images is None else images,
-            "annotations": [ann] if anns is None else anns,
-            "categories": [{"id": 1, "name": "pedestrian"}]}
-
-
-def one_line_exit_2(result, *fragments):
-    assert result.exit_code == 2, result.output
-    err = result.stderr.strip()
-    assert "\n" not in err and "Traceback" not in result.output, err
-    assert err.startswith("pedcrowd: error: ")
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
-
-
-def run_eval(tmp_path, dets, gt=None, *extra):
-    gt_path = small_gt(tmp_path) if gt is None else gt
-    dets_path = dets if not isinstance(dets, list | str) else small_dets(tmp_path, dets)
-    return runner.invoke(app, ["eval", "--gt", str(gt_path), "--dets", str(dets_path), *extra])
+    return run
 
 
 DET = {"image_id": 1, "category_id": 1, "bbox": [10, 10, 41, 100], "score": 0.9}
@@ -66,10 +51,10 @@ DET = {"image_id": 1, "category_id": 1, "bbox": [10, 10, 41, 100], "score": 0.9}
         ({"score": "Infinity"}, "detection 0: score must be a number, got 'Infinity'"),
     ],
 )
-def test_malformed_detection_entries(tmp_path, change, message):
+def test_malformed_detection_entries(tmp_path, change, message, run_eval, one_line_exit_2):
     path = tmp_path / "dets.json"
     path.write_text(json.dumps([{**DET, **change}]))
-    one_line_exit_2(run_eval(tmp_path, path), str(path), message)
+    one_line_exit_2(run_eval(path), str(path), message)
 
 
 @pytest.mark.parametrize(
@@ -85,30 +70,30 @@ def test_malformed_detection_entries(tmp_path, change, message):
          "detection 0: NaN 'bbox' value"),
     ],
 )
-def test_infinite_and_nan_detection_numbers(tmp_path, text, message):
+def test_infinite_and_nan_detection_numbers(tmp_path, text, message, run_eval, one_line_exit_2):
     path = tmp_path / "dets.json"
     path.write_text(text)
-    one_line_exit_2(run_eval(tmp_path, path), str(path), message)
+    one_line_exit_2(run_eval(path), str(path), message)
 
 
-def test_integral_float_ids_are_read_exactly(tmp_path):
-    result = run_eval(tmp_path, [{**DET, "image_id": 1.0}], None, "--json")
+def test_integral_float_ids_are_read_exactly(tmp_path, run_eval):
+    result = run_eval([{**DET, "image_id": 1.0}], None, "--json")
     assert result.exit_code == 0, result.output
-    as_int = run_eval(tmp_path, [DET], None, "--json")
+    as_int = run_eval([DET], None, "--json")
     assert json.loads(result.stdout) == json.loads(as_int.stdout)
 
 
-def test_empty_dets_folder(tmp_path):
+def test_empty_dets_folder(tmp_path, run_eval, one_line_exit_2):
     (tmp_path / "empty").mkdir()
-    one_line_exit_2(run_eval(tmp_path, tmp_path / "empty"), f"{tmp_path / 'empty'}: no Caltech result files")
+    one_line_exit_2(run_eval(tmp_path / "empty"), f"{tmp_path / 'empty'}: no Caltech result files")
 
 
 @pytest.mark.parametrize("flag", ["--gt", "--dets"])
-def test_a_fifo_is_refused_not_waited_on(tmp_path, flag):
+def test_a_fifo_is_refused_not_waited_on(tmp_path, flag, small_gt, small_dets, one_line_exit_2):
     fifo = tmp_path / "pipe.json"
     os.mkfifo(fifo)
-    gt = fifo if flag == "--gt" else small_gt(tmp_path)
-    dets = fifo if flag == "--dets" else small_dets(tmp_path)
+    gt = fifo if flag == "--gt" else small_gt()
+    dets = fifo if flag == "--dets" else small_dets()
     result = runner.invoke(app, ["eval", "--gt", str(gt), "--dets", str(dets)])
     one_line_exit_2(result, f"{fifo}: is a FIFO, not a")
 
@@ -117,30 +102,31 @@ def test_a_fifo_is_refused_not_waited_on(tmp_path, flag):
 
 
 @pytest.mark.parametrize(
-    ("doc", "message"),
+    ("change", "message"),  # change: fields of the valid document, or of its one "annotation"
     [
-        (gt_doc(images=[*GT_IMAGES, GT_IMAGES[0]]), "image id 1 is listed twice"),
-        (gt_doc(images=[*GT_IMAGES, {"id": 3, "im_name": "a_1.png"}]), "image 'a_1.png' is listed twice"),
-        (gt_doc(images=[{"id": 1.5, "im_name": "a_1.png"}]), "image 0: image id must be an integer, got 1.5"),
-        (gt_doc(anns=[{**gt_doc()["annotations"][0], "image_id": 1 - 1e-9}]),
-         "annotation 1: image id must be an integer, got 0.999999999"),
-        (gt_doc(anns=[{**gt_doc()["annotations"][0], "category_id": None}]),
-         "annotation 1: category_id must be an integer, got None"),
-        (gt_doc(anns=[{**gt_doc()["annotations"][0], "bbox": [[10, 10], [41, 100]]}]),
-         "annotation 1: 'bbox' must be [x, y, w, h]"),
-        (gt_doc(images=[], anns=[]), "the ground truth lists no images"),
+        ({"images": [{"id": 1, "im_name": "a_1.png"}, {"id": 2, "im_name": "b_2.png"},
+                     {"id": 1, "im_name": "a_1.png"}]}, "image id 1 is listed twice"),
+        ({"images": [{"id": 1, "im_name": "a_1.png"}, {"id": 2, "im_name": "b_2.png"},
+                     {"id": 3, "im_name": "a_1.png"}]}, "image 'a_1.png' is listed twice"),
+        ({"images": [{"id": 1.5, "im_name": "a_1.png"}]}, "image 0: image id must be an integer, got 1.5"),
+        ({"annotation": {"image_id": 1 - 1e-9}}, "annotation 1: image id must be an integer, got 0.999999999"),
+        ({"annotation": {"category_id": None}}, "annotation 1: category_id must be an integer, got None"),
+        ({"annotation": {"bbox": [[10, 10], [41, 100]]}}, "annotation 1: 'bbox' must be [x, y, w, h]"),
+        ({"images": [], "annotations": []}, "the ground truth lists no images"),
     ],
 )
-def test_malformed_citypersons_gt(tmp_path, doc, message):
+def test_malformed_citypersons_gt(tmp_path, change, message, gt_doc, run_eval, one_line_exit_2):
+    doc = {**gt_doc, **{k: v for k, v in change.items() if k != "annotation"}}
+    doc["annotations"] = [{**a, **change.get("annotation", {})} for a in doc["annotations"]]
     gt = tmp_path / "gt.json"
     gt.write_text(json.dumps(doc))
-    one_line_exit_2(run_eval(tmp_path, [DET], gt), str(gt), message)
+    one_line_exit_2(run_eval([DET], gt), str(gt), message)
 
 
-def test_nan_box_in_gt_json_is_not_dropped(tmp_path):
+def test_nan_box_in_gt_json_is_not_dropped(tmp_path, run_eval, gt_doc, one_line_exit_2):
     gt = tmp_path / "gt.json"
-    gt.write_text(json.dumps(gt_doc()).replace('"bbox": [10, 10, 41, 100]', '"bbox": [10, NaN, 41, 100]'))
-    one_line_exit_2(run_eval(tmp_path, [DET], gt), str(gt), "annotation 1: NaN or infinite 'bbox' [10.0, nan, 41.0, 100.0]")
+    gt.write_text(json.dumps(gt_doc).replace('"bbox": [10, 10, 41, 100]', '"bbox": [10, NaN, 41, 100]'))
+    one_line_exit_2(run_eval([DET], gt), str(gt), "annotation 1: NaN or infinite 'bbox' [10.0, nan, 41.0, 100.0]")
 
 
 def test_nan_box_in_a_training_mat(tmp_path):
@@ -173,7 +159,7 @@ def caltech_gt(tmp_path):
 
 
 @pytest.mark.parametrize(("frame", "shown"), [("0", "0"), ("30.7", "30.7"), ("nan", "nan")])
-def test_caltech_result_frames_must_be_1_based_integers(tmp_path, frame, shown):
+def test_caltech_result_frames_must_be_1_based_integers(tmp_path, frame, shown, one_line_exit_2):
     res = tmp_path / "res" / "set06"
     res.mkdir(parents=True)
     (res / "V000.txt").write_text(f"30,10,10,41,100,0.9\n{frame},10,10,41,100,0.8\n")
@@ -199,18 +185,18 @@ def test_an_empty_caltech_video_file_is_valid_input(tmp_path):
 # ----------------------------------------------------------------------------- eval options
 
 
-def test_nan_setup_bounds(tmp_path):
-    one_line_exit_2(run_eval(tmp_path, [DET], None, "--setup", "odd:nan-100:0-1"),
+def test_nan_setup_bounds(tmp_path, run_eval, one_line_exit_2):
+    one_line_exit_2(run_eval([DET], None, "--setup", "odd:nan-100:0-1"),
                     "--setup 'odd:nan-100:0-1': a bound is NaN")
 
 
 @pytest.mark.parametrize("command", ["eval", "compare"])
-def test_plot_given_a_folder(tmp_path, command):
+def test_plot_given_a_folder(tmp_path, command, run_eval, small_gt, small_dets, one_line_exit_2):
     (tmp_path / "plots").mkdir()
     if command == "eval":
-        result = run_eval(tmp_path, [DET], None, "--plot", str(tmp_path / "plots"))
+        result = run_eval([DET], None, "--plot", str(tmp_path / "plots"))
     else:
-        result = runner.invoke(app, ["compare", f"a={small_dets(tmp_path, [DET])}", "--gt", str(small_gt(tmp_path)),
+        result = runner.invoke(app, ["compare", f"a={small_dets([DET])}", "--gt", str(small_gt()),
                                      "--plot", str(tmp_path / "plots")])
     one_line_exit_2(result, f"--plot {tmp_path / 'plots'}: is a folder")
     assert list((tmp_path / "plots").iterdir()) == [] and not list(tmp_path.glob("plots.*"))
@@ -235,7 +221,7 @@ def test_plot_given_a_folder(tmp_path, command):
         ("data.augment.flip_prob=2", "'data.augment.flip_prob' must be in [0, 1], got 2.0"),
     ],
 )
-def test_config_values_out_of_range(tmp_path, override, message):
+def test_config_values_out_of_range(tmp_path, override, message, one_line_exit_2):
     result = runner.invoke(app, ["train", "--set", override, "--out", str(tmp_path / "r")])
     one_line_exit_2(result, f"--set {override}: {message}")
 
@@ -247,7 +233,7 @@ def test_config_file_values_are_checked_too(tmp_path):
         load_config(path)
 
 
-def test_invalid_yaml_is_one_line(tmp_path):
+def test_invalid_yaml_is_one_line(tmp_path, one_line_exit_2):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  epochs: [1, 2\n  lr: 3\n")
     result = runner.invoke(app, ["train", "-c", str(path)])
@@ -272,7 +258,7 @@ def test_range_specs():
     ("--nms-thr", "-1", "--nms-thr -1.0: must be in (0, 1]"),
     ("--nms-thr", "0", "--nms-thr 0.0: must be in (0, 1]"),
 ])
-def test_infer_thresholds(tmp_path, option, value, message):
+def test_infer_thresholds(tmp_path, option, value, message, one_line_exit_2):
     result = runner.invoke(app, ["infer", str(tmp_path), "--weights", str(tmp_path), option, value])
     one_line_exit_2(result, message)
 
@@ -308,6 +294,7 @@ def test_infer_on_only_unreadable_images_exits_2(tmp_path, tiny_checkpoint):
     assert [line.split(":")[0] for line in skips] == [f"skipped bad{i}.png" for i in range(4)]
 
 
+@pytest.mark.slow
 def test_infer_finishes_the_readable_images_and_names_the_rest(tmp_path, tiny_checkpoint):
     folder = images_folder(tmp_path, good=2, bad=7, truncated=1)
     result = runner.invoke(app, ["infer", str(folder), "--weights", str(tiny_checkpoint), "--out", str(tmp_path / "o")])
@@ -320,6 +307,7 @@ def test_infer_finishes_the_readable_images_and_names_the_rest(tmp_path, tiny_ch
     assert (tmp_path / "o" / "detections.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_cut_off_video_is_reported_and_its_good_frames_kept(tmp_path, tiny_checkpoint):
     import cv2
 

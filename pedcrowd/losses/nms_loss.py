@@ -12,8 +12,8 @@ predictions of one image and penalises exactly the two mistakes NMS makes:
   rule).
 
 The semantics (tie order, normalisation, clamps, the official edge rule) are
-those of ``docs/techniques.md`` section "NMS-Loss"; ``tests/greedy_nms_loss.py``
-is the plain greedy loop this vectorised form must equal.
+those of ``docs/techniques.md`` section "NMS-Loss";
+``pedcrowd/reference/greedy_nms_loss.py`` is the plain greedy loop this vectorised form must equal.
 
 Fast exact form (no Python loop over boxes): the greedy keep set is
 ``torchvision.ops.nms``'s, given strictly decreasing pseudo-scores in our tie

@@ -1,10 +1,22 @@
-"""A plain per-image CrowdHuman evaluator (CrowdDet's rules, written as loops) and a synthetic set.
+"""CrowdHuman's evaluation as plain per-image loops, and a CrowdHuman-sized synthetic set.
+
+What it re-implements: the AP, MR^-2 and JI of CrowdDet's ``lib/evaluate``
+(``compute_APMR.py``: full-body boxes clipped to the image, each detection
+matched in score order to the free GT of highest IoU above 0.5, an unmatched
+detection covering an ignore region by more than half of its own area dropped,
+AP as the trapezoid over the precision/recall points, MR^-2 at nine FPPI
+references; ``compute_JI.py``: per image and per score threshold 0.0 .. 0.9 a
+maximum-weight matching of IoU > 0.5 pairs, the ratio matched / (detections +
+GT - matched) after dropping unmatched boxes inside ignore regions, averaged
+over images and maximised over thresholds).
 
 Independent of ``pedcrowd.eval.crowdhuman``: it parses the files with ``json``,
 walks every image, every detection and every GT in Python loops, and solves
-JI's maximum-weight matching with one ``linear_sum_assignment`` per image
-(``brute_force_matching`` below checks that on small graphs). It is the
-oracle of the tests and the baseline of ``scripts/bench_crowdhuman.py``.
+JI's matching with one ``linear_sum_assignment`` per image
+(``brute_force_matching`` below checks that on small graphs). It is the oracle
+of ``tests/test_eval_crowdhuman.py`` and the baseline of
+``scripts/bench_crowdhuman.py``, which also writes its data set with
+``synthetic_crowdhuman``.
 """
 
 from __future__ import annotations

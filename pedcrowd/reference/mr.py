@@ -1,11 +1,18 @@
-"""A straightforward reference implementation of the MR^-2 protocols (the test oracle).
+"""MR^-2 of the CityPersons and Caltech protocols as plain loops: the test oracle.
 
-Written from EVAL_PROTOCOL.md as plain per-image, per-detection Python loops,
-mirroring the structure of the official code (eval_MR_multisetup.py
-evaluateImg/accumulate; bbGt.m evalRes/compRoc) and sharing no code with
-``pedcrowd.eval``. ``scripts/bench_eval.py`` times it against pedcrowd.
+What it re-implements: the log-average miss rate over nine FPPI points of
+CityPersons' official ``eval_MR_multisetup.py`` (``evaluateImg`` matches each
+image's detections greedily in score order, ignore regions last and matched by
+intersection over the detection's own area; ``accumulate`` sorts all outcomes by
+score and reads recall at the FPPI references) and of the Caltech toolbox
+(``bbGt.m``: ``evalRes`` for the matching, ``compRoc`` for the curve; detections
+resized to the 0.41 aspect ratio as ``dbEval.m`` does). The structure follows
+those functions one image, one detection and one GT at a time; it shares no code
+with ``pedcrowd.eval``, whose vectorised evaluator must give the same numbers.
 
-tests/test_eval_oracle.py checks the oracle itself against the official numbers.
+``tests/test_eval_oracle.py`` checks this oracle itself against the official
+numbers; ``tests/test_eval_properties.py`` compares ``pedcrowd.eval`` with it on
+random scenes; ``scripts/bench_eval.py`` times pedcrowd against it.
 """
 
 from __future__ import annotations

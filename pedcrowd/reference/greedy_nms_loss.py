@@ -1,8 +1,19 @@
-"""The plain greedy NMS-Loss loop of ``docs/techniques.md`` section "NMS-Loss": the
-reference the vectorised :func:`pedcrowd.losses.nms_loss` must equal (values and gradients).
+"""NMS-Loss as a plain greedy NMS loop: the reference of ``pedcrowd.losses.nms_loss``.
 
-Written straight from the rules, one box at a time, with no shared code: slow
-on purpose. Used by ``tests/test_nms_loss.py`` and ``scripts/bench_losses.py``.
+What it re-implements: the loss of "NMS-Loss: Learning with Non-Maximum
+Suppression for Crowded Pedestrian Detection" (Luo et al., ICMR 2021) as the
+official release computes it, by running greedy NMS over the image's positive
+predictions (and, with ``add_gt``, its GT boxes at score 1) one box at a time:
+a kept box whose person already has a kept box is pulled towards that box (FP
+rule); a box of another person that the kept box suppresses, although the two
+overlap more than their GT boxes do, is pushed away (FN rule and crowd rule).
+Ties keep index order, as a stable sort does; the options are those of
+``nms_loss`` (relaxed logs, which side the pull gradient moves).
+
+Written straight from those rules with no shared code, and slow on purpose: the
+vectorised ``nms_loss`` must equal it in values and gradients
+(``tests/test_nms_loss.py``); ``scripts/bench_losses.py`` times one against the
+other.
 """
 
 from __future__ import annotations

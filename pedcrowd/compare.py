@@ -8,9 +8,9 @@ scores all runs on it, so the image-to-image variation the runs share cancels
 out of the difference. The resampling is :mod:`pedcrowd.eval.bootstrap`'s; the
 tables, JSON, CSV and plots are :mod:`pedcrowd.compare_render`'s.
 
-The command's other two views read their inputs here too: training curves of
-run directories (:func:`read_run_curves`) and ``pedcrowd analyze --out`` files
-(:func:`read_analyses`).
+The command's other two views read training curves of run directories
+(:func:`read_run_curves`, here) and ``pedcrowd analyze --out`` files
+(:func:`pedcrowd.analyze.read_analyses`).
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@ from pedcrowd.fileio import write_text_atomic
 from pedcrowd.formats.detections import ImageIds, file_name_index
 from pedcrowd.media.decode import Item, decode_workers, iter_items
 from pedcrowd.media.sources import collect_sources, count_frames
+from pedcrowd.model import pretrained
 from pedcrowd.model.config import PostprocessConfig
-from pedcrowd.model.pretrained import coco_person_detector
 from pedcrowd.vis import VisWriter
 
 
@@ -106,7 +106,7 @@ def load_model(weights: str | Path, device: torch.device) -> torch.nn.Module:
     ``coco``: torchvision's COCO Faster R-CNN as it is, its person detections
     (:func:`pedcrowd.model.pretrained.coco_person_detector`, a zero-shot pedestrian detector)."""
     if str(weights) == "coco" and not Path(weights).exists():
-        return coco_person_detector().to(device).eval()
+        return pretrained.coco_person_detector().to(device).eval()
     return load_detector(weights, device=str(device))[0]
 
 
@@ -205,7 +205,8 @@ def infer(
 
     Raises:
         PedcrowdError: a threshold out of range, a batch size below 1, an input that
-            does not exist or cannot be opened (before the model loads).
+            does not exist or cannot be opened (before the model loads); no input
+            readable at all (after ``out_file`` is written, before ``postprocess_file``).
     """
     if (weights is None) == (model is None):
         raise ValueError("pass exactly one of weights= and model=")
@@ -280,6 +281,12 @@ def infer(
     result.seconds = time.perf_counter() - start
     if out_file is not None:
         result.out_file = write_text_atomic(out_file, json.dumps(result.detections))
+    if result.skipped and result.n_images == 0:
+        names = ", ".join(name for name, _ in result.skipped[:3])
+        raise PedcrowdError(
+            f"none of the {len(result.skipped)} inputs could be read ({names}"
+            f"{', ...' if len(result.skipped) > 3 else ''}); nothing was detected"
+        )
     if postprocess_file is not None:  # what ran, so that runs of one checkpoint can be told apart
         meta = {"weights": None if weights is None else str(weights), **result.postprocess}
         result.postprocess_file = write_text_atomic(postprocess_file, json.dumps(meta, indent=1) + "\n")

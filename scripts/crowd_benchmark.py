@@ -34,13 +34,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+# its sibling script: python puts scripts/ on sys.path when it runs this file
+import crowd_benchmark_report as report
 
 from pedcrowd.engine.config import apply_overrides, config_to_dict, load_config, resolve_config
 from pedcrowd.errors import PedcrowdError
@@ -144,10 +146,20 @@ def availability(base, row: Row) -> str | None:
     return None
 
 
+# Config keys added after benchmark runs were made, with their defaults: left out of the
+# digest at those defaults, so that the earlier runs (the same training) are reused.
+LATER_KEYS = {"loss.cls_weight": 1.0, "loss.box_weight": 1.0, "loss.rpn_cls_weight": 1.0,
+              "loss.rpn_box_weight": 1.0}
+
+
 def config_digest(cfg) -> str:
     """sha256 (16 hex) of the resolved config without its run directory."""
     d = config_to_dict(cfg)
     d.get("train", {}).pop("out_dir", None)
+    for key in LATER_KEYS:  # at their defaults, as runs made before they existed
+        section, _, name = key.partition(".")
+        if d.get(section, {}).get(name) == LATER_KEYS[key]:
+            del d[section][name]
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -291,7 +303,7 @@ def run_training(cfg, run_dir: Path, log) -> dict:
 
 def run_test_time(base_run: Path, sets: tuple[str, ...], run_dir: Path, log) -> dict:
     """Detections of ``base_run``'s weights on the val split with ``sets`` applied."""
-    detect_checkpoint = report_module().detect_checkpoint
+    detect_checkpoint = report.detect_checkpoint
     base_done = json.loads((base_run / "done.json").read_text())
     digest = hashlib.sha256(json.dumps([base_done["digest"], list(sets)]).encode()).hexdigest()[:16]
     done = run_dir / "done.json"
@@ -306,17 +318,6 @@ def run_test_time(base_run: Path, sets: tuple[str, ...], run_dir: Path, log) -> 
             "images": n, "iterations": base_done["iterations"]}
     done.write_text(json.dumps(info, indent=2) + "\n")
     return info | {"reused": False}
-
-
-def report_module():
-    """``crowd_benchmark_report.py`` beside this file (scripts/ is a folder, not a package)."""
-    name = "crowd_benchmark_report"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def log(msg: str) -> None:
@@ -556,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [r for r in rows if r.name in results]
         runs_s = time.perf_counter() - t_runs
 
-        report_module().write_report(args, base, rows, unavailable, results, budget={
+        report.write_report(args, base, rows, unavailable, results, budget={
             "epochs": epochs, "iters_per_epoch": ipe, "asked_steps": target,
             "calibrated_step_s": step_s, "eval_every": eval_every,
             # each run's own training time (a reused run counts the time it took when it ran)

@@ -29,8 +29,14 @@ from pedcrowd.model import build_model, install_criteria
 from pedcrowd.reference.tiny import SMALL
 
 
-def test_package_exports_the_functions():
+def test_the_package_exports_the_config_and_each_loss_lives_in_its_module():
+    # pedcrowd.losses is torch-free (the config tree); the functions are imported from
+    # their files, and pedcrowd.losses.nms_loss is the module, never a re-exported function.
     assert callable(nms_loss) and callable(repulsion_loss)
+    assert nms_loss.__module__ == "pedcrowd.losses.nms_loss"
+    assert repulsion_loss.__module__ == "pedcrowd.losses.repulsion"
+    assert {"LossConfig", "TERM_CHOICES", "apply_loss_preset"} <= set(pedcrowd.losses.__all__)
+    assert "nms_loss" not in pedcrowd.losses.__all__
     assert pedcrowd.losses.nms_loss.nms_loss is nms_loss
 
 

@@ -125,7 +125,6 @@ def infer_command(
         TimeRemainingColumn,
     )
 
-    from pedcrowd.errors import PedcrowdError
     from pedcrowd.infer import infer
 
     console = Console(stderr=True)
@@ -179,12 +178,6 @@ def infer_command(
         if progress.live.is_started:  # stopping a bar never shown would print an empty line
             progress.stop()
 
-    if result.skipped and result.n_images == 0:
-        names = ", ".join(name for name, _ in result.skipped[:3])
-        raise PedcrowdError(
-            f"none of the {len(result.skipped)} inputs could be read ({names}"
-            f"{', ...' if len(result.skipped) > 3 else ''}); nothing was detected"
-        )
     skipped = ""
     if result.skipped:
         names = ", ".join(name for name, _ in result.skipped[:3])

@@ -4,6 +4,7 @@ The protocols (CityPersons, Caltech, CrowdHuman) are one registry,
 :mod:`pedcrowd.eval.protocols` (:func:`get_protocol`, :func:`default_protocol`).
 """
 
+from pedcrowd.eval.ap import coco_ap  # pycocotools loads only when AP is asked for
 from pedcrowd.eval.evaluate import (
     EvalReport,
     GroundTruth,
@@ -16,15 +17,6 @@ from pedcrowd.eval.evaluate import (
 )
 from pedcrowd.eval.mr import SetupMatches
 from pedcrowd.eval.protocols import PROTOCOLS, Protocol, default_protocol, get_protocol
-
-
-def coco_ap(gt_records, dets) -> dict:
-    """COCO AP, AP50, AP75 (pycocotools, ignore regions as crowd); see :func:`pedcrowd.eval.ap.coco_ap`."""
-    # pycocotools is imported only when AP is asked for.
-    from pedcrowd.eval.ap import coco_ap as _coco_ap
-
-    return _coco_ap(gt_records, dets)
-
 
 __all__ = [
     "PROTOCOLS",

@@ -59,7 +59,6 @@ def coco_ap(gt_records: list[ImageRecord], dets: dict[int, tuple[np.ndarray, np.
     return {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1]), "AP75": float(ev.stats[2])}
 
 
-
 def coco_ap_value(gt, dets: dict[int, tuple[np.ndarray, np.ndarray]], matches: dict | None = None) -> float | None:
     """COCO AP (0.5:0.95) of ``gt.records`` for ``pedcrowd compare``'s AP column: None
     without pycocotools (AP is optional there) or without GT to score."""

@@ -58,7 +58,7 @@ class GroundTruth:
         caches: Caltech only: setup name -> records of ``gt-<Setup>.mat``
             (already filtered for that setup and resized).
         sizes: CrowdHuman only: record id -> (width, height), every box is
-            clipped to its image (:func:`pedcrowd.eval.crowdhuman.with_sizes`).
+            clipped to its image (:func:`pedcrowd.eval.crowdhuman.add_image_sizes`).
     """
 
     records: list[ImageRecord]

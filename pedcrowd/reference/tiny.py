@@ -30,7 +30,7 @@ from pedcrowd.data.config import SynthConfig
 from pedcrowd.losses import LossConfig
 from pedcrowd.losses.config import set_loss_fields
 from pedcrowd.losses.focal import init_classifier_priors
-from pedcrowd.model import build_model, install_criteria
+from pedcrowd.model import build_model
 from pedcrowd.model.backbones import NUM_LEVELS
 from pedcrowd.model.config import ModelConfig
 
@@ -121,10 +121,10 @@ def crowd_batch(device: str | torch.device = "cpu") -> tuple[list[torch.Tensor],
 def technique_model(name: str) -> torch.nn.Module:
     """The model of one of :data:`TECHNIQUES` in training mode, its losses installed (seed 0)."""
     fields, mcfg = TECHNIQUES[name]
-    torch.manual_seed(0)
-    model = build_model(mcfg).train()
     loss = set_loss_fields(LossConfig(), fields)
-    if mcfg.arch == "faster_rcnn":
-        install_criteria(model, mcfg, loss)
-        init_classifier_priors(model, mcfg.weights, loss)
+    torch.manual_seed(0)
+    if mcfg.arch != "faster_rcnn":  # FCOS: its loss is model.assigner's
+        return build_model(mcfg).train()
+    model = build_model(mcfg, loss=loss).train()
+    init_classifier_priors(model, mcfg.weights, loss)
     return model

@@ -391,8 +391,8 @@ def test_fit_with_train_amp_on_the_cpu(tmp_path, monkeypatch, has_bf16):
 
     real_build = train_module.build_model
 
-    def build_and_watch(mcfg):
-        model = real_build(mcfg)
+    def build_and_watch(mcfg, **kwargs):
+        model = real_build(mcfg, **kwargs)
         first = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
         first.register_forward_hook(lambda m, i, o: conv_dtypes.append(o.dtype) if m.training else None)
         return model

@@ -283,8 +283,8 @@ def test_a_run_that_never_took_a_finite_step_fails(tmp_path, monkeypatch):
 
     real_build = train_module.build_model
 
-    def nan_in_training(cfg):  # the detector's training losses are all NaN
-        model = real_build(cfg)
+    def nan_in_training(cfg, **kwargs):  # the detector's training losses are all NaN
+        model = real_build(cfg, **kwargs)
         forward = model.forward
 
         def nan_forward(images, targets=None):

@@ -242,37 +242,8 @@ def infer(
         "box_std": bool(getattr(heads, "has_box_std", False)),
     }
     start = time.perf_counter()
-
-    def decoded(items: Iterable[Item]) -> Iterator[Item]:
-        for item in items:
-            if item.tensor is None:
-                result.skipped.append((item.name, item.error or "unreadable"))
-                if on_skip is not None:
-                    on_skip(item.name, item.error or "unreadable")
-            else:
-                yield item
-
     try:
-        # Two batches ahead: the next batch is decoded while the model runs this one.
-        items = iter_items(sources, vis is not None, workers, prefetch=2 * batch_size,
-                           background=dev.type == "cpu")
-        for batch in run_detector(model, decoded(items), lambda it: it.tensor, device=dev,
-                                  batch_size=batch_size):
-            for it, output in batch:
-                size = tuple(it.tensor.shape[-2:])
-                if size not in result.input_scales:
-                    result.input_scales[size] = input_scale(model, *size)
-                image_id, gt_record = ids.assign(it.name)
-                records = output_records(output, image_id, it.name)
-                if it.video is not None:
-                    for r in records:
-                        r["video"], r["frame"] = it.video, it.frame
-                result.detections.extend(records)
-                if vis is not None:
-                    _draw(vis, it, records, gt_record)
-            result.n_images += len(batch)
-            if on_progress is not None:
-                on_progress(result.n_images)
+        _detect_all(result, model, sources, ids, vis, dev, batch_size, workers, on_progress, on_skip)
     finally:
         if vis is not None:
             vis.close()
@@ -292,3 +263,39 @@ def infer(
         result.postprocess_file = write_text_atomic(postprocess_file, json.dumps(meta, indent=1) + "\n")
     result.vis_dir = Path(vis_dir) if vis_dir is not None else None
     return result
+
+
+def _detect_all(result: InferResult, model, sources, ids, vis, dev: torch.device, batch_size: int,
+                workers: int, on_progress, on_skip) -> None:
+    """Run ``model`` over every decodable image and frame of ``sources``, adding the
+    detections (and the skipped inputs) to ``result`` and drawing on ``vis``."""
+
+    def decoded(items: Iterable[Item]) -> Iterator[Item]:
+        for item in items:
+            if item.tensor is None:
+                result.skipped.append((item.name, item.error or "unreadable"))
+                if on_skip is not None:
+                    on_skip(item.name, item.error or "unreadable")
+            else:
+                yield item
+
+    # Two batches ahead: the next batch is decoded while the model runs this one.
+    items = iter_items(sources, vis is not None, workers, prefetch=2 * batch_size,
+                       background=dev.type == "cpu")
+    for batch in run_detector(model, decoded(items), lambda it: it.tensor, device=dev,
+                              batch_size=batch_size):
+        for it, output in batch:
+            size = tuple(it.tensor.shape[-2:])
+            if size not in result.input_scales:
+                result.input_scales[size] = input_scale(model, *size)
+            image_id, gt_record = ids.assign(it.name)
+            records = output_records(output, image_id, it.name)
+            if it.video is not None:
+                for r in records:
+                    r["video"], r["frame"] = it.video, it.frame
+            result.detections.extend(records)
+            if vis is not None:
+                _draw(vis, it, records, gt_record)
+        result.n_images += len(batch)
+        if on_progress is not None:
+            on_progress(result.n_images)

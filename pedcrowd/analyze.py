@@ -311,21 +311,56 @@ def analyze_detections(
 
 
 def _analyze_point(name, s_star, pre, replay, md_pre, md_post, match, nms_thresh) -> PointAnalysis:
-    post_table, post_off = _global_index(md_post, {k: len(v[1]) for k, v in replay.post.items()})
-    ids_post = md_post.image_ids[md_post.det_img]
+    """Every miss and false positive at score threshold ``s_star``, attributed, and the
+    MR^-2 / AP with each kind of error fixed (the oracles)."""
     sel = md_post.valid & (md_post.det_scores >= s_star)
     tp = sel & md_post.tp
     fp = sel & ~md_post.tp & ~md_post.ignored
-    n_gt_total = len(md_post.gt_ignore)
-    taker = np.full(n_gt_total, -1, dtype=np.int64)  # GT -> the kept detection that took it
+    taker = np.full(len(md_post.gt_ignore), -1, dtype=np.int64)  # GT -> the kept detection that took it
     taker[md_post.taken[tp]] = np.flatnonzero(tp)
     missed = np.flatnonzero(~md_post.gt_ignore & (taker < 0))
+    misses, fixes_of_misses, examples = _attribute_misses(missed, s_star, pre, replay, md_pre, md_post, tp)
+    fps, flags, drop, move = _attribute_false_positives(fp, taker, md_post, nms_thresh)
+    point = PointAnalysis(
+        name=name, score=s_star,
+        fppi=float(fp.sum() / max(len(md_post.image_ids), 1)),
+        miss_rate=float(len(missed) / max(int((~md_post.gt_ignore).sum()), 1)),
+        n_missed=len(missed), n_fp=int(fp.sum()), misses=misses, false_positives=fps, flags=flags,
+        examples=examples,
+    )
+
+    def oracle(add=(), remove=(), replace=()) -> dict[str, float | None]:
+        m = match(_edited(replay.post, add, remove, replace)).matches
+        return {"mr": m.mr(), "ap": average_precision(m)}
+
+    restore, add_low, add_gt = fixes_of_misses
+
+    def restored(cat):
+        return [(i, pre[i][0][s], float(pre[i][1][s])) for i, s in restore[cat]]
+
+    s_add = s_star if np.isfinite(s_star) else 1.0
+    point.oracle = {
+        "nms_other_person": oracle(add=restored("nms_other_person")),
+        "nms_false_positive": oracle(add=restored("nms_false_positive")),
+        "nms_all": oracle(add=restored("nms_other_person") + restored("nms_false_positive")),
+        "low_score": oracle(add=[(i, b, s_add) for i, b in add_low]),
+        "never_proposed": oracle(add=[(i, b, s_add) for i, b in add_gt]),
+        "duplicate": oracle(remove=drop["duplicate"]),
+        "localisation": oracle(remove=drop["localisation"], replace=move),
+        "background": oracle(remove=drop["background"]),
+    }
+    return point
+
+
+def _attribute_misses(missed, s_star, pre, replay, md_pre, md_post, tp):
+    """Why each missed person was missed: (counts per kind, the fix of each kind (NMS-removed
+    boxes to restore, low-score boxes and unproposed people to add), NMS examples)."""
+    post_table, post_off = _global_index(md_post, {k: len(v[1]) for k, v in replay.post.items()})
     pre_sel = md_pre.valid & md_pre.tp & (md_pre.det_scores >= s_star)
-    pre_of_gt = np.full(n_gt_total, -1, dtype=np.int64)
+    pre_of_gt = np.full(len(md_post.gt_ignore), -1, dtype=np.int64)
     pre_of_gt[md_pre.taken[pre_sel]] = np.flatnonzero(pre_sel)
     ids_pre = md_pre.image_ids[md_pre.det_img]
     pre_xyxy, gt_xyxy = xywh_to_xyxy(md_pre.det_boxes), xywh_to_xyxy(md_post.gt_boxes)
-
     misses = dict.fromkeys(MISSES, 0)
     restore: dict[str, list[tuple[int, int]]] = {"nms_other_person": [], "nms_false_positive": []}
     add_low: list[tuple[int, np.ndarray]] = []
@@ -363,12 +398,18 @@ def _analyze_point(name, s_star, pre, replay, md_pre, md_post, match, nms_thresh
         else:
             misses["never_proposed"] += 1
             add_gt.append((image_id, md_post.gt_boxes[g]))
+    return misses, (restore, add_low, add_gt), examples
 
+
+def _attribute_false_positives(fp, taker, md_post, nms_thresh):
+    """What each false positive is: (counts per kind, flags, the detections whose removal
+    fixes each kind, the poorly localised ones to move onto their unclaimed person)."""
+    ids_post = md_post.image_ids[md_post.det_img]
+    post_xyxy, gt_xyxy = xywh_to_xyxy(md_post.det_boxes), xywh_to_xyxy(md_post.gt_boxes)
     fps = dict.fromkeys(FALSE_POSITIVES, 0)
     flags = {"duplicate_below_nms": 0, "localisation_crowd": 0}
     drop: dict[str, list[tuple[int, int]]] = {k: [] for k in FALSE_POSITIVES}
     move: list[tuple[int, int, np.ndarray]] = []
-    post_xyxy = xywh_to_xyxy(md_post.det_boxes)
     claimed = set()
     for f in np.flatnonzero(fp).tolist():
         image_id, src = int(ids_post[f]), int(md_post.det_src[f])
@@ -393,49 +434,29 @@ def _analyze_point(name, s_star, pre, replay, md_pre, md_post, match, nms_thresh
         else:
             fps["background"] += 1
             drop["background"].append((image_id, src))
+    return fps, flags, drop, move
 
-    def oracle(add=(), remove=(), replace=()) -> dict[str, float | None]:
-        dets = {k: (v[0].copy(), v[1].copy()) for k, v in replay.post.items()}
-        gone: dict[int, set[int]] = {}
-        for image_id, src in remove:
-            gone.setdefault(image_id, set()).add(src)
-        for image_id, src, box in replace:
-            dets[image_id][0][src] = box
-        extra: dict[int, list[tuple[np.ndarray, float]]] = {}
-        for image_id, box, score in add:
-            extra.setdefault(image_id, []).append((np.asarray(box, dtype=np.float64), score))
-        for image_id in set(gone) | set(extra):
-            boxes, scores = dets.get(image_id, (np.zeros((0, 4)), np.zeros(0)))
-            keep = np.array([i not in gone.get(image_id, ()) for i in range(len(scores))], dtype=bool)
-            more = extra.get(image_id, [])
-            boxes = np.concatenate([boxes[keep], np.array([b for b, _ in more]).reshape(-1, 4)])
-            scores = np.concatenate([scores[keep], np.array([s for _, s in more])])
-            dets[image_id] = (boxes, scores)
-        m = match(dets).matches
-        return {"mr": m.mr(), "ap": average_precision(m)}
 
-    def restored(cat):
-        return [(i, pre[i][0][s], float(pre[i][1][s])) for i, s in restore[cat]]
-
-    point = PointAnalysis(
-        name=name, score=s_star,
-        fppi=float(fp.sum() / max(len(md_post.image_ids), 1)),
-        miss_rate=float(len(missed) / max(int((~md_post.gt_ignore).sum()), 1)),
-        n_missed=len(missed), n_fp=int(fp.sum()), misses=misses, false_positives=fps, flags=flags,
-        examples=examples,
-    )
-    s_add = s_star if np.isfinite(s_star) else 1.0
-    point.oracle = {
-        "nms_other_person": oracle(add=restored("nms_other_person")),
-        "nms_false_positive": oracle(add=restored("nms_false_positive")),
-        "nms_all": oracle(add=restored("nms_other_person") + restored("nms_false_positive")),
-        "low_score": oracle(add=[(i, b, s_add) for i, b in add_low]),
-        "never_proposed": oracle(add=[(i, b, s_add) for i, b in add_gt]),
-        "duplicate": oracle(remove=drop["duplicate"]),
-        "localisation": oracle(remove=drop["localisation"], replace=move),
-        "background": oracle(remove=drop["background"]),
-    }
-    return point
+def _edited(post: Detections, add=(), remove=(), replace=()) -> Detections:
+    """A copy of the detections ``post`` with boxes added ``(image, box, score)``, removed
+    ``(image, index)`` and moved ``(image, index, box)``."""
+    dets = {k: (v[0].copy(), v[1].copy()) for k, v in post.items()}
+    gone: dict[int, set[int]] = {}
+    for image_id, src in remove:
+        gone.setdefault(image_id, set()).add(src)
+    for image_id, src, box in replace:
+        dets[image_id][0][src] = box
+    extra: dict[int, list[tuple[np.ndarray, float]]] = {}
+    for image_id, box, score in add:
+        extra.setdefault(image_id, []).append((np.asarray(box, dtype=np.float64), score))
+    for image_id in set(gone) | set(extra):
+        boxes, scores = dets.get(image_id, (np.zeros((0, 4)), np.zeros(0)))
+        keep = np.array([i not in gone.get(image_id, ()) for i in range(len(scores))], dtype=bool)
+        more = extra.get(image_id, [])
+        boxes = np.concatenate([boxes[keep], np.array([b for b, _ in more]).reshape(-1, 4)])
+        scores = np.concatenate([scores[keep], np.array([s for _, s in more])])
+        dets[image_id] = (boxes, scores)
+    return dets
 
 
 def report_to_json(report: AnalysisReport) -> dict:

@@ -178,6 +178,11 @@ def infer_command(
         if progress.live.is_started:  # stopping a bar never shown would print an empty line
             progress.stop()
 
+    _print_summary(console, result)
+
+
+def _print_summary(console: Console, result) -> None:
+    """What ran, on stderr: counts, speed, skipped inputs, resize notes, where the files are."""
     skipped = ""
     if result.skipped:
         names = ", ".join(name for name, _ in result.skipped[:3])

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_script(name: str):
-    """scripts/NAME.py as module NAME (scripts/ is a folder of programs, not a package)."""
+    """scripts/<name>.py as module <name> (scripts/ is a folder of programs, not a package)."""
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # (its dataclasses look their module up; its sibling imports it)
